@@ -1,0 +1,96 @@
+//! `chat`: a moderated chat room.
+//!
+//! - joins need `auth.user`, which becomes the member's presence;
+//! - `message {text}`: refused with `blocked` when the text holds a word of the room's
+//!   blocklist (state `blocklist`, default `["badword"]`), with `rate limited` past 5
+//!   messages per second per member; otherwise `message {user, text, ts}` goes to every
+//!   member (the sender too) and is kept in state `messages` (the last 100).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+
+use edgeroom_sdk::{Args, Event, Handler, room, state};
+use serde_json::json;
+
+const MAX_PER_SECOND: usize = 5;
+const KEEP: u32 = 100;
+
+thread_local! {
+    // Send times of each member's recent messages. Memory, not state: a rate limit
+    // need not survive an instance restart.
+    static SENT: RefCell<HashMap<String, VecDeque<u64>>> = RefCell::new(HashMap::new());
+}
+
+struct Chat;
+
+fn rate_limited(conn: &str, now: u64) -> bool {
+    SENT.with(|s| {
+        let mut s = s.borrow_mut();
+        let times = s.entry(conn.to_owned()).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) >= 1000)
+        {
+            times.pop_front();
+        }
+        if times.len() >= MAX_PER_SECOND {
+            return true;
+        }
+        times.push_back(now);
+        false
+    })
+}
+
+fn blocked(text: &str) -> bool {
+    let blocklist: Vec<String> =
+        state::get("blocklist").unwrap_or_else(|| vec!["badword".to_owned()]);
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .any(|w| blocklist.iter().any(|b| b.eq_ignore_ascii_case(w)))
+}
+
+impl Handler for Chat {
+    fn on_join(conn: String, auth: serde_json::Value) -> Result<(), String> {
+        let user = auth
+            .get("user")
+            .and_then(|u| u.as_str())
+            .filter(|u| !u.is_empty());
+        let user = user.ok_or("auth.user is required to join a chat room")?;
+        room::set_presence(&conn, &json!({ "user": user }))
+    }
+
+    fn on_message(ev: Event) -> Result<Option<Args>, String> {
+        if ev.name != "message" {
+            return Err(format!("unknown event {:?}", ev.name));
+        }
+        let msg: serde_json::Value = ev.args.parse(0)?;
+        let text = msg
+            .get("text")
+            .and_then(|t| t.as_str())
+            .ok_or("message needs a text")?;
+        if blocked(text) {
+            return Err("blocked".into());
+        }
+        let now = room::now_ms();
+        if rate_limited(&ev.conn, now) {
+            return Err("rate limited".into());
+        }
+        let user = room::presence(&ev.conn)
+            .and_then(|p| p.get("user").cloned())
+            .unwrap_or_default();
+        let out = json!({ "user": user, "text": text, "ts": now });
+        room::broadcast("message", &Args::json(&out));
+        let mut len = state::push("messages", &out)?;
+        while len > KEEP {
+            state::delete("messages/0")?;
+            len -= 1;
+        }
+        Ok(Some(Args::new()))
+    }
+
+    fn on_leave(conn: String) {
+        SENT.with(|s| s.borrow_mut().remove(&conn));
+    }
+}
+
+edgeroom_sdk::export_handler!(Chat);

@@ -1,0 +1,100 @@
+//! Sandbox figures: handler call overhead and room cold start, with the real `echo`
+//! component and the real room world. Prints one JSON line.
+//!
+//! `cargo bench -p edgeroom --bench sandbox`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use edgeroom::config::SandboxConfig;
+use edgeroom::ids::{NodeId, RoomId};
+use edgeroom::metrics::Metrics;
+use edgeroom::payload::Payload;
+use edgeroom::room::World;
+use edgeroom::room::core::{LogLimits, RoomCore};
+use edgeroom::room::world::Place;
+use edgeroom::sandbox::{Call, Sandbox, Slot};
+use edgeroom::state::RoomDoc;
+
+fn world(metrics: &Arc<Metrics>) -> World {
+    let room = RoomId::new("bench").unwrap();
+    let core = RoomCore::new(
+        NodeId::new("b1").unwrap(),
+        room.clone(),
+        LogLimits {
+            max_age_ms: 120_000,
+            max_events: 1000,
+        },
+    );
+    let place = Place {
+        app: "echo".into(),
+        room,
+        node: "b1".into(),
+        region: "local".into(),
+    };
+    World::new(place, core, RoomDoc::new(), metrics.clone())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let metrics = Arc::new(Metrics::new());
+    let cache = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::<World>::new(
+        SandboxConfig::default(),
+        cache.path().to_path_buf(),
+        metrics.clone(),
+    )
+    .unwrap();
+    let handler = sandbox.compile(edgeroom::examples::ECHO).unwrap();
+
+    // Cold start: instantiate a fresh instance for a room (store + instance from the pool).
+    let mut slot = Slot::new(world(&metrics), &sandbox);
+    let mut cold = Vec::new();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        slot.ensure(&sandbox, &handler).await.unwrap();
+        cold.push(t.elapsed().as_secs_f64() * 1e6);
+        slot.unload(&sandbox);
+    }
+    cold.sort_by(f64::total_cmp);
+
+    // Call overhead: `echo` with a reply requested returns its arguments unchanged.
+    slot.ensure(&sandbox, &handler).await.unwrap();
+    let payload = Payload {
+        json: r#"[{"hello":"world","n":42}]"#.into(),
+        binaries: vec![],
+    };
+    let (conn, event) = ("c1".to_string(), "echo".to_string());
+    let call = || Call::Message {
+        conn: &conn,
+        event: &event,
+        payload: &payload,
+        wants_reply: true,
+    };
+    for _ in 0..10_000 {
+        slot.call(&sandbox, &handler, call()).await.unwrap();
+    }
+    let n = 200_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        slot.call(&sandbox, &handler, call()).await.unwrap();
+    }
+    let per_call_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "sandbox",
+            "handler": "echo",
+            "call_overhead_us": (per_call_us * 1000.0).round() / 1000.0,
+            "calls": n,
+            "cold_start_us_p50": (percentile(&cold, 0.5) * 10.0).round() / 10.0,
+            "cold_start_us_p99": (percentile(&cold, 0.99) * 10.0).round() / 10.0,
+            "cold_starts": cold.len(),
+        })
+    );
+}

@@ -1,0 +1,230 @@
+//! Node configuration: `node.toml` for `edgeroom serve`, built in code for `edgeroom dev` and tests.
+//!
+//! Every limit the node enforces is named here, so an operator can see and change it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ids::{AppName, NodeId};
+
+/// One node's settings. Durations are in milliseconds in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id: the origin of the messages it sequences.
+    pub node_id: NodeId,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Where clients and the admin API connect.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Durable state: the handler registry and room documents.
+    pub data_dir: PathBuf,
+    /// Compiled handlers are cached here by sha256 (defaults to `data_dir/compiled`).
+    #[serde(default)]
+    pub compile_cache_dir: Option<PathBuf>,
+    /// Bearer key for the admin API. Required unless `dev` is true.
+    #[serde(default)]
+    pub admin_key: Option<String>,
+    /// Dev mode: the admin API is open to anyone who can reach it.
+    #[serde(default)]
+    pub dev: bool,
+    /// The app `/socket.io/` serves.
+    #[serde(default)]
+    pub default_app: Option<AppName>,
+    /// Secret that signs resume tokens (hex). Random per start when absent, which
+    /// only matters for resume across restarts.
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+}
+
+/// Bounds on what clients may send and how much the node keeps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest client frame accepted; a larger one gets a `too_large` error.
+    pub max_frame_bytes: usize,
+    /// Frames above this close the connection (the WebSocket layer never buffers more).
+    pub max_frame_hard_bytes: usize,
+    /// Outbound frames queued per connection; beyond it the client is a slow consumer and is dropped.
+    pub outbound_queue: usize,
+    /// Commands queued per room before senders wait.
+    pub room_inbox: usize,
+    /// How long a room keeps its events for resume.
+    pub history_ms: u64,
+    /// Most events a room keeps, whatever their age.
+    pub history_max_events: usize,
+    /// How long a disconnected session stays resumable.
+    pub resume_window_ms: u64,
+    /// How long a disconnected session keeps its presence before it leaves its rooms.
+    pub presence_grace_ms: u64,
+    /// An empty room drops its handler instance after this long.
+    pub instance_idle_ms: u64,
+    /// An empty room with no history left is unloaded after this long (its state is saved).
+    pub room_idle_ms: u64,
+    /// Largest handler upload.
+    pub max_handler_bytes: usize,
+    /// Rooms a connection may join at once.
+    pub max_rooms_per_conn: usize,
+    /// Concurrent client connections.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            max_frame_hard_bytes: 16 * 1024 * 1024,
+            outbound_queue: 1024,
+            room_inbox: 1024,
+            history_ms: 120_000,
+            history_max_events: 100_000,
+            resume_window_ms: 120_000,
+            presence_grace_ms: 15_000,
+            instance_idle_ms: 30_000,
+            room_idle_ms: 300_000,
+            max_handler_bytes: 16 * 1024 * 1024,
+            max_rooms_per_conn: 100,
+            max_connections: 19_000,
+        }
+    }
+}
+
+/// The WebAssembly sandbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// CPU budget of one handler call.
+    pub call_deadline_ms: u64,
+    /// Memory one handler instance may use.
+    pub max_memory_bytes: usize,
+    /// Handler instances (rooms with a live handler) per node: slots of the pooling allocator.
+    pub max_instances: u32,
+    /// Epoch tick: the granularity of deadlines and of yielding to other rooms.
+    pub tick_ms: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            call_deadline_ms: 50,
+            max_memory_bytes: 32 * 1024 * 1024,
+            max_instances: 1000,
+            tick_ms: 5,
+        }
+    }
+}
+
+fn default_region() -> String {
+    "local".into()
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+impl NodeConfig {
+    /// A config for a node with the given id and data directory and default everything else.
+    pub fn new(node_id: NodeId, data_dir: PathBuf) -> Self {
+        Self {
+            node_id,
+            region: default_region(),
+            listen: default_listen(),
+            data_dir,
+            compile_cache_dir: None,
+            admin_key: None,
+            dev: false,
+            default_app: None,
+            secret: None,
+            limits: Limits::default(),
+            sandbox: SandboxConfig::default(),
+        }
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let config: NodeConfig = toml::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuse settings the node cannot run with.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.dev || self.admin_key.is_some(),
+            "admin_key is required unless dev = true"
+        );
+        anyhow::ensure!(
+            self.limits.max_frame_bytes <= self.limits.max_frame_hard_bytes,
+            "max_frame_bytes exceeds max_frame_hard_bytes"
+        );
+        anyhow::ensure!(
+            self.limits.outbound_queue > 0 && self.limits.room_inbox > 0,
+            "queues must hold at least one item"
+        );
+        anyhow::ensure!(
+            self.sandbox.tick_ms > 0 && self.sandbox.call_deadline_ms >= self.sandbox.tick_ms,
+            "call_deadline_ms must be at least one tick"
+        );
+        anyhow::ensure!(
+            self.sandbox.max_memory_bytes >= 1 << 20,
+            "max_memory_bytes must be at least 1 MiB"
+        );
+        Ok(())
+    }
+
+    pub fn compile_cache_dir(&self) -> PathBuf {
+        self.compile_cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("compiled"))
+    }
+}
+
+impl Limits {
+    pub fn history(&self) -> Duration {
+        Duration::from_millis(self.history_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_node_file() {
+        let c = NodeConfig::from_toml(
+            r#"
+            node_id = "n1"
+            region = "eu-west"
+            listen = "127.0.0.1:9000"
+            data_dir = "/var/lib/edgeroom"
+            admin_key = "k"
+            default_app = "chat"
+            [limits]
+            max_frame_bytes = 1000
+            [sandbox]
+            call_deadline_ms = 20
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.node_id.as_str(), "n1");
+        assert_eq!(c.limits.max_frame_bytes, 1000);
+        assert_eq!(c.limits.outbound_queue, 1024);
+        assert_eq!(c.sandbox.call_deadline_ms, 20);
+    }
+
+    #[test]
+    fn refuses_an_open_admin_api_outside_dev() {
+        let e = NodeConfig::from_toml("node_id = \"n1\"\ndata_dir = \"/tmp/x\"\n").unwrap_err();
+        assert!(e.to_string().contains("admin_key"), "{e}");
+        assert!(
+            NodeConfig::from_toml("node_id = \"n1\"\ndata_dir = \"/tmp/x\"\nbogus = 1\n").is_err()
+        );
+    }
+}

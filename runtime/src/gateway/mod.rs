@@ -1,0 +1,134 @@
+//! The HTTP front door: the native WebSocket endpoint, the admin API, health and metrics.
+//!
+//! Handlers here parse and check requests and hand off to the node; they hold no state.
+
+mod admin;
+pub mod native;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::ids::AppName;
+use crate::node::Node;
+use crate::protocol::native::Format;
+
+/// An HTTP error as JSON: `{"error": {"code", "message"}}`.
+pub fn http_error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    let body = serde_json::json!({"error": {"code": code, "message": message.to_string()}});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    let admin = admin::routes(node.clone());
+    Router::new()
+        .route("/", get(index))
+        .route("/v1/ws", get(native_ws))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(admin)
+        .with_state(node)
+}
+
+async fn index(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let c = &node.config;
+    format!(
+        "Edgeroom node {} ({}).\nNative protocol: ws://{}/v1/ws?app=APP  (see docs/protocol.md)\nAdmin API: /v1/apps/{{app}}  Metrics: /metrics  Health: /healthz\n",
+        c.node_id, c.region, c.listen
+    )
+}
+
+async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let body = serde_json::json!({"status": "ok", "node": node.config.node_id.as_str(), "region": node.config.region});
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        node.metrics.render(),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct WsQuery {
+    app: Option<String>,
+    format: Option<String>,
+}
+
+async fn native_ws(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<WsQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "not_websocket",
+                format!("this endpoint takes a WebSocket upgrade: {e}"),
+            );
+        }
+    };
+    let app = match (q.app.as_deref(), &node.config.default_app) {
+        (Some(name), _) => match AppName::new(name) {
+            Ok(a) => a,
+            Err(e) => return http_error(StatusCode::BAD_REQUEST, "invalid_name", e),
+        },
+        (None, Some(default)) => default.clone(),
+        (None, None) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "missing_field",
+                "query parameter `app` is required",
+            );
+        }
+    };
+    if !node.apps.exists(&app) {
+        return http_error(
+            StatusCode::NOT_FOUND,
+            "unknown_app",
+            format!("app {app} does not exist"),
+        );
+    }
+    let format = match q.format.as_deref() {
+        None | Some("json") => Format::Json,
+        Some("msgpack") => Format::MsgPack,
+        Some(other) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "bad_format",
+                format!("format {other:?} is not json or msgpack"),
+            );
+        }
+    };
+    let limits = &node.config.limits;
+    if node.metrics.connections.get() >= limits.max_connections as i64 {
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "this node is at its connection limit; try another",
+        );
+    }
+    let hard = limits.max_frame_hard_bytes;
+    ws.max_message_size(hard)
+        .max_frame_size(hard)
+        .on_upgrade(move |socket| native::serve(socket, node, app, format))
+}

@@ -1,0 +1,144 @@
+//! What the node counts, exposed as Prometheus text at `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub rooms: Gauge,
+    pub handler_instances: Gauge,
+    pub events: Counter,
+    pub events_per_second: Gauge<f64, AtomicU64>,
+    pub deliveries: Counter,
+    pub handler_call_seconds: Histogram,
+    pub handler_errors: Family<KindLabel, Counter>,
+    pub slow_consumers: Counter,
+    pub bad_frames: Family<KindLabel, Counter>,
+    pub deploys: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("edgeroom");
+        let connections = Gauge::default();
+        let rooms = Gauge::default();
+        let handler_instances = Gauge::default();
+        let events = Counter::default();
+        let events_per_second = Gauge::<f64, AtomicU64>::default();
+        let deliveries = Counter::default();
+        // 1 µs .. ~1 s, doubling.
+        let handler_call_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1e-6, 2.0, 21),
+        );
+        let handler_errors = Family::default();
+        let slow_consumers = Counter::default();
+        let bad_frames = Family::default();
+        let deploys = Counter::default();
+        registry.register(
+            "connections",
+            "Client connections open now",
+            connections.clone(),
+        );
+        registry.register("rooms", "Rooms loaded on this node", rooms.clone());
+        registry.register(
+            "handler_instances",
+            "Live handler instances",
+            handler_instances.clone(),
+        );
+        registry.register("events", "Client events handled", events.clone());
+        registry.register(
+            "events_per_second",
+            "Client events handled per second, over the last second",
+            events_per_second.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Frames queued to clients by rooms",
+            deliveries.clone(),
+        );
+        registry.register(
+            "handler_call_seconds",
+            "Time of one handler call",
+            handler_call_seconds.clone(),
+        );
+        registry.register(
+            "handler_errors",
+            "Handler calls that failed, by kind",
+            handler_errors.clone(),
+        );
+        registry.register(
+            "slow_consumers_dropped",
+            "Connections dropped because they did not read fast enough",
+            slow_consumers.clone(),
+        );
+        registry.register(
+            "bad_frames",
+            "Client frames refused, by error code",
+            bad_frames.clone(),
+        );
+        registry.register("deploys", "Handler versions deployed", deploys.clone());
+        Self {
+            registry,
+            connections,
+            rooms,
+            handler_instances,
+            events,
+            events_per_second,
+            deliveries,
+            handler_call_seconds,
+            handler_errors,
+            slow_consumers,
+            bad_frames,
+            deploys,
+        }
+    }
+
+    pub fn handler_error(&self, kind: &str) {
+        self.handler_errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn bad_frame(&self, code: &str) {
+        self.bad_frames
+            .get_or_create(&KindLabel { kind: code.into() })
+            .inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Update `events_per_second` from the event counter; call about once a second.
+    pub fn sample_rates(&self, last: &AtomicU64, elapsed_secs: f64) {
+        let now = self.events.get();
+        let before = last.swap(now, Ordering::Relaxed);
+        if elapsed_secs > 0.0 {
+            self.events_per_second
+                .set(now.saturating_sub(before) as f64 / elapsed_secs);
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! One edge node: wires storage, sandbox, registry, rooms and sessions together and
+//! serves them over HTTP. [`start`] returns a handle that stops it cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::apps::{Apps, now_ms};
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+use crate::room::{RoomCmd, RoomEnv, RoomKey, Rooms, World};
+use crate::sandbox::Sandbox;
+use crate::session::Sessions;
+use crate::session::token::TokenKey;
+use crate::store::Store;
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub metrics: Arc<Metrics>,
+    pub sandbox: Arc<Sandbox<World>>,
+    pub apps: Arc<Apps<World>>,
+    pub rooms: Arc<Rooms>,
+    pub sessions: Arc<Sessions>,
+    pub tokens: TokenKey,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Node {
+    /// Resolves when the node starts shutting down.
+    pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}
+
+/// A started node.
+pub struct RunningNode {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    server: JoinHandle<()>,
+    upkeep: JoinHandle<()>,
+}
+
+/// Open the node's storage, load its handlers and start serving on `config.listen`
+/// (port 0 picks a free port; see [`RunningNode::addr`]).
+pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    config.check()?;
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    let sandbox = Sandbox::new(
+        config.sandbox.clone(),
+        config.compile_cache_dir(),
+        metrics.clone(),
+    )?;
+    let apps = {
+        let (sandbox, store, metrics) = (sandbox.clone(), store.clone(), metrics.clone());
+        let max = config.limits.max_handler_bytes;
+        Arc::new(
+            tokio::task::spawn_blocking(move || Apps::open(sandbox, store, max, metrics)).await??,
+        )
+    };
+    let tokens = match &config.secret {
+        Some(hex_secret) => TokenKey::new(
+            hex::decode(hex_secret).map_err(|e| anyhow::anyhow!("secret is not hex: {e}"))?,
+        ),
+        None => TokenKey::random(),
+    };
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let rooms = Rooms::new(RoomEnv {
+        node: config.node_id.clone(),
+        region: config.region.clone(),
+        limits: config.limits.clone(),
+        sandbox: sandbox.clone(),
+        apps: apps.clone(),
+        store,
+        metrics: metrics.clone(),
+        shutdown: shutdown_rx,
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let node = Arc::new(Node {
+        config,
+        metrics,
+        sandbox,
+        apps,
+        rooms,
+        sessions: Arc::new(Sessions::default()),
+        tokens,
+        shutdown,
+    });
+
+    let app = crate::gateway::router(node.clone());
+    let mut stop = node.shutdown_rx();
+    let server = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!("server stopped: {e}");
+        }
+    });
+    let upkeep = tokio::spawn(upkeep(node.clone()));
+    tracing::info!(node = %node.config.node_id, region = %node.config.region, %addr, "node listening");
+    Ok(RunningNode {
+        addr,
+        node,
+        server,
+        upkeep,
+    })
+}
+
+/// Once a second: expire resumable sessions past their window, sample rates.
+async fn upkeep(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut stop = node.shutdown_rx();
+    let last_events = AtomicU64::new(0);
+    let mut last = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = Instant::now();
+        node.metrics
+            .sample_rates(&last_events, now.duration_since(last).as_secs_f64());
+        last = now;
+        for (conn, app, rooms) in node
+            .sessions
+            .expire(now_ms(), node.config.limits.resume_window_ms)
+        {
+            for room in rooms.into_keys() {
+                if let Some(h) = node.rooms.loaded(&RoomKey {
+                    app: app.clone(),
+                    room,
+                }) {
+                    h.send(RoomCmd::End { conn: conn.clone() }).await;
+                }
+            }
+        }
+    }
+}
+
+impl RunningNode {
+    /// Stop: close client connections (they may resume elsewhere), save every room,
+    /// and release storage. Waits up to `grace` for rooms and connections to finish.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.node.shutdown.send(true);
+        let deadline = Instant::now() + grace;
+        while (self.node.metrics.rooms.get() > 0 || self.node.metrics.connections.get() > 0)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = tokio::time::timeout(grace, self.server).await;
+        let _ = self.upkeep.await;
+    }
+}

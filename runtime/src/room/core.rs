@@ -1,0 +1,406 @@
+//! The room's bookkeeping, with no I/O: members and presence, the event log with its
+//! sequence numbers, resume cursors, and idempotent publishes.
+//!
+//! The room actor feeds it what happened and the current time, and acts on what it
+//! returns. Nothing here awaits, locks or reads a clock, so it is tested directly.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+
+use crate::ids::{ConnId, NodeId, RoomId, Seq};
+use crate::payload::Payload;
+use crate::protocol::Cursor;
+use crate::protocol::native::Format;
+
+/// Who an event is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    All,
+    AllExcept(ConnId),
+    Only(ConnId),
+}
+
+impl Target {
+    pub fn includes(&self, conn: &ConnId) -> bool {
+        match self {
+            Target::All => true,
+            Target::AllExcept(c) => c != conn,
+            Target::Only(c) => c == conn,
+        }
+    }
+}
+
+/// One sequenced event of the room, kept for resume and shared by every recipient.
+#[derive(Debug)]
+pub struct LogEntry {
+    pub room: RoomId,
+    pub origin: NodeId,
+    pub seq: Seq,
+    pub at_ms: u64,
+    pub target: Target,
+    pub event: String,
+    pub payload: Payload,
+    /// The connection whose event caused this one (none for timers).
+    pub from: Option<ConnId>,
+    /// The room's cursor once this event is delivered.
+    pub cursor: String,
+    /// Encoded once per wire format, on first use, then shared by every recipient.
+    pub encoded: [OnceLock<Bytes>; 2],
+}
+
+impl LogEntry {
+    pub fn encoded(&self, format: Format, encode: impl FnOnce(&LogEntry) -> Vec<u8>) -> Bytes {
+        self.encoded[format.index()]
+            .get_or_init(|| Bytes::from(encode(self)))
+            .clone()
+    }
+}
+
+/// A member of the room.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// JSON; `null` until the handler sets it.
+    pub presence: String,
+    /// The auth JSON the member joined with (kept to re-join after a long absence).
+    pub auth: String,
+    /// `Some(t)` while the member's connection is gone: since when.
+    pub detached_since_ms: Option<u64>,
+    /// Highest sequence number queued to the member (the resume point when the client
+    /// does not say what it received).
+    pub last_queued: Seq,
+}
+
+/// Results remembered for idempotent emits, keyed by the client's `id`.
+#[derive(Debug, Clone)]
+pub struct Remembered<R> {
+    pub at_ms: u64,
+    pub result: R,
+}
+
+/// Limits of the log.
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimits {
+    pub max_age_ms: u64,
+    pub max_events: usize,
+}
+
+#[derive(Debug)]
+pub struct RoomCore<R> {
+    origin: NodeId,
+    room: RoomId,
+    next_seq: Seq,
+    members: BTreeMap<ConnId, Member>,
+    log: VecDeque<Arc<LogEntry>>,
+    limits: LogLimits,
+    /// Per origin, the highest sequence number no longer in the log.
+    evicted: Cursor,
+    head: Cursor,
+    ids: HashMap<String, Remembered<R>>,
+}
+
+/// What a resume gets: the events the member missed, oldest first.
+#[derive(Debug)]
+pub struct Replay {
+    pub events: Vec<Arc<LogEntry>>,
+    /// False when some missed events were already evicted from the log.
+    pub complete: bool,
+}
+
+impl<R: Clone> RoomCore<R> {
+    pub fn new(origin: NodeId, room: RoomId, limits: LogLimits) -> Self {
+        Self {
+            origin,
+            room,
+            next_seq: Seq(1),
+            members: BTreeMap::new(),
+            log: VecDeque::new(),
+            limits,
+            evicted: Cursor::default(),
+            head: Cursor::default(),
+            ids: HashMap::new(),
+        }
+    }
+
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    pub fn members(&self) -> &BTreeMap<ConnId, Member> {
+        &self.members
+    }
+
+    pub fn member(&self, conn: &ConnId) -> Option<&Member> {
+        self.members.get(conn)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The room's version vector: every event so far.
+    pub fn head(&self) -> &Cursor {
+        &self.head
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Add a member. False if it already is one.
+    pub fn join(&mut self, conn: ConnId, auth: String) -> bool {
+        if self.members.contains_key(&conn) {
+            return false;
+        }
+        let last_queued = self.head.get(&self.origin);
+        self.members.insert(
+            conn,
+            Member {
+                presence: "null".into(),
+                auth,
+                detached_since_ms: None,
+                last_queued,
+            },
+        );
+        true
+    }
+
+    /// Remove a member; returns it if it was one.
+    pub fn leave(&mut self, conn: &ConnId) -> Option<Member> {
+        self.members.remove(conn)
+    }
+
+    pub fn set_presence(&mut self, conn: &ConnId, presence: String) -> bool {
+        match self.members.get_mut(conn) {
+            Some(m) => {
+                m.presence = presence;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The member's connection is gone; it stays a member for the presence grace.
+    pub fn detach(&mut self, conn: &ConnId, now_ms: u64) {
+        if let Some(m) = self.members.get_mut(conn) {
+            m.detached_since_ms.get_or_insert(now_ms);
+        }
+    }
+
+    /// The member is back: the events it has not seen, by its cursor (or, without one,
+    /// after what was last queued to it).
+    pub fn reattach(&mut self, conn: &ConnId, cursor: Option<&Cursor>) -> Option<Replay> {
+        let origin = self.origin.clone();
+        let m = self.members.get_mut(conn)?;
+        m.detached_since_ms = None;
+        let mut from = Cursor::default();
+        match cursor {
+            Some(c) => from = c.clone(),
+            None => from.advance(&origin, m.last_queued),
+        }
+        Some(self.replay_for(conn, &from))
+    }
+
+    /// The events after `from` that `conn` should receive.
+    pub fn replay_for(&self, conn: &ConnId, from: &Cursor) -> Replay {
+        let events: Vec<_> = self
+            .log
+            .iter()
+            .filter(|e| !from.covers(&e.origin, e.seq) && e.target.includes(conn))
+            .cloned()
+            .collect();
+        let complete = from.dominates(&self.evicted);
+        Replay { events, complete }
+    }
+
+    /// Sequence a new event from this node and keep it in the log.
+    pub fn publish(
+        &mut self,
+        now_ms: u64,
+        target: Target,
+        event: String,
+        payload: Payload,
+        from: Option<ConnId>,
+    ) -> Arc<LogEntry> {
+        let seq = self.next_seq;
+        self.next_seq = seq.next();
+        self.head.advance(&self.origin, seq);
+        debug_assert!(
+            self.log
+                .back()
+                .is_none_or(|e| e.origin != self.origin || e.seq < seq),
+            "sequence numbers only grow"
+        );
+        let entry = Arc::new(LogEntry {
+            room: self.room.clone(),
+            origin: self.origin.clone(),
+            seq,
+            at_ms: now_ms,
+            target,
+            event,
+            payload,
+            from,
+            cursor: self.head.to_string(),
+            encoded: Default::default(),
+        });
+        self.log.push_back(entry.clone());
+        while self.log.len() > self.limits.max_events {
+            self.evict_front();
+        }
+        entry
+    }
+
+    /// Record that an entry was queued to a member.
+    pub fn queued(&mut self, conn: &ConnId, seq: Seq) {
+        if let Some(m) = self.members.get_mut(conn) {
+            m.last_queued = m.last_queued.max(seq);
+        }
+    }
+
+    fn evict_front(&mut self) {
+        if let Some(e) = self.log.pop_front() {
+            self.evicted.advance(&e.origin, e.seq);
+        }
+    }
+
+    /// The result of an earlier emit with this idempotency id, if still remembered.
+    pub fn remembered(&self, id: &str) -> Option<&R> {
+        self.ids.get(id).map(|r| &r.result)
+    }
+
+    pub fn remember(&mut self, id: String, now_ms: u64, result: R) {
+        self.ids.insert(
+            id,
+            Remembered {
+                at_ms: now_ms,
+                result,
+            },
+        );
+    }
+
+    /// Drop what is older than the log window. Returns the members whose connection has
+    /// been gone longer than `grace_ms`: the actor makes them leave.
+    pub fn expire(&mut self, now_ms: u64, grace_ms: u64) -> Vec<ConnId> {
+        let cutoff = now_ms.saturating_sub(self.limits.max_age_ms);
+        while self.log.front().is_some_and(|e| e.at_ms < cutoff) {
+            self.evict_front();
+        }
+        self.ids.retain(|_, r| r.at_ms >= cutoff);
+        self.members
+            .iter()
+            .filter(|(_, m)| {
+                m.detached_since_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) >= grace_ms)
+            })
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    /// Members whose connection is live.
+    pub fn attached(&self) -> impl Iterator<Item = &ConnId> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.detached_since_ms.is_none())
+            .map(|(c, _)| c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core() -> RoomCore<()> {
+        RoomCore::new(
+            NodeId::new("n1").unwrap(),
+            RoomId::new("r").unwrap(),
+            LogLimits {
+                max_age_ms: 1000,
+                max_events: 3,
+            },
+        )
+    }
+
+    fn conn(s: &str) -> ConnId {
+        ConnId::from_trusted(s.into())
+    }
+
+    #[test]
+    fn sequences_and_targets() {
+        let mut c = core();
+        assert!(c.join(conn("a"), "null".into()));
+        assert!(!c.join(conn("a"), "null".into()));
+        let e1 = c.publish(0, Target::All, "x".into(), Payload::empty(), None);
+        let e2 = c.publish(
+            0,
+            Target::AllExcept(conn("a")),
+            "y".into(),
+            Payload::empty(),
+            None,
+        );
+        assert_eq!((e1.seq, e2.seq), (Seq(1), Seq(2)));
+        assert_eq!(e2.cursor, "n1:2");
+        assert!(!e2.target.includes(&conn("a")) && e2.target.includes(&conn("b")));
+    }
+
+    #[test]
+    fn replay_gives_missed_events_once_in_order() {
+        let mut c = core();
+        c.join(conn("a"), "null".into());
+        c.publish(0, Target::All, "1".into(), Payload::empty(), None);
+        c.queued(&conn("a"), Seq(1));
+        c.detach(&conn("a"), 10);
+        c.publish(20, Target::All, "2".into(), Payload::empty(), None);
+        c.publish(
+            20,
+            Target::Only(conn("b")),
+            "not-mine".into(),
+            Payload::empty(),
+            None,
+        );
+        c.publish(
+            30,
+            Target::Only(conn("a")),
+            "3".into(),
+            Payload::empty(),
+            None,
+        );
+        let r = c.reattach(&conn("a"), None).unwrap();
+        let names: Vec<_> = r.events.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(names, ["2", "3"]);
+        assert!(r.complete);
+        // A client that says it saw up to n1:2 gets only what came after.
+        let r = c
+            .reattach(&conn("a"), Some(&"n1:2".parse().unwrap()))
+            .unwrap();
+        assert_eq!(r.events.len(), 1);
+    }
+
+    #[test]
+    fn eviction_makes_a_replay_incomplete() {
+        let mut c = core();
+        c.join(conn("a"), "null".into());
+        for i in 0..5 {
+            c.publish(i, Target::All, i.to_string(), Payload::empty(), None);
+        }
+        assert_eq!(c.log_len(), 3);
+        let r = c.replay_for(&conn("a"), &"n1:1".parse().unwrap());
+        assert!(!r.complete);
+        assert_eq!(r.events.len(), 3);
+        let r = c.replay_for(&conn("a"), &"n1:2".parse().unwrap());
+        assert!(r.complete);
+        c.expire(2000, 0);
+        assert_eq!(c.log_len(), 0);
+    }
+
+    #[test]
+    fn detached_members_leave_after_grace() {
+        let mut c = core();
+        c.join(conn("a"), "null".into());
+        c.join(conn("b"), "null".into());
+        c.detach(&conn("a"), 100);
+        assert!(c.expire(150, 100).is_empty());
+        assert_eq!(c.expire(200, 100), vec![conn("a")]);
+        assert_eq!(c.attached().cloned().collect::<Vec<_>>(), vec![conn("b")]);
+    }
+}

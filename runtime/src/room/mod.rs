@@ -1,0 +1,282 @@
+//! Rooms: one actor per loaded room, which owns its members, log, document and
+//! handler instance, and handles one command at a time in arrival order.
+//!
+//! [`Rooms`] finds or starts the actor for an `(app, room)`. An actor that has been
+//! empty for a while saves its document and stops; a command that reaches it while
+//! it stops is answered with `Retry`, and the caller starts a fresh one.
+
+mod actor;
+pub mod core;
+pub mod outbox;
+pub mod world;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+pub use outbox::{KillSwitch, Outbound, Outbox};
+pub use world::World;
+
+use crate::apps::Apps;
+use crate::config::Limits;
+use crate::ids::{AppName, ConnId, NodeId, RoomId};
+use crate::metrics::Metrics;
+use crate::payload::Payload;
+use crate::protocol::Cursor;
+use crate::protocol::native::Ref;
+use crate::sandbox::Sandbox;
+use crate::store::Store;
+
+/// A room of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomKey {
+    pub app: AppName,
+    pub room: RoomId,
+}
+
+/// Commands a room handles, in order.
+pub enum RoomCmd {
+    /// Join; the room replies to `r#ref` itself and reports the outcome on `done`.
+    /// With `resume_from`, the events after that cursor are replayed after the join.
+    Join {
+        conn: ConnId,
+        auth: String,
+        outbox: Outbox,
+        r#ref: Option<Ref>,
+        resume_from: Option<Cursor>,
+        done: oneshot::Sender<JoinOutcome>,
+    },
+    /// Leave; `done` gets false if it was not a member (the room cannot answer it then).
+    Leave {
+        conn: ConnId,
+        r#ref: Option<Ref>,
+        done: oneshot::Sender<bool>,
+    },
+    /// An event from a member; `outbox` answers a sender that is no longer a member.
+    Emit {
+        conn: ConnId,
+        outbox: Outbox,
+        event: String,
+        payload: Payload,
+        r#ref: Option<Ref>,
+        id: Option<String>,
+    },
+    /// The member's connection dropped; it may come back.
+    Detach {
+        conn: ConnId,
+        outbox: Outbox,
+    },
+    /// The member is back on a new connection: replay what it missed, then go live.
+    Reattach {
+        conn: ConnId,
+        outbox: Outbox,
+        cursor: Option<Cursor>,
+        done: oneshot::Sender<ReattachOutcome>,
+    },
+    /// The session ended for good.
+    End {
+        conn: ConnId,
+    },
+    Inspect {
+        done: oneshot::Sender<RoomView>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinOutcome {
+    Joined,
+    Refused,
+    /// The room was stopping: ask again.
+    Retry,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReattachOutcome {
+    Reattached,
+    /// No longer a member (it was away past the presence grace): join again.
+    NotMember,
+    Retry,
+}
+
+/// A room as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomView {
+    pub app: String,
+    pub room: String,
+    pub members: Vec<MemberView>,
+    pub state: serde_json::Value,
+    pub cursor: String,
+    pub history_len: usize,
+    pub handler_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberView {
+    pub conn: String,
+    pub presence: serde_json::Value,
+    pub connected: bool,
+}
+
+/// The way to a room actor.
+#[derive(Clone)]
+pub struct RoomHandle {
+    tx: mpsc::Sender<RoomCmd>,
+}
+
+impl RoomHandle {
+    /// Queue a command; waits while the room's inbox is full. False if the room stopped.
+    pub async fn send(&self, cmd: RoomCmd) -> bool {
+        self.tx.send(cmd).await.is_ok()
+    }
+}
+
+/// What every room actor needs from the node.
+pub struct RoomEnv {
+    pub node: NodeId,
+    pub region: String,
+    pub limits: Limits,
+    pub sandbox: Arc<Sandbox<World>>,
+    pub apps: Arc<Apps<World>>,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    /// Turns true when the node shuts down: rooms save and stop.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The loaded rooms of this node.
+pub struct Rooms {
+    map: Mutex<HashMap<RoomKey, RoomHandle>>,
+    env: Arc<RoomEnv>,
+}
+
+impl Rooms {
+    pub fn new(env: RoomEnv) -> Arc<Self> {
+        Arc::new(Self {
+            map: Mutex::new(HashMap::new()),
+            env: Arc::new(env),
+        })
+    }
+
+    pub fn env(&self) -> &RoomEnv {
+        &self.env
+    }
+
+    /// The actor of `key`, started if needed. `None` if the app does not exist.
+    pub fn handle(self: &Arc<Self>, key: &RoomKey) -> Option<RoomHandle> {
+        let mut map = self.map.lock();
+        if let Some(h) = map.get(key)
+            && !h.tx.is_closed()
+        {
+            return Some(h.clone());
+        }
+        let live = self.env.apps.subscribe(&key.app)?;
+        let (tx, rx) = mpsc::channel(self.env.limits.room_inbox);
+        let handle = RoomHandle { tx };
+        map.insert(key.clone(), handle.clone());
+        actor::spawn(self.clone(), key.clone(), live, rx);
+        Some(handle)
+    }
+
+    /// The actor of `key` if it is loaded.
+    pub fn loaded(&self, key: &RoomKey) -> Option<RoomHandle> {
+        self.map
+            .lock()
+            .get(key)
+            .filter(|h| !h.tx.is_closed())
+            .cloned()
+    }
+
+    /// Called by a stopping actor: forget it unless a command is already on its way.
+    fn retire(&self, key: &RoomKey, rx: &mpsc::Receiver<RoomCmd>) -> bool {
+        let mut map = self.map.lock();
+        if !rx.is_empty() {
+            return false;
+        }
+        map.remove(key);
+        true
+    }
+
+    /// Join a room, restarting a stopping actor as needed. `None`: the app does not exist.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn join(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        conn: &ConnId,
+        auth: &str,
+        outbox: &Outbox,
+        r#ref: Option<Ref>,
+        resume_from: Option<Cursor>,
+    ) -> Option<(JoinOutcome, RoomHandle)> {
+        loop {
+            let handle = self.handle(key)?;
+            let (done, rx) = oneshot::channel();
+            let cmd = RoomCmd::Join {
+                conn: conn.clone(),
+                auth: auth.to_owned(),
+                outbox: outbox.clone(),
+                r#ref: r#ref.clone(),
+                resume_from: resume_from.clone(),
+                done,
+            };
+            if !handle.send(cmd).await {
+                continue;
+            }
+            match rx.await {
+                Ok(JoinOutcome::Retry) | Err(_) => continue,
+                Ok(outcome) => return Some((outcome, handle)),
+            }
+        }
+    }
+
+    /// Put a returning member back on a new connection.
+    pub async fn reattach(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        conn: &ConnId,
+        outbox: &Outbox,
+        cursor: Option<Cursor>,
+    ) -> Option<(ReattachOutcome, RoomHandle)> {
+        loop {
+            let handle = self.handle(key)?;
+            let (done, rx) = oneshot::channel();
+            let cmd = RoomCmd::Reattach {
+                conn: conn.clone(),
+                outbox: outbox.clone(),
+                cursor: cursor.clone(),
+                done,
+            };
+            if !handle.send(cmd).await {
+                continue;
+            }
+            match rx.await {
+                Ok(ReattachOutcome::Retry) | Err(_) => continue,
+                Ok(outcome) => return Some((outcome, handle)),
+            }
+        }
+    }
+
+    /// A room's members and state, loading the room if it is not loaded.
+    pub async fn inspect(self: &Arc<Self>, key: &RoomKey) -> Option<RoomView> {
+        for _ in 0..3 {
+            let handle = self.handle(key)?;
+            let (done, rx) = oneshot::channel();
+            if handle.send(RoomCmd::Inspect { done }).await
+                && let Ok(v) = rx.await
+            {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// How many rooms are loaded.
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
