@@ -5,3 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 rustup toolchain install
 cargo nextest run --workspace --locked --no-fail-fast "$@"
+# Doc examples (the SDK's complete handler example among them) must compile.
+cargo test --workspace --doc --locked

@@ -331,3 +331,24 @@ async fn a_consumer_that_stops_reading_is_dropped_and_the_room_goes_on() {
         "{reason:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_hard_limit_closes_with_a_reason() {
+    let node = TestNode::start_with(|c| c.limits.max_frame_hard_bytes = 100_000).await;
+    let mut a = node.client("echo").await;
+    a.join("r", json!(null)).await;
+    a.send(json!({"type": "emit", "room": "r", "event": "echo", "data": "y".repeat(150_000)}))
+        .await;
+    let closed = a.next_of("closed").await;
+    assert!(
+        closed["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("protocol error"),
+        "{closed}"
+    );
+    // Others are unaffected.
+    let mut b = node.client("echo").await;
+    b.join("r", json!(null)).await;
+    assert_eq!(b.emit("r", "echo", json!(1)).await["data"], 1);
+}

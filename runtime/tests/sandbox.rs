@@ -150,3 +150,49 @@ async fn bad_uploads_are_refused_with_a_reason() {
     let (s, b) = put(&node, "x", edgeroom::examples::ECHO.to_vec()).await;
     assert_eq!((s, b["version"].as_u64()), (200, Some(1)), "{b}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_reaching_for_the_filesystem_or_clock_is_refused() {
+    let node = TestNode::start().await;
+    let (s, b) = put(&node, "sneaky", common::FORBIDDEN.to_vec()).await;
+    assert_eq!(s, 400, "{b}");
+    let msg = b["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("wasi:filesystem") || msg.contains("wasi:clocks"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_rooms_drop_their_instance_then_unload_keeping_state() {
+    let node = TestNode::start_with(|c| {
+        c.limits.instance_idle_ms = 100;
+        c.limits.room_idle_ms = 1500;
+        c.limits.presence_grace_ms = 0;
+    })
+    .await;
+    let mut c = node.client("counter").await;
+    c.join("idle", json!(null)).await;
+    c.emit("idle", "incr", json!({"by": 7})).await;
+    assert_eq!(
+        metric(&node.metrics().await, "edgeroom_handler_instances"),
+        1.0
+    );
+    c.close().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&node.metrics().await, "edgeroom_handler_instances") > 0.0 {
+        assert!(Instant::now() < deadline, "instance never dropped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while metric(&node.metrics().await, "edgeroom_rooms") > 0.0 {
+        assert!(Instant::now() < deadline, "room never unloaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Back again: a fresh actor and instance, the saved state.
+    let mut c = node.client("counter").await;
+    c.join("idle", json!(null)).await;
+    assert_eq!(
+        c.emit("idle", "get", json!(null)).await["data"],
+        json!({"count": 7})
+    );
+}

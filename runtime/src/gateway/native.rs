@@ -105,7 +105,12 @@ pub async fn serve(socket: WebSocket, node: Arc<Node>, app: AppName, format: For
                 kill.kill("no traffic from client");
                 break;
             }
-            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                // Over the hard frame limit, bad UTF-8, broken framing: protocol-fatal.
+                kill.kill(format!("protocol error: {e}"));
+                break;
+            }
             Ok(Some(Ok(m))) => m,
         };
         let max = node.config.limits.max_frame_bytes;
@@ -176,7 +181,10 @@ async fn write_loop(
         }
     }
     if let Some(reason) = kill.reason() {
-        let code = if reason.starts_with("slow consumer") || reason.starts_with("too many") {
+        let code = if reason.starts_with("slow consumer")
+            || reason.starts_with("too many")
+            || reason.starts_with("protocol error")
+        {
             CLOSE_POLICY
         } else if reason == "connection closed" {
             CLOSE_NORMAL

@@ -320,3 +320,9 @@ pub fn msgpack_to_json(v: rmpv::Value) -> Value {
         M::Ext(..) => panic!("ext"),
     }
 }
+
+/// A handler that imports the filesystem and clocks, which the sandbox refuses.
+pub const FORBIDDEN: &[u8] = include_bytes!(concat!(
+    env!("EDGEROOM_FIXTURES_DIR"),
+    "/forbidden_fixture.wasm"
+));

@@ -1,0 +1,173 @@
+//! The `edgeroom` binary as an operator uses it: `serve --config`, `deploy`, SIGTERM.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Client;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgeroom");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_deploy_and_stop_a_node_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = \"cli-1\"\nregion = \"eu-west\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\ncompile_cache_dir = {:?}\nadmin_key = \"k3y\"\n[sandbox]\nmax_instances = 16\n",
+            dir.path().join("data"),
+            common::compile_cache(),
+        ),
+    )
+    .unwrap();
+    let mut node = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{url}/healthz")).await.is_err() {
+        assert!(Instant::now() < deadline, "node did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let wasm = dir.path().join("echo.wasm");
+    std::fs::write(&wasm, edgeroom::examples::ECHO).unwrap();
+    let deploy = |key: &str| {
+        Command::new(BIN)
+            .args(["deploy", "--app", "hello", "--url", &url, "--key", key])
+            .arg(&wasm)
+            .output()
+            .unwrap()
+    };
+    let refused = deploy("wrong");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let ok = deploy("k3y");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(out["version"], 1);
+
+    let mut c = Client::connect(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        "hello",
+        "json",
+    )
+    .await;
+    assert_eq!(c.welcome["region"], "eu-west");
+    c.join("r", json!(null)).await;
+    assert_eq!(c.emit("r", "echo", json!("hi")).await["data"], "hi");
+
+    // SIGTERM: clients are told to go elsewhere, the process exits cleanly.
+    let _ = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status();
+    let closed = c.next_of("closed").await;
+    assert!(
+        closed["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("shutting down"),
+        "{closed}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = node.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "node did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "node_id = \"x\"\ndata_dir = \"/tmp/x\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin_key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_serves_the_examples_and_says_how_to_try_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut node = Command::new(BIN)
+        .args([
+            "dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for app in ["echo", "chat", "counter"] {
+        loop {
+            if let Ok(r) = reqwest::get(format!("{url}/v1/apps/{app}")).await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{app} never appeared");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut c = Client::connect(format!("127.0.0.1:{port}").parse().unwrap(), "chat", "json").await;
+    assert_eq!(c.join("lobby", json!({"user": "ann"})).await["ok"], true);
+    let _ = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(node.stdout.as_mut().unwrap(), &mut s).unwrap();
+        (node.wait().unwrap(), s)
+    })
+    .await
+    .unwrap();
+    assert!(out.0.success());
+    assert!(
+        out.1
+            .contains(&format!("ws://127.0.0.1:{port}/v1/ws?app=chat")),
+        "{}",
+        out.1
+    );
+}
