@@ -104,6 +104,8 @@ async fn main() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let n_pubs = args.rooms * args.pubs;
     let acks: Vec<Arc<Acks>> = (0..n_pubs).map(|_| Arc::new(Acks::default())).collect();
+    // Tells readers to stop and report, once deliveries have drained.
+    let (finish, finished) = tokio::sync::watch::channel(false);
 
     let mut readers = Vec::new();
     let mut writers = Vec::new();
@@ -117,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
                 n_pubs,
                 publisher.map(|p| acks[p].clone()),
                 start,
+                finished.clone(),
             )));
             if let Some(p) = publisher {
                 writers.push((p, room.clone(), sink));
@@ -157,10 +160,10 @@ async fn main() -> anyhow::Result<()> {
         delivered: 0,
         dup: 0,
         gaps: 0,
-        lat: Histogram::new(3)?,
+        lat: Histogram::new_with_bounds(1, 60_000_000, 3)?,
     };
+    let _ = finish.send(true);
     for r in readers {
-        r.abort();
         if let Ok(Ok(s)) = r.await {
             total.delivered += s.delivered;
             total.dup += s.dup;
@@ -183,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
             "delivered": total.delivered, "expected": expected,
             "delivered_per_s": (total.delivered as f64 / elapsed).round(),
             "loss": expected.saturating_sub(total.delivered), "duplicates": total.dup, "out_of_order": total.gaps,
-            "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": total.lat.max() as f64 / 1000.0},
+            "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": total.lat.max() as f64 / 1000.0, "mean": total.lat.mean() / 1000.0, "n": total.lat.len()},
         })
     );
     Ok(())
@@ -231,15 +234,23 @@ async fn read_loop(
     publishers: usize,
     acks: Option<Arc<Acks>>,
     start: Instant,
+    mut finished: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<SubStats> {
     let mut last = vec![0u64; publishers];
     let mut st = SubStats {
         delivered: 0,
         dup: 0,
         gaps: 0,
-        lat: Histogram::new(3)?,
+        lat: Histogram::new_with_bounds(1, 60_000_000, 3)?,
     };
-    while let Some(m) = stream.next().await {
+    loop {
+        let m = tokio::select! {
+            m = stream.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = finished.wait_for(|f| *f) => break,
+        };
         let Message::Text(t) = m? else { continue };
         let v: Value = serde_json::from_str(t.as_str())?;
         match v["type"].as_str() {

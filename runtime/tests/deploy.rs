@@ -120,7 +120,12 @@ async fn the_admin_api_needs_the_key_outside_dev_mode() {
         c.admin_key = Some("s3cret".into());
     })
     .await;
-    let http = reqwest::Client::new();
+    // A refused upload is answered before its body is read, and the server then closes
+    // that connection: do not reuse connections, or a request may race the close.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let url = node.url("/v1/apps/x/handler");
     let r = http
         .put(&url)

@@ -23,7 +23,7 @@ async fn failing(node: &TestNode, event: &str) -> (Value, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_loop_hits_the_deadline_and_others_keep_going() {
-    let node = TestNode::start_with(|c| c.sandbox.call_deadline_ms = 200).await;
+    let node = TestNode::start_with(|c| c.sandbox.call_deadline_ms = 1000).await;
     let mut spinner = node.client("fixture").await;
     spinner.join("spin-room", json!(null)).await;
     let mut other = node.client("echo").await;
@@ -38,7 +38,7 @@ async fn an_endless_loop_hits_the_deadline_and_others_keep_going() {
     let r = other.emit("calm", "echo", json!("quick")).await;
     assert_eq!(r["data"], "quick");
     assert!(
-        t.elapsed() < Duration::from_millis(150),
+        t.elapsed() < Duration::from_millis(300),
         "other room waited {:?}",
         t.elapsed()
     );
@@ -52,7 +52,7 @@ async fn an_endless_loop_hits_the_deadline_and_others_keep_going() {
 
     let (_, took) = failing(&node, "spin").await;
     assert!(
-        took >= Duration::from_millis(150) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(800) && took < Duration::from_secs(5),
         "spin took {took:?}"
     );
     let m = node.metrics().await;

@@ -35,6 +35,8 @@ const MAX_BAD_FRAMES_IN_A_ROW: u32 = 100;
 const PING_EVERY: Duration = Duration::from_secs(20);
 /// How long a resume waits for an older connection of the session to let go.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
+/// Most frames written before one flush.
+const WRITE_BATCH: usize = 64;
 /// How long a closing connection may take to accept its close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
@@ -164,7 +166,7 @@ async fn write_loop(
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {
-        let msg = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = kill.killed() => break,
             item = rx.recv() => match item {
@@ -173,11 +175,23 @@ async fn write_loop(
             },
             _ = ping.tick() => Message::Ping(Bytes::new()),
         };
-        // A client that stops reading blocks this send; the kill switch still wins.
+        // Whatever else is already queued goes out in the same write: one syscall for a
+        // burst, not one per frame.
+        let write = async {
+            sink.feed(first).await?;
+            for _ in 0..WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => sink.feed(to_message(&item, format)).await?,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await
+        };
+        // A client that stops reading blocks the write; the kill switch still wins.
         tokio::select! {
             biased;
             _ = kill.killed() => break,
-            sent = sink.send(msg) => if sent.is_err() { break },
+            written = write => if written.is_err() { break },
         }
     }
     if let Some(reason) = kill.reason() {

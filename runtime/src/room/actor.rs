@@ -526,7 +526,12 @@ impl Actor {
         if idle >= limits.instance_idle_ms && self.slot.live().is_some() {
             self.slot.unload(&self.rooms.env().sandbox);
         }
-        idle >= limits.room_idle_ms && self.timer_at.is_none()
+        if idle >= limits.room_idle_ms && self.timer_at.is_none() {
+            // Saved before the actor is retired, so a successor never loads a stale copy.
+            self.save().await;
+            return true;
+        }
+        false
     }
 
     async fn save(&mut self) {

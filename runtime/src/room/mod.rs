@@ -29,6 +29,9 @@ use crate::protocol::native::Ref;
 use crate::sandbox::Sandbox;
 use crate::store::Store;
 
+/// How many times a command chases a stopping room to its successor.
+const MAX_RESTARTS: usize = 8;
+
 /// A room of an app.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RoomKey {
@@ -198,7 +201,31 @@ impl Rooms {
         true
     }
 
-    /// Join a room, restarting a stopping actor as needed. `None`: the app does not exist.
+    /// Send a command that answers on a oneshot, to a fresh actor if the one found was
+    /// stopping (`retry` says whether the answer means that). `None`: the app does not
+    /// exist, or the room kept stopping under us.
+    async fn ask<T>(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        make: impl Fn(oneshot::Sender<T>) -> RoomCmd,
+        retry: impl Fn(&T) -> bool,
+    ) -> Option<(T, RoomHandle)> {
+        for _ in 0..MAX_RESTARTS {
+            let handle = self.handle(key)?;
+            let (done, rx) = oneshot::channel();
+            if !handle.send(make(done)).await {
+                continue;
+            }
+            match rx.await {
+                Ok(answer) if !retry(&answer) => return Some((answer, handle)),
+                _ => continue,
+            }
+        }
+        tracing::error!(app = %key.app, room = %key.room, "room kept stopping; giving up");
+        None
+    }
+
+    /// Join a room. `None`: the app does not exist.
     #[allow(clippy::too_many_arguments)]
     pub async fn join(
         self: &Arc<Self>,
@@ -209,25 +236,15 @@ impl Rooms {
         r#ref: Option<Ref>,
         resume_from: Option<Cursor>,
     ) -> Option<(JoinOutcome, RoomHandle)> {
-        loop {
-            let handle = self.handle(key)?;
-            let (done, rx) = oneshot::channel();
-            let cmd = RoomCmd::Join {
-                conn: conn.clone(),
-                auth: auth.to_owned(),
-                outbox: outbox.clone(),
-                r#ref: r#ref.clone(),
-                resume_from: resume_from.clone(),
-                done,
-            };
-            if !handle.send(cmd).await {
-                continue;
-            }
-            match rx.await {
-                Ok(JoinOutcome::Retry) | Err(_) => continue,
-                Ok(outcome) => return Some((outcome, handle)),
-            }
-        }
+        let make = |done| RoomCmd::Join {
+            conn: conn.clone(),
+            auth: auth.to_owned(),
+            outbox: outbox.clone(),
+            r#ref: r#ref.clone(),
+            resume_from: resume_from.clone(),
+            done,
+        };
+        self.ask(key, make, |o| *o == JoinOutcome::Retry).await
     }
 
     /// Put a returning member back on a new connection.
@@ -238,37 +255,20 @@ impl Rooms {
         outbox: &Outbox,
         cursor: Option<Cursor>,
     ) -> Option<(ReattachOutcome, RoomHandle)> {
-        loop {
-            let handle = self.handle(key)?;
-            let (done, rx) = oneshot::channel();
-            let cmd = RoomCmd::Reattach {
-                conn: conn.clone(),
-                outbox: outbox.clone(),
-                cursor: cursor.clone(),
-                done,
-            };
-            if !handle.send(cmd).await {
-                continue;
-            }
-            match rx.await {
-                Ok(ReattachOutcome::Retry) | Err(_) => continue,
-                Ok(outcome) => return Some((outcome, handle)),
-            }
-        }
+        let make = |done| RoomCmd::Reattach {
+            conn: conn.clone(),
+            outbox: outbox.clone(),
+            cursor: cursor.clone(),
+            done,
+        };
+        self.ask(key, make, |o| *o == ReattachOutcome::Retry).await
     }
 
     /// A room's members and state, loading the room if it is not loaded.
     pub async fn inspect(self: &Arc<Self>, key: &RoomKey) -> Option<RoomView> {
-        for _ in 0..3 {
-            let handle = self.handle(key)?;
-            let (done, rx) = oneshot::channel();
-            if handle.send(RoomCmd::Inspect { done }).await
-                && let Ok(v) = rx.await
-            {
-                return Some(v);
-            }
-        }
-        None
+        self.ask(key, |done| RoomCmd::Inspect { done }, |_| false)
+            .await
+            .map(|(v, _)| v)
     }
 
     /// How many rooms are loaded.

@@ -57,23 +57,31 @@ impl RoomDoc {
     /// The value at `path` as JSON; the whole document for an empty path.
     pub fn get(&self, path: &str) -> Result<Option<Json>, String> {
         let segs = segments(path)?;
-        let mut obj = ROOT;
         let Some((last, parents)) = segs.split_last() else {
             return Ok(Some(self.to_json()));
         };
-        for seg in parents {
-            let prop = prop_for(&self.doc, &obj, seg)?;
-            match self.doc.get(&obj, prop).map_err(err)? {
-                Some((Value::Object(_), id)) => obj = id,
-                _ => return Ok(None),
-            }
-        }
+        let Some(obj) = self.walk(parents)? else {
+            return Ok(None);
+        };
         let prop = prop_for(&self.doc, &obj, last)?;
         Ok(self
             .doc
             .get(&obj, prop)
             .map_err(err)?
             .map(|(v, id)| value_json(&self.doc, v, &id)))
+    }
+
+    /// The object at the end of `segs`, if every step exists and is an object.
+    fn walk(&self, segs: &[&str]) -> Result<Option<ObjId>, String> {
+        let mut obj = ROOT;
+        for seg in segs {
+            let prop = prop_for(&self.doc, &obj, seg)?;
+            match self.doc.get(&obj, prop).map_err(err)? {
+                Some((Value::Object(_), id)) => obj = id,
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(obj))
     }
 
     /// Set the value at `path`, creating missing maps on the way.
@@ -133,14 +141,9 @@ impl RoomDoc {
         let Some((last, parents)) = segs.split_last() else {
             return Err("cannot delete the whole document".into());
         };
-        let mut obj = ROOT;
-        for seg in parents {
-            let prop = prop_for(&self.doc, &obj, seg)?;
-            match self.doc.get(&obj, prop).map_err(err)? {
-                Some((Value::Object(_), id)) => obj = id,
-                _ => return Ok(()),
-            }
-        }
+        let Some(obj) = self.walk(parents)? else {
+            return Ok(());
+        };
         let prop = prop_for(&self.doc, &obj, last)?;
         if let Prop::Seq(i) = prop
             && i >= self.doc.length(&obj)
