@@ -352,3 +352,20 @@ async fn a_frame_over_the_hard_limit_closes_with_a_reason() {
     b.join("r", json!(null)).await;
     assert_eq!(b.emit("r", "echo", json!(1)).await["data"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_on_join_sends_reaches_the_newcomer_after_its_reply() {
+    let node = TestNode::start().await;
+    let mut old = node.client("fixture").await;
+    old.join("g", json!(null)).await;
+    let mut new = node.client("fixture").await;
+    let r = new.join("g", json!({"greet": true})).await;
+    assert_eq!(r["ok"], true);
+    let hello = new.next_of("event").await;
+    assert_eq!(
+        (hello["event"].as_str(), &hello["data"]),
+        (Some("hello"), &json!("welcome"))
+    );
+    let arrived = old.next_of("event").await;
+    assert_eq!(arrived["data"], new.session());
+}

@@ -1,10 +1,13 @@
 //! Wire codecs. Pure functions over bytes: no sockets, no clocks, no shared state.
 //!
-//! `native` is Edgeroom's own WebSocket protocol (docs/protocol.md); `cursor` is the
-//! resume cursor every protocol shares.
+//! `native` is Edgeroom's own WebSocket protocol (docs/protocol.md); `engineio` and
+//! `socketio` are the Socket.IO stack's two layers; `cursor` is the resume cursor every
+//! protocol shares.
 
 pub mod cursor;
+pub mod engineio;
 pub mod native;
+pub mod socketio;
 
 pub use cursor::Cursor;
 

@@ -290,6 +290,7 @@ impl Actor {
         // A member before on-join runs, so the handler can set its presence; told to
         // others only once the join is accepted.
         self.world().core.join(conn.clone(), auth.clone());
+        let before = self.world().core.head().clone();
         self.world().current = Some(conn.clone());
         self.world().joining = Some(conn.clone());
         let result = self
@@ -339,10 +340,10 @@ impl Actor {
                 }),
             );
         }
-        if let Some(from) = resume_from {
-            let replay = w.core.replay_for(&conn, &from);
-            self.send_replay(&conn, replay);
-        }
+        // What on-join sent the newcomer (a greeting, say) follows the reply; a returning
+        // member first gets everything it missed since its cursor.
+        let replay = w.core.replay_for(&conn, &resume_from.unwrap_or(before));
+        self.send_replay(&conn, replay);
         self.send_snapshot(&conn);
         JoinOutcome::Joined
     }
