@@ -428,7 +428,7 @@ impl Actor {
             .call(Call::Message {
                 conn: conn.as_string(),
                 event: &event,
-                payload: &payload,
+                payload,
                 wants_reply,
             })
             .await;

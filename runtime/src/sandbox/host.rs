@@ -106,10 +106,10 @@ fn to_host(p: WitPayload) -> Payload {
     }
 }
 
-pub(crate) fn to_wit(p: &Payload) -> WitPayload {
+pub(crate) fn to_wit(p: Payload) -> WitPayload {
     WitPayload {
-        json: p.json.clone(),
-        binaries: p.binaries.clone(),
+        json: p.json,
+        binaries: p.binaries,
     }
 }
 

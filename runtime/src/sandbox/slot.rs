@@ -56,7 +56,8 @@ pub enum Call<'a> {
     Message {
         conn: &'a String,
         event: &'a String,
-        payload: &'a Payload,
+        /// Moved into the guest: the room has no use for it afterwards.
+        payload: Payload,
         wants_reply: bool,
     },
     Leave {
