@@ -236,6 +236,7 @@ fn to_message(item: &Outbound, format: Format) -> Message {
             };
             native::encode_event(&view, format)
         }),
+        Outbound::Shared(s) => s.encoded(format, |f| native::encode(f, format)),
         Outbound::Frame(f) => Bytes::from(native::encode(f, format)),
     };
     match format {

@@ -4,7 +4,9 @@
 //! is full the client is a slow consumer and is cut off with a clear reason, so a
 //! client that stops reading costs the room nothing.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
@@ -16,8 +18,33 @@ use crate::protocol::native::{Format, ServerFrame};
 /// Something for a connection to write.
 #[derive(Debug, Clone)]
 pub enum Outbound {
+    /// A frame for this connection alone.
     Frame(ServerFrame),
+    /// A frame many connections get (presence, state).
+    Shared(Arc<Shared>),
     Event(Arc<LogEntry>),
+}
+
+/// A frame sent to many connections, encoded once per wire format on first use.
+#[derive(Debug)]
+pub struct Shared {
+    pub frame: ServerFrame,
+    encoded: [OnceLock<Bytes>; 2],
+}
+
+impl Shared {
+    pub fn new(frame: ServerFrame) -> Arc<Self> {
+        Arc::new(Self {
+            frame,
+            encoded: Default::default(),
+        })
+    }
+
+    pub fn encoded(&self, format: Format, encode: impl FnOnce(&ServerFrame) -> Vec<u8>) -> Bytes {
+        self.encoded[format.index()]
+            .get_or_init(|| Bytes::from(encode(&self.frame)))
+            .clone()
+    }
 }
 
 /// Ends a connection from outside its task, with a reason for the close frame.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::core::{LogEntry, RoomCore, Target};
-use super::outbox::{Outbound, Outbox, PushError};
+use super::outbox::{Outbound, Outbox, PushError, Shared};
 use crate::ids::{ConnId, RoomId};
 use crate::metrics::Metrics;
 use crate::payload::Payload;
@@ -95,29 +95,47 @@ impl World {
     pub fn publish(&mut self, target: Target, event: String, payload: Payload) -> Arc<LogEntry> {
         let from = self.current.clone();
         let entry = self.core.publish(self.now_ms, target, event, payload, from);
-        let recipients: Vec<ConnId> = self
-            .links
-            .keys()
-            .filter(|c| entry.target.includes(c))
-            .cloned()
-            .collect();
-        for conn in recipients {
-            self.push(&conn, Outbound::Event(entry.clone()));
-            self.core.queued(&conn, entry.seq);
-        }
+        let seq = entry.seq;
+        let item = Outbound::Event(entry.clone());
+        let target = &entry.target;
+        self.fan_out(
+            &item,
+            |c| target.includes(c),
+            |core, conn| core.queued(conn, seq),
+        );
         entry
     }
 
-    /// Queue a frame to every attached member, optionally but one.
+    /// Queue a frame to every attached member, optionally but one. The frame is
+    /// encoded once per wire format, however many members get it.
     pub fn push_all(&mut self, frame: &ServerFrame, except: Option<&ConnId>) {
-        let recipients: Vec<ConnId> = self
-            .links
-            .keys()
-            .filter(|c| Some(*c) != except)
-            .cloned()
-            .collect();
-        for conn in recipients {
-            self.push(&conn, Outbound::Frame(frame.clone()));
+        let item = Outbound::Shared(Shared::new(frame.clone()));
+        self.fan_out(&item, |c| Some(c) != except, |_, _| {});
+    }
+
+    /// Queue `item` to the attached members `to` selects, without copying it or the
+    /// member list; `queued` runs for each member it reached.
+    fn fan_out(
+        &mut self,
+        item: &Outbound,
+        to: impl Fn(&ConnId) -> bool,
+        queued: impl Fn(&mut RoomCore<EmitResult>, &ConnId),
+    ) {
+        let World {
+            links,
+            core,
+            lost,
+            metrics,
+            ..
+        } = self;
+        for (conn, link) in links.iter().filter(|(c, _)| to(c)) {
+            match link.push(item.clone()) {
+                Ok(()) => {
+                    metrics.deliveries.inc();
+                    queued(core, conn);
+                }
+                Err(PushError::SlowConsumer | PushError::Closed) => lost.push(conn.clone()),
+            }
         }
     }
 
