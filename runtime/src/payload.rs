@@ -29,25 +29,12 @@ impl Payload {
         }
     }
 
-    /// One argument, given as JSON text (already validated).
-    pub fn single_raw(raw: &RawValue) -> Self {
-        Self {
-            json: format!("[{}]", raw.get()),
-            binaries: Vec::new(),
-        }
-    }
-
     /// The argument list from already-parsed values with binaries as placeholders.
     pub fn from_values(args: &[Value], binaries: Vec<Vec<u8>>) -> Self {
         Self {
             json: Value::Array(args.to_vec()).to_string(),
             binaries,
         }
-    }
-
-    /// Bytes this payload occupies (for limits and metrics).
-    pub fn size(&self) -> usize {
-        self.json.len() + self.binaries.iter().map(Vec::len).sum::<usize>()
     }
 
     /// The arguments as raw JSON texts (placeholders left as they are).
