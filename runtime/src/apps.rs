@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::ids::AppName;
 use crate::metrics::Metrics;
 use crate::sandbox::{CompiledHandler, RoomApi, Sandbox, sha256_hex};
-use crate::store::{AppRecord, Store, VersionRecord};
+use crate::store::{AppConfig, AppRecord, Store, VersionRecord};
 
 /// The version of an app's handler that rooms run now.
 pub struct LiveHandler<W: 'static> {
@@ -27,7 +27,34 @@ pub type LiveRx<W> = watch::Receiver<Option<Arc<LiveHandler<W>>>>;
 
 struct AppEntry<W: 'static> {
     record: AppRecord,
+    settings: Arc<AppSettings>,
     live: watch::Sender<Option<Arc<LiveHandler<W>>>>,
+}
+
+/// An app's settings, ready to use.
+#[derive(Debug, Default)]
+pub struct AppSettings {
+    pub config: AppConfig,
+    namespaces: Option<regex::Regex>,
+}
+
+impl AppSettings {
+    fn new(config: AppConfig) -> Result<Self, String> {
+        let namespaces = match &config.namespaces {
+            Some(p) => Some(
+                regex::Regex::new(&format!("^(?:{p})$"))
+                    .map_err(|e| format!("namespaces is not a valid pattern: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self { config, namespaces })
+    }
+
+    /// Whether Socket.IO clients may connect to namespace `nsp`. The main namespace
+    /// always exists, as in Socket.IO.
+    pub fn accepts_namespace(&self, nsp: &str) -> bool {
+        nsp == "/" || self.namespaces.as_ref().is_none_or(|r| r.is_match(nsp))
+    }
 }
 
 /// Why a deploy was refused.
@@ -94,10 +121,13 @@ impl<W: RoomApi> Apps<W> {
                 }
                 None => None,
             };
+            let settings = AppSettings::new(record.config.clone())
+                .map_err(|e| anyhow::anyhow!("stored settings of app {name}: {e}"))?;
             apps.insert(
                 name,
                 AppEntry {
                     record,
+                    settings: Arc::new(settings),
                     live: watch::Sender::new(live),
                 },
             );
@@ -157,10 +187,7 @@ impl<W: RoomApi> Apps<W> {
             compiled,
         });
         let mut apps = self.apps.lock();
-        let entry = apps.entry(app.clone()).or_insert_with(|| AppEntry {
-            record: AppRecord::default(),
-            live: watch::Sender::new(None),
-        });
+        let entry = apps.entry(app.clone()).or_insert_with(AppEntry::empty);
         entry.record.versions.push(record.clone());
         entry.live.send_replace(Some(live));
         self.metrics.deploys.inc();
@@ -185,5 +212,35 @@ impl<W: RoomApi> Apps<W> {
 
     pub fn record(&self, app: &AppName) -> Option<AppRecord> {
         self.apps.lock().get(app).map(|e| e.record.clone())
+    }
+
+    pub fn settings(&self, app: &AppName) -> Option<Arc<AppSettings>> {
+        self.apps.lock().get(app).map(|e| e.settings.clone())
+    }
+
+    /// Change an app's settings (creating the app, with no handler yet).
+    pub async fn configure(&self, app: &AppName, config: AppConfig) -> Result<(), DeployError> {
+        let settings = AppSettings::new(config.clone()).map_err(DeployError::Invalid)?;
+        let _one_at_a_time = self.deploying.lock().await;
+        let store = self.store.clone();
+        let app2 = app.clone();
+        tokio::task::spawn_blocking(move || store.put_config(&app2, &config))
+            .await
+            .map_err(|e| DeployError::Storage(anyhow::anyhow!("store task failed: {e}")))??;
+        let mut apps = self.apps.lock();
+        let entry = apps.entry(app.clone()).or_insert_with(AppEntry::empty);
+        entry.record.config = settings.config.clone();
+        entry.settings = Arc::new(settings);
+        Ok(())
+    }
+}
+
+impl<W> AppEntry<W> {
+    fn empty() -> Self {
+        Self {
+            record: AppRecord::default(),
+            settings: Arc::default(),
+            live: watch::Sender::new(None),
+        }
     }
 }

@@ -43,6 +43,42 @@ pub struct NodeConfig {
     pub limits: Limits,
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    #[serde(default)]
+    pub socketio: SocketIoConfig,
+}
+
+/// The Socket.IO gateway (Engine.IO v4 / Socket.IO v5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoConfig {
+    /// Heartbeat: the server pings this often...
+    pub ping_interval_ms: u64,
+    /// ...and closes a session whose pong is this late.
+    pub ping_timeout_ms: u64,
+    /// Largest polling POST body and WebSocket message (`maxPayload`).
+    pub max_payload: usize,
+    /// A connection that joins no namespace this long after its handshake is closed.
+    pub connect_timeout_ms: u64,
+    /// Origins allowed to make cross-origin requests. A listed origin is echoed and may
+    /// send credentials; `"*"` lets any other origin in without credentials. Empty: no
+    /// CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Serve a raw Engine.IO echo (every message sent back as it came) at this path,
+    /// for the Engine.IO protocol test suite. Off unless set.
+    pub engineio_echo_path: Option<String>,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            max_payload: 1_000_000,
+            connect_timeout_ms: 45_000,
+            cors_origins: vec!["*".into()],
+            engineio_echo_path: None,
+        }
+    }
 }
 
 /// Bounds on what clients may send and how much the node keeps.
@@ -145,6 +181,7 @@ impl NodeConfig {
             secret: None,
             limits: Limits::default(),
             sandbox: SandboxConfig::default(),
+            socketio: SocketIoConfig::default(),
         }
     }
 
@@ -176,6 +213,16 @@ impl NodeConfig {
             self.sandbox.max_memory_bytes >= 1 << 20,
             "max_memory_bytes must be at least 1 MiB"
         );
+        anyhow::ensure!(
+            self.socketio.ping_interval_ms > 0 && self.socketio.ping_timeout_ms > 0,
+            "socketio ping_interval_ms and ping_timeout_ms must be positive"
+        );
+        if let Some(p) = &self.socketio.engineio_echo_path {
+            anyhow::ensure!(
+                p.starts_with('/') && p.ends_with('/') && p.len() > 2,
+                "socketio.engineio_echo_path must look like /engine.io/"
+            );
+        }
         Ok(())
     }
 

@@ -25,6 +25,8 @@ pub struct Node {
     pub apps: Arc<Apps<World>>,
     pub rooms: Arc<Rooms>,
     pub sessions: Arc<Sessions>,
+    /// Engine.IO sessions (the Socket.IO gateway's transport layer).
+    pub engine: crate::gateway::engineio::Engine,
     pub tokens: TokenKey,
     shutdown: watch::Sender<bool>,
 }
@@ -88,6 +90,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         apps,
         rooms,
         sessions: Arc::new(Sessions::default()),
+        engine: Default::default(),
         tokens,
         shutdown,
     });

@@ -31,6 +31,28 @@ pub struct VersionRecord {
 pub struct AppRecord {
     /// Oldest first; the last one is live.
     pub versions: Vec<VersionRecord>,
+    #[serde(default)]
+    pub config: AppConfig,
+}
+
+/// An app's settings, set through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppConfig {
+    /// Socket.IO namespaces (besides `/`) clients may connect to: a regular expression
+    /// the whole name must match. `None` accepts any.
+    pub namespaces: Option<String>,
+    /// Socket.IO connection state recovery (`pid` and offsets).
+    pub recovery: bool,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            namespaces: None,
+            recovery: true,
+        }
+    }
 }
 
 pub struct Store {
@@ -72,6 +94,22 @@ impl Store {
                 None => AppRecord::default(),
             };
             app_record.versions.push(record.clone());
+            apps.insert(app.as_str(), serde_json::to_string(&app_record)?.as_str())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Record `app`'s settings (creating the app).
+    pub fn put_config(&self, app: &AppName, config: &AppConfig) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut apps = txn.open_table(APPS)?;
+            let mut app_record: AppRecord = match apps.get(app.as_str())? {
+                Some(v) => serde_json::from_str(v.value())?,
+                None => AppRecord::default(),
+            };
+            app_record.config = config.clone();
             apps.insert(app.as_str(), serde_json::to_string(&app_record)?.as_str())?;
         }
         txn.commit()?;

@@ -16,6 +16,7 @@ use crate::apps::DeployError;
 use crate::ids::{AppName, RoomId};
 use crate::node::Node;
 use crate::room::RoomKey;
+use crate::store::AppConfig;
 
 pub fn routes(node: Arc<Node>) -> Router<Arc<Node>> {
     let limit = node.config.limits.max_handler_bytes;
@@ -25,6 +26,7 @@ pub fn routes(node: Arc<Node>) -> Router<Arc<Node>> {
             put(deploy).layer(DefaultBodyLimit::max(limit)),
         )
         .route("/v1/apps/{app}", get(app))
+        .route("/v1/apps/{app}/config", put(configure))
         .route("/v1/apps/{app}/rooms/{room}", get(room))
         .layer(middleware::from_fn_with_state(node, require_key))
 }
@@ -127,8 +129,37 @@ async fn app(State(node): State<Arc<Node>>, Path(app): Path<String>) -> Response
             "version": live.map(|v| v.version),
             "sha256": live.map(|v| v.sha256.clone()),
             "versions": record.versions,
+            "config": record.config,
         }),
     )
+}
+
+async fn configure(
+    State(node): State<Arc<Node>>,
+    Path(app): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let app = match AppName::new(&app) {
+        Ok(a) => a,
+        Err(e) => return bad_name(e),
+    };
+    let config = match body
+        .map_err(|e| e.body_text())
+        .and_then(|b| serde_json::from_slice::<AppConfig>(&b).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => return http_error(StatusCode::BAD_REQUEST, "bad_config", e),
+    };
+    match node.apps.configure(&app, config.clone()).await {
+        Ok(()) => json(
+            StatusCode::OK,
+            serde_json::json!({"app": app.as_str(), "config": config}),
+        ),
+        Err(DeployError::Invalid(reason)) => {
+            http_error(StatusCode::BAD_REQUEST, "bad_config", reason)
+        }
+        Err(e) => http_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+    }
 }
 
 async fn room(

@@ -3,16 +3,19 @@
 //! Handlers here parse and check requests and hand off to the node; they hold no state.
 
 mod admin;
+pub mod engineio;
 pub mod native;
+pub mod socketio;
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 
 use crate::ids::AppName;
 use crate::node::Node;
@@ -31,9 +34,17 @@ pub fn http_error(status: StatusCode, code: &str, message: impl std::fmt::Displa
 
 pub fn router(node: Arc<Node>) -> Router {
     let admin = admin::routes(node.clone());
-    Router::new()
+    let mut router = Router::new();
+    if let Some(path) = &node.config.socketio.engineio_echo_path {
+        router = router.route(path, any(engineio_echo));
+    }
+    router
         .route("/", get(index))
         .route("/v1/ws", get(native_ws))
+        .route("/socket.io", any(socketio_default))
+        .route("/socket.io/", any(socketio_default))
+        .route("/apps/{app}/socket.io", any(socketio_app))
+        .route("/apps/{app}/socket.io/", any(socketio_app))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(admin)
@@ -46,6 +57,79 @@ async fn index(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "Edgeroom node {} ({}).\nNative protocol: ws://{}/v1/ws?app=APP  (see docs/protocol.md)\nAdmin API: /v1/apps/{{app}}  Metrics: /metrics  Health: /healthz\n",
         c.node_id, c.region, c.listen
     )
+}
+
+/// An Engine.IO request's parts, as the Engine.IO server takes them.
+struct EioRequest {
+    method: Method,
+    headers: HeaderMap,
+    query: Option<engineio::EioQuery>,
+    ws: Option<WebSocketUpgrade>,
+    body: Body,
+}
+
+impl EioRequest {
+    async fn serve(self, node: Arc<Node>, service: engineio::Service) -> Response {
+        engineio::handle(
+            node,
+            service,
+            self.method,
+            self.headers,
+            self.query,
+            self.ws,
+            self.body,
+        )
+        .await
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for EioRequest {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let query = Query::<engineio::EioQuery>::try_from_uri(&parts.uri)
+            .ok()
+            .map(|q| q.0);
+        let ws = <WebSocketUpgrade as axum::extract::FromRequestParts<S>>::from_request_parts(
+            &mut parts, state,
+        )
+        .await
+        .ok();
+        Ok(Self {
+            method: parts.method,
+            headers: parts.headers,
+            query,
+            ws,
+            body,
+        })
+    }
+}
+
+async fn socketio_default(State(node): State<Arc<Node>>, req: EioRequest) -> Response {
+    let Some(app) = node.config.default_app.clone() else {
+        return http_error(
+            StatusCode::NOT_FOUND,
+            "unknown_app",
+            "this node has no default app; use /apps/{app}/socket.io/",
+        );
+    };
+    req.serve(node, engineio::Service::SocketIo(app)).await
+}
+
+async fn socketio_app(
+    State(node): State<Arc<Node>>,
+    Path(app): Path<String>,
+    req: EioRequest,
+) -> Response {
+    match AppName::new(&app) {
+        Ok(app) => req.serve(node, engineio::Service::SocketIo(app)).await,
+        Err(e) => http_error(StatusCode::BAD_REQUEST, "invalid_name", e),
+    }
+}
+
+async fn engineio_echo(State(node): State<Arc<Node>>, req: EioRequest) -> Response {
+    req.serve(node, engineio::Service::Echo).await
 }
 
 async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {

@@ -215,11 +215,23 @@ pub fn split_event(data: &str, binaries: Vec<Vec<u8>>) -> Result<(String, Payloa
     ))
 }
 
-/// An EVENT's data array: the name, then the payload's arguments.
-pub fn event_data(name: &str, args: &Payload) -> String {
+/// An EVENT's data array: the name, then the payload's arguments, then the
+/// connection-state-recovery offset when there is one.
+pub fn event_data(name: &str, args: &Payload, offset: Option<&str>) -> String {
     let name = serde_json::Value::from(name).to_string();
     let raw = args.raw_args().unwrap_or_default();
-    join_raw(std::iter::once(name.as_str()).chain(raw.iter().map(|a| a.get())))
+    let offset = offset.map(|o| serde_json::Value::from(o).to_string());
+    join_raw(
+        std::iter::once(name.as_str())
+            .chain(raw.iter().map(|a| a.get()))
+            .chain(offset.as_deref()),
+    )
+}
+
+/// An ACK's data array: the payload's arguments.
+pub fn ack_data(args: &Payload) -> String {
+    let raw = args.raw_args().unwrap_or_default();
+    join_raw(raw.iter().map(|a| a.get()))
 }
 
 fn join_raw<'a>(items: impl Iterator<Item = &'a str>) -> String {
@@ -355,10 +367,15 @@ mod tests {
         assert_eq!(name, "msg");
         assert_eq!(args.json, "[{\"3\":[true]},1.50,\"é\"]");
         assert_eq!(
-            event_data(&name, &args),
+            event_data(&name, &args, None),
             "[\"msg\",{\"3\":[true]},1.50,\"é\"]"
         );
-        assert_eq!(event_data("e", &Payload::empty()), "[\"e\"]");
+        assert_eq!(event_data("e", &Payload::empty(), None), "[\"e\"]");
+        assert_eq!(
+            event_data("e", &args, Some("n1:4")),
+            "[\"e\",{\"3\":[true]},1.50,\"é\",\"n1:4\"]"
+        );
+        assert_eq!(ack_data(&args), "[{\"3\":[true]},1.50,\"é\"]");
     }
 
     #[test]

@@ -46,13 +46,22 @@ pub struct LogEntry {
     pub from: Option<ConnId>,
     /// The room's cursor once this event is delivered.
     pub cursor: String,
-    /// Encoded once per wire format, on first use, then shared by every recipient.
-    pub encoded: [OnceLock<Bytes>; 2],
+    /// Encoded once per wire form, on first use, then shared by every recipient: the
+    /// native formats, then the Socket.IO forms (see [`LogEntry::SOCKETIO_SLOTS`]).
+    pub encoded: [OnceLock<Bytes>; 6],
 }
 
 impl LogEntry {
+    /// Cache slots of the Socket.IO gateway's forms of an event: in the namespace named
+    /// after the room or in the main namespace, each without and with a recovery offset.
+    pub const SOCKETIO_SLOTS: [usize; 4] = [2, 3, 4, 5];
+
     pub fn encoded(&self, format: Format, encode: impl FnOnce(&LogEntry) -> Vec<u8>) -> Bytes {
-        self.encoded[format.index()]
+        self.encoded_in(format.index(), encode)
+    }
+
+    pub fn encoded_in(&self, slot: usize, encode: impl FnOnce(&LogEntry) -> Vec<u8>) -> Bytes {
+        self.encoded[slot]
             .get_or_init(|| Bytes::from(encode(self)))
             .clone()
     }

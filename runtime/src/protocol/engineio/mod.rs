@@ -5,6 +5,8 @@
 //! frame is a binary message, with no type byte). Over HTTP long-polling, packets are
 //! joined by `\x1e` in one text body, binary messages written `b<base64>`.
 
+pub mod session;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 

@@ -1,0 +1,699 @@
+//! The Engine.IO server: HTTP long-polling and WebSocket transports, upgrades,
+//! heartbeats, and the session table.
+//!
+//! Each session is one task that owns a sans-IO [`Session`] and the layer above it
+//! (Socket.IO, or the raw echo the Engine.IO test suite expects). HTTP requests for a
+//! session are handed to that task over a channel, so one session's packets — from
+//! polls, posts and its WebSocket — are handled in arrival order by one owner.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::SinkExt;
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use super::socketio::SocketIo;
+use crate::ids::{AppName, ConnId};
+use crate::node::Node;
+use crate::protocol::engineio::session::{
+    CloseReason, Inbound, PollAnswer, PostError, ProbeAnswer, Session, Timing, Transport,
+};
+use crate::protocol::engineio::{self, Handshake, Packet};
+use crate::protocol::native::Format;
+use crate::room::{KillSwitch, Outbound, Outbox};
+
+/// Packets held for a client that is not polling; beyond it the session stops taking
+/// from its outbox, which then fills and drops the client as a slow consumer.
+const MAX_QUEUED: usize = 4096;
+/// Requests waiting for a session's task.
+const INPUT_QUEUE: usize = 16;
+/// How long a probing WebSocket may take to send `5`.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a session serves.
+#[derive(Clone)]
+pub enum Service {
+    /// Socket.IO for an app.
+    SocketIo(AppName),
+    /// Every message sent back as it came (the Engine.IO test suite's server).
+    Echo,
+}
+
+/// A request handed to a session's task.
+enum Input {
+    Poll(oneshot::Sender<Response>),
+    Post(String, oneshot::Sender<Response>),
+    WebSocket(Box<WebSocket>),
+}
+
+struct Link {
+    tx: mpsc::Sender<Input>,
+    service: Service,
+}
+
+/// Every Engine.IO session of this node.
+#[derive(Default)]
+pub struct Engine {
+    sessions: Mutex<HashMap<String, Link>>,
+}
+
+impl Engine {
+    pub fn len(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Engine.IO's error body: `{"code": N, "message": ...}`.
+fn eio_error(node: &Node, status: StatusCode, code: u8, message: &str) -> Response {
+    node.metrics.bad_frame(&format!("engineio_{code}"));
+    let body = serde_json::json!({"code": code, "message": message}).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn empty(status: StatusCode) -> Response {
+    (status, Body::empty()).into_response()
+}
+
+fn text(body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=UTF-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The query of an Engine.IO request.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct EioQuery {
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+}
+
+/// Serve one Engine.IO request for `service`.
+pub async fn handle(
+    node: Arc<Node>,
+    service: Service,
+    method: Method,
+    headers: HeaderMap,
+    query: Option<EioQuery>,
+    ws: Option<WebSocketUpgrade>,
+    body: Body,
+) -> Response {
+    let origin = headers.get(header::ORIGIN).cloned();
+    let mut res = route(&node, service, &method, &headers, query, ws, body).await;
+    cors(&node, origin, &headers, &method, &mut res);
+    res
+}
+
+async fn route(
+    node: &Arc<Node>,
+    service: Service,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<EioQuery>,
+    ws: Option<WebSocketUpgrade>,
+    body: Body,
+) -> Response {
+    if method == Method::OPTIONS && headers.contains_key(header::ORIGIN) {
+        return empty(StatusCode::NO_CONTENT);
+    }
+    let Some(q) = query else {
+        return eio_error(node, StatusCode::BAD_REQUEST, 3, "Bad request");
+    };
+    let websocket = match q.transport.as_deref() {
+        Some("polling") => false,
+        Some("websocket") => true,
+        _ => return eio_error(node, StatusCode::BAD_REQUEST, 0, "Transport unknown"),
+    };
+    if let Some(sid) = q.sid {
+        let link = {
+            let sessions = node.engine.sessions.lock();
+            sessions
+                .get(&sid)
+                .filter(|l| same_service(&l.service, &service))
+                .map(|l| l.tx.clone())
+        };
+        let Some(tx) = link else {
+            return eio_error(node, StatusCode::BAD_REQUEST, 1, "Session ID unknown");
+        };
+        if websocket {
+            let Some(ws) = ws else {
+                return eio_error(node, StatusCode::BAD_REQUEST, 3, "Bad request");
+            };
+            let max = node.config.socketio.max_payload;
+            return ws.max_message_size(max).max_frame_size(max).on_upgrade(
+                move |socket| async move {
+                    let _ = tx.send(Input::WebSocket(Box::new(socket))).await;
+                },
+            );
+        }
+        return match *method {
+            Method::GET => ask(&tx, Input::Poll).await,
+            Method::POST => {
+                let max = node.config.socketio.max_payload;
+                let body = match http_body_util::Limited::new(body, max).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                        node.metrics.bad_frame("engineio_too_large");
+                        return empty(StatusCode::PAYLOAD_TOO_LARGE);
+                    }
+                    Err(_) => return empty(StatusCode::BAD_REQUEST),
+                };
+                let Ok(body) = String::from_utf8(body.to_vec()) else {
+                    node.metrics.bad_frame("engineio_not_utf8");
+                    return empty(StatusCode::BAD_REQUEST);
+                };
+                ask(&tx, |r| Input::Post(body, r)).await
+            }
+            _ => eio_error(node, StatusCode::BAD_REQUEST, 2, "Bad handshake method"),
+        };
+    }
+    if *method != Method::GET {
+        return eio_error(node, StatusCode::BAD_REQUEST, 2, "Bad handshake method");
+    }
+    if websocket && ws.is_none() {
+        return eio_error(node, StatusCode::BAD_REQUEST, 3, "Bad request");
+    }
+    if q.eio.as_deref() != Some("4") {
+        return eio_error(
+            node,
+            StatusCode::BAD_REQUEST,
+            5,
+            "Unsupported protocol version",
+        );
+    }
+    if let Service::SocketIo(app) = &service
+        && !node.apps.exists(app)
+    {
+        return eio_error(
+            node,
+            StatusCode::NOT_FOUND,
+            4,
+            &format!("app {app} does not exist"),
+        );
+    }
+    if node.metrics.connections.get() >= node.config.limits.max_connections as i64 {
+        return eio_error(
+            node,
+            StatusCode::SERVICE_UNAVAILABLE,
+            4,
+            "this node is at its connection limit; try another",
+        );
+    }
+    let sid = ConnId::random().to_string();
+    let transport = if websocket {
+        Transport::WebSocket
+    } else {
+        Transport::Polling
+    };
+    let handshake = Handshake {
+        sid: sid.clone(),
+        upgrades: if websocket {
+            vec![]
+        } else {
+            vec!["websocket".into()]
+        },
+        ping_interval: node.config.socketio.ping_interval_ms,
+        ping_timeout: node.config.socketio.ping_timeout_ms,
+        max_payload: node.config.socketio.max_payload as u64,
+    };
+    let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+    node.engine.sessions.lock().insert(
+        sid.clone(),
+        Link {
+            tx,
+            service: service.clone(),
+        },
+    );
+    let driver = Driver::new(node.clone(), sid, service, transport);
+    match ws {
+        Some(ws) if websocket => {
+            let max = node.config.socketio.max_payload;
+            ws.max_message_size(max)
+                .max_frame_size(max)
+                .on_upgrade(move |mut socket| async move {
+                    let open = Utf8Bytes::from(engineio::encode(&handshake.packet()));
+                    if socket.send(Message::Text(open)).await.is_ok() {
+                        driver.run(rx, Some(socket)).await;
+                    } else {
+                        driver.abandon();
+                    }
+                })
+        }
+        _ => {
+            tokio::spawn(driver.run(rx, None));
+            text(engineio::encode(&handshake.packet()))
+        }
+    }
+}
+
+fn same_service(a: &Service, b: &Service) -> bool {
+    match (a, b) {
+        (Service::SocketIo(x), Service::SocketIo(y)) => x == y,
+        (Service::Echo, Service::Echo) => true,
+        _ => false,
+    }
+}
+
+/// Hand a request to its session and wait for the answer.
+async fn ask(
+    tx: &mpsc::Sender<Input>,
+    make: impl FnOnce(oneshot::Sender<Response>) -> Input,
+) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if tx.send(make(reply)).await.is_err() {
+        return empty(StatusCode::BAD_REQUEST);
+    }
+    // The session dropped the request: it closed meanwhile.
+    answer
+        .await
+        .unwrap_or_else(|_| empty(StatusCode::BAD_REQUEST))
+}
+
+/// CORS headers for browser clients, by the configured origins.
+fn cors(
+    node: &Node,
+    origin: Option<HeaderValue>,
+    req: &HeaderMap,
+    method: &Method,
+    res: &mut Response,
+) {
+    let Some(origin) = origin else { return };
+    let allowed = &node.config.socketio.cors_origins;
+    let listed = origin
+        .to_str()
+        .is_ok_and(|o| allowed.iter().any(|a| a == o));
+    let h = res.headers_mut();
+    if listed {
+        // A named origin may send credentials (cookies, `withCredentials`).
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    } else if allowed.iter().any(|a| a == "*") {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+    } else {
+        return;
+    }
+    if method == Method::OPTIONS {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET,POST,OPTIONS"),
+        );
+        if let Some(asked) = req.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+        }
+    }
+}
+
+/// The layer above Engine.IO.
+enum Upper {
+    SocketIo(Box<SocketIo>),
+    /// Holds its (unused) outbox so the session's queue stays open.
+    Echo(#[allow(dead_code)] Outbox),
+}
+
+/// One session's task.
+struct Driver {
+    node: Arc<Node>,
+    sid: String,
+    session: Session,
+    upper: Upper,
+    outbox_rx: mpsc::Receiver<Outbound>,
+    kill: Arc<KillSwitch>,
+    parked: Option<oneshot::Sender<Response>>,
+    ws: Option<WebSocket>,
+    probe: Option<(WebSocket, Instant)>,
+}
+
+impl Driver {
+    fn new(node: Arc<Node>, sid: String, service: Service, transport: Transport) -> Self {
+        let timing = Timing {
+            ping_interval: Duration::from_millis(node.config.socketio.ping_interval_ms),
+            ping_timeout: Duration::from_millis(node.config.socketio.ping_timeout_ms),
+        };
+        let (outbox, outbox_rx, kill) = Outbox::new(
+            node.config.limits.outbound_queue,
+            Format::Json,
+            node.metrics.clone(),
+        );
+        let upper = match service {
+            Service::SocketIo(app) => {
+                let settings = node.apps.settings(&app).unwrap_or_default();
+                Upper::SocketIo(Box::new(SocketIo::new(node.clone(), app, settings, outbox)))
+            }
+            Service::Echo => Upper::Echo(outbox),
+        };
+        node.metrics.connections.inc();
+        Self {
+            session: Session::new(Instant::now(), timing, transport),
+            node,
+            sid,
+            upper,
+            outbox_rx,
+            kill,
+            parked: None,
+            ws: None,
+            probe: None,
+        }
+    }
+
+    /// The WebSocket handshake failed before the session started.
+    fn abandon(self) {
+        self.node.engine.sessions.lock().remove(&self.sid);
+        self.node.metrics.connections.dec();
+    }
+
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>, ws: Option<WebSocket>) {
+        self.ws = ws;
+        loop {
+            if !self.flush().await {
+                self.session.close(CloseReason::TransportClose);
+            }
+            if self.session.closed().is_some() {
+                break;
+            }
+            let deadline = match self.upper_deadline() {
+                Some(t) => t.min(self.session.deadline()),
+                None => self.session.deadline(),
+            };
+            let deadline = match &self.probe {
+                Some((_, since)) => deadline.min(*since + UPGRADE_TIMEOUT),
+                None => deadline,
+            };
+            let room_for_more = self.session.queued() < MAX_QUEUED;
+            tokio::select! {
+                reason = self.kill.killed() => {
+                    self.session.close(CloseReason::Server(reason));
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => self.on_timeout(),
+                input = inputs.recv() => match input {
+                    Some(input) => self.on_input(input).await,
+                    None => self.session.close(CloseReason::Server("gateway stopped".into())),
+                },
+                m = recv(&mut self.ws) => self.on_ws(m).await,
+                m = recv_probe(&mut self.probe) => self.on_probe(m).await,
+                _ = parked_closed(&mut self.parked) => self.session.poll_abandoned(),
+                item = self.outbox_rx.recv(), if room_for_more => match item {
+                    Some(item) => self.on_outbound(item),
+                    None => self.session.close(CloseReason::Server("outbox closed".into())),
+                },
+            }
+        }
+        self.finish(inputs).await;
+    }
+
+    fn upper_deadline(&self) -> Option<Instant> {
+        match &self.upper {
+            Upper::SocketIo(sio) => sio.deadline(),
+            Upper::Echo(_) => None,
+        }
+    }
+
+    fn on_timeout(&mut self) {
+        let now = Instant::now();
+        self.session.on_timeout(now);
+        if let Upper::SocketIo(sio) = &mut self.upper {
+            sio.on_timeout(now, &mut self.session);
+        }
+        if let Some((_, since)) = &self.probe
+            && now >= *since + UPGRADE_TIMEOUT
+        {
+            self.probe = None;
+            self.session.probe_failed();
+        }
+    }
+
+    async fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Poll(reply) => match self.session.on_poll() {
+                PollAnswer::Now(body) => {
+                    let _ = reply.send(text(body));
+                }
+                PollAnswer::Wait => self.parked = Some(reply),
+                PollAnswer::Overlap => {
+                    self.node.metrics.bad_frame("engineio_overlapping_poll");
+                    let _ = reply.send(empty(StatusCode::BAD_REQUEST));
+                }
+                PollAnswer::WrongTransport => {
+                    let _ = reply.send(eio_error(
+                        &self.node,
+                        StatusCode::BAD_REQUEST,
+                        3,
+                        "Bad request",
+                    ));
+                }
+            },
+            Input::Post(body, reply) => match self.session.on_post(&body, Instant::now()) {
+                Ok(messages) => {
+                    for m in messages {
+                        self.deliver(m).await;
+                    }
+                    let _ =
+                        reply.send(([(header::CONTENT_TYPE, "text/html")], "ok").into_response());
+                }
+                Err(PostError::WrongTransport) => {
+                    let _ = reply.send(eio_error(
+                        &self.node,
+                        StatusCode::BAD_REQUEST,
+                        3,
+                        "Bad request",
+                    ));
+                }
+                Err(PostError::Invalid(_)) => {
+                    self.node.metrics.bad_frame("engineio_bad_payload");
+                    let _ = reply.send(empty(StatusCode::BAD_REQUEST));
+                }
+            },
+            Input::WebSocket(mut socket) => {
+                if self.session.may_upgrade() && self.probe.is_none() {
+                    self.probe = Some((*socket, Instant::now()));
+                } else {
+                    // Already upgraded (or upgrading): this socket is not needed.
+                    let _ = socket.send(Message::Close(None)).await;
+                }
+            }
+        }
+    }
+
+    async fn on_ws(&mut self, m: Option<Result<Message, axum::Error>>) {
+        let now = Instant::now();
+        match m {
+            Some(Ok(Message::Text(t))) => {
+                if let Some(m) = self.session.on_ws_text(t.as_str(), now) {
+                    self.deliver(m).await;
+                }
+            }
+            Some(Ok(Message::Binary(b))) => {
+                let m = self.session.on_ws_binary(b.to_vec());
+                self.deliver(m).await;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(_))) | None => {
+                self.ws = None;
+                self.session.close(CloseReason::TransportClose);
+            }
+            Some(Err(e)) => {
+                self.ws = None;
+                self.node.metrics.bad_frame("engineio_websocket_error");
+                self.session
+                    .close(CloseReason::ParseError(format!("websocket: {e}")));
+            }
+        }
+    }
+
+    async fn on_probe(&mut self, m: Option<Result<Message, axum::Error>>) {
+        let Some((mut socket, since)) = self.probe.take() else {
+            return;
+        };
+        let answer = match m {
+            Some(Ok(Message::Text(t))) => self.session.on_probe(t.as_str()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                self.probe = Some((socket, since));
+                return;
+            }
+            _ => ProbeAnswer::Abort,
+        };
+        match answer {
+            ProbeAnswer::Reply(p) => {
+                let frame = Message::Text(Utf8Bytes::from(engineio::encode(&p)));
+                if socket.send(frame).await.is_ok() {
+                    self.probe = Some((socket, since));
+                } else {
+                    self.session.probe_failed();
+                }
+            }
+            ProbeAnswer::Upgraded => {
+                self.ws = Some(socket);
+                if let Some(parked) = self.parked.take()
+                    && let Some(body) = self.session.take_poll()
+                {
+                    let _ = parked.send(text(body));
+                }
+            }
+            ProbeAnswer::Abort => {
+                self.session.probe_failed();
+                let _ = socket.send(Message::Close(None)).await;
+            }
+        }
+    }
+
+    async fn deliver(&mut self, m: Inbound) {
+        match &mut self.upper {
+            Upper::SocketIo(sio) => match m {
+                Inbound::Text(t) => sio.on_text(&t, &mut self.session).await,
+                Inbound::Binary(b) => sio.on_binary(b, &mut self.session).await,
+            },
+            Upper::Echo(_) => self.session.send(match m {
+                Inbound::Text(t) => Packet::Message(t),
+                Inbound::Binary(b) => Packet::Binary(b),
+            }),
+        }
+    }
+
+    fn on_outbound(&mut self, item: Outbound) {
+        if let Upper::SocketIo(sio) = &mut self.upper {
+            sio.on_outbound(item, &mut self.session);
+            // Whatever else is queued joins the same write.
+            while self.session.queued() < MAX_QUEUED {
+                match self.outbox_rx.try_recv() {
+                    Ok(item) => sio.on_outbound(item, &mut self.session),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Write what is queued to the transport that can take it. False: the WebSocket
+    /// failed.
+    async fn flush(&mut self) -> bool {
+        if let Some(parked) = self.parked.take() {
+            match self.session.take_poll() {
+                Some(body) => {
+                    let _ = parked.send(text(body));
+                }
+                None => self.parked = Some(parked),
+            }
+        }
+        let Some(ws) = self.ws.as_mut() else {
+            return true;
+        };
+        let packets = self.session.take_ws();
+        if packets.is_empty() {
+            return true;
+        }
+        let write = async {
+            for p in packets {
+                let m = match p {
+                    Packet::Binary(b) => Message::Binary(Bytes::from(b)),
+                    p => Message::Text(Utf8Bytes::from(engineio::encode(&p))),
+                };
+                ws.feed(m).await?;
+            }
+            ws.flush().await
+        };
+        tokio::select! {
+            biased;
+            r = write => r.is_ok(),
+            reason = self.kill.killed() => {
+                self.session.close(CloseReason::Server(reason));
+                false
+            }
+        }
+    }
+
+    async fn finish(mut self, mut inputs: mpsc::Receiver<Input>) {
+        self.node.engine.sessions.lock().remove(&self.sid);
+        // Requests that raced the close are told the session is gone.
+        inputs.close();
+        while let Ok(input) = inputs.try_recv() {
+            if let Input::Poll(r) | Input::Post(_, r) = input {
+                let _ = r.send(eio_error(
+                    &self.node,
+                    StatusCode::BAD_REQUEST,
+                    1,
+                    "Session ID unknown",
+                ));
+            }
+        }
+        let reason = self
+            .session
+            .closed()
+            .cloned()
+            .unwrap_or(CloseReason::TransportClose);
+        // A parked poll takes the close (or noop); the WebSocket gets it, then a close frame.
+        if let Some(parked) = self.parked.take() {
+            let body = self.session.take_poll().unwrap_or_else(|| "1".into());
+            let _ = parked.send(text(body));
+        }
+        if let Some(mut ws) = self.ws.take() {
+            let packets = self.session.take_ws();
+            let close = async {
+                for p in packets {
+                    let m = match p {
+                        Packet::Binary(b) => Message::Binary(Bytes::from(b)),
+                        p => Message::Text(Utf8Bytes::from(engineio::encode(&p))),
+                    };
+                    ws.feed(m).await?;
+                }
+                ws.send(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: Utf8Bytes::from_static(""),
+                })))
+                .await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+        }
+        if let Upper::SocketIo(sio) = &mut self.upper {
+            sio.on_close(&reason).await;
+        }
+        self.kill.kill("session closed");
+        self.node.metrics.connections.dec();
+        tracing::debug!(sid = %self.sid, %reason, "engine.io session closed");
+    }
+}
+
+async fn recv(ws: &mut Option<WebSocket>) -> Option<Result<Message, axum::Error>> {
+    match ws {
+        Some(ws) => ws.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_probe(
+    probe: &mut Option<(WebSocket, Instant)>,
+) -> Option<Result<Message, axum::Error>> {
+    match probe {
+        Some((ws, _)) => ws.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn parked_closed(parked: &mut Option<oneshot::Sender<Response>>) {
+    match parked {
+        Some(tx) => tx.closed().await,
+        None => std::future::pending().await,
+    }
+}

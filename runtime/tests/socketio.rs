@@ -1,0 +1,82 @@
+//! The Socket.IO gateway against third-party clients: the `socket.io-client@4` suite in
+//! `tests/socketio-js/` (Node) and a `python-socketio` client in `tests/socketio-py/`,
+//! each run against a real node started here. `./test.sh` installs both clients.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::TestNode;
+use edgeroom::ids::AppName;
+
+/// The clients' whole run, generously: they take seconds.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn tests_dir(sub: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(sub)
+}
+
+/// A node whose default app is `echo`, with `scoped` (echo, namespaces limited to
+/// `/allowed-<digits>`) besides the usual apps.
+async fn node() -> TestNode {
+    let node = TestNode::start_with(|c| c.default_app = Some(AppName::new("echo").unwrap())).await;
+    let apps = &node.running.as_ref().unwrap().node.apps;
+    let scoped = AppName::new("scoped").unwrap();
+    apps.deploy(&scoped, edgeroom::examples::ECHO.to_vec())
+        .await
+        .unwrap();
+    let config = edgeroom::store::AppConfig {
+        namespaces: Some(r"/allowed-\d+".into()),
+        ..Default::default()
+    };
+    apps.configure(&scoped, config).await.unwrap();
+    node
+}
+
+async fn run_client(mut cmd: tokio::process::Command, what: &str) {
+    let out = tokio::time::timeout(CLIENT_TIMEOUT, cmd.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish in {CLIENT_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("could not start {what}: {e} (./test.sh installs it)"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_suite() {
+    let node = node().await;
+    let dir = tests_dir("socketio-js");
+    assert!(
+        dir.join("node_modules/socket.io-client").exists(),
+        "socket.io-client is not installed: run ./test.sh (it runs npm ci in {})",
+        dir.display()
+    );
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.current_dir(&dir)
+        .args(["--test", "--test-reporter=spec", "client.test.mjs"])
+        .env("EDGEROOM_URL", node.url(""));
+    run_client(cmd, "the socket.io-client suite").await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_socketio_client() {
+    let node = node().await;
+    // ./test.sh installs python-socketio in a virtualenv and names its interpreter.
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
+    let python = std::env::var("EDGEROOM_PYTHON")
+        .ok()
+        .or_else(|| venv.exists().then(|| venv.display().to_string()))
+        .unwrap_or_else(|| "python3".into());
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(tests_dir("socketio-py").join("test_client.py"))
+        .env("EDGEROOM_URL", node.url(""));
+    run_client(cmd, "the python-socketio client").await;
+    node.stop().await;
+}
