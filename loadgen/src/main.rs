@@ -1,45 +1,71 @@
-//! `loadgen`: drives an Edgeroom node (native protocol) and prints one JSON line of figures.
+//! `loadgen`: drives an Edgeroom node — or a Socket.IO peer implementing the same `echo`
+//! contract — and prints one JSON line of figures.
 //!
-//! Scenario `fanout`: R rooms of S members; the first P members of each room publish
-//! `broadcast` events, which the `echo` contract relays to every other member. Payloads
-//! carry publisher, sequence number and send time, so subscribers measure latency, loss,
-//! duplicates and reordering themselves. With `--rate 0` publishers run closed-loop,
-//! keeping `--window` events unacknowledged: the throughput the node sustains.
+//! Scenarios:
+//! - `fanout`: R rooms of S members; the first P members of each room publish
+//!   `broadcast` events, which the contract relays to every other member. Payloads carry
+//!   publisher, sequence number and send time, so subscribers measure latency, loss,
+//!   duplicates and reordering themselves. `--rate 0` runs publishers closed-loop with
+//!   `--window` events unacknowledged: the throughput the server sustains.
+//! - `echo`: C connections, each keeping `--window` `echo` requests in flight: acks/s
+//!   and round-trip latency.
+//! - `conns`: C idle connections spread over source addresses 127.0.0.2–127.0.0.250;
+//!   with `--server-pid`, the server's resident memory per connection.
+//!
+//! With `--server-pid`, the server's CPU time over the measured window is reported too.
+
+mod client;
+mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
+
+use client::{Incoming, Protocol, Receiver, Sender, Target};
 
 #[derive(Parser, Clone)]
-#[command(about = "Load generator for Edgeroom; prints one JSON line")]
+#[command(about = "Load generator for Edgeroom and Socket.IO peers; prints one JSON line")]
 struct Args {
-    /// Scenario: `fanout`.
+    /// Scenario: `fanout`, `echo` or `conns`.
     #[arg(default_value = "fanout")]
     scenario: String,
-    /// Node address (host:port).
+    /// Server address (ip:port).
     #[arg(long, default_value = "127.0.0.1:8080")]
-    addr: String,
+    addr: std::net::SocketAddr,
+    #[arg(long, value_enum, default_value = "native")]
+    protocol: Protocol,
+    /// Native protocol: the app.
     #[arg(long, default_value = "echo")]
     app: String,
+    /// Socket.IO: the Engine.IO path.
+    #[arg(long, default_value = "/socket.io/")]
+    path: String,
+    /// A name for the server in the output (e.g. `edgeroom`, `socket.io`).
+    #[arg(long, default_value = "edgeroom")]
+    server: String,
+    /// The server's process id: report its CPU time (and, for `conns`, its memory).
+    #[arg(long)]
+    server_pid: Option<u32>,
     #[arg(long, default_value_t = 1)]
     rooms: usize,
-    /// Members per room, publishers included.
+    /// `fanout`: members per room, publishers included.
     #[arg(long, default_value_t = 100)]
     subs: usize,
-    /// Publishers per room.
+    /// `fanout`: publishers per room.
     #[arg(long, default_value_t = 1)]
     pubs: usize,
-    /// Total publish rate (events/s over all publishers); 0 = closed loop.
+    /// `echo`, `conns`: connections.
+    #[arg(long, default_value_t = 100)]
+    conns: usize,
+    /// Total request rate (events/s over all senders); 0 = closed loop.
     #[arg(long, default_value_t = 0)]
     rate: u64,
-    /// Unacknowledged events per publisher in closed loop.
+    /// Unacknowledged requests per sender in closed loop.
     #[arg(long, default_value_t = 16)]
     window: u64,
     /// Payload padding in bytes.
@@ -49,10 +75,7 @@ struct Args {
     secs: u64,
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Acknowledgements of one publisher's events, counted by its reader.
+/// Acknowledgements of one sender's requests, counted by its reader.
 #[derive(Default)]
 struct Acks {
     ok: AtomicU64,
@@ -60,42 +83,64 @@ struct Acks {
     notify: Notify,
 }
 
-struct SubStats {
+impl Acks {
+    fn done(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// What one connection's reader measured.
+struct ReadStats {
     delivered: u64,
     dup: u64,
     gaps: u64,
     lat: Histogram<u64>,
 }
 
-async fn connect(args: &Args, room: &str) -> anyhow::Result<Ws> {
-    let url = format!("ws://{}/v1/ws?app={}", args.addr, args.app);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-    ws.send(Message::Text(
-        json!({"type": "join", "room": room, "ref": 0})
-            .to_string()
-            .into(),
-    ))
-    .await?;
-    while let Some(m) = ws.next().await {
-        if let Message::Text(t) = m? {
-            let v: Value = serde_json::from_str(t.as_str())?;
-            if v["type"] == "reply" && v["ref"] == 0 {
-                anyhow::ensure!(v["ok"] == true, "join refused: {v}");
-                return Ok(ws);
-            }
-        }
-    }
-    anyhow::bail!("connection closed during join")
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!())
+}
+
+fn latency_json(h: &Histogram<u64>) -> Value {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    json!({"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1000.0,
+           "mean": (h.mean() / 10.0).round() / 100.0, "n": h.len()})
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(
-        args.scenario == "fanout",
-        "unknown scenario {:?} (this build has: fanout)",
-        args.scenario
-    );
+    let target = Target {
+        protocol: args.protocol,
+        addr: args.addr,
+        app: args.app.clone(),
+        path: args.path.clone(),
+    };
+    let mut out = match args.scenario.as_str() {
+        "fanout" => fanout(&args, &target).await?,
+        "echo" => echo(&args, &target).await?,
+        "conns" => conns(&args, &target).await?,
+        other => anyhow::bail!("unknown scenario {other:?} (fanout, echo, conns)"),
+    };
+    out["server"] = json!(args.server);
+    out["protocol"] = json!(match args.protocol {
+        Protocol::Native => "native",
+        Protocol::Socketio => "socketio",
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// The clock every payload timestamp is taken from.
+fn micros_since(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
+async fn fanout(args: &Args, target: &Target) -> anyhow::Result<Value> {
     anyhow::ensure!(
         args.pubs >= 1 && args.pubs <= args.subs,
         "need 1 <= pubs <= subs"
@@ -104,46 +149,44 @@ async fn main() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let n_pubs = args.rooms * args.pubs;
     let acks: Vec<Arc<Acks>> = (0..n_pubs).map(|_| Arc::new(Acks::default())).collect();
-    // Tells readers to stop and report, once deliveries have drained.
     let (finish, finished) = tokio::sync::watch::channel(false);
 
     let mut readers = Vec::new();
-    let mut writers = Vec::new();
+    let mut senders = Vec::new();
     for r in 0..args.rooms {
         let room = format!("load-{r}");
         for m in 0..args.subs {
-            let (sink, stream) = connect(&args, &room).await?.split();
+            let (tx, rx) = target.connect(&room, None).await?;
             let publisher = (m < args.pubs).then_some(r * args.pubs + m);
             readers.push(tokio::spawn(read_loop(
-                stream,
+                rx,
                 n_pubs,
                 publisher.map(|p| acks[p].clone()),
                 start,
                 finished.clone(),
             )));
             if let Some(p) = publisher {
-                writers.push((p, room.clone(), sink));
+                senders.push((p, tx));
             }
         }
     }
 
-    let per_pub_rate = args.rate as f64 / n_pubs as f64;
+    let cpu = server::Cpu::start(args.server_pid);
+    let per_sender_rate = args.rate as f64 / n_pubs as f64;
     let pad = "x".repeat(args.size);
     let t0 = Instant::now();
-    let tasks: Vec<_> = writers
+    let tasks: Vec<_> = senders
         .into_iter()
-        .map(|(p, room, sink)| {
-            tokio::spawn(publish(
-                sink,
-                p as u64,
-                room,
-                pad.clone(),
-                per_pub_rate,
-                args.window,
-                start,
-                stop.clone(),
-                acks[p].clone(),
-            ))
+        .map(|(p, tx)| {
+            let (pad, stop, acks) = (pad.clone(), stop.clone(), acks[p].clone());
+            let (rate, window) = (per_sender_rate, args.window);
+            tokio::spawn(async move {
+                send_loop(rate, window, &stop, &acks, |seq| {
+                    let data = json!({"p": p, "s": seq, "t": micros_since(start), "pad": pad});
+                    tx.emit("broadcast", &data, Some(seq))
+                })
+                .await
+            })
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(args.secs)).await;
@@ -154,13 +197,15 @@ async fn main() -> anyhow::Result<()> {
         sent += t.await??;
     }
     let elapsed = t0.elapsed().as_secs_f64();
+    // Let deliveries drain before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu_s = cpu.seconds();
 
-    let mut total = SubStats {
+    let mut total = ReadStats {
         delivered: 0,
         dup: 0,
         gaps: 0,
-        lat: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        lat: histogram(),
     };
     let _ = finish.send(true);
     for r in readers {
@@ -174,35 +219,31 @@ async fn main() -> anyhow::Result<()> {
     let acked: u64 = acks.iter().map(|a| a.ok.load(Ordering::Relaxed)).sum();
     let failed: u64 = acks.iter().map(|a| a.failed.load(Ordering::Relaxed)).sum();
     let expected = acked * (args.subs as u64 - 1);
-    let ms = |q: f64| total.lat.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "{}",
-        json!({
-            "scenario": "fanout", "protocol": "native", "app": args.app,
-            "rooms": args.rooms, "subs": args.subs, "pubs": args.pubs, "rate": args.rate, "size": args.size,
-            "secs": (elapsed * 100.0).round() / 100.0,
-            "sent": sent, "acked": acked, "failed": failed,
-            "events_per_s": (acked as f64 / elapsed).round(),
-            "delivered": total.delivered, "expected": expected,
-            "delivered_per_s": (total.delivered as f64 / elapsed).round(),
-            "loss": expected.saturating_sub(total.delivered), "duplicates": total.dup, "out_of_order": total.gaps,
-            "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": total.lat.max() as f64 / 1000.0, "mean": total.lat.mean() / 1000.0, "n": total.lat.len()},
-        })
-    );
-    Ok(())
+    Ok(json!({
+        "scenario": "fanout",
+        "rooms": args.rooms, "subs": args.subs, "pubs": args.pubs, "rate": args.rate, "size": args.size,
+        "secs": round2(elapsed),
+        "sent": sent, "acked": acked, "failed": failed,
+        "events_per_s": (acked as f64 / elapsed).round(),
+        "delivered": total.delivered, "expected": expected,
+        "delivered_per_s": (total.delivered as f64 / elapsed).round(),
+        "loss": expected.saturating_sub(total.delivered), "duplicates": total.dup, "out_of_order": total.gaps,
+        "latency_ms": latency_json(&total.lat),
+        "server_cpu_s": cpu_s.map(round2),
+        "server_cpu_s_per_million_deliveries": cpu_s
+            .filter(|_| total.delivered > 0)
+            .map(|c| round2(c * 1e6 / total.delivered as f64)),
+    }))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn publish(
-    mut sink: futures_util::stream::SplitSink<Ws, Message>,
-    id: u64,
-    room: String,
-    pad: String,
+/// Send requests at `rate` per second, or closed-loop with `window` in flight, until
+/// `stop`. Returns how many were sent.
+async fn send_loop(
     rate: f64,
     window: u64,
-    start: Instant,
-    stop: Arc<AtomicBool>,
-    acks: Arc<Acks>,
+    stop: &AtomicBool,
+    acks: &Acks,
+    send: impl Fn(u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
     let mut seq = 0u64;
     let interval = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
@@ -214,59 +255,49 @@ async fn publish(
         } else {
             loop {
                 let notified = acks.notify.notified();
-                let done = acks.ok.load(Ordering::Relaxed) + acks.failed.load(Ordering::Relaxed);
-                if seq - done < window || stop.load(Ordering::Relaxed) {
+                if seq - acks.done() < window || stop.load(Ordering::Relaxed) {
                     break;
                 }
                 notified.await;
             }
         }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         seq += 1;
-        let t = start.elapsed().as_micros() as u64;
-        let frame = json!({"type": "emit", "room": room, "event": "broadcast", "data": {"p": id, "s": seq, "t": t, "pad": pad}, "ref": seq});
-        sink.send(Message::Text(frame.to_string().into())).await?;
+        send(seq)?;
     }
     Ok(seq)
 }
 
 async fn read_loop(
-    mut stream: futures_util::stream::SplitStream<Ws>,
+    mut rx: Receiver,
     publishers: usize,
     acks: Option<Arc<Acks>>,
     start: Instant,
     mut finished: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<SubStats> {
+) -> anyhow::Result<ReadStats> {
     let mut last = vec![0u64; publishers];
-    let mut st = SubStats {
+    let mut st = ReadStats {
         delivered: 0,
         dup: 0,
         gaps: 0,
-        lat: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        lat: histogram(),
     };
-    loop {
-        let m = tokio::select! {
-            m = stream.next() => match m {
-                Some(m) => m,
-                None => break,
-            },
-            _ = finished.wait_for(|f| *f) => break,
-        };
-        let Message::Text(t) = m? else { continue };
-        let v: Value = serde_json::from_str(t.as_str())?;
-        match v["type"].as_str() {
-            Some("reply") => {
+    while let Some(m) = next_until(&mut rx, &mut finished).await? {
+        match m {
+            Incoming::Ack { ok, .. } => {
                 if let Some(a) = &acks {
-                    let counter = if v["ok"] == true { &a.ok } else { &a.failed };
+                    let counter = if ok { &a.ok } else { &a.failed };
                     counter.fetch_add(1, Ordering::Relaxed);
                     a.notify.notify_one();
                 }
             }
-            Some("event") => {
-                let d = &v["data"];
+            Incoming::Event { event, data } if event == "broadcast" => {
                 let (p, s, sent) = (
-                    d["p"].as_u64().unwrap_or(u64::MAX),
-                    d["s"].as_u64().unwrap_or(0),
-                    d["t"].as_u64().unwrap_or(0),
+                    data["p"].as_u64().unwrap_or(u64::MAX),
+                    data["s"].as_u64().unwrap_or(0),
+                    data["t"].as_u64().unwrap_or(0),
                 );
                 let Some(prev) = usize::try_from(p).ok().and_then(|p| last.get_mut(p)) else {
                     continue;
@@ -281,10 +312,147 @@ async fn read_loop(
                 *prev = s;
                 st.delivered += 1;
                 st.lat
-                    .saturating_record((start.elapsed().as_micros() as u64).saturating_sub(sent));
+                    .saturating_record(micros_since(start).saturating_sub(sent));
             }
-            _ => {}
+            Incoming::Event { .. } | Incoming::Other => {}
         }
     }
     Ok(st)
+}
+
+/// The next message, or `None` once the connection ended or the run is `finished`.
+async fn next_until(
+    rx: &mut Receiver,
+    finished: &mut tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<Incoming>> {
+    tokio::select! {
+        m = rx.next() => m.transpose(),
+        _ = finished.wait_for(|f| *f) => Ok(None),
+    }
+}
+
+async fn echo(args: &Args, target: &Target) -> anyhow::Result<Value> {
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (finish, finished) = tokio::sync::watch::channel(false);
+    let mut conns = Vec::new();
+    for c in 0..args.conns {
+        let room = format!("echo-{}", c % args.rooms.max(1));
+        conns.push(target.connect(&room, None).await?);
+    }
+    let cpu = server::Cpu::start(args.server_pid);
+    let per_sender_rate = args.rate as f64 / args.conns.max(1) as f64;
+    let pad = "x".repeat(args.size);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    let mut readers = Vec::new();
+    for (tx, mut rx) in conns {
+        let acks = Arc::new(Acks::default());
+        let (acks2, mut finished) = (acks.clone(), finished.clone());
+        readers.push(tokio::spawn(async move {
+            let mut lat = histogram();
+            while let Some(m) = next_until(&mut rx, &mut finished).await? {
+                if let Incoming::Ack { ok, data, .. } = m {
+                    if ok {
+                        let sent = data["t"].as_u64().unwrap_or(0);
+                        lat.saturating_record(micros_since(start).saturating_sub(sent));
+                        acks2.ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        acks2.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    acks2.notify.notify_one();
+                }
+            }
+            anyhow::Ok(lat)
+        }));
+        let (pad, stop, window) = (pad.clone(), stop.clone(), args.window);
+        tasks.push((
+            acks.clone(),
+            tokio::spawn(async move {
+                send_loop(per_sender_rate, window, &stop, &acks, |seq| {
+                    let data = json!({"t": micros_since(start), "pad": pad});
+                    tx.emit("echo", &data, Some(seq))
+                })
+                .await
+            }),
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(args.secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = 0;
+    let mut all_acks = Vec::new();
+    for (acks, t) in tasks {
+        acks.notify.notify_one();
+        sent += t.await??;
+        all_acks.push(acks);
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    // Acks counted within the window are the throughput; stragglers still get latency.
+    let acked: u64 = all_acks.iter().map(|a| a.ok.load(Ordering::Relaxed)).sum();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_s = cpu.seconds();
+    let _ = finish.send(true);
+    let mut lat = histogram();
+    for r in readers {
+        if let Ok(Ok(h)) = r.await {
+            lat.add(&h)?;
+        }
+    }
+    let failed: u64 = all_acks
+        .iter()
+        .map(|a| a.failed.load(Ordering::Relaxed))
+        .sum();
+    Ok(json!({
+        "scenario": "echo",
+        "conns": args.conns, "window": args.window, "rate": args.rate, "size": args.size,
+        "secs": round2(elapsed), "sent": sent, "acked": acked, "failed": failed,
+        "acks_per_s": (acked as f64 / elapsed).round(),
+        "latency_ms": latency_json(&lat),
+        "server_cpu_s": cpu_s.map(round2),
+        "server_cpu_s_per_million_acks": cpu_s
+            .filter(|_| acked > 0)
+            .map(|c| round2(c * 1e6 / acked as f64)),
+    }))
+}
+
+async fn conns(args: &Args, target: &Target) -> anyhow::Result<Value> {
+    let rss_before = args.server_pid.and_then(server::rss_bytes);
+    let t0 = Instant::now();
+    let mut held: Vec<(Sender, tokio::task::JoinHandle<()>)> = Vec::with_capacity(args.conns);
+    let mut failed = 0u64;
+    let mut first_error = None;
+    for c in 0..args.conns {
+        // 127.0.0.2 ..= 127.0.0.250: many sources, so no one source runs out of ports.
+        let ip = std::net::IpAddr::from([127, 0, 0, 2 + (c % 249) as u8]);
+        let room = format!("idle-{}", c % args.rooms.max(1));
+        match target.connect(&room, Some(ip)).await {
+            Ok((tx, mut rx)) => {
+                // Keep reading: answers heartbeats, notices the close.
+                let reader =
+                    tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+                held.push((tx, reader));
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let connect_secs = t0.elapsed().as_secs_f64();
+    // Idle for a while (through at least one heartbeat when secs > ping interval).
+    tokio::time::sleep(Duration::from_secs(args.secs)).await;
+    let alive = held.iter().filter(|(_, r)| !r.is_finished()).count();
+    let rss_after = args.server_pid.and_then(server::rss_bytes);
+    let per_conn = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if alive > 0 => Some((a.saturating_sub(b)) as f64 / alive as f64),
+        _ => None,
+    };
+    Ok(json!({
+        "scenario": "conns",
+        "conns": args.conns, "connected": held.len(), "failed": failed, "first_error": first_error,
+        "alive_after_idle": alive, "idle_secs": args.secs,
+        "connect_per_s": (held.len() as f64 / connect_secs).round(),
+        "server_rss_before_bytes": rss_before, "server_rss_after_bytes": rss_after,
+        "server_rss_per_conn_bytes": per_conn.map(f64::round),
+    }))
 }

@@ -33,8 +33,11 @@ use crate::room::{KillSwitch, Outbound, Outbox};
 /// Packets held for a client that is not polling; beyond it the session stops taking
 /// from its outbox, which then fills and drops the client as a slow consumer.
 const MAX_QUEUED: usize = 4096;
-/// Requests waiting for a session's task.
+/// Requests waiting for a session's task; more are refused (a client has at most a
+/// poll, a post and an upgrade in flight).
 const INPUT_QUEUE: usize = 16;
+/// Initial WebSocket read buffer (tungstenite's default is 128 KiB per connection).
+const READ_BUFFER: usize = 1024;
 /// How long a probing WebSocket may take to send `5`.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -50,12 +53,53 @@ pub enum Service {
 /// A request handed to a session's task.
 enum Input {
     Poll(oneshot::Sender<Response>),
-    Post(String, oneshot::Sender<Response>),
+    Post(Box<(String, oneshot::Sender<Response>)>),
     WebSocket(Box<WebSocket>),
 }
 
+/// Requests for one session, handed over by HTTP handlers. A plain queue rather than a
+/// channel: a channel preallocates room for 32 items, and most sessions are idle.
+#[derive(Default)]
+struct Inbox {
+    queue: Mutex<std::collections::VecDeque<Input>>,
+    notify: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Inbox {
+    /// Queue a request; it comes back if the session is gone or swamped.
+    fn push(&self, input: Input) -> Result<(), Input> {
+        let mut q = self.queue.lock();
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) || q.len() >= INPUT_QUEUE {
+            return Err(input);
+        }
+        q.push_back(input);
+        drop(q);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    async fn recv(&self) -> Input {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(input) = self.queue.lock().pop_front() {
+                return input;
+            }
+            notified.await;
+        }
+    }
+
+    /// Refuse new requests; returns those still queued.
+    fn close(&self) -> Vec<Input> {
+        let mut q = self.queue.lock();
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        q.drain(..).collect()
+    }
+}
+
 struct Link {
-    tx: mpsc::Sender<Input>,
+    inbox: Arc<Inbox>,
     service: Service,
 }
 
@@ -148,9 +192,9 @@ async fn route(
             sessions
                 .get(&sid)
                 .filter(|l| same_service(&l.service, &service))
-                .map(|l| l.tx.clone())
+                .map(|l| l.inbox.clone())
         };
-        let Some(tx) = link else {
+        let Some(inbox) = link else {
             return eio_error(node, StatusCode::BAD_REQUEST, 1, "Session ID unknown");
         };
         if websocket {
@@ -158,14 +202,12 @@ async fn route(
                 return eio_error(node, StatusCode::BAD_REQUEST, 3, "Bad request");
             };
             let max = node.config.socketio.max_payload;
-            return ws.max_message_size(max).max_frame_size(max).on_upgrade(
-                move |socket| async move {
-                    let _ = tx.send(Input::WebSocket(Box::new(socket))).await;
-                },
-            );
+            return sized(ws, max).on_upgrade(move |socket| async move {
+                let _ = inbox.push(Input::WebSocket(Box::new(socket)));
+            });
         }
         return match *method {
-            Method::GET => ask(&tx, Input::Poll).await,
+            Method::GET => ask(&inbox, Input::Poll).await,
             Method::POST => {
                 let max = node.config.socketio.max_payload;
                 let body = match http_body_util::Limited::new(body, max).collect().await {
@@ -180,7 +222,7 @@ async fn route(
                     node.metrics.bad_frame("engineio_not_utf8");
                     return empty(StatusCode::BAD_REQUEST);
                 };
-                ask(&tx, |r| Input::Post(body, r)).await
+                ask(&inbox, |r| Input::Post(Box::new((body, r)))).await
             }
             _ => eio_error(node, StatusCode::BAD_REQUEST, 2, "Bad handshake method"),
         };
@@ -234,34 +276,41 @@ async fn route(
         ping_timeout: node.config.socketio.ping_timeout_ms,
         max_payload: node.config.socketio.max_payload as u64,
     };
-    let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+    let inbox = Arc::new(Inbox::default());
     node.engine.sessions.lock().insert(
         sid.clone(),
         Link {
-            tx,
+            inbox: inbox.clone(),
             service: service.clone(),
         },
     );
-    let driver = Driver::new(node.clone(), sid, service, transport);
+    let driver = Driver::new(node.clone(), sid, service, transport, inbox);
     match ws {
         Some(ws) if websocket => {
             let max = node.config.socketio.max_payload;
-            ws.max_message_size(max)
-                .max_frame_size(max)
-                .on_upgrade(move |mut socket| async move {
-                    let open = Utf8Bytes::from(engineio::encode(&handshake.packet()));
-                    if socket.send(Message::Text(open)).await.is_ok() {
-                        driver.run(rx, Some(socket)).await;
-                    } else {
-                        driver.abandon();
-                    }
-                })
+            sized(ws, max).on_upgrade(move |mut socket| async move {
+                let open = Utf8Bytes::from(engineio::encode(&handshake.packet()));
+                if socket.send(Message::Text(open)).await.is_ok() {
+                    // A task of its own, so the upgrade's task (and what it holds) ends.
+                    tokio::spawn(driver.run(Some(socket)));
+                } else {
+                    driver.abandon();
+                }
+            })
         }
         _ => {
-            tokio::spawn(driver.run(rx, None));
+            tokio::spawn(driver.run(None));
             text(engineio::encode(&handshake.packet()))
         }
     }
+}
+
+/// A WebSocket with the payload limit, and a small read buffer: most sessions are idle,
+/// and the buffer grows when a large message arrives.
+fn sized(ws: WebSocketUpgrade, max: usize) -> WebSocketUpgrade {
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER)
 }
 
 fn same_service(a: &Service, b: &Service) -> bool {
@@ -273,12 +322,9 @@ fn same_service(a: &Service, b: &Service) -> bool {
 }
 
 /// Hand a request to its session and wait for the answer.
-async fn ask(
-    tx: &mpsc::Sender<Input>,
-    make: impl FnOnce(oneshot::Sender<Response>) -> Input,
-) -> Response {
+async fn ask(inbox: &Inbox, make: impl FnOnce(oneshot::Sender<Response>) -> Input) -> Response {
     let (reply, answer) = oneshot::channel();
-    if tx.send(make(reply)).await.is_err() {
+    if inbox.push(make(reply)).is_err() {
         return empty(StatusCode::BAD_REQUEST);
     }
     // The session dropped the request: it closed meanwhile.
@@ -345,11 +391,19 @@ struct Driver {
     kill: Arc<KillSwitch>,
     parked: Option<oneshot::Sender<Response>>,
     ws: Option<WebSocket>,
-    probe: Option<(WebSocket, Instant)>,
+    /// Boxed: rarely there, and large.
+    probe: Option<Box<(WebSocket, Instant)>>,
+    inbox: Arc<Inbox>,
 }
 
 impl Driver {
-    fn new(node: Arc<Node>, sid: String, service: Service, transport: Transport) -> Self {
+    fn new(
+        node: Arc<Node>,
+        sid: String,
+        service: Service,
+        transport: Transport,
+        inbox: Arc<Inbox>,
+    ) -> Self {
         let timing = Timing {
             ping_interval: Duration::from_millis(node.config.socketio.ping_interval_ms),
             ping_timeout: Duration::from_millis(node.config.socketio.ping_timeout_ms),
@@ -377,6 +431,7 @@ impl Driver {
             parked: None,
             ws: None,
             probe: None,
+            inbox,
         }
     }
 
@@ -386,8 +441,10 @@ impl Driver {
         self.node.metrics.connections.dec();
     }
 
-    async fn run(mut self, mut inputs: mpsc::Receiver<Input>, ws: Option<WebSocket>) {
+    async fn run(mut self, ws: Option<WebSocket>) {
         self.ws = ws;
+        // One timer, moved as deadlines change (boxed: it is large, and most sessions idle).
+        let mut timer = Box::pin(tokio::time::sleep_until(self.session.deadline().into()));
         loop {
             if !self.flush().await {
                 self.session.close(CloseReason::TransportClose);
@@ -400,21 +457,22 @@ impl Driver {
                 None => self.session.deadline(),
             };
             let deadline = match &self.probe {
-                Some((_, since)) => deadline.min(*since + UPGRADE_TIMEOUT),
+                Some(probe) => deadline.min(probe.1 + UPGRADE_TIMEOUT),
                 None => deadline,
             };
+            if timer.deadline() != deadline.into() {
+                timer.as_mut().reset(deadline.into());
+            }
             let room_for_more = self.session.queued() < MAX_QUEUED;
             tokio::select! {
                 reason = self.kill.killed() => {
                     self.session.close(CloseReason::Server(reason));
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => self.on_timeout(),
-                input = inputs.recv() => match input {
-                    Some(input) => self.on_input(input).await,
-                    None => self.session.close(CloseReason::Server("gateway stopped".into())),
-                },
+                _ = &mut timer => self.on_timeout(),
+                input = self.inbox.recv() => self.on_input(input).await,
                 m = recv(&mut self.ws) => self.on_ws(m).await,
-                m = recv_probe(&mut self.probe) => self.on_probe(m).await,
+                // Boxed: upgrades are rare and this future holds a whole WebSocket.
+                m = recv_probe(&mut self.probe) => Box::pin(self.on_probe(m)).await,
                 _ = parked_closed(&mut self.parked) => self.session.poll_abandoned(),
                 item = self.outbox_rx.recv(), if room_for_more => match item {
                     Some(item) => self.on_outbound(item),
@@ -422,7 +480,8 @@ impl Driver {
                 },
             }
         }
-        self.finish(inputs).await;
+        // Boxed: the close path's futures would otherwise sit in every session's task.
+        Box::pin(self.finish()).await;
     }
 
     fn upper_deadline(&self) -> Option<Instant> {
@@ -438,8 +497,8 @@ impl Driver {
         if let Upper::SocketIo(sio) = &mut self.upper {
             sio.on_timeout(now, &mut self.session);
         }
-        if let Some((_, since)) = &self.probe
-            && now >= *since + UPGRADE_TIMEOUT
+        if let Some(probe) = &self.probe
+            && now >= probe.1 + UPGRADE_TIMEOUT
         {
             self.probe = None;
             self.session.probe_failed();
@@ -466,34 +525,40 @@ impl Driver {
                     ));
                 }
             },
-            Input::Post(body, reply) => match self.session.on_post(&body, Instant::now()) {
-                Ok(messages) => {
-                    for m in messages {
-                        self.deliver(m).await;
-                    }
-                    let _ =
-                        reply.send(([(header::CONTENT_TYPE, "text/html")], "ok").into_response());
-                }
-                Err(PostError::WrongTransport) => {
-                    let _ = reply.send(eio_error(
-                        &self.node,
-                        StatusCode::BAD_REQUEST,
-                        3,
-                        "Bad request",
-                    ));
-                }
-                Err(PostError::Invalid(_)) => {
-                    self.node.metrics.bad_frame("engineio_bad_payload");
-                    let _ = reply.send(empty(StatusCode::BAD_REQUEST));
-                }
-            },
+            Input::Post(post) => {
+                let (body, reply) = *post;
+                self.on_post(&body, reply).await;
+            }
             Input::WebSocket(mut socket) => {
                 if self.session.may_upgrade() && self.probe.is_none() {
-                    self.probe = Some((*socket, Instant::now()));
+                    self.probe = Some(Box::new((*socket, Instant::now())));
                 } else {
                     // Already upgraded (or upgrading): this socket is not needed.
                     let _ = socket.send(Message::Close(None)).await;
                 }
+            }
+        }
+    }
+
+    async fn on_post(&mut self, body: &str, reply: oneshot::Sender<Response>) {
+        match self.session.on_post(body, Instant::now()) {
+            Ok(messages) => {
+                for m in messages {
+                    self.deliver(m).await;
+                }
+                let _ = reply.send(([(header::CONTENT_TYPE, "text/html")], "ok").into_response());
+            }
+            Err(PostError::WrongTransport) => {
+                let _ = reply.send(eio_error(
+                    &self.node,
+                    StatusCode::BAD_REQUEST,
+                    3,
+                    "Bad request",
+                ));
+            }
+            Err(PostError::Invalid(_)) => {
+                self.node.metrics.bad_frame("engineio_bad_payload");
+                let _ = reply.send(empty(StatusCode::BAD_REQUEST));
             }
         }
     }
@@ -525,13 +590,14 @@ impl Driver {
     }
 
     async fn on_probe(&mut self, m: Option<Result<Message, axum::Error>>) {
-        let Some((mut socket, since)) = self.probe.take() else {
+        let Some(probe) = self.probe.take() else {
             return;
         };
+        let (mut socket, since) = *probe;
         let answer = match m {
             Some(Ok(Message::Text(t))) => self.session.on_probe(t.as_str()),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                self.probe = Some((socket, since));
+                self.probe = Some(Box::new((socket, since)));
                 return;
             }
             _ => ProbeAnswer::Abort,
@@ -540,7 +606,7 @@ impl Driver {
             ProbeAnswer::Reply(p) => {
                 let frame = Message::Text(Utf8Bytes::from(engineio::encode(&p)));
                 if socket.send(frame).await.is_ok() {
-                    self.probe = Some((socket, since));
+                    self.probe = Some(Box::new((socket, since)));
                 } else {
                     self.session.probe_failed();
                 }
@@ -562,9 +628,11 @@ impl Driver {
 
     async fn deliver(&mut self, m: Inbound) {
         match &mut self.upper {
+            // Boxed: the Socket.IO layer's futures are large, and this task lives as
+            // long as its (mostly idle) session.
             Upper::SocketIo(sio) => match m {
-                Inbound::Text(t) => sio.on_text(&t, &mut self.session).await,
-                Inbound::Binary(b) => sio.on_binary(b, &mut self.session).await,
+                Inbound::Text(t) => Box::pin(sio.on_text(&t, &mut self.session)).await,
+                Inbound::Binary(b) => Box::pin(sio.on_binary(b, &mut self.session)).await,
             },
             Upper::Echo(_) => self.session.send(match m {
                 Inbound::Text(t) => Packet::Message(t),
@@ -600,36 +668,42 @@ impl Driver {
         let Some(ws) = self.ws.as_mut() else {
             return true;
         };
-        let packets = self.session.take_ws();
-        if packets.is_empty() {
+        let Some(first) = self.session.pop_ws() else {
             return true;
-        }
+        };
+        let session = &mut self.session;
         let write = async {
-            for p in packets {
-                let m = match p {
-                    Packet::Binary(b) => Message::Binary(Bytes::from(b)),
-                    p => Message::Text(Utf8Bytes::from(engineio::encode(&p))),
-                };
-                ws.feed(m).await?;
+            ws.feed(ws_message(first)).await?;
+            while let Some(p) = session.pop_ws() {
+                ws.feed(ws_message(p)).await?;
             }
             ws.flush().await
         };
-        tokio::select! {
+        // A client that stops reading blocks the write; the kill switch still wins.
+        let outcome = tokio::select! {
             biased;
-            r = write => r.is_ok(),
-            reason = self.kill.killed() => {
+            r = write => Ok(r.is_ok()),
+            reason = self.kill.killed() => Err(reason),
+        };
+        match outcome {
+            Ok(written) => written,
+            Err(reason) => {
                 self.session.close(CloseReason::Server(reason));
                 false
             }
         }
     }
 
-    async fn finish(mut self, mut inputs: mpsc::Receiver<Input>) {
+    async fn finish(mut self) {
         self.node.engine.sessions.lock().remove(&self.sid);
         // Requests that raced the close are told the session is gone.
-        inputs.close();
-        while let Ok(input) = inputs.try_recv() {
-            if let Input::Poll(r) | Input::Post(_, r) = input {
+        for input in self.inbox.close() {
+            let reply = match input {
+                Input::Poll(r) => Some(r),
+                Input::Post(post) => Some(post.1),
+                Input::WebSocket(_) => None,
+            };
+            if let Some(r) = reply {
                 let _ = r.send(eio_error(
                     &self.node,
                     StatusCode::BAD_REQUEST,
@@ -652,11 +726,7 @@ impl Driver {
             let packets = self.session.take_ws();
             let close = async {
                 for p in packets {
-                    let m = match p {
-                        Packet::Binary(b) => Message::Binary(Bytes::from(b)),
-                        p => Message::Text(Utf8Bytes::from(engineio::encode(&p))),
-                    };
-                    ws.feed(m).await?;
+                    ws.feed(ws_message(p)).await?;
                 }
                 ws.send(Message::Close(Some(CloseFrame {
                     code: 1000,
@@ -675,6 +745,19 @@ impl Driver {
     }
 }
 
+/// One Engine.IO packet as one WebSocket frame.
+fn ws_message(p: Packet) -> Message {
+    match p {
+        Packet::Binary(b) => Message::Binary(Bytes::from(b)),
+        // Shared bytes go out as they are: no copy per session.
+        Packet::Encoded(b) => match Utf8Bytes::try_from(b) {
+            Ok(t) => Message::Text(t),
+            Err(e) => Message::Text(Utf8Bytes::from(e.to_string())),
+        },
+        p => Message::Text(Utf8Bytes::from(engineio::encode(&p))),
+    }
+}
+
 async fn recv(ws: &mut Option<WebSocket>) -> Option<Result<Message, axum::Error>> {
     match ws {
         Some(ws) => ws.recv().await,
@@ -683,10 +766,10 @@ async fn recv(ws: &mut Option<WebSocket>) -> Option<Result<Message, axum::Error>
 }
 
 async fn recv_probe(
-    probe: &mut Option<(WebSocket, Instant)>,
+    probe: &mut Option<Box<(WebSocket, Instant)>>,
 ) -> Option<Result<Message, axum::Error>> {
     match probe {
-        Some((ws, _)) => ws.recv().await,
+        Some(probe) => probe.0.recv().await,
         None => std::future::pending().await,
     }
 }

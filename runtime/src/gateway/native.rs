@@ -21,7 +21,9 @@ use crate::protocol::native::{
     self, ClientFrame, DecodeError, EventView, Format, Ref, ServerFrame,
 };
 use crate::protocol::{Cursor, ErrorCode, ProtoError};
-use crate::room::{JoinOutcome, Outbound, Outbox, ReattachOutcome, RoomCmd, RoomHandle, RoomKey};
+use crate::room::{
+    Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd, RoomHandle, RoomKey,
+};
 use crate::session::token::Claims;
 use crate::session::{ResumeError, SessionRooms};
 
@@ -264,6 +266,11 @@ impl Conn {
         }
     }
 
+    /// How rooms reach this connection: native clients get presence and state.
+    fn link(&self) -> Link {
+        Link::new(self.outbox.clone(), Interest::ALL)
+    }
+
     fn key(&self, room: &RoomId) -> RoomKey {
         RoomKey {
             app: self.app.clone(),
@@ -390,7 +397,7 @@ impl Conn {
         match self
             .node
             .rooms
-            .join(&key, &self.conn, &auth, &self.outbox, r#ref.clone(), None)
+            .join(&key, &self.conn, &auth, &self.link(), r#ref.clone(), None)
             .await
         {
             Some((JoinOutcome::Joined, handle)) => {
@@ -498,14 +505,14 @@ impl Conn {
             let handle = match self
                 .node
                 .rooms
-                .reattach(&key, &self.conn, &self.outbox, cursor.clone())
+                .reattach(&key, &self.conn, &self.link(), cursor.clone())
                 .await
             {
                 Some((ReattachOutcome::Reattached, h)) => Some(h),
                 Some((_, _)) => match self
                     .node
                     .rooms
-                    .join(&key, &self.conn, &auth, &self.outbox, None, cursor)
+                    .join(&key, &self.conn, &auth, &self.link(), None, cursor)
                     .await
                 {
                     Some((JoinOutcome::Joined, h)) => Some(h),

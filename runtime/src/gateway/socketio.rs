@@ -9,7 +9,6 @@
 //! an event's offset is the room cursor after it. A CONNECT with `{pid, offset}` takes
 //! the detached member back and replays what came after the offset.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,13 +19,15 @@ use crate::apps::now_ms;
 use crate::ids::{AppName, ConnId, RoomId};
 use crate::node::Node;
 use crate::payload::Payload;
-use crate::protocol::engineio::Packet as EioPacket;
 use crate::protocol::engineio::session::{CloseReason, Session};
+use crate::protocol::engineio::{self, Packet as EioPacket};
 use crate::protocol::native::ServerFrame;
 use crate::protocol::socketio::{self, Kind, Packet, Reassembly};
 use crate::protocol::{Cursor, ProtoError};
 use crate::room::core::LogEntry;
-use crate::room::{JoinOutcome, Outbound, Outbox, ReattachOutcome, RoomCmd, RoomHandle, RoomKey};
+use crate::room::{
+    Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd, RoomHandle, RoomKey,
+};
 use crate::session::SessionRooms;
 use crate::session::token::Claims;
 
@@ -40,15 +41,44 @@ pub const ERROR_EVENT: &str = "edgeroom:error";
 
 /// One connected (or connecting) namespace.
 struct Socket {
+    nsp: String,
     room: RoomId,
     member: ConnId,
-    pid: Option<String>,
+    /// Connection state recovery is on for it (its `pid` is derived from `member`).
+    recoverable: bool,
     handle: Option<RoomHandle>,
     connected: bool,
-    /// The client asked for `edgeroom:presence` / `edgeroom:state` events.
-    presence: bool,
-    state: bool,
     auth: String,
+}
+
+/// A session's namespaces: a few at most, so a vector (a map's buckets would cost
+/// every idle connection more memory than its sockets).
+#[derive(Default)]
+struct Sockets(Vec<Socket>);
+
+impl Sockets {
+    fn get(&self, nsp: &str) -> Option<&Socket> {
+        self.0.iter().find(|s| s.nsp == nsp)
+    }
+    fn get_mut(&mut self, nsp: &str) -> Option<&mut Socket> {
+        self.0.iter_mut().find(|s| s.nsp == nsp)
+    }
+    fn by_room(&self, room: &RoomId) -> Option<&Socket> {
+        self.0.iter().find(|s| &s.room == room)
+    }
+    fn push(&mut self, socket: Socket) {
+        // Exact growth: most sessions have one namespace for their whole life.
+        self.0.reserve_exact(1);
+        self.0.push(socket);
+    }
+    fn remove(&mut self, nsp: &str) -> Option<Socket> {
+        let i = self.0.iter().position(|s| s.nsp == nsp)?;
+        Some(self.0.swap_remove(i))
+    }
+    fn remove_room(&mut self, room: &RoomId) -> Option<Socket> {
+        let i = self.0.iter().position(|s| &s.room == room)?;
+        Some(self.0.swap_remove(i))
+    }
 }
 
 /// What a reply from a room answers.
@@ -63,10 +93,9 @@ pub struct SocketIo {
     settings: Arc<AppSettings>,
     outbox: Outbox,
     reassembly: Reassembly,
-    sockets: BTreeMap<String, Socket>,
-    /// Which namespace carries each room.
-    namespaces: HashMap<RoomId, String>,
-    pending: HashMap<u64, Pending>,
+    sockets: Sockets,
+    /// Replies awaited from rooms, by ref.
+    pending: Vec<(u64, Pending)>,
     next_ref: u64,
     /// Close the session if no namespace is connected by then.
     connect_by: Option<Instant>,
@@ -85,9 +114,8 @@ impl SocketIo {
             settings,
             outbox,
             reassembly: Reassembly::default(),
-            sockets: BTreeMap::new(),
-            namespaces: HashMap::new(),
-            pending: HashMap::new(),
+            sockets: Sockets::default(),
+            pending: Vec::new(),
             next_ref: 0,
             connect_by: Some(connect_by),
         }
@@ -100,7 +128,7 @@ impl SocketIo {
     pub fn on_timeout(&mut self, now: Instant, s: &mut Session) {
         if self.connect_by.is_some_and(|t| now >= t) {
             self.connect_by = None;
-            if self.sockets.is_empty() {
+            if self.sockets.0.is_empty() {
                 s.close(CloseReason::Server("no namespace connected in time".into()));
             }
         }
@@ -141,13 +169,14 @@ impl SocketIo {
         s: &mut Session,
     ) -> Result<(), Fatal> {
         match p.kind {
-            Kind::Connect => self.connect(p, s).await,
+            // Boxed: joining is rare and its future large; every session's task would
+            // carry it otherwise.
+            Kind::Connect => Box::pin(self.connect(p, s)).await,
             Kind::Disconnect => {
                 let socket = self
                     .sockets
                     .remove(&p.nsp)
                     .ok_or("DISCONNECT for a namespace not connected")?;
-                self.namespaces.remove(&socket.room);
                 self.end(socket).await;
                 Ok(())
             }
@@ -183,9 +212,7 @@ impl SocketIo {
                         &p.nsp,
                         None,
                     ))));
-                    if let Some(sk) = self.sockets.remove(&p.nsp) {
-                        self.namespaces.remove(&sk.room);
-                    }
+                    self.sockets.remove(&p.nsp);
                 }
                 Ok(())
             }
@@ -197,13 +224,15 @@ impl SocketIo {
 
     fn remember(&mut self, p: Pending) -> Value {
         self.next_ref += 1;
-        self.pending.insert(self.next_ref, p);
+        // Exact growth: an idle session keeps whatever capacity this reaches.
+        self.pending.reserve_exact(1);
+        self.pending.push((self.next_ref, p));
         Value::from(self.next_ref)
     }
 
     async fn connect(&mut self, p: Packet, s: &mut Session) -> Result<(), Fatal> {
         let nsp = p.nsp;
-        if self.sockets.contains_key(&nsp) {
+        if self.sockets.get(&nsp).is_some() {
             return Err(format!("second CONNECT for {nsp}"));
         }
         if !self.settings.accepts_namespace(&nsp) {
@@ -234,19 +263,20 @@ impl SocketIo {
                 }
             },
         };
-        if self.namespaces.contains_key(&room) {
+        if self.sockets.by_room(&room).is_some() {
             let msg = format!("room {room} is already connected through another namespace");
             self.connect_error(s, &nsp, &msg, Some("already_joined"));
             return Ok(());
         }
         let max = self.node.config.limits.max_rooms_per_conn;
-        if self.sockets.len() >= max {
+        if self.sockets.0.len() >= max {
             let msg = format!("a connection may be in at most {max} namespaces");
             self.connect_error(s, &nsp, &msg, Some("too_many_rooms"));
             return Ok(());
         }
         let flag = |k: &str| auth.get(k) == Some(&Value::Bool(true));
         let (presence, state) = (flag("presence"), flag("state"));
+        let link = Link::new(self.outbox.clone(), Interest { presence, state });
         let auth_json = Value::Object(auth.clone()).to_string();
         self.connect_by = None;
 
@@ -260,19 +290,17 @@ impl SocketIo {
                 _ => None,
             };
             let socket = Socket {
+                nsp: nsp.clone(),
                 room: room.clone(),
                 member: member.clone(),
-                pid: Some(pid.clone()),
+                recoverable: true,
                 handle: None,
                 connected: true,
-                presence,
-                state,
                 auth: old_auth.clone(),
             };
             // CONNECT goes out before the replay the room is about to queue.
             s.send(self.connect_ok(&nsp, &socket));
-            self.namespaces.insert(room.clone(), nsp.clone());
-            self.sockets.insert(nsp.clone(), socket);
+            self.sockets.push(socket);
             self.node
                 .sessions
                 .attach(member.clone(), self.outbox.kill_switch());
@@ -280,7 +308,7 @@ impl SocketIo {
             let handle = match self
                 .node
                 .rooms
-                .reattach(&key, &member, &self.outbox, offset.clone())
+                .reattach(&key, &member, &link, offset.clone())
                 .await
             {
                 Some((ReattachOutcome::Reattached, h)) => Some(h),
@@ -289,7 +317,7 @@ impl SocketIo {
                 Some(_) => match self
                     .node
                     .rooms
-                    .join(&key, &member, old_auth, &self.outbox, None, offset)
+                    .join(&key, &member, old_auth, &link, None, offset)
                     .await
                 {
                     Some((JoinOutcome::Joined, h)) => Some(h),
@@ -305,7 +333,6 @@ impl SocketIo {
                 }
                 None => {
                     self.sockets.remove(&nsp);
-                    self.namespaces.remove(&room);
                     self.node.sessions.end(&member);
                     s.send(EioPacket::Message(socketio::encode(&Packet::new(
                         Kind::Disconnect,
@@ -318,33 +345,21 @@ impl SocketIo {
         }
 
         let member = ConnId::random();
-        let pid = self.settings.config.recovery.then(|| {
-            self.node.tokens.sign(&Claims {
-                s: member.to_string(),
-                a: self.app.to_string(),
-                n: self.node.config.node_id.to_string(),
-            })
+        self.sockets.push(Socket {
+            nsp: nsp.clone(),
+            room: room.clone(),
+            member: member.clone(),
+            recoverable: self.settings.config.recovery,
+            handle: None,
+            connected: false,
+            auth: auth_json.clone(),
         });
-        self.namespaces.insert(room.clone(), nsp.clone());
-        self.sockets.insert(
-            nsp.clone(),
-            Socket {
-                room: room.clone(),
-                member: member.clone(),
-                pid,
-                handle: None,
-                connected: false,
-                presence,
-                state,
-                auth: auth_json.clone(),
-            },
-        );
         let r#ref = self.remember(Pending::Connect { nsp: nsp.clone() });
         let key = self.key(&room);
         match self
             .node
             .rooms
-            .join(&key, &member, &auth_json, &self.outbox, Some(r#ref), None)
+            .join(&key, &member, &auth_json, &link, Some(r#ref), None)
             .await
         {
             Some((JoinOutcome::Joined, h)) => {
@@ -357,7 +372,6 @@ impl SocketIo {
             Some(_) => {}
             None => {
                 self.sockets.remove(&nsp);
-                self.namespaces.remove(&room);
                 let msg = format!("app {} does not exist", self.app);
                 self.connect_error(s, &nsp, &msg, Some("unknown_app"));
             }
@@ -398,9 +412,17 @@ impl SocketIo {
     fn connect_ok(&self, nsp: &str, socket: &Socket) -> EioPacket {
         // Written by hand to keep the reference key order: sid, then pid.
         let sid = Value::from(socket.member.as_str());
-        let reply = match &socket.pid {
-            Some(pid) => format!("{{\"sid\":{sid},\"pid\":{}}}", Value::from(pid.as_str())),
-            None => format!("{{\"sid\":{sid}}}"),
+        let reply = if socket.recoverable {
+            // The pid is the member's resume token: the same member always gets the same
+            // one, so it is made when needed rather than kept.
+            let pid = self.node.tokens.sign(&Claims {
+                s: socket.member.to_string(),
+                a: self.app.to_string(),
+                n: self.node.config.node_id.to_string(),
+            });
+            format!("{{\"sid\":{sid},\"pid\":{}}}", Value::from(pid))
+        } else {
+            format!("{{\"sid\":{sid}}}")
         };
         EioPacket::Message(socketio::encode(&Packet::new(
             Kind::Connect,
@@ -436,7 +458,7 @@ impl SocketIo {
     /// not mean to leave and recovery is on, else leave.
     pub async fn on_close(&mut self, reason: &CloseReason) {
         let keep = reason.recoverable() && self.settings.config.recovery;
-        for (_, socket) in std::mem::take(&mut self.sockets) {
+        for socket in std::mem::take(&mut self.sockets.0) {
             // A namespace the room accepted counts, even if its CONNECT reply is still
             // queued; one the room has not accepted has nothing to end.
             if socket.handle.is_none() {
@@ -471,22 +493,21 @@ impl SocketIo {
     }
 
     fn event(&mut self, e: &LogEntry, s: &mut Session) {
-        let Some(nsp) = self.namespaces.get(&e.room) else {
+        let Some(nsp) = self.sockets.by_room(&e.room).map(|s| s.nsp.as_str()) else {
             return;
         };
         let main = nsp == "/" && e.room.as_str() != "/";
         let recovery = self.settings.config.recovery;
         let slot = LogEntry::SOCKETIO_SLOTS[usize::from(main) * 2 + usize::from(recovery)];
-        let text = e.encoded_in(slot, |e| {
+        // The whole Engine.IO packet, encoded once per form and shared.
+        let packet = e.encoded_in(slot, |e| {
             let offset = recovery.then_some(e.cursor.as_str());
             let data = socketio::event_data(&e.event, &e.payload, offset);
             let mut p = Packet::new(Kind::Event, nsp, Some(data));
             p.attachments = e.payload.binaries.len();
-            socketio::encode(&p).into_bytes()
+            engineio::encode(&EioPacket::Message(socketio::encode(&p))).into_bytes()
         });
-        s.send(EioPacket::Message(
-            String::from_utf8_lossy(&text).into_owned(),
-        ));
+        s.send(EioPacket::Encoded(packet));
         for b in &e.payload.binaries {
             s.send(EioPacket::Binary(b.clone()));
         }
@@ -501,12 +522,10 @@ impl SocketIo {
                 left,
                 snapshot,
             } => {
-                let Some((nsp, socket)) = self.socket_of(room) else {
+                // Only members that asked for presence get it (the room's `Interest`).
+                let Some(nsp) = self.namespace_of(room) else {
                     return;
                 };
-                if !socket.presence {
-                    return;
-                }
                 let joined: Vec<Value> = joined
                     .iter()
                     .map(|(c, p)| {
@@ -516,35 +535,28 @@ impl SocketIo {
                     .collect();
                 let left: Vec<&str> = left.iter().map(|c| c.as_str()).collect();
                 let body = json!({ "joined": joined, "left": left, "snapshot": snapshot });
-                let nsp = nsp.to_owned();
                 self.emit(s, &nsp, PRESENCE_EVENT, &body);
             }
             ServerFrame::State { room, state } => {
-                let Some((nsp, socket)) = self.socket_of(room) else {
+                let Some(nsp) = self.namespace_of(room) else {
                     return;
                 };
-                if !socket.state {
-                    return;
-                }
                 let state = serde_json::from_str::<Value>(state).unwrap_or(Value::Null);
-                let nsp = nsp.to_owned();
                 self.emit(s, &nsp, STATE_EVENT, &state);
             }
             ServerFrame::Error { error, room } => {
-                let nsp = match room.as_ref().and_then(|r| self.namespaces.get(r)) {
-                    Some(n) => n.clone(),
-                    None => return,
+                let Some(nsp) = room.as_ref().and_then(|r| self.namespace_of(r)) else {
+                    return;
                 };
                 let body = json!({ "code": error.code.as_str(), "message": error.message });
                 self.emit(s, &nsp, ERROR_EVENT, &body);
             }
             ServerFrame::Kicked { room, reason } => {
-                let Some(nsp) = self.namespaces.remove(room) else {
+                let Some(socket) = self.sockets.remove_room(room) else {
                     return;
                 };
-                if let Some(socket) = self.sockets.remove(&nsp) {
-                    self.node.sessions.end(&socket.member);
-                }
+                self.node.sessions.end(&socket.member);
+                let nsp = socket.nsp;
                 let body = json!({ "code": "kicked", "message": reason });
                 self.emit(s, &nsp, ERROR_EVENT, &body);
                 s.send(EioPacket::Message(socketio::encode(&Packet::new(
@@ -557,9 +569,8 @@ impl SocketIo {
         }
     }
 
-    fn socket_of(&self, room: &RoomId) -> Option<(&str, &Socket)> {
-        let nsp = self.namespaces.get(room)?;
-        Some((nsp.as_str(), self.sockets.get(nsp)?))
+    fn namespace_of(&self, room: &RoomId) -> Option<String> {
+        self.sockets.by_room(room).map(|s| s.nsp.clone())
     }
 
     /// An event of Edgeroom's own (never offset: it is not part of the room's history).
@@ -578,9 +589,13 @@ impl SocketIo {
         result: &Result<Option<Payload>, ProtoError>,
         s: &mut Session,
     ) {
-        let Some(pending) = r#ref.as_u64().and_then(|r| self.pending.remove(&r)) else {
+        let Some(i) = r#ref
+            .as_u64()
+            .and_then(|r| self.pending.iter().position(|(id, _)| *id == r))
+        else {
             return;
         };
+        let (_, pending) = self.pending.swap_remove(i);
         match pending {
             Pending::Connect { nsp } => match result {
                 Ok(_) => {
@@ -588,18 +603,17 @@ impl SocketIo {
                         return;
                     };
                     socket.connected = true;
-                    let packet = self.connect_ok(&nsp, &self.sockets[&nsp]);
-                    s.send(packet);
+                    if let Some(socket) = self.sockets.get(&nsp) {
+                        s.send(self.connect_ok(&nsp, socket));
+                    }
                 }
                 Err(e) => {
-                    if let Some(socket) = self.sockets.remove(&nsp) {
-                        self.namespaces.remove(&socket.room);
-                    }
+                    self.sockets.remove(&nsp);
                     self.connect_error(s, &nsp, &e.message, Some(e.code.as_str()));
                 }
             },
             Pending::Ack { nsp, id } => {
-                if !self.sockets.contains_key(&nsp) {
+                if self.sockets.get(&nsp).is_none() {
                     return;
                 }
                 let (data, binaries) = match result {

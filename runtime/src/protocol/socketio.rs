@@ -216,22 +216,38 @@ pub fn split_event(data: &str, binaries: Vec<Vec<u8>>) -> Result<(String, Payloa
 }
 
 /// An EVENT's data array: the name, then the payload's arguments, then the
-/// connection-state-recovery offset when there is one.
+/// connection-state-recovery offset when there is one. Spliced from the payload's
+/// array text, never re-parsed: this runs once per event and namespace form.
 pub fn event_data(name: &str, args: &Payload, offset: Option<&str>) -> String {
     let name = serde_json::Value::from(name).to_string();
-    let raw = args.raw_args().unwrap_or_default();
     let offset = offset.map(|o| serde_json::Value::from(o).to_string());
-    join_raw(
-        std::iter::once(name.as_str())
-            .chain(raw.iter().map(|a| a.get()))
-            .chain(offset.as_deref()),
-    )
+    let inner = array_items(&args.json);
+    let mut out = String::with_capacity(args.json.len() + name.len() + 32);
+    out.push('[');
+    out.push_str(&name);
+    for part in [Some(inner), offset.as_deref()].into_iter().flatten() {
+        if !part.is_empty() {
+            out.push(',');
+            out.push_str(part);
+        }
+    }
+    out.push(']');
+    out
 }
 
-/// An ACK's data array: the payload's arguments.
+/// An ACK's data array: the payload's arguments (already an array).
 pub fn ack_data(args: &Payload) -> String {
-    let raw = args.raw_args().unwrap_or_default();
-    join_raw(raw.iter().map(|a| a.get()))
+    format!("[{}]", array_items(&args.json))
+}
+
+/// The text between a JSON array's brackets (a payload's `json` is always an array;
+/// anything else is treated as no arguments).
+fn array_items(json: &str) -> &str {
+    let t = json.trim();
+    match t.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        Some(inner) => inner.trim(),
+        None => "",
+    }
 }
 
 fn join_raw<'a>(items: impl Iterator<Item = &'a str>) -> String {

@@ -7,11 +7,11 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::core::{LogLimits, RoomCore};
-use super::outbox::{Outbound, Outbox};
+use super::outbox::{Link, Outbound};
 use super::world::{EmitResult, Place, World};
 use super::{JoinOutcome, MemberView, ReattachOutcome, RoomCmd, RoomKey, RoomView, Rooms};
 use crate::apps::{LiveRx, now_ms};
-use crate::ids::ConnId;
+use crate::ids::{ConnId, Seq};
 use crate::protocol::native::{Ref, ServerFrame};
 use crate::protocol::{Cursor, ErrorCode, ProtoError};
 use crate::sandbox::{Call, Failure, Returned, Slot};
@@ -162,11 +162,11 @@ impl Actor {
         let w = self.world();
         match (r#ref, result) {
             (Some(r#ref), result) => {
-                w.push(conn, Outbound::Frame(ServerFrame::Reply { r#ref, result }))
+                w.push(conn, Outbound::frame(ServerFrame::Reply { r#ref, result }))
             }
             (None, Err(error)) => w.push(
                 conn,
-                Outbound::Frame(ServerFrame::Error {
+                Outbound::frame(ServerFrame::Error {
                     error,
                     room: Some(room),
                 }),
@@ -180,12 +180,12 @@ impl Actor {
             RoomCmd::Join {
                 conn,
                 auth,
-                outbox,
+                link,
                 r#ref,
                 resume_from,
                 done,
             } => {
-                let outcome = self.join(conn, auth, outbox, r#ref, resume_from).await;
+                let outcome = self.join(conn, auth, link, r#ref, resume_from).await;
                 let _ = done.send(outcome);
                 self.after_call().await;
             }
@@ -231,18 +231,18 @@ impl Actor {
             RoomCmd::Detach { conn, outbox } => {
                 let now = now_ms();
                 let w = self.world();
-                if w.links.get(&conn).is_some_and(|l| l.same(&outbox)) {
+                if w.links.get(&conn).is_some_and(|l| l.outbox.same(&outbox)) {
                     w.links.remove(&conn);
-                    w.core.detach(&conn, now);
+                    w.core.detach(&conn, now, None);
                 }
             }
             RoomCmd::Reattach {
                 conn,
-                outbox,
+                link,
                 cursor,
                 done,
             } => {
-                let outcome = self.reattach(conn, outbox, cursor);
+                let outcome = self.reattach(conn, link, cursor);
                 let _ = done.send(outcome);
             }
             RoomCmd::End { conn } => {
@@ -262,7 +262,7 @@ impl Actor {
         &mut self,
         conn: ConnId,
         auth: String,
-        outbox: Outbox,
+        link: Link,
         r#ref: Option<Ref>,
         resume_from: Option<Cursor>,
     ) -> JoinOutcome {
@@ -278,7 +278,7 @@ impl Actor {
                     room: Some(room.clone()),
                 },
             };
-            let _ = outbox.frame(frame);
+            let _ = link.outbox.frame(frame);
             JoinOutcome::Refused
         };
         if self.world().core.member(&conn).is_some() {
@@ -330,11 +330,11 @@ impl Actor {
             snapshot: false,
         };
         w.push_all(&joined, None);
-        w.links.insert(conn.clone(), outbox);
+        w.links.insert(conn.clone(), link);
         if let Some(r#ref) = r#ref {
             w.push(
                 &conn,
-                Outbound::Frame(ServerFrame::Reply {
+                Outbound::frame(ServerFrame::Reply {
                     r#ref,
                     result: Ok(None),
                 }),
@@ -348,17 +348,12 @@ impl Actor {
         JoinOutcome::Joined
     }
 
-    fn reattach(
-        &mut self,
-        conn: ConnId,
-        outbox: Outbox,
-        cursor: Option<Cursor>,
-    ) -> ReattachOutcome {
+    fn reattach(&mut self, conn: ConnId, link: Link, cursor: Option<Cursor>) -> ReattachOutcome {
         let w = self.world();
         let Some(replay) = w.core.reattach(&conn, cursor.as_ref()) else {
             return ReattachOutcome::NotMember;
         };
-        w.links.insert(conn.clone(), outbox);
+        w.links.insert(conn.clone(), link);
         self.send_replay(&conn, replay);
         self.send_snapshot(&conn);
         ReattachOutcome::Reattached
@@ -370,7 +365,7 @@ impl Actor {
         if !replay.complete {
             w.push(
                 conn,
-                Outbound::Frame(error_frame(
+                Outbound::frame(error_frame(
                     ErrorCode::HistoryGap,
                     "some events were dropped from history before you came back",
                     &room,
@@ -378,33 +373,37 @@ impl Actor {
             );
         }
         for e in replay.events {
-            let seq = e.seq;
             w.push(conn, Outbound::Event(e));
-            w.core.queued(conn, seq);
         }
     }
 
-    /// Presence and state, for a member that just joined or came back.
+    /// Presence and state, for a member that just joined or came back (what it asked
+    /// for: a presence snapshot of a big room is big).
     fn send_snapshot(&mut self, conn: &ConnId) {
         let room = self.key.room.clone();
         let w = self.world();
-        let joined = w
-            .core
-            .members()
-            .iter()
-            .map(|(c, m)| (c.clone(), m.presence.clone()))
-            .collect();
-        w.push(
-            conn,
-            Outbound::Frame(ServerFrame::Presence {
+        let Some(interest) = w.links.get(conn).map(|l| l.interest) else {
+            return;
+        };
+        if interest.presence {
+            let joined = w
+                .core
+                .members()
+                .iter()
+                .map(|(c, m)| (c.clone(), m.presence.clone()))
+                .collect();
+            let snapshot = ServerFrame::Presence {
                 room,
                 joined,
                 left: vec![],
                 snapshot: true,
-            }),
-        );
-        let state = w.state_frame();
-        w.push(conn, Outbound::Frame(state));
+            };
+            w.push(conn, Outbound::frame(snapshot));
+        }
+        if interest.state {
+            let state = w.state_frame();
+            w.push(conn, Outbound::frame(state));
+        }
     }
 
     async fn emit(
@@ -486,16 +485,20 @@ impl Actor {
             for (conn, reason) in kicks {
                 let room = self.key.room.clone();
                 self.world()
-                    .push(&conn, Outbound::Frame(ServerFrame::Kicked { room, reason }));
+                    .push(&conn, Outbound::frame(ServerFrame::Kicked { room, reason }));
                 self.remove_member(&conn).await;
             }
         }
         self.world().kicks.clear();
         let now = now_ms();
         let w = self.world();
-        for conn in std::mem::take(&mut w.lost) {
+        // The first event each lost connection missed bounds what it was queued.
+        let mut lost: Vec<(ConnId, Option<Seq>)> = std::mem::take(&mut w.lost);
+        lost.sort_by(|a, b| (&a.0, a.1.is_none(), a.1).cmp(&(&b.0, b.1.is_none(), b.1)));
+        lost.dedup_by(|later, first| later.0 == first.0);
+        for (conn, lost_at) in lost {
             w.links.remove(&conn);
-            w.core.detach(&conn, now);
+            w.core.detach(&conn, now, lost_at);
         }
         if std::mem::take(&mut w.state_changed) {
             let frame = w.state_frame();

@@ -76,8 +76,9 @@ pub struct Member {
     pub auth: String,
     /// `Some(t)` while the member's connection is gone: since when.
     pub detached_since_ms: Option<u64>,
-    /// Highest sequence number queued to the member (the resume point when the client
-    /// does not say what it received).
+    /// Highest sequence number of this origin queued to the member, as of its detach
+    /// (the resume point when the client does not say what it received). Set when the
+    /// member detaches rather than per delivery, which keeps fan-out free of lookups.
     pub last_queued: Seq,
 }
 
@@ -191,8 +192,17 @@ impl<R: Clone> RoomCore<R> {
     }
 
     /// The member's connection is gone; it stays a member for the presence grace.
-    pub fn detach(&mut self, conn: &ConnId, now_ms: u64) {
+    /// The member's connection is gone. Everything sequenced so far was queued to it,
+    /// except from `lost_at` on when a push to it failed.
+    pub fn detach(&mut self, conn: &ConnId, now_ms: u64, lost_at: Option<Seq>) {
+        let upto = match lost_at {
+            Some(s) => Seq(s.0.saturating_sub(1)),
+            None => self.head.get(&self.origin),
+        };
         if let Some(m) = self.members.get_mut(conn) {
+            if m.detached_since_ms.is_none() {
+                m.last_queued = m.last_queued.max(upto);
+            }
             m.detached_since_ms.get_or_insert(now_ms);
         }
     }
@@ -258,13 +268,6 @@ impl<R: Clone> RoomCore<R> {
             self.evict_front();
         }
         entry
-    }
-
-    /// Record that an entry was queued to a member.
-    pub fn queued(&mut self, conn: &ConnId, seq: Seq) {
-        if let Some(m) = self.members.get_mut(conn) {
-            m.last_queued = m.last_queued.max(seq);
-        }
     }
 
     fn evict_front(&mut self) {
@@ -357,8 +360,7 @@ mod tests {
         let mut c = core();
         c.join(conn("a"), "null".into());
         c.publish(0, Target::All, "1".into(), Payload::empty(), None);
-        c.queued(&conn("a"), Seq(1));
-        c.detach(&conn("a"), 10);
+        c.detach(&conn("a"), 10, None);
         c.publish(20, Target::All, "2".into(), Payload::empty(), None);
         c.publish(
             20,
@@ -407,7 +409,7 @@ mod tests {
         let mut c = core();
         c.join(conn("a"), "null".into());
         c.join(conn("b"), "null".into());
-        c.detach(&conn("a"), 100);
+        c.detach(&conn("a"), 100, None);
         assert!(c.expire(150, 100).is_empty());
         assert_eq!(c.expire(200, 100), vec![conn("a")]);
         assert_eq!(c.attached().cloned().collect::<Vec<_>>(), vec![conn("b")]);

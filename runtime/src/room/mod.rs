@@ -16,7 +16,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-pub use outbox::{KillSwitch, Outbound, Outbox};
+pub use outbox::{Interest, KillSwitch, Link, Outbound, Outbox};
 pub use world::World;
 
 use crate::apps::Apps;
@@ -46,7 +46,7 @@ pub enum RoomCmd {
     Join {
         conn: ConnId,
         auth: String,
-        outbox: Outbox,
+        link: Link,
         r#ref: Option<Ref>,
         resume_from: Option<Cursor>,
         done: oneshot::Sender<JoinOutcome>,
@@ -74,7 +74,7 @@ pub enum RoomCmd {
     /// The member is back on a new connection: replay what it missed, then go live.
     Reattach {
         conn: ConnId,
-        outbox: Outbox,
+        link: Link,
         cursor: Option<Cursor>,
         done: oneshot::Sender<ReattachOutcome>,
     },
@@ -232,14 +232,14 @@ impl Rooms {
         key: &RoomKey,
         conn: &ConnId,
         auth: &str,
-        outbox: &Outbox,
+        link: &Link,
         r#ref: Option<Ref>,
         resume_from: Option<Cursor>,
     ) -> Option<(JoinOutcome, RoomHandle)> {
         let make = |done| RoomCmd::Join {
             conn: conn.clone(),
             auth: auth.to_owned(),
-            outbox: outbox.clone(),
+            link: link.clone(),
             r#ref: r#ref.clone(),
             resume_from: resume_from.clone(),
             done,
@@ -252,12 +252,12 @@ impl Rooms {
         self: &Arc<Self>,
         key: &RoomKey,
         conn: &ConnId,
-        outbox: &Outbox,
+        link: &Link,
         cursor: Option<Cursor>,
     ) -> Option<(ReattachOutcome, RoomHandle)> {
         let make = |done| RoomCmd::Reattach {
             conn: conn.clone(),
-            outbox: outbox.clone(),
+            link: link.clone(),
             cursor: cursor.clone(),
             done,
         };

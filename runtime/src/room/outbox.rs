@@ -18,11 +18,18 @@ use crate::protocol::native::{Format, ServerFrame};
 /// Something for a connection to write.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A frame for this connection alone.
-    Frame(ServerFrame),
+    /// A frame for this connection alone (boxed: every connection's queue holds slots
+    /// of this enum, so it is kept small).
+    Frame(Box<ServerFrame>),
     /// A frame many connections get (presence, state).
     Shared(Arc<Shared>),
     Event(Arc<LogEntry>),
+}
+
+impl Outbound {
+    pub fn frame(frame: ServerFrame) -> Self {
+        Outbound::Frame(Box::new(frame))
+    }
 }
 
 /// A frame sent to many connections, encoded once per wire format on first use.
@@ -44,6 +51,52 @@ impl Shared {
         self.encoded[format.index()]
             .get_or_init(|| Bytes::from(encode(&self.frame)))
             .clone()
+    }
+}
+
+/// Which of a room's own frames a member wants (events and replies it always gets).
+/// Socket.IO members opt in to presence and state; native members get both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interest {
+    pub presence: bool,
+    pub state: bool,
+}
+
+impl Interest {
+    pub const ALL: Interest = Interest {
+        presence: true,
+        state: true,
+    };
+
+    fn wants_frame(self, f: &ServerFrame) -> bool {
+        match f {
+            ServerFrame::Presence { .. } => self.presence,
+            ServerFrame::State { .. } => self.state,
+            _ => true,
+        }
+    }
+}
+
+/// A member's live connection as its rooms hold it.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub outbox: Outbox,
+    pub interest: Interest,
+}
+
+impl Link {
+    pub fn new(outbox: Outbox, interest: Interest) -> Self {
+        Self { outbox, interest }
+    }
+
+    /// Whether `item` is for this member at all: a presence or state frame it did not
+    /// ask for is not even queued (in a big room, most members may not want them).
+    pub fn wants(&self, item: &Outbound) -> bool {
+        match item {
+            Outbound::Event(_) => true,
+            Outbound::Frame(f) => self.interest.wants_frame(f),
+            Outbound::Shared(s) => self.interest.wants_frame(&s.frame),
+        }
     }
 }
 
@@ -138,7 +191,7 @@ impl Outbox {
     }
 
     pub fn frame(&self, frame: ServerFrame) -> Result<(), PushError> {
-        self.push(Outbound::Frame(frame))
+        self.push(Outbound::frame(frame))
     }
 
     /// Whether two outboxes lead to the same connection.

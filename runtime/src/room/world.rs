@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::core::{LogEntry, RoomCore, Target};
-use super::outbox::{Outbound, Outbox, PushError, Shared};
-use crate::ids::{ConnId, RoomId};
+use super::outbox::{Link, Outbound, PushError, Shared};
+use crate::ids::{ConnId, RoomId, Seq};
 use crate::metrics::Metrics;
 use crate::payload::Payload;
 use crate::protocol::ProtoError;
@@ -34,7 +34,7 @@ pub struct World {
     pub core: RoomCore<EmitResult>,
     pub doc: RoomDoc,
     /// Live connections of attached members.
-    pub links: HashMap<ConnId, Outbox>,
+    pub links: HashMap<ConnId, Link>,
     /// The connection whose event is being handled (the `from` of what it causes).
     pub current: Option<ConnId>,
     /// The connection whose `on-join` is running: its presence is announced with the
@@ -43,7 +43,8 @@ pub struct World {
     /// Kicks requested during the current call.
     pub kicks: Vec<(ConnId, String)>,
     /// Connections that fell behind or vanished while being sent to.
-    pub lost: Vec<ConnId>,
+    /// With the first event that did not reach them, if it was an event.
+    pub lost: Vec<(ConnId, Option<Seq>)>,
     /// The document changed since members last got the state.
     pub state_changed: bool,
     /// The document changed since it was last saved.
@@ -80,14 +81,20 @@ impl World {
 
     /// Queue a frame to one member's connection.
     pub fn push(&mut self, conn: &ConnId, item: Outbound) {
-        let Some(link) = self.links.get(conn) else {
+        let Some(link) = self.links.get(conn).filter(|l| l.wants(&item)) else {
             return;
         };
-        match link.push(item) {
+        let seq = match &item {
+            Outbound::Event(e) => Some(e.seq),
+            _ => None,
+        };
+        match link.outbox.push(item) {
             Ok(()) => {
                 self.metrics.deliveries.inc();
             }
-            Err(PushError::SlowConsumer | PushError::Closed) => self.lost.push(conn.clone()),
+            Err(PushError::SlowConsumer | PushError::Closed) => {
+                self.lost.push((conn.clone(), seq));
+            }
         }
     }
 
@@ -95,14 +102,9 @@ impl World {
     pub fn publish(&mut self, target: Target, event: String, payload: Payload) -> Arc<LogEntry> {
         let from = self.current.clone();
         let entry = self.core.publish(self.now_ms, target, event, payload, from);
-        let seq = entry.seq;
         let item = Outbound::Event(entry.clone());
         let target = &entry.target;
-        self.fan_out(
-            &item,
-            |c| target.includes(c),
-            |core, conn| core.queued(conn, seq),
-        );
+        self.fan_out(&item, |c| target.includes(c));
         entry
     }
 
@@ -110,33 +112,30 @@ impl World {
     /// encoded once per wire format, however many members get it.
     pub fn push_all(&mut self, frame: &ServerFrame, except: Option<&ConnId>) {
         let item = Outbound::Shared(Shared::new(frame.clone()));
-        self.fan_out(&item, |c| Some(c) != except, |_, _| {});
+        self.fan_out(&item, |c| Some(c) != except);
     }
 
     /// Queue `item` to the attached members `to` selects, without copying it or the
-    /// member list; `queued` runs for each member it reached.
-    fn fan_out(
-        &mut self,
-        item: &Outbound,
-        to: impl Fn(&ConnId) -> bool,
-        queued: impl Fn(&mut RoomCore<EmitResult>, &ConnId),
-    ) {
+    /// member list.
+    fn fan_out(&mut self, item: &Outbound, to: impl Fn(&ConnId) -> bool) {
+        let seq = match item {
+            Outbound::Event(e) => Some(e.seq),
+            _ => None,
+        };
         let World {
             links,
-            core,
             lost,
             metrics,
             ..
         } = self;
-        for (conn, link) in links.iter().filter(|(c, _)| to(c)) {
-            match link.push(item.clone()) {
-                Ok(()) => {
-                    metrics.deliveries.inc();
-                    queued(core, conn);
-                }
-                Err(PushError::SlowConsumer | PushError::Closed) => lost.push(conn.clone()),
+        let mut delivered = 0;
+        for (conn, link) in links.iter().filter(|(c, l)| to(c) && l.wants(item)) {
+            match link.outbox.push(item.clone()) {
+                Ok(()) => delivered += 1,
+                Err(PushError::SlowConsumer | PushError::Closed) => lost.push((conn.clone(), seq)),
             }
         }
+        metrics.deliveries.inc_by(delivered);
     }
 
     /// The room's state as members see it.

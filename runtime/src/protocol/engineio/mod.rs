@@ -26,6 +26,9 @@ pub enum Packet {
     Binary(Vec<u8>),
     Upgrade,
     Noop,
+    /// A whole text packet, type digit included, encoded once and shared by every
+    /// session it goes to (a room's event). Never produced by decoding.
+    Encoded(bytes::Bytes),
 }
 
 /// Why a packet or payload was refused.
@@ -68,6 +71,7 @@ pub fn encode(p: &Packet) -> String {
         Packet::Binary(b) => format!("b{}", B64.encode(b)),
         Packet::Upgrade => "5".into(),
         Packet::Noop => "6".into(),
+        Packet::Encoded(b) => String::from_utf8_lossy(b).into_owned(),
     }
 }
 

@@ -269,7 +269,7 @@ impl Session {
             Packet::Ping(_) => self.close(CloseReason::ParseError(
                 "ping from the client (heartbeats go server to client)".into(),
             )),
-            Packet::Open(_) | Packet::Upgrade => {
+            Packet::Open(_) | Packet::Upgrade | Packet::Encoded(_) => {
                 self.close(CloseReason::ParseError("unexpected packet".into()))
             }
         }
@@ -303,10 +303,15 @@ impl Session {
 
     /// Packets for the WebSocket, once it is the transport.
     pub fn take_ws(&mut self) -> Vec<Packet> {
+        std::iter::from_fn(|| self.pop_ws()).collect()
+    }
+
+    /// The next packet for the WebSocket, once it is the transport.
+    pub fn pop_ws(&mut self) -> Option<Packet> {
         if self.transport != Transport::WebSocket {
-            return Vec::new();
+            return None;
         }
-        self.queue.drain(..).collect()
+        self.queue.pop_front()
     }
 
     /// When [`Session::on_timeout`] must run next.
