@@ -86,10 +86,17 @@ for server in $SERVERS; do
       fanout)
         loadgen fanout --protocol socketio --server "$server" --rooms 1 --subs "$FANOUT_SUBS" \
           --pubs 1 --rate "$FANOUT_RATE" --secs "$SECS"
+        # Edgeroom's own protocol too, for reference (same node, same room shape).
+        [ "$server" = edgeroom ] &&
+          loadgen fanout --protocol native --server edgeroom-native --rooms 1 \
+            --subs "$FANOUT_SUBS" --pubs 1 --rate "$FANOUT_RATE" --secs "$SECS"
         ;;
       echo)
         loadgen echo --protocol socketio --server "$server" --conns "$ECHO_CONNS" \
           --window "$ECHO_WINDOW" --secs "$SECS"
+        [ "$server" = edgeroom ] &&
+          loadgen echo --protocol native --server edgeroom-native --conns "$ECHO_CONNS" \
+            --window "$ECHO_WINDOW" --secs "$SECS"
         ;;
       conns)
         loadgen conns --protocol socketio --server "$server" --conns "$IDLE_CONNS" --rooms 10 --secs 5
