@@ -232,11 +232,13 @@ fn parse_socketio(t: &str) -> anyhow::Result<Incoming> {
     let Some(rest) = t.strip_prefix('4') else {
         return Ok(Incoming::Other);
     };
-    let (kind, rest) = rest.split_at(rest.len().min(1));
+    let mut chars = rest.chars();
+    let kind = chars.next().map(String::from).unwrap_or_default();
+    let rest = chars.as_str();
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
     // The ack id: replies come in order, so the benchmarks only count them.
     let json = &rest[digits..];
-    let mut args: Vec<Value> = match kind {
+    let mut args: Vec<Value> = match kind.as_str() {
         "2" | "3" => serde_json::from_str(json)?,
         _ => return Ok(Incoming::Other),
     };

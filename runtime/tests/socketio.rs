@@ -80,3 +80,33 @@ async fn python_socketio_client() {
     run_client(cmd, "the python-socketio client").await;
     node.stop().await;
 }
+
+/// A node that stops tells its Socket.IO clients (a close packet to a parked poll), so
+/// they reconnect elsewhere, and it does not wait for them to time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_socketio_sessions() {
+    let node = node().await;
+    let base = node.url("/socket.io/?EIO=4&transport=polling");
+    let http = reqwest::Client::new();
+    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+    let handshake: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+    let url = format!("{base}&sid={}", handshake["sid"].as_str().unwrap());
+    let posted = http.post(&url).body("40").send().await.unwrap();
+    assert_eq!(posted.text().await.unwrap(), "ok");
+    let connected = http.get(&url).send().await.unwrap().text().await.unwrap();
+    assert!(connected.starts_with("40{\"sid\""), "{connected}");
+    // Park a poll, then stop the node.
+    let parked = tokio::spawn({
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.get(&url).send().await.unwrap().text().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    node.stop().await;
+    let body = tokio::time::timeout(Duration::from_secs(5), parked)
+        .await
+        .expect("the parked poll was not answered")
+        .unwrap();
+    assert!(body.ends_with('1'), "parked poll got {body:?}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}

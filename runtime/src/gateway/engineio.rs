@@ -443,6 +443,7 @@ impl Driver {
 
     async fn run(mut self, ws: Option<WebSocket>) {
         self.ws = ws;
+        let mut shutdown = self.node.shutdown_rx();
         // One timer, moved as deadlines change (boxed: it is large, and most sessions idle).
         let mut timer = Box::pin(tokio::time::sleep_until(self.session.deadline().into()));
         loop {
@@ -467,6 +468,10 @@ impl Driver {
             tokio::select! {
                 reason = self.kill.killed() => {
                     self.session.close(CloseReason::Server(reason));
+                }
+                // The client is told to go (a close packet) and may recover elsewhere.
+                _ = stopping(&mut shutdown) => {
+                    self.session.close(CloseReason::Server("server shutting down".into()));
                 }
                 _ = &mut timer => self.on_timeout(),
                 input = self.inbox.recv() => self.on_input(input).await,
@@ -756,6 +761,12 @@ fn ws_message(p: Packet) -> Message {
         },
         p => Message::Text(Utf8Bytes::from(engineio::encode(&p))),
     }
+}
+
+/// Resolves once the node starts shutting down.
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    // A closed channel means the node is gone: stopping too.
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
 }
 
 async fn recv(ws: &mut Option<WebSocket>) -> Option<Result<Message, axum::Error>> {

@@ -9,6 +9,9 @@ pub mod engineio;
 pub mod native;
 pub mod socketio;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use cursor::Cursor;
 
 /// Error codes clients see, in `reply.error.code` and `error.code`.
