@@ -15,7 +15,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +38,8 @@ const MAX_QUEUED: usize = 4096;
 const INPUT_QUEUE: usize = 16;
 /// Initial WebSocket read buffer (tungstenite's default is 128 KiB per connection).
 const READ_BUFFER: usize = 1024;
+/// Messages already read from a WebSocket handled in one go before writing.
+const READ_BATCH: usize = 32;
 /// How long a probing WebSocket may take to send `5`.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -475,7 +477,21 @@ impl Driver {
                 }
                 _ = &mut timer => self.on_timeout(),
                 input = self.inbox.recv() => self.on_input(input).await,
-                m = recv(&mut self.ws) => self.on_ws(m).await,
+                m = recv(&mut self.ws) => {
+                    self.on_ws(m).await;
+                    // Whatever else the socket already holds is handled before writing:
+                    // the replies then leave in one write rather than one each.
+                    for _ in 0..READ_BATCH {
+                        let Some(ws) = self.ws.as_mut() else { break };
+                        if self.session.closed().is_some() {
+                            break;
+                        }
+                        match ws.recv().now_or_never() {
+                            Some(m) => self.on_ws(m).await,
+                            None => break,
+                        }
+                    }
+                }
                 // Boxed: upgrades are rare and this future holds a whole WebSocket.
                 m = recv_probe(&mut self.probe) => Box::pin(self.on_probe(m)).await,
                 _ = parked_closed(&mut self.parked) => self.session.poll_abandoned(),
