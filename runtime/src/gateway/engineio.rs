@@ -111,16 +111,6 @@ pub struct Engine {
     sessions: Mutex<HashMap<String, Link>>,
 }
 
-impl Engine {
-    pub fn len(&self) -> usize {
-        self.sessions.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// Engine.IO's error body: `{"code": N, "message": ...}`.
 fn eio_error(node: &Node, status: StatusCode, code: u8, message: &str) -> Response {
     node.metrics.bad_frame(&format!("engineio_{code}"));
@@ -593,8 +583,8 @@ impl Driver {
                 }
             }
             Some(Ok(Message::Binary(b))) => {
-                let m = self.session.on_ws_binary(b.to_vec());
-                self.deliver(m).await;
+                // Binary frames are binary messages as they are (no type byte).
+                self.deliver(Inbound::Binary(b.to_vec())).await;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             Some(Ok(Message::Close(_))) | None => {

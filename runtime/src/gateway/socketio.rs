@@ -207,11 +207,7 @@ impl SocketIo {
                 };
                 if !handle.send(cmd).await {
                     // The room stopped under us (it only does when the node stops).
-                    s.send(EioPacket::Message(socketio::encode(&Packet::new(
-                        Kind::Disconnect,
-                        &p.nsp,
-                        None,
-                    ))));
+                    send_packet(s, Packet::new(Kind::Disconnect, &p.nsp, None));
                     self.sockets.remove(&p.nsp);
                 }
                 Ok(())
@@ -334,11 +330,7 @@ impl SocketIo {
                 None => {
                     self.sockets.remove(&nsp);
                     self.node.sessions.end(&member);
-                    s.send(EioPacket::Message(socketio::encode(&Packet::new(
-                        Kind::Disconnect,
-                        &nsp,
-                        None,
-                    ))));
+                    send_packet(s, Packet::new(Kind::Disconnect, &nsp, None));
                 }
             }
             return Ok(());
@@ -436,11 +428,10 @@ impl SocketIo {
         if let Some(code) = code {
             body["data"] = json!({ "code": code });
         }
-        s.send(EioPacket::Message(socketio::encode(&Packet::new(
-            Kind::ConnectError,
-            nsp,
-            Some(body.to_string()),
-        ))));
+        send_packet(
+            s,
+            Packet::new(Kind::ConnectError, nsp, Some(body.to_string())),
+        );
     }
 
     /// A namespace ends for good (client DISCONNECT, or the session closed for good).
@@ -559,11 +550,7 @@ impl SocketIo {
                 let nsp = socket.nsp;
                 let body = json!({ "code": "kicked", "message": reason });
                 self.emit(s, &nsp, ERROR_EVENT, &body);
-                s.send(EioPacket::Message(socketio::encode(&Packet::new(
-                    Kind::Disconnect,
-                    &nsp,
-                    None,
-                ))));
+                send_packet(s, Packet::new(Kind::Disconnect, &nsp, None));
             }
             ServerFrame::Welcome { .. } => {}
         }
@@ -576,11 +563,7 @@ impl SocketIo {
     /// An event of Edgeroom's own (never offset: it is not part of the room's history).
     fn emit(&self, s: &mut Session, nsp: &str, event: &str, body: &Value) {
         let data = json!([event, body]).to_string();
-        s.send(EioPacket::Message(socketio::encode(&Packet::new(
-            Kind::Event,
-            nsp,
-            Some(data),
-        ))));
+        send_packet(s, Packet::new(Kind::Event, nsp, Some(data)));
     }
 
     fn reply(
@@ -628,11 +611,16 @@ impl SocketIo {
                 let mut p = Packet::new(Kind::Ack, &nsp, Some(data));
                 p.id = Some(id);
                 p.attachments = binaries.len();
-                s.send(EioPacket::Message(socketio::encode(&p)));
+                send_packet(s, p);
                 for b in binaries {
                     s.send(EioPacket::Binary(b));
                 }
             }
         }
     }
+}
+
+/// Queue one Socket.IO packet (without attachments) as an Engine.IO message.
+fn send_packet(s: &mut Session, p: Packet) {
+    s.send(EioPacket::Message(socketio::encode(&p)));
 }

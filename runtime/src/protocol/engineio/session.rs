@@ -251,11 +251,6 @@ impl Session {
         }
     }
 
-    /// A binary frame on the session's WebSocket.
-    pub fn on_ws_binary(&mut self, bytes: Vec<u8>) -> Inbound {
-        Inbound::Binary(bytes)
-    }
-
     fn on_packet(&mut self, p: Packet, now: Instant) -> Option<Inbound> {
         match p {
             Packet::Message(m) => return Some(Inbound::Text(m)),
