@@ -110,3 +110,23 @@ async fn shutdown_closes_socketio_sessions() {
     assert!(body.ends_with('1'), "parked poll got {body:?}");
     assert!(started.elapsed() < Duration::from_secs(4));
 }
+
+/// A client's close can overtake the poll it sent just before: that poll still gets
+/// its noop, and the session is gone after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_that_raced_the_close_gets_its_noop() {
+    let node = node().await;
+    let base = node.url("/socket.io/?EIO=4&transport=polling");
+    let http = reqwest::Client::new();
+    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+    let handshake: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+    let url = format!("{base}&sid={}", handshake["sid"].as_str().unwrap());
+    let closed = http.post(&url).body("1").send().await.unwrap();
+    assert_eq!(closed.text().await.unwrap(), "ok");
+    let late = http.get(&url).send().await.unwrap();
+    assert_eq!(late.status(), 200);
+    assert_eq!(late.text().await.unwrap(), "6");
+    let after = http.get(&url).send().await.unwrap();
+    assert_eq!(after.status(), 400);
+    node.stop().await;
+}

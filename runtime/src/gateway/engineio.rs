@@ -38,6 +38,8 @@ const MAX_QUEUED: usize = 4096;
 const INPUT_QUEUE: usize = 16;
 /// Initial WebSocket read buffer (tungstenite's default is 128 KiB per connection).
 const READ_BUFFER: usize = 1024;
+/// How long a client-closed polling session waits for a poll that raced the close.
+const RACING_POLL: Duration = Duration::from_millis(200);
 /// Messages already read from a WebSocket handled in one go before writing.
 const READ_BATCH: usize = 32;
 /// How long a probing WebSocket may take to send `5`.
@@ -706,6 +708,18 @@ impl Driver {
     }
 
     async fn finish(mut self) {
+        // A client's close packet may overtake the poll it sent just before (they come
+        // on separate HTTP connections): that poll still gets its noop, as it would
+        // had it arrived first.
+        if self.parked.is_none()
+            && self.session.closed() == Some(&CloseReason::ClientClose)
+            && self.session.transport() == Transport::Polling
+            && let Ok(Input::Poll(reply)) =
+                tokio::time::timeout(RACING_POLL, self.inbox.recv()).await
+            && let PollAnswer::Now(body) = self.session.on_poll()
+        {
+            let _ = reply.send(text(body));
+        }
         self.node.engine.sessions.lock().remove(&self.sid);
         // Requests that raced the close are told the session is gone.
         for input in self.inbox.close() {
