@@ -459,7 +459,10 @@ impl Driver {
                 timer.as_mut().reset(deadline.into());
             }
             let room_for_more = self.session.queued() < MAX_QUEUED;
+            // In this order when several are ready: an upgrade's `5` before a poll that
+            // came after it, and queued output before more input.
             tokio::select! {
+                biased;
                 reason = self.kill.killed() => {
                     self.session.close(CloseReason::Server(reason));
                 }
@@ -468,7 +471,13 @@ impl Driver {
                     self.session.close(CloseReason::Server("server shutting down".into()));
                 }
                 _ = &mut timer => self.on_timeout(),
+                // Boxed: upgrades are rare and this future holds a whole WebSocket.
+                m = recv_probe(&mut self.probe) => Box::pin(self.on_probe(m)).await,
                 input = self.inbox.recv() => self.on_input(input).await,
+                item = self.outbox_rx.recv(), if room_for_more => match item {
+                    Some(item) => self.on_outbound(item),
+                    None => self.session.close(CloseReason::Server("outbox closed".into())),
+                },
                 m = recv(&mut self.ws) => {
                     self.on_ws(m).await;
                     // Whatever else the socket already holds is handled before writing:
@@ -484,13 +493,7 @@ impl Driver {
                         }
                     }
                 }
-                // Boxed: upgrades are rare and this future holds a whole WebSocket.
-                m = recv_probe(&mut self.probe) => Box::pin(self.on_probe(m)).await,
                 _ = parked_closed(&mut self.parked) => self.session.poll_abandoned(),
-                item = self.outbox_rx.recv(), if room_for_more => match item {
-                    Some(item) => self.on_outbound(item),
-                    None => self.session.close(CloseReason::Server("outbox closed".into())),
-                },
             }
         }
         // Boxed: the close path's futures would otherwise sit in every session's task.
