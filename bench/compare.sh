@@ -120,6 +120,12 @@ def get(scen, server, field):
     r = by.get((scen, server))
     return None if r is None else r.get(field)
 
+def kernel_share(r):
+    # The kernel's part is mostly socket syscalls: one write per delivery costs every
+    # server the same, so it bounds how far below a peer a server's total can go.
+    total, kernel = r.get("server_cpu_s"), r.get("server_kernel_cpu_s")
+    return "n/a" if not total or kernel is None else f"{kernel / total:.0%}"
+
 def ratio(a, b):
     return "n/a" if not a or not b else f"{a / b:.2f}"
 
@@ -129,12 +135,12 @@ for s in servers:
     if f:
         print(f"fanout  {s:13} delivered/s {f['delivered_per_s']:>9} loss {f['loss']} dup {f['duplicates']} "
               f"ooo {f['out_of_order']} p50 {f['latency_ms']['p50']} ms p99 {f['latency_ms']['p99']} ms "
-              f"cpu-s/M deliveries {f['server_cpu_s_per_million_deliveries']}")
+              f"cpu-s/M deliveries {f['server_cpu_s_per_million_deliveries']} (kernel {kernel_share(f)})")
 for s in servers:
     e = by.get(("echo", s))
     if e:
         print(f"echo    {s:13} acks/s {e['acks_per_s']:>9} p50 {e['latency_ms']['p50']} ms "
-              f"p99 {e['latency_ms']['p99']} ms cpu-s/M acks {e['server_cpu_s_per_million_acks']}")
+              f"p99 {e['latency_ms']['p99']} ms cpu-s/M acks {e['server_cpu_s_per_million_acks']} (kernel {kernel_share(e)})")
 for s in servers:
     c = by.get(("conns", s))
     if c:

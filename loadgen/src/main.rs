@@ -172,6 +172,8 @@ async fn fanout(args: &Args, target: &Target) -> anyhow::Result<Value> {
     }
 
     let cpu = server::Cpu::start(args.server_pid);
+    // Our own CPU too: on a small machine the load generator can be the limit.
+    let own_cpu = server::Cpu::start(Some(std::process::id()));
     let per_sender_rate = args.rate as f64 / n_pubs as f64;
     let pad = "x".repeat(args.size);
     let t0 = Instant::now();
@@ -199,7 +201,9 @@ async fn fanout(args: &Args, target: &Target) -> anyhow::Result<Value> {
     let elapsed = t0.elapsed().as_secs_f64();
     // Let deliveries drain before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let cpu_s = cpu.seconds();
+    let cpu_split = cpu.split();
+    let cpu_s = cpu_split.map(|(user, kernel)| user + kernel);
+    let loadgen_cpu_s = own_cpu.split().map(|(user, kernel)| round2(user + kernel));
 
     let mut total = ReadStats {
         delivered: 0,
@@ -230,6 +234,8 @@ async fn fanout(args: &Args, target: &Target) -> anyhow::Result<Value> {
         "loss": expected.saturating_sub(total.delivered), "duplicates": total.dup, "out_of_order": total.gaps,
         "latency_ms": latency_json(&total.lat),
         "server_cpu_s": cpu_s.map(round2),
+        "server_kernel_cpu_s": cpu_split.map(|(_, kernel)| round2(kernel)),
+        "loadgen_cpu_s": loadgen_cpu_s,
         "server_cpu_s_per_million_deliveries": cpu_s
             .filter(|_| total.delivered > 0)
             .map(|c| round2(c * 1e6 / total.delivered as f64)),
@@ -341,6 +347,8 @@ async fn echo(args: &Args, target: &Target) -> anyhow::Result<Value> {
         conns.push(target.connect(&room, None).await?);
     }
     let cpu = server::Cpu::start(args.server_pid);
+    // Our own CPU too: on a small machine the load generator can be the limit.
+    let own_cpu = server::Cpu::start(Some(std::process::id()));
     let per_sender_rate = args.rate as f64 / args.conns.max(1) as f64;
     let pad = "x".repeat(args.size);
     let t0 = Instant::now();
@@ -390,7 +398,9 @@ async fn echo(args: &Args, target: &Target) -> anyhow::Result<Value> {
     // Acks counted within the window are the throughput; stragglers still get latency.
     let acked: u64 = all_acks.iter().map(|a| a.ok.load(Ordering::Relaxed)).sum();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let cpu_s = cpu.seconds();
+    let cpu_split = cpu.split();
+    let cpu_s = cpu_split.map(|(user, kernel)| user + kernel);
+    let loadgen_cpu_s = own_cpu.split().map(|(user, kernel)| round2(user + kernel));
     let _ = finish.send(true);
     let mut lat = histogram();
     for r in readers {
@@ -409,6 +419,8 @@ async fn echo(args: &Args, target: &Target) -> anyhow::Result<Value> {
         "acks_per_s": (acked as f64 / elapsed).round(),
         "latency_ms": latency_json(&lat),
         "server_cpu_s": cpu_s.map(round2),
+        "server_kernel_cpu_s": cpu_split.map(|(_, kernel)| round2(kernel)),
+        "loadgen_cpu_s": loadgen_cpu_s,
         "server_cpu_s_per_million_acks": cpu_s
             .filter(|_| acked > 0)
             .map(|c| round2(c * 1e6 / acked as f64)),

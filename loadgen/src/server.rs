@@ -3,13 +3,14 @@
 /// Clock ticks per second in `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
 const TICKS_PER_SECOND: f64 = 100.0;
 
-fn cpu_ticks(pid: u32) -> Option<u64> {
+/// (user, kernel) clock ticks a process has used.
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at ") ".
     let rest = &stat[stat.rfind(") ")? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 of `rest`.
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    Some((fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?))
 }
 
 /// Resident memory of a process.
@@ -23,7 +24,7 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 /// CPU time a process used since [`Cpu::start`].
 pub struct Cpu {
     pid: Option<u32>,
-    at_start: Option<u64>,
+    at_start: Option<(u64, u64)>,
 }
 
 impl Cpu {
@@ -34,9 +35,13 @@ impl Cpu {
         }
     }
 
-    pub fn seconds(&self) -> Option<f64> {
-        let now = cpu_ticks(self.pid?)?;
-        Some(now.saturating_sub(self.at_start?) as f64 / TICKS_PER_SECOND)
+    /// (user, kernel) CPU seconds since the start: the kernel share is mostly socket
+    /// syscalls, which every server under test pays alike.
+    pub fn split(&self) -> Option<(f64, f64)> {
+        let (user, kernel) = cpu_ticks(self.pid?)?;
+        let (user0, kernel0) = self.at_start?;
+        let secs = |now: u64, then: u64| now.saturating_sub(then) as f64 / TICKS_PER_SECOND;
+        Some((secs(user, user0), secs(kernel, kernel0)))
     }
 }
 
