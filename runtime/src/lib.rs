@@ -22,6 +22,7 @@ pub mod sandbox;
 pub mod session;
 pub mod state;
 pub mod store;
+pub mod transport;
 
 pub use config::NodeConfig;
 pub use node::{Node, RunningNode, start};

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edgeroom::ids::{AppName, NodeId};
+use edgeroom::transport::ClusterCa;
 use edgeroom::{NodeConfig, examples};
 
 #[derive(Parser)]
@@ -51,6 +52,34 @@ enum Command {
         #[arg(long, env = "EDGEROOM_ADMIN_KEY")]
         key: Option<String>,
     },
+    /// Cluster set-up: certificates for the nodes' mutual TLS.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Write a new cluster CA and certificates for the first nodes into a directory.
+    Init {
+        /// Where to write ca.crt, ca.key and NODE.crt / NODE.key for each node.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node ids, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// A name for the cluster, written into the CA certificate.
+        #[arg(long, default_value = "edgeroom")]
+        name: String,
+    },
+    /// Issue a certificate for one more node from the CA in a directory.
+    Cert {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,7 +109,32 @@ fn main() -> anyhow::Result<()> {
             url,
             key,
         } => rt.block_on(deploy(&app, &file, &url, key.as_deref())),
+        Command::Cluster { command } => cluster(command),
     }
+}
+
+fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    let (ca, dir, nodes) = match command {
+        ClusterCommand::Init { dir, nodes, name } => {
+            if dir.join("ca.key").exists() {
+                anyhow::bail!(
+                    "{} already holds a cluster CA; use `edgeroom cluster cert` to add a node",
+                    dir.display()
+                );
+            }
+            let ca = ClusterCa::generate(&name)?;
+            ca.save(&dir)?;
+            println!("cluster CA: {}", dir.join("ca.crt").display());
+            (ca, dir, nodes)
+        }
+        ClusterCommand::Cert { dir, node } => (ClusterCa::load(&dir)?, dir, vec![node]),
+    };
+    for node in nodes {
+        let node = NodeId::new(&node)?;
+        let cert = ca.issue_into(&dir, &node)?;
+        println!("node {node}: {}", cert.display());
+    }
+    Ok(())
 }
 
 async fn dev(listen: std::net::SocketAddr, data_dir: Option<PathBuf>) -> anyhow::Result<()> {

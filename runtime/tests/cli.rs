@@ -171,3 +171,62 @@ async fn dev_serves_the_examples_and_says_how_to_try_them() {
         out.1
     );
 }
+
+/// `cluster init` and `cluster cert` write certificates that real nodes handshake with.
+#[tokio::test]
+async fn cluster_init_writes_certificates_nodes_can_use() {
+    use edgeroom::ids::NodeId;
+    use edgeroom::transport::{Endpoint, NodeTls, Timing};
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .arg("--dir")
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["cluster", "init", "--nodes", "us-east-1,eu-west-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A second init would orphan every certificate issued so far.
+    let again = run(&["cluster", "init", "--nodes", "x"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds"));
+    let out = run(&["cluster", "cert", "--node", "ap-south-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key_mode = std::fs::metadata(dir.path().join("ca.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(key_mode.permissions().mode() & 0o777, 0o600);
+
+    let endpoint = |name: &str| {
+        let tls = NodeTls::load(dir.path(), NodeId::new(name).unwrap()).unwrap();
+        Endpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &tls,
+            None,
+            Timing::default(),
+        )
+        .unwrap()
+    };
+    let (first, added) = (endpoint("us-east-1"), endpoint("ap-south-1"));
+    let addr = first.local_addr().unwrap();
+    let accept = tokio::spawn(async move {
+        let peer = first.accept().await.unwrap().unwrap();
+        peer.node().clone()
+    });
+    let peer = added
+        .connect(&NodeId::new("us-east-1").unwrap(), addr)
+        .await
+        .unwrap();
+    assert_eq!(accept.await.unwrap().as_str(), "ap-south-1");
+    drop(peer);
+}

@@ -1,0 +1,21 @@
+//! How nodes talk to each other: QUIC (quinn) with mutual TLS (rustls), one stream per
+//! purpose, length-delimited postcard frames with size limits.
+//!
+//! - `tls`: the cluster CA, node certificates, rustls configs (identity = certificate).
+//! - `frame`: the sans-IO frame codec and the typed stream halves built on it.
+//! - `endpoint`: bind, dial, accept, open and accept purpose streams.
+//! - `wan`: the UDP shim that adds delay, jitter, loss and partitions per pair of nodes,
+//!   so tests and `geo-sim` run the real QUIC stack over an emulated WAN.
+//!
+//! Everything above this module (Raft, room replication, forwarding) sees only
+//! `Endpoint`, `Peer` and typed frames.
+
+pub mod endpoint;
+pub mod frame;
+pub mod tls;
+pub mod wan;
+
+pub use endpoint::{Endpoint, Incoming, Peer, Purpose, Timing, close};
+pub use frame::{FrameError, FrameRx, FrameTx};
+pub use tls::{ClusterCa, NodeTls};
+pub use wan::{LinkRule, Wan};
