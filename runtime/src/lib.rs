@@ -9,6 +9,7 @@
 //! with `protocol` (codecs), `store`, `apps`, `metrics` and `ids` beside them.
 
 pub mod apps;
+pub mod cluster;
 pub mod config;
 pub mod examples;
 pub mod gateway;

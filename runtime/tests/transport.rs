@@ -40,7 +40,7 @@ fn spawn_echo(e: Endpoint) -> tokio::task::JoinHandle<()> {
         while let Some(Ok(peer)) = e.accept().await {
             tokio::spawn(async move {
                 while let Ok(incoming) = peer.accept().await {
-                    let (mut tx, mut rx) = incoming.framed::<Msg>();
+                    let (mut tx, mut rx) = incoming.framed::<Msg, Msg>();
                     tokio::spawn(async move {
                         while let Some(Ok(msg)) = rx.next().await {
                             let reply = match msg {
@@ -70,7 +70,7 @@ async fn nodes_of_one_cluster_talk_over_mutual_tls() {
         assert_eq!(peer.node(), &node("a"));
         let incoming = peer.accept().await.unwrap();
         assert_eq!(incoming.purpose, Purpose::Rooms);
-        let (mut tx, mut rx) = incoming.framed::<Msg>();
+        let (mut tx, mut rx) = incoming.framed::<Msg, Msg>();
         let Some(Ok(Msg::Ping(n))) = rx.next().await else {
             panic!("expected a ping")
         };
@@ -81,7 +81,7 @@ async fn nodes_of_one_cluster_talk_over_mutual_tls() {
 
     let peer = a.connect(&node("b"), b_addr).await.unwrap();
     assert_eq!(peer.node(), &node("b"));
-    let (mut tx, mut rx) = peer.open::<Msg>(Purpose::Rooms).await.unwrap();
+    let (mut tx, mut rx) = peer.open::<Msg, Msg>(Purpose::Rooms).await.unwrap();
     tx.send(&Msg::Ping(41)).await.unwrap();
     assert_eq!(rx.next().await.unwrap().unwrap(), Msg::Pong(42));
     peer.close(close::NORMAL, "done");
@@ -156,7 +156,7 @@ async fn oversized_frames_and_unknown_purposes_drop_the_peer() {
         let peer = b.accept().await.unwrap().unwrap();
         let incoming = peer.accept().await.unwrap();
         assert_eq!(incoming.purpose, Purpose::Health);
-        let (_tx, mut rx) = incoming.framed::<Msg>();
+        let (_tx, mut rx) = incoming.framed::<Msg, Msg>();
         let err = rx.next().await.unwrap().unwrap_err();
         assert!(matches!(err, FrameError::Io(_)), "{err}");
         peer.refuse(&err.to_string());
@@ -194,7 +194,7 @@ async fn wan_delay_shows_in_round_trips() {
     spawn_echo(b);
 
     let peer = a.connect(&node("b"), b_addr).await.unwrap();
-    let (mut tx, mut rx) = peer.open::<Msg>(Purpose::Rooms).await.unwrap();
+    let (mut tx, mut rx) = peer.open::<Msg, Msg>(Purpose::Rooms).await.unwrap();
     let mut best = Duration::MAX;
     for n in 0..5 {
         let t = Instant::now();
@@ -233,7 +233,7 @@ async fn loss_and_jitter_keep_streams_whole_and_in_order() {
     spawn_echo(b);
 
     let peer = a.connect(&node("b"), b_addr).await.unwrap();
-    let (mut tx, mut rx) = peer.open::<Msg>(Purpose::Rooms).await.unwrap();
+    let (mut tx, mut rx) = peer.open::<Msg, Msg>(Purpose::Rooms).await.unwrap();
     let sender = tokio::spawn(async move {
         for n in 0..2_000 {
             tx.send(&Msg::Ping(n)).await.unwrap();
@@ -258,7 +258,7 @@ async fn a_partition_stalls_traffic_and_healing_delivers_it() {
     let (a_addr, b_addr) = (addr(&a), addr(&b));
     spawn_echo(b);
     let peer = a.connect(&node("b"), b_addr).await.unwrap();
-    let (mut tx, mut rx) = peer.open::<Msg>(Purpose::Rooms).await.unwrap();
+    let (mut tx, mut rx) = peer.open::<Msg, Msg>(Purpose::Rooms).await.unwrap();
     tx.send(&Msg::Ping(1)).await.unwrap();
     assert_eq!(rx.next().await.unwrap().unwrap(), Msg::Pong(1));
 

@@ -204,16 +204,17 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    pub fn framed<T: Serialize + DeserializeOwned>(self) -> (FrameTx<T>, FrameRx<T>) {
+    /// Frames of `Req` in (what the opener sends), `Rep` out.
+    pub fn framed<Req: DeserializeOwned, Rep: Serialize>(self) -> (FrameTx<Rep>, FrameRx<Req>) {
         framed(self.purpose, self.send, self.recv)
     }
 }
 
-fn framed<T: Serialize + DeserializeOwned>(
+fn framed<Out: Serialize, In: DeserializeOwned>(
     purpose: Purpose,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-) -> (FrameTx<T>, FrameRx<T>) {
+) -> (FrameTx<Out>, FrameRx<In>) {
     let max = purpose.max_frame();
     (
         FramedWrite::new(send, FrameCodec::new(max)),
@@ -235,11 +236,11 @@ impl Peer {
         self.conn.rtt()
     }
 
-    /// Open a stream for `purpose`, framed as messages of type `T`.
-    pub async fn open<T: Serialize + DeserializeOwned>(
+    /// Open a stream for `purpose`: frames of `Req` out, `Rep` in.
+    pub async fn open<Req: Serialize, Rep: DeserializeOwned>(
         &self,
         purpose: Purpose,
-    ) -> anyhow::Result<(FrameTx<T>, FrameRx<T>)> {
+    ) -> anyhow::Result<(FrameTx<Req>, FrameRx<Rep>)> {
         let (mut send, recv) = self.conn.open_bi().await?;
         send.write_all(&[purpose as u8]).await?;
         Ok(framed(purpose, send, recv))

@@ -1,0 +1,39 @@
+//! Accepting side of the peer mesh: every stream a peer opens goes to the part of the
+//! node that serves its purpose. A stream for a purpose this node does not serve, or
+//! garbage where a purpose should be, drops the peer (logged).
+
+use std::sync::Arc;
+
+use super::control::ControlPlane;
+use crate::transport::{Endpoint, Peer, Purpose};
+
+/// Serve peers until the endpoint closes.
+pub async fn serve(endpoint: Arc<Endpoint>, control: Arc<ControlPlane>) {
+    while let Some(accepted) = endpoint.accept().await {
+        match accepted {
+            Ok(peer) => {
+                tokio::spawn(serve_peer(peer, control.clone()));
+            }
+            Err(e) => tracing::warn!("refused a peer: {e:#}"),
+        }
+    }
+}
+
+async fn serve_peer(peer: Peer, control: Arc<ControlPlane>) {
+    loop {
+        let incoming = match peer.accept().await {
+            Ok(incoming) => incoming,
+            // The connection ended, or the peer named an unknown purpose (refused there).
+            Err(_) => return,
+        };
+        match incoming.purpose {
+            Purpose::Raft => {
+                tokio::spawn(control.clone().serve_stream(incoming));
+            }
+            other => {
+                peer.refuse(&format!("this node does not serve {other:?} streams yet"));
+                return;
+            }
+        }
+    }
+}
