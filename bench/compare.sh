@@ -47,7 +47,7 @@ start_server() {
   case $name in
     edgeroom)
       rm -rf "$work/data"
-      taskset -c 0 target/release/edgeroom dev --listen "127.0.0.1:$PORT" --data-dir "$work/data" \
+      taskset -c 0 target/release/edgeroom dev --standalone --listen "127.0.0.1:$PORT" --data-dir "$work/data" \
         >"$work/$name.log" 2>&1 &
       ;;
     socket.io)

@@ -8,7 +8,7 @@ rustup toolchain install >/dev/null 2>&1
 cargo build --release -p edgeroom -p loadgen
 port=${PORT:-18080}
 data=$(mktemp -d)
-taskset -c 0 target/release/edgeroom dev --listen "127.0.0.1:$port" --data-dir "$data" >"$data/node.log" 2>&1 &
+taskset -c 0 target/release/edgeroom dev --standalone --listen "127.0.0.1:$port" --data-dir "$data" >"$data/node.log" 2>&1 &
 node=$!
 trap 'kill $node 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v1/apps/echo" >/dev/null && break; sleep 0.1; done

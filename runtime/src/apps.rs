@@ -39,7 +39,7 @@ pub struct AppSettings {
 }
 
 impl AppSettings {
-    fn new(config: AppConfig) -> Result<Self, String> {
+    pub fn new(config: AppConfig) -> Result<Self, String> {
         let namespaces = match &config.namespaces {
             Some(p) => Some(
                 regex::Regex::new(&format!("^(?:{p})$"))
@@ -66,6 +66,12 @@ pub enum DeployError {
     TooLarge { size: usize, limit: usize },
     #[error("storage failed: {0}")]
     Storage(#[from] anyhow::Error),
+    /// Deployed with a base version that is no longer live: another deploy won the race.
+    #[error("version {current} is live now, not the base this deploy was made against")]
+    Conflict { current: u64 },
+    /// The cluster could not commit it (no quorum reachable).
+    #[error("the cluster cannot commit right now: {0}")]
+    Unavailable(String),
 }
 
 /// The outcome of a deploy.
@@ -77,6 +83,18 @@ pub struct Deployed {
     pub size: u64,
     /// The same bytes were already live: nothing changed.
     pub unchanged: bool,
+}
+
+impl Deployed {
+    fn unchanged(app: &AppName, v: &VersionRecord) -> Self {
+        Self {
+            app: app.to_string(),
+            version: v.version,
+            sha256: v.sha256.clone(),
+            size: v.size,
+            unchanged: true,
+        }
+    }
 }
 
 pub struct Apps<W: 'static> {
@@ -144,35 +162,77 @@ impl<W: RoomApi> Apps<W> {
 
     /// Validate, compile, record and publish a new handler for `app` (creating the app).
     pub async fn deploy(&self, app: &AppName, wasm: Vec<u8>) -> Result<Deployed, DeployError> {
+        self.check_size(&wasm)?;
+        let _one_at_a_time = self.deploying.lock().await;
+        let sha256 = sha256_hex(&wasm);
+        let current = self.current(app);
+        if let Some(v) = current.as_ref().filter(|v| v.sha256 == sha256) {
+            return Ok(Deployed::unchanged(app, v));
+        }
+        let version = current.map_or(1, |v| v.version + 1);
+        self.install_locked(app, version, wasm).await
+    }
+
+    /// Install a version the cluster numbered (see `cluster::registry`). A version at
+    /// or below the live one is already here: nothing changes.
+    pub async fn install(
+        &self,
+        app: &AppName,
+        version: u64,
+        wasm: Vec<u8>,
+    ) -> Result<Deployed, DeployError> {
+        self.check_size(&wasm)?;
+        let _one_at_a_time = self.deploying.lock().await;
+        if let Some(v) = self.current(app).filter(|v| v.version >= version) {
+            return Ok(Deployed::unchanged(app, &v));
+        }
+        self.install_locked(app, version, wasm).await
+    }
+
+    /// Check that `wasm` would deploy (size, a loadable component), without deploying:
+    /// a cluster node checks before it proposes a version to everyone.
+    pub async fn validate(&self, wasm: Vec<u8>) -> Result<Vec<u8>, DeployError> {
+        self.check_size(&wasm)?;
+        let sandbox = self.sandbox.clone();
+        let (compiled, wasm) = tokio::task::spawn_blocking(move || (sandbox.compile(&wasm), wasm))
+            .await
+            .map_err(|e| DeployError::Storage(anyhow::anyhow!("compile task failed: {e}")))?;
+        compiled.map_err(DeployError::Invalid)?;
+        Ok(wasm)
+    }
+
+    fn check_size(&self, wasm: &[u8]) -> Result<(), DeployError> {
         if wasm.len() > self.max_bytes {
             return Err(DeployError::TooLarge {
                 size: wasm.len(),
                 limit: self.max_bytes,
             });
         }
-        let _one_at_a_time = self.deploying.lock().await;
-        let sha256 = sha256_hex(&wasm);
-        let current = self
-            .apps
+        Ok(())
+    }
+
+    fn current(&self, app: &AppName) -> Option<VersionRecord> {
+        self.apps
             .lock()
             .get(app)
-            .and_then(|e| e.record.versions.last().cloned());
-        if let Some(v) = current.as_ref().filter(|v| v.sha256 == sha256) {
-            return Ok(Deployed {
-                app: app.to_string(),
-                version: v.version,
-                sha256,
-                size: v.size,
-                unchanged: true,
-            });
-        }
+            .and_then(|e| e.record.versions.last().cloned())
+    }
+
+    /// Compile, store and publish `version`; the caller holds `deploying`.
+    async fn install_locked(
+        &self,
+        app: &AppName,
+        version: u64,
+        wasm: Vec<u8>,
+    ) -> Result<Deployed, DeployError> {
+        let sha256 = sha256_hex(&wasm);
         let sandbox = self.sandbox.clone();
         let (compiled, wasm) = tokio::task::spawn_blocking(move || (sandbox.compile(&wasm), wasm))
             .await
             .map_err(|e| DeployError::Storage(anyhow::anyhow!("compile task failed: {e}")))?;
         let compiled = compiled.map_err(DeployError::Invalid)?;
         let record = VersionRecord {
-            version: current.map_or(1, |v| v.version + 1),
+            version,
             sha256: sha256.clone(),
             size: wasm.len() as u64,
             deployed_at_ms: now_ms(),

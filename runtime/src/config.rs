@@ -45,6 +45,101 @@ pub struct NodeConfig {
     pub sandbox: SandboxConfig,
     #[serde(default)]
     pub socketio: SocketIoConfig,
+    /// Member of a cluster; absent: a standalone node.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// This node's place in a cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// UDP address for QUIC between nodes.
+    pub peer_listen: SocketAddr,
+    /// Holds `ca.crt` and this node's `<node_id>.crt` / `.key` (`edgeroom cluster init`).
+    pub tls_dir: PathBuf,
+    /// A new cluster's voters, `name@host:port` (their peer addresses), the same list on
+    /// each of them. A voter creates the cluster on its first start.
+    #[serde(default)]
+    pub voters: Vec<String>,
+    /// Or join a running cluster through any of its nodes, `name@host:port`.
+    #[serde(default)]
+    pub join: Option<String>,
+    /// When joining: become a voter (else a learner).
+    #[serde(default)]
+    pub voter: bool,
+    /// Where this node is, for nearest-region routing.
+    #[serde(default)]
+    pub lat: f64,
+    #[serde(default)]
+    pub lon: f64,
+    /// Base URLs clients reach this node at (default `http://<listen>`).
+    #[serde(default)]
+    pub client_urls: Vec<String>,
+    #[serde(default = "default_heartbeat_ms")]
+    pub raft_heartbeat_ms: u64,
+    /// Raft elections start after a silence of this much (randomised up to twice).
+    #[serde(default = "default_election_ms")]
+    pub raft_election_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    200
+}
+
+fn default_election_ms() -> u64 {
+    1000
+}
+
+impl ClusterConfig {
+    pub fn new(peer_listen: SocketAddr, tls_dir: PathBuf) -> Self {
+        Self {
+            peer_listen,
+            tls_dir,
+            voters: Vec::new(),
+            join: None,
+            voter: false,
+            lat: 0.0,
+            lon: 0.0,
+            client_urls: Vec::new(),
+            raft_heartbeat_ms: default_heartbeat_ms(),
+            raft_election_ms: default_election_ms(),
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.voters.is_empty() != self.join.is_none(),
+            "cluster: give either voters (a new cluster) or join (an existing one)"
+        );
+        for peer in self.voters.iter().chain(&self.join) {
+            parse_peer(peer)?;
+        }
+        anyhow::ensure!(
+            self.lat.is_finite()
+                && self.lon.is_finite()
+                && self.lat.abs() <= 90.0
+                && self.lon.abs() <= 180.0,
+            "cluster: lat/lon out of range"
+        );
+        anyhow::ensure!(
+            self.raft_heartbeat_ms > 0 && self.raft_election_ms >= 3 * self.raft_heartbeat_ms,
+            "cluster: raft_election_ms must be at least 3 heartbeats"
+        );
+        Ok(())
+    }
+}
+
+/// `name@host:port` → (node id, peer address).
+pub fn parse_peer(s: &str) -> anyhow::Result<(NodeId, SocketAddr)> {
+    let (name, addr) = s
+        .split_once('@')
+        .ok_or_else(|| anyhow::anyhow!("cluster peer {s:?} is not name@host:port"))?;
+    Ok((
+        NodeId::new(name)?,
+        addr.parse()
+            .map_err(|e| anyhow::anyhow!("cluster peer {s:?}: {e}"))?,
+    ))
 }
 
 /// The Socket.IO gateway (Engine.IO v4 / Socket.IO v5).
@@ -182,6 +277,7 @@ impl NodeConfig {
             limits: Limits::default(),
             sandbox: SandboxConfig::default(),
             socketio: SocketIoConfig::default(),
+            cluster: None,
         }
     }
 
@@ -217,6 +313,9 @@ impl NodeConfig {
             self.socketio.ping_interval_ms > 0 && self.socketio.ping_timeout_ms > 0,
             "socketio ping_interval_ms and ping_timeout_ms must be positive"
         );
+        if let Some(c) = &self.cluster {
+            c.check()?;
+        }
         if let Some(p) = &self.socketio.engineio_echo_path {
             anyhow::ensure!(
                 p.starts_with('/') && p.ends_with('/') && p.len() > 2,
@@ -264,6 +363,30 @@ mod tests {
         assert_eq!(c.limits.max_frame_bytes, 1000);
         assert_eq!(c.limits.outbound_queue, 1024);
         assert_eq!(c.sandbox.call_deadline_ms, 20);
+    }
+
+    #[test]
+    fn parses_a_cluster_section() {
+        let base = "node_id = \"us-east\"\ndata_dir = \"/d\"\ndev = true\n[cluster]\npeer_listen = \"10.0.0.1:7000\"\ntls_dir = \"/certs\"\n";
+        let c = NodeConfig::from_toml(&format!(
+            "{base}voters = [\"us-east@10.0.0.1:7000\", \"eu-west@10.0.0.2:7000\"]\nlat = 37.37\nlon = -79.82\n"
+        ))
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.voters.len(), 2);
+        assert_eq!(cluster.raft_heartbeat_ms, 200);
+        // Neither voters nor join, both, a malformed peer, a bad latitude: refused.
+        for bad in [
+            String::new(),
+            "voters = [\"a@1.2.3.4:5\"]\njoin = \"a@1.2.3.4:5\"\n".into(),
+            "join = \"no-at-sign\"\n".into(),
+            "join = \"a@1.2.3.4:5\"\nlat = 91.0\n".into(),
+        ] {
+            assert!(
+                NodeConfig::from_toml(&format!("{base}{bad}")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

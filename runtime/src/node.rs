@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::apps::{Apps, now_ms};
+use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 use crate::room::{RoomCmd, RoomEnv, RoomKey, Rooms, World};
@@ -20,6 +21,8 @@ use crate::store::Store;
 
 pub struct Node {
     pub config: NodeConfig,
+    /// Where the gateway listens (the bound address when the config asked for port 0).
+    pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     pub sandbox: Arc<Sandbox<World>>,
     pub apps: Arc<Apps<World>>,
@@ -28,6 +31,8 @@ pub struct Node {
     /// Engine.IO sessions (the Socket.IO gateway's transport layer).
     pub engine: crate::gateway::engineio::Engine,
     pub tokens: TokenKey,
+    /// Membership in a cluster; `None` for a standalone node.
+    pub cluster: Option<Arc<Cluster>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -64,7 +69,18 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             tokio::task::spawn_blocking(move || Apps::open(sandbox, store, max, metrics)).await??,
         )
     };
-    let tokens = match &config.secret {
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let cluster = match &config.cluster {
+        Some(c) => Some(Cluster::start(&config, c, addr).await?),
+        None => None,
+    };
+    // In a cluster every node signs with the agreed secret, so tokens verify anywhere.
+    let secret = cluster
+        .as_ref()
+        .and_then(|c| c.secret())
+        .or_else(|| config.secret.clone());
+    let tokens = match secret {
         Some(hex_secret) => TokenKey::new(
             hex::decode(hex_secret).map_err(|e| anyhow::anyhow!("secret is not hex: {e}"))?,
         ),
@@ -81,10 +97,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         metrics: metrics.clone(),
         shutdown: shutdown_rx,
     });
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let addr = listener.local_addr()?;
     let node = Arc::new(Node {
         config,
+        addr,
         metrics,
         sandbox,
         apps,
@@ -92,8 +107,16 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         sessions: Arc::new(Sessions::default()),
         engine: Default::default(),
         tokens,
+        cluster,
         shutdown,
     });
+    if let Some(cluster) = &node.cluster {
+        tokio::spawn(crate::cluster::registry::follow(
+            cluster.control.clone(),
+            node.apps.clone(),
+            node.shutdown_rx(),
+        ));
+    }
 
     let app = crate::gateway::router(node.clone());
     let mut stop = node.shutdown_rx();
@@ -159,5 +182,8 @@ impl RunningNode {
         }
         let _ = tokio::time::timeout(grace, self.server).await;
         let _ = self.upkeep.await;
+        if let Some(cluster) = &self.node.cluster {
+            cluster.shutdown().await;
+        }
     }
 }

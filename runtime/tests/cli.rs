@@ -153,6 +153,27 @@ async fn dev_serves_the_examples_and_says_how_to_try_them() {
     }
     let mut c = Client::connect(format!("127.0.0.1:{port}").parse().unwrap(), "chat", "json").await;
     assert_eq!(c.join("lobby", json!({"user": "ann"})).await["ok"], true);
+    // Three regions on 127.0.0.1-3, one control plane; every region serves the apps.
+    let status = Command::new(BIN)
+        .args(["cluster", "status", "--url", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for node in ["us-east-1", "eu-west-1", "ap-south-1"] {
+        assert!(text.contains(node), "{text}");
+    }
+    assert!(text.contains("leader"), "{text}");
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        let r = reqwest::get(format!("http://{ip}:{port}/v1/apps/chat"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &node.id().to_string()])
         .status();

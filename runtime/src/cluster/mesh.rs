@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::control::ControlPlane;
+use super::health::Health;
 use crate::transport::{Endpoint, Peer, Purpose};
 
 /// Serve peers until the endpoint closes.
@@ -29,6 +30,9 @@ async fn serve_peer(peer: Peer, control: Arc<ControlPlane>) {
         match incoming.purpose {
             Purpose::Raft => {
                 tokio::spawn(control.clone().serve_stream(incoming));
+            }
+            Purpose::Health => {
+                tokio::spawn(Health::serve_stream(incoming));
             }
             other => {
                 peer.refuse(&format!("this node does not serve {other:?} streams yet"));

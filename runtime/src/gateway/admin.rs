@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +28,7 @@ pub fn routes(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/v1/apps/{app}", get(app))
         .route("/v1/apps/{app}/config", put(configure))
         .route("/v1/apps/{app}/rooms/{room}", get(room))
+        .route("/v1/cluster", get(cluster))
         .layer(middleware::from_fn_with_state(node, require_key))
 }
 
@@ -45,20 +46,26 @@ async fn require_key(State(node): State<Arc<Node>>, req: Request, next: Next) ->
     if node.config.dev {
         return next.run(req).await;
     }
-    let Some(key) = node.config.admin_key.as_deref() else {
-        return http_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this node has no admin key configured",
-        );
-    };
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    let mine = node.config.admin_key.as_deref();
+    // In a cluster, a key configured on any node works on every node: the control
+    // plane holds their hashes (compared as hashes, so timing reveals nothing useful).
+    let clusters = |g: &str| {
+        node.cluster.as_ref().is_some_and(|c| {
+            c.control
+                .state()
+                .admin_keys
+                .contains(&crate::cluster::control::state::sha256_hex(g.as_bytes()))
+        })
+    };
     match given {
-        Some(g) if same(g.as_bytes(), key.as_bytes()) => next.run(req).await,
+        Some(g) if mine.is_some_and(|k| same(g.as_bytes(), k.as_bytes())) || clusters(g) => {
+            next.run(req).await
+        }
         Some(_) => http_error(StatusCode::UNAUTHORIZED, "unauthorized", "wrong admin key"),
         None => http_error(
             StatusCode::UNAUTHORIZED,
@@ -72,9 +79,16 @@ fn bad_name(e: crate::ids::InvalidName) -> Response {
     http_error(StatusCode::BAD_REQUEST, "invalid_name", e)
 }
 
+/// `?base=N`: deploy only if version N is still live (0: the app has none yet).
+#[derive(Debug, serde::Deserialize)]
+struct DeployQuery {
+    base: Option<u64>,
+}
+
 async fn deploy(
     State(node): State<Arc<Node>>,
     Path(app): Path<String>,
+    Query(query): Query<DeployQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let app = match AppName::new(&app) {
@@ -95,8 +109,30 @@ async fn deploy(
         }
         Err(e) => return http_error(StatusCode::BAD_REQUEST, "bad_body", e.body_text()),
     };
-    match node.apps.deploy(&app, body.to_vec()).await {
+    let deployed = match &node.cluster {
+        Some(cluster) => {
+            cluster
+                .deploy(&node.apps, &app, body.to_vec(), query.base)
+                .await
+        }
+        None => {
+            let live = node
+                .apps
+                .record(&app)
+                .and_then(|r| r.versions.last().map(|v| v.version))
+                .unwrap_or(0);
+            match query.base {
+                Some(base) if base != live => Err(DeployError::Conflict { current: live }),
+                _ => node.apps.deploy(&app, body.to_vec()).await,
+            }
+        }
+    };
+    match deployed {
         Ok(d) => json(StatusCode::OK, d),
+        Err(e @ DeployError::Conflict { .. }) => http_error(StatusCode::CONFLICT, "conflict", e),
+        Err(e @ DeployError::Unavailable(_)) => {
+            http_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e)
+        }
         Err(DeployError::Invalid(reason)) => {
             http_error(StatusCode::BAD_REQUEST, "invalid_handler", reason)
         }
@@ -150,7 +186,11 @@ async fn configure(
         Ok(c) => c,
         Err(e) => return http_error(StatusCode::BAD_REQUEST, "bad_config", e),
     };
-    match node.apps.configure(&app, config.clone()).await {
+    let configured = match &node.cluster {
+        Some(cluster) => cluster.configure(&node.apps, &app, config.clone()).await,
+        None => node.apps.configure(&app, config.clone()).await,
+    };
+    match configured {
         Ok(()) => json(
             StatusCode::OK,
             serde_json::json!({"app": app.as_str(), "config": config}),
@@ -189,4 +229,46 @@ async fn room(
             "room did not answer",
         ),
     }
+}
+
+/// The cluster as this node sees it: the control plane's status and the known nodes.
+async fn cluster(State(node): State<Arc<Node>>) -> Response {
+    let Some(cluster) = &node.cluster else {
+        return json(
+            StatusCode::OK,
+            serde_json::json!({
+                "node": node.config.node_id.as_str(),
+                "region": node.config.region,
+                "cluster": null,
+            }),
+        );
+    };
+    let status = cluster.control.status();
+    let nodes: Vec<_> = cluster
+        .control
+        .state()
+        .nodes
+        .iter()
+        .map(|(id, info)| {
+            serde_json::json!({
+                "node": id.as_str(),
+                "alive": cluster.health.is_alive(id),
+                "rtt_ms": cluster.health.rtt(id).map(|d| d.as_secs_f64() * 1000.0),
+                "region": info.region,
+                "peer_addr": info.peer_addr.to_string(),
+                "client_urls": info.client_urls,
+                "lat": info.lat,
+                "lon": info.lon,
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "node": node.config.node_id.as_str(),
+            "region": node.config.region,
+            "cluster": status,
+            "nodes": nodes,
+        }),
+    )
 }

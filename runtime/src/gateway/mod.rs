@@ -46,9 +46,51 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/apps/{app}/socket.io", any(socketio_app))
         .route("/apps/{app}/socket.io/", any(socketio_app))
         .route("/healthz", get(healthz))
+        .route("/v1/route", get(route))
         .route("/metrics", get(metrics))
         .merge(admin)
         .with_state(node)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RouteQuery {
+    lat: Option<String>,
+    lon: Option<String>,
+}
+
+/// `GET /v1/route?lat=&lon=`: the healthy regions for a client there, nearest first,
+/// each with its client URLs.
+async fn route(State(node): State<Arc<Node>>, Query(q): Query<RouteQuery>) -> Response {
+    let coordinate = |v: Option<&String>, max: f64| {
+        v.and_then(|v| v.parse::<f64>().ok())
+            .filter(|x| x.is_finite() && x.abs() <= max)
+    };
+    let (Some(lat), Some(lon)) = (
+        coordinate(q.lat.as_ref(), 90.0),
+        coordinate(q.lon.as_ref(), 180.0),
+    ) else {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "bad_location",
+            "lat and lon are required: degrees, lat within ±90 and lon within ±180",
+        );
+    };
+    let regions = match &node.cluster {
+        Some(cluster) => cluster.regions(),
+        None => vec![crate::cluster::route::RegionView {
+            region: node.config.region.clone(),
+            location: (lat, lon),
+            urls: vec![format!("http://{}", node.addr)],
+            measured: None,
+        }],
+    };
+    let ranked = crate::cluster::route::rank((lat, lon), &regions);
+    let body = serde_json::json!({ "lat": lat, "lon": lon, "regions": ranked });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn index(State(node): State<Arc<Node>>) -> impl IntoResponse {

@@ -159,6 +159,12 @@ impl Endpoint {
     pub fn close(&self) {
         self.quic.close(close::SHUTDOWN.into(), b"shutting down");
     }
+
+    /// Close, then wait (at most `grace`) until peers have been told.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.close();
+        let _ = tokio::time::timeout(grace, self.quic.wait_idle()).await;
+    }
 }
 
 async fn accepted(incoming: quinn::Incoming) -> anyhow::Result<Peer> {

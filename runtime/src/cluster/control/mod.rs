@@ -188,6 +188,11 @@ impl ControlPlane {
         }
     }
 
+    /// Whether this node already belongs to a cluster (it has a vote or a log).
+    pub async fn has_log(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
     /// The agreed state as this node has applied it.
     pub fn state(&self) -> parking_lot::RwLockReadGuard<'_, ControlState> {
         self.state.read()

@@ -115,13 +115,11 @@ impl ControlState {
                 Response::Done
             }
             Command::Deploy { app, wasm, base } => self.deploy(app, wasm, base),
-            Command::Configure { app, config } => match self.apps.get_mut(&app) {
-                Some(state) => {
-                    state.config = config;
-                    Response::Done
-                }
-                None => Response::UnknownApp,
-            },
+            // Like a deploy, configuring creates the app (with no handler yet).
+            Command::Configure { app, config } => {
+                self.apps.entry(app).or_default().config = config;
+                Response::Done
+            }
             Command::AddAdminKey { sha256 } => {
                 self.admin_keys.insert(sha256);
                 Response::Done
@@ -235,12 +233,18 @@ mod tests {
     }
 
     #[test]
-    fn configuring_an_unknown_app_says_so() {
+    fn configuring_creates_the_app() {
         let mut s = ControlState::default();
+        let config = AppConfig {
+            namespaces: Some("^/game-\\d+$".into()),
+            recovery: false,
+        };
         let r = s.apply(Command::Configure {
-            app: app("nope"),
-            config: AppConfig::default(),
+            app: app("new"),
+            config: config.clone(),
         });
-        assert_eq!(r, Response::UnknownApp);
+        assert_eq!(r, Response::Done);
+        assert_eq!(s.apps[&app("new")].config, config);
+        assert!(s.live_handler(&app("new")).is_none());
     }
 }
