@@ -173,7 +173,9 @@ async fn cluster_status(url: &str, key: Option<&str>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("GET {endpoint}"))?;
     let status = resp.status();
-    let body: serde_json::Value = resp.json().await.context("reading the answer")?;
+    let text = resp.text().await.context("reading the answer")?;
+    let body: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{endpoint} answered {text:?}"))?;
     anyhow::ensure!(status.is_success(), "{endpoint} answered {status}: {body}");
     let c = &body["cluster"];
     if c.is_null() {
