@@ -315,6 +315,13 @@ impl NodeConfig {
         );
         if let Some(c) = &self.cluster {
             c.check()?;
+            // Handlers travel in Raft entries, a few per frame.
+            let per_append = crate::cluster::control::MAX_ENTRIES_PER_APPEND as usize;
+            let most = (crate::transport::Purpose::Raft.max_frame() - (1 << 20)) / per_append;
+            anyhow::ensure!(
+                self.limits.max_handler_bytes <= most,
+                "in a cluster, limits.max_handler_bytes may be at most {most}"
+            );
         }
         if let Some(p) = &self.socketio.engineio_echo_path {
             anyhow::ensure!(
@@ -381,6 +388,8 @@ mod tests {
             "voters = [\"a@1.2.3.4:5\"]\njoin = \"a@1.2.3.4:5\"\n".into(),
             "join = \"no-at-sign\"\n".into(),
             "join = \"a@1.2.3.4:5\"\nlat = 91.0\n".into(),
+            // Handlers travel in Raft frames: not bigger than they allow.
+            "join = \"a@1.2.3.4:5\"\n[limits]\nmax_handler_bytes = 40000000\n".into(),
         ] {
             assert!(
                 NodeConfig::from_toml(&format!("{base}{bad}")).is_err(),

@@ -251,3 +251,141 @@ async fn cluster_init_writes_certificates_nodes_can_use() {
     assert_eq!(accept.await.unwrap().as_str(), "ap-south-1");
     drop(peer);
 }
+
+/// Three `edgeroom serve` processes form a cluster; the Raft leader's process is killed
+/// with SIGKILL: another leader takes over, deploys keep working, and the killed node
+/// comes back from its disk and serves what was deployed while it was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_processes_survives_kill_9_of_its_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["p-east", "p-west", "p-south"];
+    let out = Command::new(BIN)
+        .args(["cluster", "init", "--nodes", &names.join(","), "--dir"])
+        .arg(dir.path().join("certs"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // HTTP on TCP and QUIC on UDP may share a port number.
+    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let voters: Vec<String> = names
+        .iter()
+        .zip(&ports)
+        .map(|(n, p)| format!("\"{n}@127.0.0.1:{p}\""))
+        .collect();
+    let configs: Vec<std::path::PathBuf> = names
+        .iter()
+        .zip(&ports)
+        .map(|(name, port)| {
+            let path = dir.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "node_id = \"{name}\"\nregion = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n\
+                     data_dir = {:?}\ncompile_cache_dir = {:?}\nadmin_key = \"k-{name}\"\n\
+                     [sandbox]\nmax_instances = 16\n\
+                     [cluster]\npeer_listen = \"127.0.0.1:{port}\"\ntls_dir = {:?}\n\
+                     voters = [{}]\nraft_heartbeat_ms = 100\nraft_election_ms = 500\n",
+                    dir.path().join(name),
+                    common::compile_cache(),
+                    dir.path().join("certs"),
+                    voters.join(", "),
+                ),
+            )
+            .unwrap();
+            path
+        })
+        .collect();
+    let spawn = |i: usize| {
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&configs[i])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut procs: Vec<std::process::Child> = (0..3).map(spawn).collect();
+    let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+    let http = reqwest::Client::new();
+    let cluster = |i: usize| {
+        let request = http
+            .get(format!("{}/v1/cluster", url(i)))
+            .bearer_auth("k-p-east")
+            .send();
+        async move {
+            let r = request.await.ok()?;
+            serde_json::from_str::<serde_json::Value>(&r.text().await.ok()?).ok()
+        }
+    };
+    let leader_index = |c: &serde_json::Value| {
+        let leader = c["cluster"]["leader"].as_str()?;
+        names.iter().position(|n| *n == leader)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leader = loop {
+        if let Some(l) = cluster(0).await.as_ref().and_then(leader_index) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let deploy = |i: usize, wasm: &'static [u8]| {
+        http.put(format!("{}/v1/apps/app/handler", url(i)))
+            .bearer_auth("k-p-east")
+            .body(wasm)
+            .send()
+    };
+    let r = deploy(leader, edgeroom::examples::ECHO).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // kill -9 the leader: no goodbye, whatever it had in memory is gone.
+    procs[leader].kill().unwrap();
+    procs[leader].wait().unwrap();
+    let killed = Instant::now();
+    let other = (leader + 1) % 3;
+    let new_leader = loop {
+        if let Some(l) = cluster(other).await.as_ref().and_then(leader_index)
+            && l != leader
+        {
+            break l;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(10), "no new leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(new_leader, leader);
+    let r = deploy(other, edgeroom::examples::CHAT).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // Back from its disk: it rejoins and serves version 2.
+    procs[leader] = spawn(leader);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let version = async {
+            let r = http
+                .get(format!("{}/v1/apps/app", url(leader)))
+                .bearer_auth("k-p-east")
+                .send()
+                .await
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_str(&r.text().await.ok()?).ok()?;
+            v["version"].as_u64()
+        }
+        .await;
+        if version == Some(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted node never served v2: {version:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for p in &mut procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}

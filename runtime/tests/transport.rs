@@ -181,14 +181,18 @@ async fn oversized_frames_and_unknown_purposes_drop_the_peer() {
     server.await.unwrap();
 }
 
-#[tokio::test]
-async fn wan_delay_shows_in_round_trips() {
+/// Nodes "a" and "b" of one cluster, both on one emulated WAN.
+fn pair_over_wan() -> (Wan, Endpoint, Endpoint) {
     let wan = Wan::new();
     let ca = ClusterCa::generate("t").unwrap();
-    let (a, b) = (
-        bind(&tls(&ca, "a"), Some(&wan)),
-        bind(&tls(&ca, "b"), Some(&wan)),
-    );
+    let a = bind(&tls(&ca, "a"), Some(&wan));
+    let b = bind(&tls(&ca, "b"), Some(&wan));
+    (wan, a, b)
+}
+
+#[tokio::test]
+async fn wan_delay_shows_in_round_trips() {
+    let (wan, a, b) = pair_over_wan();
     let (a_addr, b_addr) = (addr(&a), addr(&b));
     wan.set_both(a_addr, b_addr, LinkRule::delay(Duration::from_millis(20)));
     spawn_echo(b);
@@ -216,12 +220,7 @@ async fn wan_delay_shows_in_round_trips() {
 
 #[tokio::test]
 async fn loss_and_jitter_keep_streams_whole_and_in_order() {
-    let wan = Wan::new();
-    let ca = ClusterCa::generate("t").unwrap();
-    let (a, b) = (
-        bind(&tls(&ca, "a"), Some(&wan)),
-        bind(&tls(&ca, "b"), Some(&wan)),
-    );
+    let (wan, a, b) = pair_over_wan();
     let b_addr = addr(&b);
     let rule = LinkRule {
         delay: Duration::from_millis(5),
@@ -251,12 +250,7 @@ async fn loss_and_jitter_keep_streams_whole_and_in_order() {
 
 #[tokio::test]
 async fn a_partition_stalls_traffic_and_healing_delivers_it() {
-    let wan = Wan::new();
-    let ca = ClusterCa::generate("t").unwrap();
-    let (a, b) = (
-        bind(&tls(&ca, "a"), Some(&wan)),
-        bind(&tls(&ca, "b"), Some(&wan)),
-    );
+    let (wan, a, b) = pair_over_wan();
     let (a_addr, b_addr) = (addr(&a), addr(&b));
     spawn_echo(b);
     let peer = a.connect(&node("b"), b_addr).await.unwrap();

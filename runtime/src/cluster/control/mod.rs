@@ -133,6 +133,10 @@ pub struct Status {
     pub lag: BTreeMap<String, u64>,
 }
 
+/// Entries per AppendEntries; times the largest handler, must stay under the Raft
+/// stream's frame limit (`transport::Purpose::max_frame`).
+pub const MAX_ENTRIES_PER_APPEND: u64 = 3;
+
 /// How long a forwarded write may wait for a leader.
 const WRITE_PATIENCE: Duration = Duration::from_secs(10);
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -155,6 +159,9 @@ impl ControlPlane {
             election_timeout_min: timing.election_min.as_millis() as u64,
             election_timeout_max: timing.election_max.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
+            // An entry may carry a whole handler (16 MiB by default): a few per append
+            // keep each Raft frame under `Purpose::Raft`'s limit.
+            max_payload_entries: MAX_ENTRIES_PER_APPEND,
             max_in_snapshot_log_to_keep: timing.snapshot_every / 2,
             ..Default::default()
         }
