@@ -6,6 +6,8 @@
 //! - `registry`: keeps this node's handlers in step with the control plane.
 //! - `health`: failure detection and round trips between nodes.
 //! - `route`: ranks regions for a client's location (`GET /v1/route`).
+//! - `order`: per-origin FIFO, dedupe and gap repair for a room's remote messages
+//!   (the data plane's sans-IO core; not wired to rooms yet).
 //!
 //! [`Cluster::start`] brings a node into its cluster: certificates, QUIC endpoint, Raft,
 //! then creating the cluster (voters on first start) or joining it.
@@ -13,6 +15,7 @@
 pub mod control;
 pub mod health;
 pub mod mesh;
+pub mod order;
 pub mod registry;
 pub mod route;
 

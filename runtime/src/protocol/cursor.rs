@@ -30,6 +30,11 @@ impl Cursor {
         other.0.iter().all(|(origin, seq)| self.get(origin) >= *seq)
     }
 
+    /// Every origin and the highest sequence seen from it.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, Seq)> {
+        self.0.iter().map(|(origin, seq)| (origin, *seq))
+    }
+
     /// Whether a message `(origin, seq)` is already covered by this cursor.
     pub fn covers(&self, origin: &NodeId, seq: Seq) -> bool {
         self.get(origin) >= seq
