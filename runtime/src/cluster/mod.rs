@@ -6,14 +6,16 @@
 //! - `registry`: keeps this node's handlers in step with the control plane.
 //! - `health`: failure detection and round trips between nodes.
 //! - `route`: ranks regions for a client's location (`GET /v1/route`).
-//! - `order`: per-origin FIFO, dedupe and gap repair for a room's remote messages
-//!   (the data plane's sans-IO core; not wired to rooms yet).
+//! - `interest`, `order`: the data plane's sans-IO cores (not wired to rooms yet):
+//!   which nodes want a room's messages and the one relay per region, and per-origin
+//!   FIFO, dedupe and gap repair on the receiving side.
 //!
 //! [`Cluster::start`] brings a node into its cluster: certificates, QUIC endpoint, Raft,
 //! then creating the cluster (voters on first start) or joining it.
 
 pub mod control;
 pub mod health;
+pub mod interest;
 pub mod mesh;
 pub mod order;
 pub mod registry;
