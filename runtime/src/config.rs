@@ -56,6 +56,10 @@ pub struct NodeConfig {
 pub struct ClusterConfig {
     /// UDP address for QUIC between nodes.
     pub peer_listen: SocketAddr,
+    /// The address other nodes dial, when `peer_listen` is a wildcard such as
+    /// `0.0.0.0:7000` (a voter's own entry in `voters` serves too).
+    #[serde(default)]
+    pub peer_advertise: Option<SocketAddr>,
     /// Holds `ca.crt` and this node's `<node_id>.crt` / `.key` (`edgeroom cluster init`).
     pub tls_dir: PathBuf,
     /// A new cluster's voters, `name@host:port` (their peer addresses), the same list on
@@ -92,9 +96,24 @@ fn default_election_ms() -> u64 {
 }
 
 impl ClusterConfig {
+    /// The peer address other nodes dial for `me`: its entry among the voters, else
+    /// `peer_advertise`, else `peer_listen` unless that is a wildcard.
+    pub fn advertised(&self, me: &NodeId) -> Option<SocketAddr> {
+        let listed = self
+            .voters
+            .iter()
+            .filter_map(|v| parse_peer(v).ok())
+            .find(|(node, _)| node == me)
+            .map(|(_, addr)| addr);
+        listed
+            .or(self.peer_advertise)
+            .or((!self.peer_listen.ip().is_unspecified()).then_some(self.peer_listen))
+    }
+
     pub fn new(peer_listen: SocketAddr, tls_dir: PathBuf) -> Self {
         Self {
             peer_listen,
+            peer_advertise: None,
             tls_dir,
             voters: Vec::new(),
             join: None,
@@ -315,6 +334,15 @@ impl NodeConfig {
         );
         if let Some(c) = &self.cluster {
             c.check()?;
+            anyhow::ensure!(
+                !self.listen.ip().is_unspecified() || !c.client_urls.is_empty(),
+                "cluster: client_urls is required when listen is a wildcard address \
+                 (other regions hand it to clients)"
+            );
+            anyhow::ensure!(
+                c.advertised(&self.node_id).is_some(),
+                "cluster: peer_advertise is required when peer_listen is a wildcard address"
+            );
             // Handlers travel in Raft entries, a few per frame.
             let per_append = crate::cluster::control::MAX_ENTRIES_PER_APPEND as usize;
             let most = (crate::transport::Purpose::Raft.max_frame() - (1 << 20)) / per_append;
@@ -396,6 +424,28 @@ mod tests {
                 "{bad}"
             );
         }
+        // A wildcard peer address needs an address to advertise.
+        let wild = base.replace("10.0.0.1:7000", "0.0.0.0:7000");
+        for (extra, ok) in [
+            ("join = \"a@1.2.3.4:5\"\n", false),
+            (
+                "join = \"a@1.2.3.4:5\"\npeer_advertise = \"10.0.0.1:7000\"\n",
+                true,
+            ),
+            ("voters = [\"us-east@10.0.0.1:7000\"]\n", true),
+        ] {
+            assert_eq!(
+                NodeConfig::from_toml(&format!("{wild}{extra}")).is_ok(),
+                ok,
+                "{extra}"
+            );
+        }
+        // Clients cannot be sent to 0.0.0.0: a wildcard listen needs client_urls.
+        let wild_listen = base.replace("dev = true", "dev = true\nlisten = \"0.0.0.0:8080\"");
+        let join = "join = \"a@1.2.3.4:5\"\n";
+        assert!(NodeConfig::from_toml(&format!("{wild_listen}{join}")).is_err());
+        let urls = "client_urls = [\"https://edge.example.com\"]\n";
+        assert!(NodeConfig::from_toml(&format!("{wild_listen}{join}{urls}")).is_ok());
     }
 
     #[test]

@@ -66,7 +66,12 @@ impl Cluster {
             None,
             Timing::default(),
         )?);
-        let peer_addr = endpoint.local_addr()?;
+        // What others dial: the configured address (a wildcard bind is not dialable),
+        // or the bound one when the config left the port to the system.
+        let peer_addr = match cluster.advertised(&config.node_id) {
+            Some(addr) if addr.port() != 0 => addr,
+            _ => endpoint.local_addr()?,
+        };
         let me = Member::new(&config.node_id, peer_addr);
         let timing = RaftTiming {
             heartbeat: Duration::from_millis(cluster.raft_heartbeat_ms),
