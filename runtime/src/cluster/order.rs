@@ -54,6 +54,19 @@ impl<T> Origin<T> {
             asked_at: None,
         }
     }
+
+    /// Move every held message that is now next into `out`, in order.
+    fn release(&mut self, origin: &NodeId, out: &mut Vec<(NodeId, Seq, T)>) {
+        while let Some(next) = self.waiting.remove(&(self.delivered.0 + 1)) {
+            self.delivered = Seq(self.delivered.0 + 1);
+            out.push((origin.clone(), self.delivered, next));
+        }
+        // A gap is closed once nothing waits; otherwise the rest of it is still open.
+        if self.waiting.is_empty() {
+            self.gap_since = None;
+            self.asked_at = None;
+        }
+    }
 }
 
 pub struct Inbound<T> {
@@ -96,15 +109,7 @@ impl<T> Inbound<T> {
         }
         let mut out = vec![(origin.clone(), seq, msg)];
         o.delivered = seq;
-        while let Some(next) = o.waiting.remove(&(o.delivered.0 + 1)) {
-            o.delivered = Seq(o.delivered.0 + 1);
-            out.push((origin.clone(), o.delivered, next));
-        }
-        // A gap is closed once nothing waits; otherwise the rest of it is still open.
-        if o.waiting.is_empty() {
-            o.gap_since = None;
-            o.asked_at = None;
-        }
+        o.release(origin, &mut out);
         Received::Deliver(out)
     }
 
@@ -153,14 +158,7 @@ impl<T> Inbound<T> {
             }
         }
         o.delivered = Seq(seq.0 - 1);
-        while let Some(next) = o.waiting.remove(&(o.delivered.0 + 1)) {
-            o.delivered = Seq(o.delivered.0 + 1);
-            out.push((origin.clone(), o.delivered, next));
-        }
-        if o.waiting.is_empty() {
-            o.gap_since = None;
-            o.asked_at = None;
-        }
+        o.release(origin, &mut out);
         (out, skipped)
     }
 
