@@ -162,13 +162,22 @@ fn read_config(path: &std::path::Path) -> anyhow::Result<NodeConfig> {
     NodeConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))
 }
 
+/// A request to a node's admin API, with the bearer key when there is one.
+fn admin_request(
+    method: reqwest::Method,
+    endpoint: &str,
+    key: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let req = reqwest::Client::new().request(method, endpoint);
+    match key {
+        Some(key) => req.bearer_auth(key),
+        None => req,
+    }
+}
+
 async fn cluster_status(url: &str, key: Option<&str>) -> anyhow::Result<()> {
     let endpoint = format!("{}/v1/cluster", url.trim_end_matches('/'));
-    let mut req = reqwest::Client::new().get(&endpoint);
-    if let Some(key) = key {
-        req = req.bearer_auth(key);
-    }
-    let resp = req
+    let resp = admin_request(reqwest::Method::GET, &endpoint, key)
         .send()
         .await
         .with_context(|| format!("GET {endpoint}"))?;
@@ -394,11 +403,8 @@ async fn wait_for_signal() {
 async fn deploy(app: &str, file: &PathBuf, url: &str, key: Option<&str>) -> anyhow::Result<()> {
     let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let endpoint = format!("{}/v1/apps/{app}/handler", url.trim_end_matches('/'));
-    let mut req = reqwest::Client::new().put(&endpoint).body(wasm);
-    if let Some(key) = key {
-        req = req.bearer_auth(key);
-    }
-    let resp = req
+    let resp = admin_request(reqwest::Method::PUT, &endpoint, key)
+        .body(wasm)
         .send()
         .await
         .with_context(|| format!("PUT {endpoint}"))?;

@@ -81,16 +81,21 @@ async fn python_socketio_client() {
     node.stop().await;
 }
 
+/// Open an Engine.IO polling session on the default app; returns its URL (with sid).
+async fn open_polling(node: &TestNode, http: &reqwest::Client) -> String {
+    let base = node.url("/socket.io/?EIO=4&transport=polling");
+    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+    let handshake: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+    format!("{base}&sid={}", handshake["sid"].as_str().unwrap())
+}
+
 /// A node that stops tells its Socket.IO clients (a close packet to a parked poll), so
 /// they reconnect elsewhere, and it does not wait for them to time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_socketio_sessions() {
     let node = node().await;
-    let base = node.url("/socket.io/?EIO=4&transport=polling");
     let http = reqwest::Client::new();
-    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
-    let handshake: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
-    let url = format!("{base}&sid={}", handshake["sid"].as_str().unwrap());
+    let url = open_polling(&node, &http).await;
     let posted = http.post(&url).body("40").send().await.unwrap();
     assert_eq!(posted.text().await.unwrap(), "ok");
     let connected = http.get(&url).send().await.unwrap().text().await.unwrap();
@@ -116,11 +121,8 @@ async fn shutdown_closes_socketio_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poll_that_raced_the_close_gets_its_noop() {
     let node = node().await;
-    let base = node.url("/socket.io/?EIO=4&transport=polling");
     let http = reqwest::Client::new();
-    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
-    let handshake: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
-    let url = format!("{base}&sid={}", handshake["sid"].as_str().unwrap());
+    let url = open_polling(&node, &http).await;
     let closed = http.post(&url).body("1").send().await.unwrap();
     assert_eq!(closed.text().await.unwrap(), "ok");
     let late = http.get(&url).send().await.unwrap();
