@@ -65,9 +65,38 @@ impl Fleet {
         c
     }
 
+    /// Starts every node and waits until each has heard from all the others, so tests
+    /// start from a cluster whose health view is complete.
     async fn start_all(&self) -> Vec<RunningNode> {
         let starting = (0..NAMES.len()).map(|i| edgeroom::start(self.config(i)));
-        futures_util::future::try_join_all(starting).await.unwrap()
+        let nodes = futures_util::future::try_join_all(starting).await.unwrap();
+        for n in &nodes {
+            wait_all_alive(n).await;
+        }
+        nodes
+    }
+}
+
+async fn wait_all_alive(node: &RunningNode) {
+    let me = node.node.config.node_id.as_str();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, cluster) = get(node, "/v1/cluster").await;
+        // Every node is in the control state, and every other one has answered a ping.
+        let heard = cluster["nodes"].as_array().map_or(0, |nodes| {
+            nodes
+                .iter()
+                .filter(|n| n["node"] == me || (n["alive"] == true && n["rtt_ms"].is_number()))
+                .count()
+        });
+        if heard == NAMES.len() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{me} never heard from every peer: {cluster}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
