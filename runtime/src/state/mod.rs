@@ -2,11 +2,25 @@
 //!
 //! Handlers read and write JSON at a path; lists take numeric segments. Counters are
 //! Automerge counters, so increments made concurrently on different replicas sum
-//! instead of overwriting each other. The document is what replicas sync.
+//! instead of overwriting each other. The document is what replicas sync (the
+//! Automerge sync protocol, [`RoomDoc::sync_message`] and [`RoomDoc::receive_sync`]).
+//!
+//! Replicas create containers concurrently: two nodes whose first `incr` lands at the
+//! same moment would each create a counter at `count`, Automerge would keep one, and
+//! the other's increments would vanish with it. So a map, list or counter that a path
+//! needs and that does not exist yet is created by a *genesis* change that every
+//! replica computes byte for byte the same (an actor derived from the path, no
+//! dependencies beyond the path's own genesis changes, time 0): the copies merge into
+//! one object. This holds while every step of the path was created that way; below a
+//! value a handler `put` as a whole, creation is ordinary (last writer wins).
 
-use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ChangeHash, ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{
+    ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue,
+    Value, sync, sync::SyncDoc,
+};
 use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
 
 /// Deepest path a handler may address.
 const MAX_SEGMENTS: usize = 32;
@@ -98,13 +112,13 @@ impl RoomDoc {
 
     /// Add `by` to the counter at `path`, creating it at 0 if absent. Returns the new value.
     pub fn increment(&mut self, path: &str, by: i64) -> Result<i64, String> {
-        let (obj, prop) = self.resolve(path)?;
+        let (obj, prop, shared) = self.resolve_shared(path)?;
         let existing = match self.doc.get(&obj, prop.clone()).map_err(err)? {
             Some((Value::Scalar(s), _)) if s.is_counter() => true,
             Some(_) => return Err(format!("`{path}` holds a value that is not a counter")),
             None => false,
         };
-        if !existing {
+        if !existing && !(shared && self.genesis(path, Leaf::Counter, &obj, &prop)?.is_some()) {
             self.doc
                 .put(&obj, prop.clone(), ScalarValue::counter(0))
                 .map_err(err)?;
@@ -121,14 +135,19 @@ impl RoomDoc {
     /// Append to the list at `path` (created if absent). Returns the new length.
     pub fn push(&mut self, path: &str, value: &Json) -> Result<u32, String> {
         check_depth(value, 0)?;
-        let (obj, prop) = self.resolve(path)?;
+        let (obj, prop, shared) = self.resolve_shared(path)?;
         let list = match self.doc.get(&obj, prop.clone()).map_err(err)? {
             Some((Value::Object(ObjType::List), id)) => id,
             Some(_) => return Err(format!("`{path}` is not a list")),
-            None => self
-                .doc
-                .put_object(&obj, prop, ObjType::List)
-                .map_err(err)?,
+            None => match shared {
+                true => self.genesis(path, Leaf::List, &obj, &prop)?,
+                false => None,
+            }
+            .map_or_else(
+                || self.doc.put_object(&obj, prop.clone(), ObjType::List),
+                Ok,
+            )
+            .map_err(err)?,
         };
         let n = self.doc.length(&list);
         put_json(&mut self.doc, &list, Prop::Seq(n), value, true).map_err(err)?;
@@ -155,29 +174,140 @@ impl RoomDoc {
 
     /// The parent object and last property of `path`, creating missing maps.
     fn resolve(&mut self, path: &str) -> Result<(ObjId, Prop), String> {
+        self.resolve_shared(path).map(|(obj, prop, _)| (obj, prop))
+    }
+
+    /// [`RoomDoc::resolve`], and whether every step of the path is a genesis object
+    /// (so what is created at its end can be a genesis object too).
+    fn resolve_shared(&mut self, path: &str) -> Result<(ObjId, Prop, bool), String> {
         let segs = segments(path)?;
         let Some((last, parents)) = segs.split_last() else {
             return Err("path must name a value inside the document".into());
         };
         let mut obj = ROOT;
-        for seg in parents {
+        let mut shared = true;
+        for (i, seg) in parents.iter().enumerate() {
             let prop = prop_for(&self.doc, &obj, seg)?;
+            let here = &segs[..=i];
             let next = match self.doc.get(&obj, prop.clone()).map_err(err)? {
                 Some((Value::Object(_), id)) => Some(id),
                 Some((Value::Scalar(_), _)) => return Err(format!("`{seg}` is not an object")),
                 None => None,
             };
             obj = match next {
-                Some(id) => id,
+                Some(id) => {
+                    shared &= is_genesis(&id, here, Leaf::Map);
+                    id
+                }
                 None if matches!(prop, Prop::Map(_)) => {
-                    self.doc.put_object(&obj, prop, ObjType::Map).map_err(err)?
+                    let made = match shared {
+                        true => self.genesis(&here.join("/"), Leaf::Map, &obj, &prop)?,
+                        false => None,
+                    };
+                    match made {
+                        Some(id) => id,
+                        None => {
+                            shared = false;
+                            self.doc.put_object(&obj, prop, ObjType::Map).map_err(err)?
+                        }
+                    }
                 }
                 None => return Err(format!("index `{seg}` is past the end of the list")),
             };
         }
         let prop = prop_for(&self.doc, &obj, last)?;
-        Ok((obj, prop))
+        shared &= matches!(prop, Prop::Map(_));
+        Ok((obj, prop, shared))
     }
+
+    /// Create what `path` needs at its end through its genesis changes. Returns the
+    /// object (none for a counter) if the genesis value is now at `prop` of `obj`;
+    /// `None` if it is not (it was created before and deleted since: the genesis
+    /// change is already in the history and applying it again changes nothing).
+    fn genesis(
+        &mut self,
+        path: &str,
+        leaf: Leaf,
+        obj: &ObjId,
+        prop: &Prop,
+    ) -> Result<Option<ObjId>, String> {
+        let segs = segments(path)?;
+        let changes = genesis_changes(&segs, leaf).map_err(err)?;
+        self.doc.apply_changes(changes).map_err(err)?;
+        let values = self.doc.get_all(obj, prop.clone()).map_err(err)?;
+        let mine = values
+            .into_iter()
+            .find(|(_, id)| is_genesis(id, &segs, leaf));
+        Ok(match (mine, leaf) {
+            (Some((Value::Object(_), id)), Leaf::Map | Leaf::List) => Some(id),
+            (Some(_), Leaf::Counter) => Some(ROOT),
+            _ => None,
+        })
+    }
+
+    /// The next Automerge sync message for a peer whose sync state is `state`, if
+    /// there is anything to say.
+    pub fn sync_message(&mut self, state: &mut sync::State) -> Option<Vec<u8>> {
+        self.doc
+            .sync()
+            .generate_sync_message(state)
+            .map(sync::Message::encode)
+    }
+
+    /// Take in a peer's sync message. True if the document changed.
+    pub fn receive_sync(&mut self, state: &mut sync::State, bytes: &[u8]) -> Result<bool, String> {
+        let message = sync::Message::decode(bytes).map_err(err)?;
+        let before = self.doc.get_heads();
+        self.doc
+            .sync()
+            .receive_sync_message(state, message)
+            .map_err(err)?;
+        Ok(self.doc.get_heads() != before)
+    }
+}
+
+/// What a genesis change creates at the end of its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaf {
+    Map,
+    List,
+    Counter,
+}
+
+/// The actor of the genesis change that creates `leaf` at `path`.
+fn genesis_actor(path: &[&str], leaf: Leaf) -> ActorId {
+    let mut h = Sha256::new();
+    h.update(b"edgeroom-genesis\0");
+    h.update([leaf as u8]);
+    for seg in path {
+        h.update(b"\0");
+        h.update(seg.as_bytes());
+    }
+    ActorId::from(&h.finalize()[..16])
+}
+
+fn is_genesis(id: &ObjId, path: &[&str], leaf: Leaf) -> bool {
+    matches!(id, ObjId::Id(_, actor, _) if *actor == genesis_actor(path, leaf))
+}
+
+/// The changes that create every map on `path` and `leaf` at its end, identical on
+/// every replica.
+fn genesis_changes(path: &[&str], leaf: Leaf) -> Result<Vec<Change>, automerge::AutomergeError> {
+    let mut g = AutoCommit::new();
+    let mut obj = ROOT;
+    let mut out = Vec::with_capacity(path.len());
+    for (i, seg) in path.iter().enumerate() {
+        let kind = if i + 1 == path.len() { leaf } else { Leaf::Map };
+        g.set_actor(genesis_actor(&path[..=i], kind));
+        match kind {
+            Leaf::Map => obj = g.put_object(&obj, *seg, ObjType::Map)?,
+            Leaf::List => obj = g.put_object(&obj, *seg, ObjType::List)?,
+            Leaf::Counter => g.put(&obj, *seg, ScalarValue::counter(0))?,
+        }
+        g.commit_with(CommitOptions::default().with_time(0));
+        out.extend(g.get_last_local_change());
+    }
+    Ok(out)
 }
 
 fn check_depth(v: &Json, depth: usize) -> Result<(), String> {
@@ -321,6 +451,44 @@ mod tests {
         assert!(a.increment("", 1).is_err());
         a.put("s", &json!("x")).unwrap();
         assert!(a.increment("s", 1).is_err());
+    }
+
+    /// Three replicas whose first increments are concurrent, synced with the Automerge
+    /// sync protocol in every direction: every increment counts, everywhere.
+    #[test]
+    fn concurrent_first_increments_sum_after_sync() {
+        let mut docs = [RoomDoc::new(), RoomDoc::new(), RoomDoc::new()];
+        for (i, d) in docs.iter_mut().enumerate() {
+            d.increment("count", i as i64 + 1).unwrap();
+            d.increment("game/score", 10).unwrap();
+            d.push("game/log", &json!(i)).unwrap();
+        }
+        let mut states: Vec<Vec<sync::State>> = (0..3)
+            .map(|_| (0..3).map(|_| sync::State::new()).collect())
+            .collect();
+        for _round in 0..6 {
+            for a in 0..3 {
+                for b in 0..3 {
+                    if a == b {
+                        continue;
+                    }
+                    if let Some(msg) = docs[a].sync_message(&mut states[a][b]) {
+                        docs[b].receive_sync(&mut states[b][a], &msg).unwrap();
+                    }
+                }
+            }
+        }
+        for d in &docs {
+            assert_eq!(d.get("count").unwrap(), Some(json!(6)));
+            assert_eq!(d.get("game/score").unwrap(), Some(json!(30)));
+            let log = d.get("game/log").unwrap().unwrap();
+            assert_eq!(log.as_array().unwrap().len(), 3, "{log}");
+        }
+        assert!(
+            docs[0]
+                .receive_sync(&mut sync::State::new(), b"junk")
+                .is_err()
+        );
     }
 
     #[test]
