@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use edgeroom::config::SandboxConfig;
-use edgeroom::ids::{NodeId, RoomId};
+use edgeroom::ids::{NodeId, RoomId, Seq};
 use edgeroom::metrics::Metrics;
 use edgeroom::payload::Payload;
 use edgeroom::room::World;
@@ -21,6 +21,7 @@ fn world(metrics: &Arc<Metrics>) -> World {
     let core = RoomCore::new(
         NodeId::new("b1").unwrap(),
         room.clone(),
+        Seq(1),
         LogLimits {
             max_age_ms: 120_000,
             max_events: 1000,

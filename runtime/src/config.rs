@@ -85,6 +85,14 @@ pub struct ClusterConfig {
     /// Raft elections start after a silence of this much (randomised up to twice).
     #[serde(default = "default_election_ms")]
     pub raft_election_ms: u64,
+    /// A peer silent this long is declared dead: its rooms' presence vanishes
+    /// everywhere and it leaves the routing table. Pings go out every sixth of it.
+    #[serde(default = "default_failure_timeout_ms")]
+    pub failure_timeout_ms: u64,
+}
+
+fn default_failure_timeout_ms() -> u64 {
+    3000
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -123,6 +131,7 @@ impl ClusterConfig {
             client_urls: Vec::new(),
             raft_heartbeat_ms: default_heartbeat_ms(),
             raft_election_ms: default_election_ms(),
+            failure_timeout_ms: default_failure_timeout_ms(),
         }
     }
 
@@ -144,6 +153,10 @@ impl ClusterConfig {
         anyhow::ensure!(
             self.raft_heartbeat_ms > 0 && self.raft_election_ms >= 3 * self.raft_heartbeat_ms,
             "cluster: raft_election_ms must be at least 3 heartbeats"
+        );
+        anyhow::ensure!(
+            self.failure_timeout_ms >= 300,
+            "cluster: failure_timeout_ms must be at least 300"
         );
         Ok(())
     }

@@ -96,7 +96,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         store,
         metrics: metrics.clone(),
         shutdown: shutdown_rx,
+        replicator: cluster.as_ref().map(|c| c.replicator.clone()),
     });
+    if let Some(deliveries) = cluster.as_ref().and_then(|c| c.take_deliveries()) {
+        tokio::spawn(rooms.clone().serve_peers(deliveries));
+    }
     let node = Arc::new(Node {
         config,
         addr,

@@ -10,6 +10,7 @@ use edgeroom::cluster::control::state::{Command, NodeInfo, Response};
 use edgeroom::cluster::control::{ControlPlane, Member, RaftTiming};
 use edgeroom::cluster::mesh;
 use edgeroom::ids::{AppName, NodeId};
+use edgeroom::room::replica::Replicator;
 use edgeroom::transport::{ClusterCa, Endpoint, NodeTls, Timing};
 
 struct TestNode {
@@ -47,7 +48,9 @@ async fn start(ca: &ClusterCa, name: &str, addr: SocketAddr, dir: &std::path::Pa
     let control = ControlPlane::start(dir, endpoint.clone(), Member::new(&node, addr), timing())
         .await
         .unwrap();
-    let serving = tokio::spawn(mesh::serve(endpoint.clone(), control.clone()));
+    // Just the control plane: the data plane's replicator has no rooms behind it here.
+    let (replicator, _deliveries) = Replicator::new(node.clone(), "test".into());
+    let serving = tokio::spawn(mesh::serve(endpoint.clone(), control.clone(), replicator));
     TestNode {
         name: name.into(),
         addr,

@@ -6,8 +6,8 @@
 //! interested region, to one relay node there, which fans it out inside its region:
 //! never one cross-region copy per subscriber. Within the origin's own region it goes to
 //! every interested node directly. A node declared dead loses its interests at once.
-//! Sans-IO: fed announcements, membership changes and verdicts; answers queries. (The
-//! data plane that drives it is not wired yet.)
+//! Sans-IO: fed announcements, membership changes and verdicts; answers queries;
+//! `replicate` drives it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -93,6 +93,17 @@ impl Interest {
         }
         self.local.remove(room);
         Some(Announce::Left(room.clone()))
+    }
+
+    /// Every other node with members in `room`.
+    pub fn nodes(&self, room: &RoomRef) -> Vec<NodeId> {
+        self.rooms
+            .get(room)
+            .map_or_else(Vec::new, |nodes| nodes.iter().cloned().collect())
+    }
+
+    pub fn region_of(&self, node: &NodeId) -> Option<&str> {
+        self.regions.get(node).map(String::as_str)
     }
 
     /// What to tell a peer that just connected.

@@ -6,9 +6,11 @@
 //! - `registry`: keeps this node's handlers in step with the control plane.
 //! - `health`: failure detection and round trips between nodes.
 //! - `route`: ranks regions for a client's location (`GET /v1/route`).
-//! - `interest`, `order`: the data plane's sans-IO cores (not wired to rooms yet):
-//!   which nodes want a room's messages and the one relay per region, and per-origin
-//!   FIFO, dedupe and gap repair on the receiving side.
+//! - `replicate`: the data plane's links: room messages to the nodes that want them,
+//!   peers' messages to this node's rooms (what they say is `room::replica`'s).
+//! - `interest`, `order`: the data plane's sans-IO cores: which nodes want a room's
+//!   messages and the one relay per region, and per-origin FIFO, dedupe and gap repair
+//!   on the receiving side.
 //!
 //! [`Cluster::start`] brings a node into its cluster: certificates, QUIC endpoint, Raft,
 //! then creating the cluster (voters on first start) or joining it.
@@ -19,6 +21,7 @@ pub mod interest;
 pub mod mesh;
 pub mod order;
 pub mod registry;
+pub mod replicate;
 pub mod route;
 
 use std::net::SocketAddr;
@@ -33,6 +36,7 @@ use crate::apps::{AppSettings, Apps, DeployError, Deployed};
 use crate::config::{ClusterConfig, NodeConfig, parse_peer};
 use crate::ids::AppName;
 use crate::room::World;
+use crate::room::replica::{Replicator, RoomMsg};
 use crate::store::AppConfig;
 use crate::transport::{Endpoint, NodeTls, Timing};
 use control::state::{Command, NodeInfo, Response};
@@ -44,6 +48,10 @@ pub struct Cluster {
     pub endpoint: Arc<Endpoint>,
     pub control: Arc<ControlPlane>,
     pub health: Arc<Health>,
+    pub replicator: Arc<Replicator>,
+    /// What peers send this node's rooms; taken once by the node that serves them.
+    deliveries:
+        parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<replicate::Delivery<RoomMsg>>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -86,19 +94,38 @@ impl Cluster {
             timing,
         )
         .await?;
-        let health = Health::new(config.node_id.clone(), HealthTiming::default());
+        let health = Health::new(
+            config.node_id.clone(),
+            HealthTiming {
+                timeout: Duration::from_millis(cluster.failure_timeout_ms),
+                interval: Duration::from_millis(cluster.failure_timeout_ms / 6),
+            },
+        );
+        let (replicator, deliveries) =
+            Replicator::new(config.node_id.clone(), config.region.clone());
         let tasks = vec![
-            tokio::spawn(mesh::serve(endpoint.clone(), control.clone())),
+            tokio::spawn(mesh::serve(
+                endpoint.clone(),
+                control.clone(),
+                replicator.clone(),
+            )),
             tokio::spawn(health::run(
                 health.clone(),
                 control.clone(),
                 endpoint.clone(),
             )),
+            tokio::spawn(
+                replicator
+                    .clone()
+                    .run(control.clone(), endpoint.clone(), health.clone()),
+            ),
         ];
         let this = Arc::new(Self {
             endpoint,
             control,
             health,
+            replicator,
+            deliveries: parking_lot::Mutex::new(Some(deliveries)),
             tasks,
         });
 
@@ -250,6 +277,13 @@ impl Cluster {
             .map_err(|e| DeployError::Unavailable(e.to_string()))?;
         registry::catch_up(&self.control, apps).await;
         Ok(())
+    }
+
+    /// What peers send this node's rooms (once: the node's rooms serve it).
+    pub fn take_deliveries(
+        &self,
+    ) -> Option<tokio::sync::mpsc::Receiver<replicate::Delivery<RoomMsg>>> {
+        self.deliveries.lock().take()
     }
 
     /// The cluster secret (hex) that signs resume tokens.

@@ -7,8 +7,7 @@
 //! back, in order, exactly the messages to deliver to its members. A gap that stays
 //! open for `patience` becomes a [`Repair`] request for the origin's room log; it is
 //! asked again every `patience` until filled. Sans-IO: fed messages and time, returns
-//! actions; the room actor does the I/O. (The data plane that drives it is not wired
-//! yet.)
+//! actions; the room actor does the I/O (`room::replica`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -142,9 +141,10 @@ impl<T> Inbound<T> {
     /// declared dead): give up on the gap and go on from there. Returns what that
     /// unblocks, and how many messages were skipped (for a "gap" notice to members).
     pub fn skip_to(&mut self, origin: &NodeId, seq: Seq) -> (Vec<(NodeId, Seq, T)>, u64) {
-        let Some(o) = self.origins.get_mut(origin) else {
-            return (Vec::new(), 0);
-        };
+        let o = self
+            .origins
+            .entry(origin.clone())
+            .or_insert_with(|| Origin::new(Seq(0)));
         if seq.0 <= o.delivered.0 + 1 {
             return (Vec::new(), 0);
         }
@@ -160,6 +160,24 @@ impl<T> Inbound<T> {
         o.delivered = Seq(seq.0 - 1);
         o.release(origin, &mut out);
         (out, skipped)
+    }
+
+    /// The last sequence number delivered from `origin`; `None` if never heard of.
+    pub fn delivered(&self, origin: &NodeId) -> Option<Seq> {
+        self.origins.get(origin).map(|o| o.delivered)
+    }
+
+    /// `origin` is gone for good (declared dead): deliver what it sent that waits
+    /// behind a gap, skipping the gap. Returns that, and how many were skipped.
+    pub fn give_up(&mut self, origin: &NodeId) -> (Vec<(NodeId, Seq, T)>, u64) {
+        let last = self
+            .origins
+            .get(origin)
+            .and_then(|o| o.waiting.last_key_value().map(|(s, _)| *s));
+        match last {
+            Some(last) => self.skip_to(origin, Seq(last + 1)),
+            None => (Vec::new(), 0),
+        }
     }
 
     /// Everything delivered so far, per origin: the replica's resume cursor.

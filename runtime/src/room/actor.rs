@@ -8,12 +8,14 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::core::{LogLimits, RoomCore};
 use super::outbox::{Link, Outbound};
-use super::world::{EmitResult, Place, World};
+use super::replica::Replica;
+use super::world::{EmitResult, Outgoing, Place, World};
 use super::{JoinOutcome, MemberView, ReattachOutcome, RoomCmd, RoomKey, RoomView, Rooms};
 use crate::apps::{LiveRx, now_ms};
 use crate::ids::{ConnId, Seq};
 use crate::protocol::native::{Ref, ServerFrame};
 use crate::protocol::{Cursor, ErrorCode, ProtoError};
+use crate::room::core::LogEntry;
 use crate::sandbox::{Call, Failure, Returned, Slot};
 use crate::state::RoomDoc;
 
@@ -30,6 +32,8 @@ struct Actor {
     timer_at: Option<Instant>,
     empty_since_ms: Option<u64>,
     last_save_ms: u64,
+    /// In a cluster: this room's part in replication.
+    replica: Option<Replica>,
 }
 
 pub(super) fn spawn(
@@ -62,14 +66,25 @@ pub(super) fn spawn(
             max_age_ms: env.limits.history_ms,
             max_events: env.limits.history_max_events,
         };
-        let core = RoomCore::new(env.node.clone(), key.room.clone(), limits);
+        let replica = env
+            .replicator
+            .clone()
+            .map(|rep| Replica::new(rep, (key.app.clone(), key.room.clone())));
+        let first_seq = match replica {
+            Some(_) => Replica::first_seq(now_ms()),
+            None => Seq(1),
+        };
+        let core = RoomCore::new(env.node.clone(), key.room.clone(), first_seq, limits);
         let place = Place {
             app: key.app.to_string(),
             room: key.room.clone(),
             node: env.node.to_string(),
             region: env.region.clone(),
         };
-        let world = World::new(place, core, doc, env.metrics.clone());
+        let mut world = World::new(place, core, doc, env.metrics.clone());
+        if replica.is_some() {
+            world.outgoing = Some(Outgoing::default());
+        }
         let slot = Slot::new(world, &env.sandbox);
         env.metrics.rooms.inc();
         let actor = Actor {
@@ -80,6 +95,7 @@ pub(super) fn spawn(
             timer_at: None,
             empty_since_ms: None,
             last_save_ms: now_ms(),
+            replica,
         };
         actor.run(rx).await;
         rooms.env().metrics.rooms.dec();
@@ -109,9 +125,16 @@ impl Actor {
         if *shutdown.borrow_and_update() {
             return;
         }
+        let mut repairs = tokio::time::interval(Duration::from_millis(100));
+        repairs.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let timer = self.timer_at;
             tokio::select! {
+                _ = repairs.tick(), if self.replica.is_some() => {
+                    if let Some(r) = &mut self.replica {
+                        r.poll(std::time::Instant::now());
+                    }
+                }
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
                     None => break,
@@ -255,6 +278,26 @@ impl Actor {
                 let view = self.view();
                 let _ = done.send(view);
             }
+            RoomCmd::Peer { from, msg } => {
+                if let Some(mut r) = self.replica.take() {
+                    r.receive(self.world(), from, msg, std::time::Instant::now());
+                    self.replica = Some(r);
+                    self.after_call().await;
+                }
+            }
+            RoomCmd::PeerUp(node) => {
+                if let Some(mut r) = self.replica.take() {
+                    r.peer_up(self.world(), &node);
+                    self.replica = Some(r);
+                }
+            }
+            RoomCmd::PeerDown(node) => {
+                if let Some(mut r) = self.replica.take() {
+                    r.peer_down(self.world(), &node);
+                    self.replica = Some(r);
+                    self.after_call().await;
+                }
+            }
         }
     }
 
@@ -323,13 +366,7 @@ impl Actor {
             .member(&conn)
             .map(|m| m.presence.clone())
             .unwrap_or_else(|| "null".into());
-        let joined = ServerFrame::Presence {
-            room: room.clone(),
-            joined: vec![(conn.clone(), presence)],
-            left: vec![],
-            snapshot: false,
-        };
-        w.push_all(&joined, None);
+        w.presence_changed(vec![(conn.clone(), presence)], vec![]);
         w.links.insert(conn.clone(), link);
         if let Some(r#ref) = r#ref {
             w.push(
@@ -345,6 +382,10 @@ impl Actor {
         let replay = w.core.replay_for(&conn, &resume_from.unwrap_or(before));
         self.send_replay(&conn, replay);
         self.send_snapshot(&conn);
+        if let Some(mut r) = self.replica.take() {
+            r.member_joined(self.world());
+            self.replica = Some(r);
+        }
         JoinOutcome::Joined
     }
 
@@ -386,12 +427,7 @@ impl Actor {
             return;
         };
         if interest.presence {
-            let joined = w
-                .core
-                .members()
-                .iter()
-                .map(|(c, m)| (c.clone(), m.presence.clone()))
-                .collect();
+            let joined = w.all_presence();
             let snapshot = ServerFrame::Presence {
                 room,
                 joined,
@@ -453,19 +489,16 @@ impl Actor {
 
     /// Take a member out: tell the others, then the handler.
     async fn remove_member(&mut self, conn: &ConnId) {
-        let room = self.key.room.clone();
         let w = self.world();
         w.links.remove(conn);
         if w.core.leave(conn).is_none() {
             return;
         }
-        let left = ServerFrame::Presence {
-            room,
-            joined: vec![],
-            left: vec![conn.clone()],
-            snapshot: false,
-        };
-        w.push_all(&left, None);
+        w.presence_changed(vec![], vec![conn.clone()]);
+        if let Some(r) = &mut self.replica {
+            r.member_left();
+        }
+        let w = self.world();
         w.current = Some(conn.clone());
         self.call(Call::Leave {
             conn: conn.as_string(),
@@ -492,13 +525,14 @@ impl Actor {
         self.world().kicks.clear();
         let now = now_ms();
         let w = self.world();
-        // The first event each lost connection missed bounds what it was queued.
-        let mut lost: Vec<(ConnId, Option<Seq>)> = std::mem::take(&mut w.lost);
-        lost.sort_by(|a, b| (&a.0, a.1.is_none(), a.1).cmp(&(&b.0, b.1.is_none(), b.1)));
+        // The first event each lost connection missed bounds what it was queued
+        // (pushes happen in log order; the sort is stable).
+        let mut lost: Vec<(ConnId, Option<std::sync::Arc<LogEntry>>)> = std::mem::take(&mut w.lost);
+        lost.sort_by(|a, b| (&a.0, a.1.is_none()).cmp(&(&b.0, b.1.is_none())));
         lost.dedup_by(|later, first| later.0 == first.0);
         for (conn, lost_at) in lost {
             w.links.remove(&conn);
-            w.core.detach(&conn, now, lost_at);
+            w.core.detach(&conn, now, lost_at.as_deref());
         }
         if std::mem::take(&mut w.state_changed) {
             let frame = w.state_frame();
@@ -506,6 +540,10 @@ impl Actor {
         }
         if let Some(ms) = w.timer.take() {
             self.timer_at = Some(Instant::now() + Duration::from_millis(u64::from(ms)));
+        }
+        if let Some(mut r) = self.replica.take() {
+            r.flush(self.world());
+            self.replica = Some(r);
         }
     }
 
@@ -561,19 +599,26 @@ impl Actor {
     fn view(&mut self) -> RoomView {
         let sha = self.slot.live().map(str::to_owned);
         let w = self.world();
+        let json = |p: &str| serde_json::from_str(p).unwrap_or(serde_json::Value::Null);
+        let local = w.core.members().iter().map(|(c, m)| MemberView {
+            conn: c.to_string(),
+            presence: json(&m.presence),
+            connected: m.detached_since_ms.is_none(),
+            node: w.place.node.clone(),
+        });
+        let remote = w.remote.iter().flat_map(|(node, members)| {
+            members.iter().map(|(c, p)| MemberView {
+                conn: c.to_string(),
+                presence: json(p),
+                connected: true,
+                node: node.to_string(),
+            })
+        });
+        let members = local.chain(remote).collect();
         RoomView {
             app: w.place.app.clone(),
             room: w.place.room.to_string(),
-            members: w
-                .core
-                .members()
-                .iter()
-                .map(|(c, m)| MemberView {
-                    conn: c.to_string(),
-                    presence: serde_json::from_str(&m.presence).unwrap_or(serde_json::Value::Null),
-                    connected: m.detached_since_ms.is_none(),
-                })
-                .collect(),
+            members,
             state: w.doc.to_json(),
             cursor: w.core.head().to_string(),
             history_len: w.core.log_len(),

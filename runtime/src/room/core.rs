@@ -15,7 +15,7 @@ use crate::protocol::Cursor;
 use crate::protocol::native::Format;
 
 /// Who an event is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Target {
     All,
     AllExcept(ConnId),
@@ -67,6 +67,18 @@ impl LogEntry {
     }
 }
 
+/// An event with its origin and sequence number, before it is logged.
+#[derive(Debug, Clone)]
+pub struct Sequenced {
+    pub origin: NodeId,
+    pub seq: Seq,
+    pub at_ms: u64,
+    pub target: Target,
+    pub event: String,
+    pub payload: Payload,
+    pub from: Option<ConnId>,
+}
+
 /// A member of the room.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -76,10 +88,10 @@ pub struct Member {
     pub auth: String,
     /// `Some(t)` while the member's connection is gone: since when.
     pub detached_since_ms: Option<u64>,
-    /// Highest sequence number of this origin queued to the member, as of its detach
-    /// (the resume point when the client does not say what it received). Set when the
-    /// member detaches rather than per delivery, which keeps fan-out free of lookups.
-    pub last_queued: Seq,
+    /// Everything queued to the member, per origin, as of its detach (the resume point
+    /// when the client does not say what it received). Set when the member detaches
+    /// rather than per delivery, which keeps fan-out free of lookups.
+    pub last_queued: Cursor,
 }
 
 /// Results remembered for idempotent emits, keyed by the client's `id`.
@@ -104,6 +116,8 @@ pub struct RoomCore<R> {
     members: BTreeMap<ConnId, Member>,
     log: VecDeque<Arc<LogEntry>>,
     limits: LogLimits,
+    /// This node's first sequence number in this room since the room was loaded.
+    first_seq: Seq,
     /// Per origin, the highest sequence number no longer in the log.
     evicted: Cursor,
     head: Cursor,
@@ -119,11 +133,13 @@ pub struct Replay {
 }
 
 impl<R: Clone> RoomCore<R> {
-    pub fn new(origin: NodeId, room: RoomId, limits: LogLimits) -> Self {
+    /// A room whose events from this node are numbered from `first_seq` on.
+    pub fn new(origin: NodeId, room: RoomId, first_seq: Seq, limits: LogLimits) -> Self {
         Self {
             origin,
             room,
-            next_seq: Seq(1),
+            next_seq: first_seq,
+            first_seq,
             members: BTreeMap::new(),
             log: VecDeque::new(),
             limits,
@@ -163,14 +179,13 @@ impl<R: Clone> RoomCore<R> {
         if self.members.contains_key(&conn) {
             return false;
         }
-        let last_queued = self.head.get(&self.origin);
         self.members.insert(
             conn,
             Member {
                 presence: "null".into(),
                 auth,
                 detached_since_ms: None,
-                last_queued,
+                last_queued: Cursor::default(),
             },
         );
         true
@@ -192,32 +207,56 @@ impl<R: Clone> RoomCore<R> {
     }
 
     /// The member's connection is gone; it stays a member for the presence grace.
-    /// The member's connection is gone. Everything sequenced so far was queued to it,
-    /// except from `lost_at` on when a push to it failed.
-    pub fn detach(&mut self, conn: &ConnId, now_ms: u64, lost_at: Option<Seq>) {
+    /// Everything in the log so far was queued to it, except from `lost_at` on when a
+    /// push to it failed.
+    pub fn detach(&mut self, conn: &ConnId, now_ms: u64, lost_at: Option<&LogEntry>) {
         let upto = match lost_at {
-            Some(s) => Seq(s.0.saturating_sub(1)),
-            None => self.head.get(&self.origin),
+            Some(e) => self.cursor_before(e),
+            None => self.head.clone(),
         };
         if let Some(m) = self.members.get_mut(conn) {
             if m.detached_since_ms.is_none() {
-                m.last_queued = m.last_queued.max(upto);
+                for (origin, seq) in upto.iter() {
+                    m.last_queued.advance(origin, seq);
+                }
             }
             m.detached_since_ms.get_or_insert(now_ms);
         }
     }
 
+    /// The room's cursor just before `entry` was logged: per origin, one below the
+    /// first of its events from `entry` on (per-origin order is log order).
+    fn cursor_before(&self, entry: &LogEntry) -> Cursor {
+        let Some(at) = self
+            .log
+            .iter()
+            .rposition(|e| e.origin == entry.origin && e.seq == entry.seq)
+        else {
+            return self.head.clone();
+        };
+        let mut firsts: BTreeMap<&NodeId, Seq> = BTreeMap::new();
+        for e in self.log.range(at..) {
+            firsts.entry(&e.origin).or_insert(e.seq);
+        }
+        let mut out = Cursor::default();
+        for (origin, seq) in self.head.iter() {
+            let upto = firsts
+                .get(origin)
+                .map_or(seq, |s| Seq(s.0.saturating_sub(1)));
+            out.advance(origin, upto);
+        }
+        out
+    }
+
     /// The member is back: the events it has not seen, by its cursor (or, without one,
     /// after what was last queued to it).
     pub fn reattach(&mut self, conn: &ConnId, cursor: Option<&Cursor>) -> Option<Replay> {
-        let origin = self.origin.clone();
         let m = self.members.get_mut(conn)?;
         m.detached_since_ms = None;
-        let mut from = Cursor::default();
-        match cursor {
-            Some(c) => from = c.clone(),
-            None => from.advance(&origin, m.last_queued),
-        }
+        let from = match cursor {
+            Some(c) => c.clone(),
+            None => m.last_queued.clone(),
+        };
         Some(self.replay_for(conn, &from))
     }
 
@@ -244,22 +283,34 @@ impl<R: Clone> RoomCore<R> {
     ) -> Arc<LogEntry> {
         let seq = self.next_seq;
         self.next_seq = seq.next();
-        self.head.advance(&self.origin, seq);
-        debug_assert!(
-            self.log
-                .back()
-                .is_none_or(|e| e.origin != self.origin || e.seq < seq),
-            "sequence numbers only grow"
-        );
-        let entry = Arc::new(LogEntry {
-            room: self.room.clone(),
-            origin: self.origin.clone(),
+        let origin = self.origin.clone();
+        self.append(Sequenced {
+            origin,
             seq,
             at_ms: now_ms,
             target,
             event,
             payload,
             from,
+        })
+    }
+
+    /// Keep an event another node sequenced (delivered here in its origin's order).
+    pub fn append(&mut self, e: Sequenced) -> Arc<LogEntry> {
+        debug_assert!(
+            !self.head.covers(&e.origin, e.seq),
+            "sequence numbers only grow per origin"
+        );
+        self.head.advance(&e.origin, e.seq);
+        let entry = Arc::new(LogEntry {
+            room: self.room.clone(),
+            origin: e.origin,
+            seq: e.seq,
+            at_ms: e.at_ms,
+            target: e.target,
+            event: e.event,
+            payload: e.payload,
+            from: e.from,
             cursor: self.head.to_string(),
             encoded: Default::default(),
         });
@@ -274,6 +325,28 @@ impl<R: Clone> RoomCore<R> {
         if let Some(e) = self.log.pop_front() {
             self.evicted.advance(&e.origin, e.seq);
         }
+    }
+
+    /// This node's events of this room in `from..=to` still in the log, and the first
+    /// sequence number it can still give (what is below it is gone for good).
+    pub fn own_range(&self, from: Seq, to: Seq) -> (Vec<Arc<LogEntry>>, Seq) {
+        let events: Vec<_> = self
+            .log
+            .iter()
+            .filter(|e| e.origin == self.origin && e.seq >= from && e.seq <= to)
+            .cloned()
+            .collect();
+        let evicted = self.evicted.get(&self.origin);
+        let first = Seq((evicted.0 + 1).max(self.first_seq.0));
+        (events, first)
+    }
+
+    pub fn origin(&self) -> &NodeId {
+        &self.origin
+    }
+
+    pub fn first_seq(&self) -> Seq {
+        self.first_seq
     }
 
     /// The result of an earlier emit with this idempotency id, if still remembered.
@@ -326,6 +399,7 @@ mod tests {
         RoomCore::new(
             NodeId::new("n1").unwrap(),
             RoomId::new("r").unwrap(),
+            Seq(1),
             LogLimits {
                 max_age_ms: 1000,
                 max_events: 3,

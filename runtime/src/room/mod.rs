@@ -8,6 +8,7 @@
 mod actor;
 pub mod core;
 pub mod outbox;
+pub mod replica;
 pub mod world;
 
 use std::collections::HashMap;
@@ -85,6 +86,15 @@ pub enum RoomCmd {
     Inspect {
         done: oneshot::Sender<RoomView>,
     },
+    /// A message from the room's replica on another node.
+    Peer {
+        from: NodeId,
+        msg: replica::RoomMsg,
+    },
+    /// This node's link to a peer came (back) up.
+    PeerUp(NodeId),
+    /// A peer was declared dead.
+    PeerDown(NodeId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +130,8 @@ pub struct MemberView {
     pub conn: String,
     pub presence: serde_json::Value,
     pub connected: bool,
+    /// The node the member is connected to.
+    pub node: String,
 }
 
 /// The way to a room actor.
@@ -146,6 +158,8 @@ pub struct RoomEnv {
     pub metrics: Arc<Metrics>,
     /// Turns true when the node shuts down: rooms save and stop.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// In a cluster: the links to the rooms' replicas on other nodes.
+    pub replicator: Option<Arc<replica::Replicator>>,
 }
 
 /// The loaded rooms of this node.
@@ -269,6 +283,62 @@ impl Rooms {
         self.ask(key, |done| RoomCmd::Inspect { done }, |_| false)
             .await
             .map(|(v, _)| v)
+    }
+
+    /// Every loaded room.
+    pub fn all_loaded(&self) -> Vec<RoomHandle> {
+        self.map
+            .lock()
+            .values()
+            .filter(|h| !h.tx.is_closed())
+            .cloned()
+            .collect()
+    }
+
+    /// Hand what peers send to the rooms it is for, in arrival order, until the
+    /// node stops. A message for a room not loaded here is dropped (this node
+    /// has no members there any more), except a repair request, which is answered
+    /// with "nothing left".
+    pub async fn serve_peers(
+        self: Arc<Self>,
+        mut deliveries: mpsc::Receiver<crate::cluster::replicate::Delivery<replica::RoomMsg>>,
+    ) {
+        use crate::cluster::replicate::Delivery;
+        // Ends with the node: the rooms hold the replicator, which holds the sender.
+        let mut shutdown = self.env.shutdown.clone();
+        loop {
+            let d = tokio::select! {
+                d = deliveries.recv() => match d {
+                    Some(d) => d,
+                    None => return,
+                },
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match d {
+                Delivery::Room { from, room, msg } => {
+                    let key = RoomKey {
+                        app: room.0,
+                        room: room.1,
+                    };
+                    match self.loaded(&key) {
+                        Some(h) => {
+                            h.send(RoomCmd::Peer { from, msg }).await;
+                        }
+                        None => replica::unloaded(&self.env, &key, &from, msg),
+                    }
+                }
+                Delivery::PeerUp(node) => {
+                    for h in self.all_loaded() {
+                        h.send(RoomCmd::PeerUp(node.clone())).await;
+                    }
+                }
+                Delivery::PeerDown(node) => {
+                    for h in self.all_loaded() {
+                        h.send(RoomCmd::PeerDown(node.clone())).await;
+                    }
+                }
+            }
+        }
     }
 
     /// How many rooms are loaded.

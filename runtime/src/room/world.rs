@@ -4,12 +4,12 @@
 //! call, so a reply that follows a broadcast is always behind it. Kicks wait until the
 //! call returns, because a kicked member's `on-leave` is a handler call of its own.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::core::{LogEntry, RoomCore, Target};
 use super::outbox::{Link, Outbound, PushError, Shared};
-use crate::ids::{ConnId, RoomId, Seq};
+use crate::ids::{ConnId, NodeId, RoomId};
 use crate::metrics::Metrics;
 use crate::payload::Payload;
 use crate::protocol::ProtoError;
@@ -44,7 +44,11 @@ pub struct World {
     pub kicks: Vec<(ConnId, String)>,
     /// Connections that fell behind or vanished while being sent to.
     /// With the first event that did not reach them, if it was an event.
-    pub lost: Vec<(ConnId, Option<Seq>)>,
+    pub lost: Vec<(ConnId, Option<Arc<LogEntry>>)>,
+    /// In a cluster: what peers must hear of, gathered during a call and sent after it.
+    pub outgoing: Option<Outgoing>,
+    /// Members on other nodes and their presence, by the node that owns them.
+    pub remote: BTreeMap<NodeId, BTreeMap<ConnId, String>>,
     /// The document changed since members last got the state.
     pub state_changed: bool,
     /// The document changed since it was last saved.
@@ -71,6 +75,8 @@ impl World {
             joining: None,
             kicks: Vec::new(),
             lost: Vec::new(),
+            outgoing: None,
+            remote: BTreeMap::new(),
             state_changed: false,
             unsaved: false,
             timer: None,
@@ -84,8 +90,8 @@ impl World {
         let Some(link) = self.links.get(conn).filter(|l| l.wants(&item)) else {
             return;
         };
-        let seq = match &item {
-            Outbound::Event(e) => Some(e.seq),
+        let event = match &item {
+            Outbound::Event(e) => Some(e.clone()),
             _ => None,
         };
         match link.outbox.push(item) {
@@ -93,7 +99,7 @@ impl World {
                 self.metrics.deliveries.inc();
             }
             Err(PushError::SlowConsumer | PushError::Closed) => {
-                self.lost.push((conn.clone(), seq));
+                self.lost.push((conn.clone(), event));
             }
         }
     }
@@ -102,10 +108,49 @@ impl World {
     pub fn publish(&mut self, target: Target, event: String, payload: Payload) -> Arc<LogEntry> {
         let from = self.current.clone();
         let entry = self.core.publish(self.now_ms, target, event, payload, from);
+        if let Some(out) = &mut self.outgoing {
+            out.events.push(entry.clone());
+        }
+        self.deliver(&entry);
+        entry
+    }
+
+    /// Queue a logged event to every attached member it targets.
+    pub fn deliver(&mut self, entry: &Arc<LogEntry>) {
         let item = Outbound::Event(entry.clone());
         let target = &entry.target;
         self.fan_out(&item, |c| target.includes(c));
-        entry
+    }
+
+    /// Members joined (with their presence) or left here: tell the members here and,
+    /// in a cluster, the other replicas.
+    pub fn presence_changed(&mut self, joined: Vec<(ConnId, String)>, left: Vec<ConnId>) {
+        let frame = ServerFrame::Presence {
+            room: self.place.room.clone(),
+            joined: joined.clone(),
+            left: left.clone(),
+            snapshot: false,
+        };
+        self.push_all(&frame, None);
+        if let Some(out) = &mut self.outgoing {
+            out.joined.extend(joined);
+            out.left.extend(left);
+        }
+    }
+
+    /// Every member's presence, here and on other nodes.
+    pub fn all_presence(&self) -> Vec<(ConnId, String)> {
+        let local = self
+            .core
+            .members()
+            .iter()
+            .map(|(c, m)| (c.clone(), m.presence.clone()));
+        let remote = self
+            .remote
+            .values()
+            .flatten()
+            .map(|(c, p)| (c.clone(), p.clone()));
+        local.chain(remote).collect()
     }
 
     /// Queue a frame to every attached member, optionally but one. The frame is
@@ -118,8 +163,8 @@ impl World {
     /// Queue `item` to the attached members `to` selects, without copying it or the
     /// member list.
     fn fan_out(&mut self, item: &Outbound, to: impl Fn(&ConnId) -> bool) {
-        let seq = match item {
-            Outbound::Event(e) => Some(e.seq),
+        let event = match item {
+            Outbound::Event(e) => Some(e),
             _ => None,
         };
         let World {
@@ -132,7 +177,9 @@ impl World {
         for (conn, link) in links.iter().filter(|(c, l)| to(c) && l.wants(item)) {
             match link.outbox.push(item.clone()) {
                 Ok(()) => delivered += 1,
-                Err(PushError::SlowConsumer | PushError::Closed) => lost.push((conn.clone(), seq)),
+                Err(PushError::SlowConsumer | PushError::Closed) => {
+                    lost.push((conn.clone(), event.cloned()))
+                }
             }
         }
         metrics.deliveries.inc_by(delivered);
@@ -151,13 +198,40 @@ impl World {
         self.core.member(&conn).map(|_| conn)
     }
 
+    /// A member here or on another node.
+    fn is_anywhere(&self, conn: &str) -> Option<ConnId> {
+        let conn = ConnId::from_trusted(conn.to_owned());
+        let remote = self.remote.values().any(|m| m.contains_key(&conn));
+        (remote || self.core.member(&conn).is_some()).then_some(conn)
+    }
+
     fn changed<T>(&mut self, r: Result<T, String>) -> Result<T, String> {
         if r.is_ok() {
-            self.state_changed = true;
-            self.unsaved = true;
+            self.doc_changed();
         }
         r
     }
+
+    /// The document changed (here or through a peer): members get the state, the disk
+    /// and the other replicas the change.
+    pub fn doc_changed(&mut self) {
+        self.state_changed = true;
+        self.unsaved = true;
+        if let Some(out) = &mut self.outgoing {
+            out.state = true;
+        }
+    }
+}
+
+/// What a call produced that the room's other replicas must hear of.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    /// Events this node sequenced.
+    pub events: Vec<Arc<LogEntry>>,
+    pub joined: Vec<(ConnId, String)>,
+    pub left: Vec<ConnId>,
+    /// The document changed.
+    pub state: bool,
 }
 
 fn parse_json(json: &str) -> Result<serde_json::Value, String> {
@@ -174,7 +248,8 @@ impl RoomApi for World {
     }
 
     fn send(&mut self, conn: String, event: String, payload: Payload) {
-        if let Some(conn) = self.is_member(&conn) {
+        // A member on another node gets it there: every replica has every event.
+        if let Some(conn) = self.is_anywhere(&conn) {
             self.publish(Target::Only(conn), event, payload);
         }
     }
@@ -186,10 +261,9 @@ impl RoomApi for World {
     }
 
     fn members(&mut self) -> Vec<(String, String)> {
-        self.core
-            .members()
-            .iter()
-            .map(|(c, m)| (c.as_str().to_owned(), m.presence.clone()))
+        self.all_presence()
+            .into_iter()
+            .map(|(c, p)| (c.as_str().to_owned(), p))
             .collect()
     }
 
@@ -200,13 +274,7 @@ impl RoomApi for World {
         if self.joining.as_ref() == Some(&conn) {
             return Ok(());
         }
-        let frame = ServerFrame::Presence {
-            room: self.place.room.clone(),
-            joined: vec![(conn, presence_json)],
-            left: vec![],
-            snapshot: false,
-        };
-        self.push_all(&frame, None);
+        self.presence_changed(vec![(conn, presence_json)], vec![]);
         Ok(())
     }
 

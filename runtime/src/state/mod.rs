@@ -118,7 +118,8 @@ impl RoomDoc {
             Some(_) => return Err(format!("`{path}` holds a value that is not a counter")),
             None => false,
         };
-        if !existing && !(shared && self.genesis(path, Leaf::Counter, &obj, &prop)?.is_some()) {
+        let made = !existing && shared && self.genesis(path, Leaf::Counter, &obj, &prop)?.is_some();
+        if !existing && !made {
             self.doc
                 .put(&obj, prop.clone(), ScalarValue::counter(0))
                 .map_err(err)?;

@@ -2,6 +2,8 @@
 //! deployed, and a native-protocol WebSocket client.
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

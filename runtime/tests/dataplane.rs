@@ -1,0 +1,220 @@
+//! Rooms that span nodes: three in-process nodes with real QUIC and Raft, native
+//! clients on different nodes in one room, the example handlers compiled for real.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Client;
+use common::fleet::*;
+use edgeroom::RunningNode;
+use serde_json::{Value, json};
+
+/// A fleet with `echo` and `counter` deployed and live on every node.
+async fn fleet_with_apps() -> (Fleet, Vec<RunningNode>) {
+    let fleet = Fleet::new();
+    let nodes = fleet.start_all().await;
+    for app in ["echo", "counter"] {
+        let (status, body) = deploy(&nodes[0], app, example(app), None).await;
+        assert_eq!(status, 200, "{body}");
+        for n in &nodes {
+            wait_version(n, app, 1).await;
+        }
+    }
+    (fleet, nodes)
+}
+
+async fn shutdown(nodes: Vec<RunningNode>) {
+    for n in nodes {
+        n.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+/// Poll `GET /v1/apps/{app}/rooms/{room}` on `node` until `check` holds.
+async fn wait_room(
+    node: &RunningNode,
+    app: &str,
+    room: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, view) = get(node, &format!("/v1/apps/{app}/rooms/{room}")).await;
+        if check(&view) {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "{what}: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn member_count(view: &Value) -> usize {
+    view["members"].as_array().map_or(0, Vec::len)
+}
+
+/// Joins `room` on each node, one client per node, and waits until every node sees
+/// all of them (interest and presence have propagated).
+async fn clients_in(nodes: &[RunningNode], app: &str, room: &str) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for n in nodes {
+        let mut c = Client::connect(n.addr, app, "json").await;
+        let r = c.join(room, json!({})).await;
+        assert!(r["error"].is_null(), "{r}");
+        clients.push(c);
+    }
+    for n in nodes {
+        wait_room(n, app, room, "members on every node", |v| {
+            member_count(v) == nodes.len()
+        })
+        .await;
+    }
+    clients
+}
+
+/// The `i` of the next `broadcast` events `c` receives, `n` of them.
+async fn broadcasts(c: &mut Client, n: usize) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let f = c.next_of("event").await;
+        if f["event"] == "broadcast" {
+            let d = &f["data"];
+            out.push((
+                d["from"].as_str().unwrap().to_owned(),
+                d["i"].as_i64().unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_reach_members_on_every_node_in_per_origin_order() {
+    let (_fleet, nodes) = fleet_with_apps().await;
+    let mut clients = clients_in(&nodes, "echo", "lobby").await;
+
+    // Every client broadcasts 300 events at once; each receives the other 600, each
+    // origin's in order, none twice, none of its own.
+    const N: i64 = 300;
+    let names = ["a", "b", "c"];
+    let mut senders = Vec::new();
+    for (i, mut c) in clients.drain(..).enumerate() {
+        let name = names[i];
+        senders.push(tokio::spawn(async move {
+            for k in 0..N {
+                let frame = json!({"type": "emit", "room": "lobby", "event": "broadcast",
+                    "data": {"from": name, "i": k}});
+                c.send(frame).await;
+            }
+            let got = broadcasts(&mut c, 2 * N as usize).await;
+            (name, got, c)
+        }));
+    }
+    for s in senders {
+        let (me, got, c) = s.await.unwrap();
+        for from in names.iter().filter(|n| **n != me) {
+            let seq: Vec<i64> = got
+                .iter()
+                .filter(|(f, _)| f == from)
+                .map(|(_, i)| *i)
+                .collect();
+            assert_eq!(seq, (0..N).collect::<Vec<_>>(), "{me} got from {from}");
+        }
+        assert!(
+            got.iter().all(|(f, _)| f != me),
+            "{me} got its own broadcast"
+        );
+        c.close().await;
+    }
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_nodes_and_a_dead_nodes_members_vanish() {
+    let (_fleet, mut nodes) = fleet_with_apps().await;
+    let mut clients = clients_in(&nodes, "echo", "hall").await;
+    // The room view on any node lists every member with the node it is on.
+    let (_, view) = get(&nodes[2], "/v1/apps/echo/rooms/hall").await;
+    let mut on: Vec<&str> = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node"].as_str().unwrap())
+        .collect();
+    on.sort();
+    assert_eq!(on, ["ap-south-1", "eu-west-1", "us-east-1"], "{view}");
+    let on_eu = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node"] == "eu-west-1")
+        .map(|m| m["conn"].clone())
+        .unwrap();
+
+    // Amsterdam goes away without its members leaving: once it is declared dead,
+    // the others no longer list them, and members elsewhere are told they left.
+    let dead = nodes.remove(1);
+    dead.shutdown(Duration::from_millis(100)).await;
+    let died = Instant::now();
+    let mut first = clients.remove(0);
+    let f = loop {
+        let f = first.next_of("presence").await;
+        if f["left"].as_array().is_some_and(|l| !l.is_empty()) {
+            break f;
+        }
+    };
+    assert_eq!(f["left"], json!([on_eu]), "{f}");
+    assert!(
+        died.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        died.elapsed()
+    );
+    for n in &nodes {
+        wait_room(n, "echo", "hall", "no ghost of the dead node", |v| {
+            member_count(v) == 2
+                && v["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|m| m["node"] != "eu-west-1")
+        })
+        .await;
+    }
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_increments_on_three_nodes_at_once_sum_everywhere() {
+    let (_fleet, nodes) = fleet_with_apps().await;
+    let clients = clients_in(&nodes, "counter", "tally").await;
+    const N: i64 = 100;
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..N {
+                let r = c.emit("tally", "incr", json!({"by": 1})).await;
+                assert!(r["error"].is_null(), "{r}");
+            }
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    for n in &nodes {
+        wait_room(n, "counter", "tally", "the counter converges to 300", |v| {
+            v["state"]["count"] == 3 * N
+        })
+        .await;
+    }
+    // And members are pushed the converged state.
+    let c = &mut clients[0];
+    loop {
+        let f = c.next_of("state").await;
+        if f["state"]["count"] == 3 * N {
+            break;
+        }
+    }
+    shutdown(nodes).await;
+}
