@@ -218,3 +218,94 @@ async fn counter_increments_on_three_nodes_at_once_sum_everywhere() {
     }
     shutdown(nodes).await;
 }
+
+/// The `i` of the next `n` broadcast events, with the cursor after the last one.
+async fn numbered(c: &mut Client, n: usize) -> (Vec<i64>, String) {
+    let mut got = Vec::new();
+    let mut cursor = String::new();
+    while got.len() < n {
+        let f = c.next_of("event").await;
+        got.push(f["data"]["i"].as_i64().unwrap());
+        cursor = f["cursor"].as_str().unwrap().to_owned();
+    }
+    (got, cursor)
+}
+
+async fn broadcast_range(c: &mut Client, room: &str, range: std::ops::Range<i64>) {
+    for i in range {
+        let r = c.emit(room, "broadcast", json!({"i": i})).await;
+        assert!(r["error"].is_null(), "{r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_node_died_resumes_on_another_with_nothing_lost() {
+    let (_fleet, mut nodes) = fleet_with_apps().await;
+    let mut sender = Client::connect(nodes[0].addr, "echo", "json").await;
+    sender.join("feed", json!({})).await;
+    let mut reader = Client::connect(nodes[1].addr, "echo", "json").await;
+    let r = reader.join("feed", json!({})).await;
+    assert!(r["error"].is_null(), "{r}");
+    let token = reader.token();
+    let session = reader.session();
+    wait_room(
+        &nodes[0],
+        "echo",
+        "feed",
+        "the reader is known on the sender's node",
+        |v| member_count(v) == 2,
+    )
+    .await;
+
+    broadcast_range(&mut sender, "feed", 0..50).await;
+    let (got, cursor) = numbered(&mut reader, 50).await;
+    assert_eq!(got, (0..50).collect::<Vec<_>>());
+
+    // The reader's node dies; the room goes on without it.
+    let dead = nodes.remove(1);
+    dead.shutdown(Duration::from_millis(100)).await;
+    let died = Instant::now();
+    reader.abort();
+    broadcast_range(&mut sender, "feed", 50..150).await;
+
+    // It comes back on the third node with its token and cursor: the 100 it missed,
+    // once each and in order, then live traffic.
+    let mut back = Client::connect(nodes[1].addr, "echo", "json").await;
+    let r = back
+        .request(json!({"type": "resume", "token": token, "cursors": {"feed": cursor}}))
+        .await;
+    assert!(r["error"].is_null(), "{r}");
+    let welcome = back.next_of("welcome").await;
+    assert_eq!(welcome["session"], session.as_str(), "{welcome}");
+    assert_eq!(welcome["resumed"], true);
+    let (got, _) = numbered(&mut back, 100).await;
+    assert_eq!(got, (50..150).collect::<Vec<_>>());
+    broadcast_range(&mut sender, "feed", 150..160).await;
+    let (got, _) = numbered(&mut back, 10).await;
+    assert_eq!(got, (150..160).collect::<Vec<_>>());
+    assert!(
+        back.try_recv(Duration::from_millis(300))
+            .await
+            .is_none_or(|f| f["type"] != "event"),
+        "an event came twice"
+    );
+    // Every node lists the reader once, on its new node, also once the dead node's
+    // members were dropped.
+    let moved = |v: &Value| {
+        member_count(v) == 2
+            && v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["conn"] == session.as_str() && m["node"] == "ap-south-1")
+    };
+    for n in &nodes {
+        wait_room(n, "echo", "feed", "the reader moved", moved).await;
+    }
+    tokio::time::sleep_until((died + Duration::from_millis(3500)).into()).await;
+    for n in &nodes {
+        let (_, view) = get(n, "/v1/apps/echo/rooms/feed").await;
+        assert!(moved(&view), "after the dead node's members went: {view}");
+    }
+    shutdown(nodes).await;
+}

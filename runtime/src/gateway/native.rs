@@ -22,7 +22,8 @@ use crate::protocol::native::{
 };
 use crate::protocol::{Cursor, ErrorCode, ProtoError};
 use crate::room::{
-    Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd, RoomHandle, RoomKey,
+    AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
+    RoomHandle, RoomKey,
 };
 use crate::session::token::Claims;
 use crate::session::{ResumeError, SessionRooms};
@@ -466,7 +467,10 @@ impl Conn {
             .take(&old, &self.app, TAKEOVER_WAIT)
             .await
         {
-            Ok(rooms) => rooms,
+            Ok(rooms) => Some(rooms),
+            // Another node held the session (it may be dead): the rooms the client
+            // names take the member over from their other replicas.
+            Err(ResumeError::Gone) if self.node.cluster.is_some() && !cursors.is_empty() => None,
             Err(e @ (ResumeError::Gone | ResumeError::WrongApp | ResumeError::Busy)) => {
                 self.answer(
                     r#ref,
@@ -499,6 +503,10 @@ impl Conn {
                 result: Ok(None),
             });
         }
+        let Some(rooms) = rooms else {
+            self.adopt(cursors).await;
+            return;
+        };
         for (room, auth) in rooms {
             let key = self.key(&room);
             let cursor = cursors.get(&room).cloned();
@@ -522,6 +530,32 @@ impl Conn {
             };
             if let Some(handle) = handle {
                 self.rooms.insert(room, Joined { handle, auth });
+            }
+        }
+    }
+
+    /// Resume on this node a session another node held: each room the client names
+    /// takes the member over from its other replicas, replaying from its cursor.
+    async fn adopt(&mut self, cursors: BTreeMap<RoomId, Cursor>) {
+        for (room, cursor) in cursors {
+            let key = self.key(&room);
+            let link = self.link();
+            let adopted = self
+                .node
+                .rooms
+                .adopt(&key, &self.conn, &link, Some(cursor))
+                .await;
+            match adopted {
+                Some((AdoptOutcome::Adopted { auth }, handle)) => {
+                    self.rooms.insert(room, Joined { handle, auth });
+                }
+                _ => self.send(ServerFrame::Error {
+                    error: ProtoError::new(
+                        ErrorCode::ResumeFailed,
+                        format!("no longer a member of {room}; join it again"),
+                    ),
+                    room: Some(room),
+                }),
             }
         }
     }

@@ -8,9 +8,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::core::{LogLimits, RoomCore};
 use super::outbox::{Link, Outbound};
-use super::replica::Replica;
+use super::replica::{Adoption, Replica};
 use super::world::{EmitResult, Outgoing, Place, World};
-use super::{JoinOutcome, MemberView, ReattachOutcome, RoomCmd, RoomKey, RoomView, Rooms};
+use super::{
+    AdoptOutcome, JoinOutcome, MemberView, ReattachOutcome, RoomCmd, RoomKey, RoomView, Rooms,
+};
 use crate::apps::{LiveRx, now_ms};
 use crate::ids::{ConnId, Seq};
 use crate::protocol::native::{Ref, ServerFrame};
@@ -134,6 +136,7 @@ impl Actor {
                     if let Some(r) = &mut self.replica {
                         r.poll(std::time::Instant::now());
                     }
+                    self.adopt_due().await;
                 }
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
@@ -159,6 +162,7 @@ impl Actor {
             match cmd {
                 RoomCmd::Join { done, .. } => drop(done.send(JoinOutcome::Retry)),
                 RoomCmd::Reattach { done, .. } => drop(done.send(ReattachOutcome::Retry)),
+                RoomCmd::Adopt { done, .. } => drop(done.send(AdoptOutcome::Retry)),
                 _ => {}
             }
         }
@@ -268,6 +272,31 @@ impl Actor {
                 let outcome = self.reattach(conn, link, cursor);
                 let _ = done.send(outcome);
             }
+            RoomCmd::Adopt {
+                conn,
+                link,
+                cursor,
+                done,
+            } => {
+                if self.world().core.member(&conn).is_some() {
+                    let auth = self.world().core.member(&conn).map(|m| m.auth.clone());
+                    let outcome = match (self.reattach(conn, link, cursor), auth) {
+                        (ReattachOutcome::Reattached, Some(auth)) => AdoptOutcome::Adopted { auth },
+                        _ => AdoptOutcome::NotMember,
+                    };
+                    let _ = done.send(outcome);
+                    return;
+                }
+                match self.replica.take() {
+                    Some(mut r) => {
+                        let adoption = Adoption::new(conn, link, cursor, done);
+                        r.adopt(self.world(), adoption, std::time::Instant::now());
+                        self.replica = Some(r);
+                        self.adopt_due().await;
+                    }
+                    None => drop(done.send(AdoptOutcome::NotMember)),
+                }
+            }
             RoomCmd::End { conn } => {
                 if self.world().core.member(&conn).is_some() {
                     self.remove_member(&conn).await;
@@ -282,6 +311,7 @@ impl Actor {
                 if let Some(mut r) = self.replica.take() {
                     r.receive(self.world(), from, msg, std::time::Instant::now());
                     self.replica = Some(r);
+                    self.adopt_due().await;
                     self.after_call().await;
                 }
             }
@@ -295,6 +325,7 @@ impl Actor {
                 if let Some(mut r) = self.replica.take() {
                     r.peer_down(self.world(), &node);
                     self.replica = Some(r);
+                    self.adopt_due().await;
                     self.after_call().await;
                 }
             }
@@ -332,7 +363,7 @@ impl Actor {
         }
         // A member before on-join runs, so the handler can set its presence; told to
         // others only once the join is accepted.
-        self.world().core.join(conn.clone(), auth.clone());
+        self.world().core.join(conn.clone(), auth.clone(), now_ms());
         let before = self.world().core.head().clone();
         self.world().current = Some(conn.clone());
         self.world().joining = Some(conn.clone());
@@ -398,6 +429,37 @@ impl Actor {
         self.send_replay(&conn, replay);
         self.send_snapshot(&conn);
         ReattachOutcome::Reattached
+    }
+
+    /// Take on the members whose adoption has its history in: as the member the other
+    /// node described (auth, presence), without calling on-join again (the handler
+    /// accepted it once), then everything after its cursor, then live.
+    async fn adopt_due(&mut self) {
+        let Some(r) = &mut self.replica else { return };
+        let due = r.adoptions_due(std::time::Instant::now());
+        for a in due {
+            let w = self.world();
+            let known = w.remote.values_mut().find_map(|m| m.remove(&a.conn));
+            let Some(record) = known.or(a.record) else {
+                let _ = a.done.send(AdoptOutcome::NotMember);
+                continue;
+            };
+            let conn = a.conn;
+            let before = w.core.head().clone();
+            w.core.join(conn.clone(), record.auth.clone(), now_ms());
+            w.core.set_presence(&conn, record.presence.clone());
+            w.presence_changed(vec![(conn.clone(), record.presence)], vec![]);
+            w.links.insert(conn.clone(), a.link);
+            let replay = w.core.replay_for(&conn, &a.cursor.unwrap_or(before));
+            self.send_replay(&conn, replay);
+            self.send_snapshot(&conn);
+            if let Some(mut r) = self.replica.take() {
+                r.member_joined(self.world());
+                self.replica = Some(r);
+            }
+            let _ = a.done.send(AdoptOutcome::Adopted { auth: record.auth });
+        }
+        self.after_call().await;
     }
 
     fn send_replay(&mut self, conn: &ConnId, replay: super::core::Replay) {
@@ -607,9 +669,9 @@ impl Actor {
             node: w.place.node.clone(),
         });
         let remote = w.remote.iter().flat_map(|(node, members)| {
-            members.iter().map(|(c, p)| MemberView {
+            members.iter().map(|(c, m)| MemberView {
                 conn: c.to_string(),
-                presence: json(p),
+                presence: json(&m.presence),
                 connected: true,
                 node: node.to_string(),
             })

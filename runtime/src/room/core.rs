@@ -86,6 +86,9 @@ pub struct Member {
     pub presence: String,
     /// The auth JSON the member joined with (kept to re-join after a long absence).
     pub auth: String,
+    /// When this node took the member on (joined, or adopted from another node): of two
+    /// nodes that both think they hold a member, the later claim wins.
+    pub claimed_ms: u64,
     /// `Some(t)` while the member's connection is gone: since when.
     pub detached_since_ms: Option<u64>,
     /// Everything queued to the member, per origin, as of its detach (the resume point
@@ -175,7 +178,7 @@ impl<R: Clone> RoomCore<R> {
     }
 
     /// Add a member. False if it already is one.
-    pub fn join(&mut self, conn: ConnId, auth: String) -> bool {
+    pub fn join(&mut self, conn: ConnId, auth: String, now_ms: u64) -> bool {
         if self.members.contains_key(&conn) {
             return false;
         }
@@ -184,6 +187,7 @@ impl<R: Clone> RoomCore<R> {
             Member {
                 presence: "null".into(),
                 auth,
+                claimed_ms: now_ms,
                 detached_since_ms: None,
                 last_queued: Cursor::default(),
             },
@@ -270,6 +274,15 @@ impl<R: Clone> RoomCore<R> {
             .collect();
         let complete = from.dominates(&self.evicted);
         Replay { events, complete }
+    }
+
+    /// Every event in the log after `after`, whoever it was for, oldest first.
+    pub fn replay_all(&self, after: &Cursor) -> Vec<Arc<LogEntry>> {
+        self.log
+            .iter()
+            .filter(|e| !after.covers(&e.origin, e.seq))
+            .cloned()
+            .collect()
     }
 
     /// Sequence a new event from this node and keep it in the log.
@@ -414,8 +427,8 @@ mod tests {
     #[test]
     fn sequences_and_targets() {
         let mut c = core();
-        assert!(c.join(conn("a"), "null".into()));
-        assert!(!c.join(conn("a"), "null".into()));
+        assert!(c.join(conn("a"), "null".into(), 0));
+        assert!(!c.join(conn("a"), "null".into(), 0));
         let e1 = c.publish(0, Target::All, "x".into(), Payload::empty(), None);
         let e2 = c.publish(
             0,
@@ -432,7 +445,7 @@ mod tests {
     #[test]
     fn replay_gives_missed_events_once_in_order() {
         let mut c = core();
-        c.join(conn("a"), "null".into());
+        c.join(conn("a"), "null".into(), 0);
         c.publish(0, Target::All, "1".into(), Payload::empty(), None);
         c.detach(&conn("a"), 10, None);
         c.publish(20, Target::All, "2".into(), Payload::empty(), None);
@@ -464,7 +477,7 @@ mod tests {
     #[test]
     fn eviction_makes_a_replay_incomplete() {
         let mut c = core();
-        c.join(conn("a"), "null".into());
+        c.join(conn("a"), "null".into(), 0);
         for i in 0..5 {
             c.publish(i, Target::All, i.to_string(), Payload::empty(), None);
         }
@@ -481,8 +494,8 @@ mod tests {
     #[test]
     fn detached_members_leave_after_grace() {
         let mut c = core();
-        c.join(conn("a"), "null".into());
-        c.join(conn("b"), "null".into());
+        c.join(conn("a"), "null".into(), 0);
+        c.join(conn("b"), "null".into(), 0);
         c.detach(&conn("a"), 100, None);
         assert!(c.expire(150, 100).is_empty());
         assert_eq!(c.expire(200, 100), vec![conn("a")]);

@@ -79,6 +79,14 @@ pub enum RoomCmd {
         cursor: Option<Cursor>,
         done: oneshot::Sender<ReattachOutcome>,
     },
+    /// A client resumed here as a member that another node held: take it over, with
+    /// what it missed since `cursor` (from the other replicas' logs).
+    Adopt {
+        conn: ConnId,
+        link: Link,
+        cursor: Option<Cursor>,
+        done: oneshot::Sender<AdoptOutcome>,
+    },
     /// The session ended for good.
     End {
         conn: ConnId,
@@ -109,6 +117,17 @@ pub enum JoinOutcome {
 pub enum ReattachOutcome {
     Reattached,
     /// No longer a member (it was away past the presence grace): join again.
+    NotMember,
+    Retry,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdoptOutcome {
+    /// A member again, here; with the auth it first joined with.
+    Adopted {
+        auth: String,
+    },
+    /// No replica knows the member (never was, or it left): join again.
     NotMember,
     Retry,
 }
@@ -276,6 +295,23 @@ impl Rooms {
             done,
         };
         self.ask(key, make, |o| *o == ReattachOutcome::Retry).await
+    }
+
+    /// Take over a member another node held (its client resumed here).
+    pub async fn adopt(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        conn: &ConnId,
+        link: &Link,
+        cursor: Option<Cursor>,
+    ) -> Option<(AdoptOutcome, RoomHandle)> {
+        let make = |done| RoomCmd::Adopt {
+            conn: conn.clone(),
+            link: link.clone(),
+            cursor: cursor.clone(),
+            done,
+        };
+        self.ask(key, make, |o| *o == AdoptOutcome::Retry).await
     }
 
     /// A room's members and state, loading the room if it is not loaded.

@@ -20,21 +20,23 @@
 //! room that reloads never reuses a number a peer already delivered; an event carries
 //! where its run of numbers started (`since`), so peers skip the gap at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use automerge::sync;
+use tokio::sync::oneshot;
 
 use super::core::{LogEntry, Sequenced, Target};
-use super::world::{Outgoing, World};
+use super::outbox::Link;
+use super::world::{Outgoing, RemoteMember, World};
 use crate::cluster::interest::RoomRef;
 use crate::cluster::order::{Inbound, Received};
 use crate::cluster::replicate::{self, PeerMsg, Relay};
 use crate::ids::{ConnId, NodeId, Seq};
 use crate::payload::Payload;
 use crate::protocol::native::ServerFrame;
-use crate::protocol::{ErrorCode, ProtoError};
+use crate::protocol::{Cursor, ErrorCode, ProtoError};
 
 pub type Replicator = replicate::Replicator<RoomMsg>;
 
@@ -42,6 +44,11 @@ pub type Replicator = replicate::Replicator<RoomMsg>;
 const REPAIR_PATIENCE: Duration = Duration::from_millis(300);
 /// Events held per origin while a gap is open, at most.
 const MAX_HELD: usize = 10_000;
+/// How long taking over a member from another node waits for the other replicas'
+/// history before it goes ahead with what it has.
+const ADOPT_PATIENCE: Duration = Duration::from_secs(1);
+/// Payload bytes per backfill message, at most (well below the frame limit).
+const BACKFILL_PART: usize = 1 << 20;
 
 /// One event on the wire between replicas.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -93,15 +100,28 @@ impl WireEvent {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum RoomMsg {
     Event(WireEvent),
-    /// The sender has (or again reaches) a replica: all its members' presence. Resets
-    /// the receiver's state sync with it; `reply` asks for a hello back.
+    /// The sender has (or again reaches) a replica: all its members. Resets the
+    /// receiver's state sync with it; `reply` asks for a hello back.
     Hello {
-        presence: Vec<(ConnId, String)>,
+        members: Vec<(ConnId, RemoteMember)>,
         reply: bool,
     },
+    /// Members the sender took on (joined, changed presence, or moved to it) or lost.
     Presence {
-        joined: Vec<(ConnId, String)>,
+        joined: Vec<(ConnId, RemoteMember)>,
         left: Vec<ConnId>,
+    },
+    /// Send me every event in your log after this cursor, and what you know of this
+    /// member: it is moving here.
+    Backfill {
+        after: String,
+        conn: ConnId,
+    },
+    /// The answer, in log order, in parts of at most `BACKFILL_PART` bytes of payload;
+    /// the last part carries the member, if known.
+    Backfilled {
+        events: Vec<WireEvent>,
+        last: Option<Option<(ConnId, RemoteMember)>>,
     },
     /// An Automerge sync message.
     Sync(Vec<u8>),
@@ -123,11 +143,44 @@ impl Relay for RoomMsg {
     }
 }
 
+/// A member whose client resumed here while another node held it: it waits for the
+/// other replicas' history (or `ADOPT_PATIENCE`) before the room takes it on.
+pub struct Adoption {
+    pub conn: ConnId,
+    pub link: Link,
+    pub cursor: Option<Cursor>,
+    pub done: oneshot::Sender<super::AdoptOutcome>,
+    /// The member as the replicas that answered described it (the latest claim).
+    pub record: Option<RemoteMember>,
+    waiting: HashSet<NodeId>,
+    deadline: Instant,
+}
+
+impl Adoption {
+    pub fn new(
+        conn: ConnId,
+        link: Link,
+        cursor: Option<Cursor>,
+        done: oneshot::Sender<super::AdoptOutcome>,
+    ) -> Self {
+        Self {
+            conn,
+            link,
+            cursor,
+            done,
+            record: None,
+            waiting: HashSet::new(),
+            deadline: Instant::now(),
+        }
+    }
+}
+
 pub struct Replica {
     rep: Arc<Replicator>,
     room: RoomRef,
     inbound: Inbound<WireEvent>,
     sync: HashMap<NodeId, sync::State>,
+    adoptions: Vec<Adoption>,
 }
 
 impl Replica {
@@ -137,6 +190,7 @@ impl Replica {
             room,
             inbound: Inbound::new(&Default::default(), REPAIR_PATIENCE, MAX_HELD),
             sync: HashMap::new(),
+            adoptions: Vec::new(),
         }
     }
 
@@ -171,13 +225,8 @@ impl Replica {
     }
 
     fn hello(&mut self, w: &mut World, node: &NodeId, reply: bool) {
-        let presence = w
-            .core
-            .members()
-            .iter()
-            .map(|(c, m)| (c.clone(), m.presence.clone()))
-            .collect();
-        self.send(node, RoomMsg::Hello { presence, reply });
+        let members = w.local_records();
+        self.send(node, RoomMsg::Hello { members, reply });
         let state = self.sync.entry(node.clone()).or_default();
         *state = sync::State::new();
         if let Some(msg) = w.doc.sync_message(state) {
@@ -224,9 +273,9 @@ impl Replica {
     pub fn receive(&mut self, w: &mut World, from: NodeId, msg: RoomMsg, now: Instant) {
         match msg {
             RoomMsg::Event(e) => self.take_event(w, e, now),
-            RoomMsg::Hello { presence, reply } => {
+            RoomMsg::Hello { members, reply } => {
                 let old = w.remote.remove(&from).unwrap_or_default();
-                let new: BTreeMap<ConnId, String> = presence.into_iter().collect();
+                let new = self.claims(w, &from, members);
                 let left = old
                     .keys()
                     .filter(|c| !new.contains_key(*c))
@@ -234,8 +283,8 @@ impl Replica {
                     .collect();
                 let joined = new
                     .iter()
-                    .filter(|(c, p)| old.get(*c) != Some(*p))
-                    .map(|(c, p)| (c.clone(), p.clone()))
+                    .filter(|(c, m)| old.get(*c).map(|o| &o.presence) != Some(&m.presence))
+                    .map(|(c, m)| (c.clone(), m.presence.clone()))
                     .collect();
                 w.remote.insert(from.clone(), new);
                 push_presence(w, joined, left);
@@ -250,14 +299,65 @@ impl Replica {
                 }
             }
             RoomMsg::Presence { joined, left } => {
+                let joined = self.claims(w, &from, joined);
                 let entries = w.remote.entry(from).or_default();
-                for c in &left {
-                    entries.remove(c);
-                }
-                for (c, p) in &joined {
-                    entries.insert(c.clone(), p.clone());
-                }
+                let left: Vec<ConnId> = left
+                    .into_iter()
+                    .filter(|c| entries.remove(c).is_some())
+                    .collect();
+                let joined = joined
+                    .into_iter()
+                    .map(|(c, m)| {
+                        let presence = m.presence.clone();
+                        entries.insert(c.clone(), m);
+                        (c, presence)
+                    })
+                    .collect();
                 push_presence(w, joined, left);
+            }
+            RoomMsg::Backfill { after, conn } => {
+                let after: Cursor = after.parse().unwrap_or_default();
+                let since = w.core.first_seq();
+                let me = w.core.origin().clone();
+                let mut part = Vec::new();
+                let mut bytes = 0;
+                for e in w.core.replay_all(&after) {
+                    bytes += e.payload.json.len()
+                        + e.payload.binaries.iter().map(Vec::len).sum::<usize>();
+                    part.push(WireEvent::new(
+                        &e,
+                        if e.origin == me { since } else { Seq(0) },
+                    ));
+                    if bytes >= BACKFILL_PART {
+                        let events = std::mem::take(&mut part);
+                        self.send(&from, RoomMsg::Backfilled { events, last: None });
+                        bytes = 0;
+                    }
+                }
+                let member = match w.core.member(&conn) {
+                    Some(m) => Some(m.into()),
+                    None => w.remote.values().find_map(|m| m.get(&conn).cloned()),
+                };
+                let last = Some(member.map(|m| (conn, m)));
+                self.send(&from, RoomMsg::Backfilled { events: part, last });
+            }
+            RoomMsg::Backfilled { events, last } => {
+                for e in events {
+                    self.take_event(w, e, now);
+                }
+                if let Some(member) = last {
+                    for a in &mut self.adoptions {
+                        a.waiting.remove(&from);
+                        if let Some((conn, m)) = &member
+                            && *conn == a.conn
+                            && a.record
+                                .as_ref()
+                                .is_none_or(|r| r.claimed_ms < m.claimed_ms)
+                        {
+                            a.record = Some(m.clone());
+                        }
+                    }
+                }
             }
             RoomMsg::Sync(bytes) => {
                 let state = self.sync.entry(from.clone()).or_default();
@@ -355,6 +455,80 @@ impl Replica {
         }
     }
 
+    /// Members another node says it holds. One this node also holds goes to whichever
+    /// took it on last (its client resumed there): moved away, it leaves here without
+    /// a word to anyone; an older claim is ignored. The same member listed under a
+    /// third node is dropped there.
+    fn claims(
+        &mut self,
+        w: &mut World,
+        from: &NodeId,
+        members: Vec<(ConnId, RemoteMember)>,
+    ) -> BTreeMap<ConnId, RemoteMember> {
+        let me = w.core.origin().clone();
+        let mut out = BTreeMap::new();
+        for (conn, m) in members {
+            if let Some(local) = w.core.member(&conn) {
+                if (m.claimed_ms, from) <= (local.claimed_ms, &me) {
+                    continue;
+                }
+                w.links.remove(&conn);
+                w.core.leave(&conn);
+                self.member_left();
+            }
+            for (node, others) in w.remote.iter_mut() {
+                if node != from {
+                    others.remove(&conn);
+                }
+            }
+            out.insert(conn, m);
+        }
+        out
+    }
+
+    /// A client resumed here as a member another node held: ask every other replica
+    /// for the history after its cursor, and hold the member until they answered.
+    pub fn adopt(&mut self, w: &mut World, mut a: Adoption, now: Instant) {
+        let peers = self.rep.interested(&self.room);
+        // Counted as interest while it waits, so the peers' messages keep coming.
+        self.rep.local_join(&self.room);
+        if w.core.members().is_empty() && self.adoptions.is_empty() {
+            for node in &peers {
+                self.hello(w, node, true);
+            }
+        }
+        // What the client saw of each origin is where this replica starts with it.
+        if let Some(cursor) = &a.cursor {
+            for (origin, seq) in cursor.iter() {
+                if self.inbound.delivered(origin).is_none() && origin != w.core.origin() {
+                    self.inbound.skip_to(origin, seq.next());
+                }
+            }
+        }
+        let after = a.cursor.as_ref().map(Cursor::to_string).unwrap_or_default();
+        for node in &peers {
+            let conn = a.conn.clone();
+            let after = after.clone();
+            self.send(node, RoomMsg::Backfill { after, conn });
+        }
+        a.waiting = peers.into_iter().collect();
+        a.deadline = now + ADOPT_PATIENCE;
+        self.adoptions.push(a);
+    }
+
+    /// Adoptions whose history is in (or that waited long enough): the actor takes
+    /// the members on.
+    pub fn adoptions_due(&mut self, now: Instant) -> Vec<Adoption> {
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.adoptions)
+            .into_iter()
+            .partition(|a| a.waiting.is_empty() || now >= a.deadline);
+        self.adoptions = waiting;
+        for _ in &due {
+            self.rep.local_leave(&self.room);
+        }
+        due
+    }
+
     /// This node's link to `node` came (back) up: start over with it.
     pub fn peer_up(&mut self, w: &mut World, node: &NodeId) {
         if self.rep.interested(&self.room).contains(node) {
@@ -366,6 +540,9 @@ impl Replica {
     /// not come.
     pub fn peer_down(&mut self, w: &mut World, node: &NodeId) {
         self.sync.remove(node);
+        for a in &mut self.adoptions {
+            a.waiting.remove(node);
+        }
         if let Some(gone) = w.remote.remove(node) {
             push_presence(w, vec![], gone.into_keys().collect());
         }

@@ -47,8 +47,8 @@ pub struct World {
     pub lost: Vec<(ConnId, Option<Arc<LogEntry>>)>,
     /// In a cluster: what peers must hear of, gathered during a call and sent after it.
     pub outgoing: Option<Outgoing>,
-    /// Members on other nodes and their presence, by the node that owns them.
-    pub remote: BTreeMap<NodeId, BTreeMap<ConnId, String>>,
+    /// Members on other nodes, by the node that holds them.
+    pub remote: BTreeMap<NodeId, BTreeMap<ConnId, RemoteMember>>,
     /// The document changed since members last got the state.
     pub state_changed: bool,
     /// The document changed since it was last saved.
@@ -125,17 +125,21 @@ impl World {
     /// Members joined (with their presence) or left here: tell the members here and,
     /// in a cluster, the other replicas.
     pub fn presence_changed(&mut self, joined: Vec<(ConnId, String)>, left: Vec<ConnId>) {
+        if let Some(out) = &mut self.outgoing {
+            out.joined.extend(
+                joined
+                    .iter()
+                    .filter_map(|(c, _)| Some((c.clone(), self.core.member(c)?.into()))),
+            );
+            out.left.extend(left.iter().cloned());
+        }
         let frame = ServerFrame::Presence {
             room: self.place.room.clone(),
-            joined: joined.clone(),
-            left: left.clone(),
+            joined,
+            left,
             snapshot: false,
         };
         self.push_all(&frame, None);
-        if let Some(out) = &mut self.outgoing {
-            out.joined.extend(joined);
-            out.left.extend(left);
-        }
     }
 
     /// Every member's presence, here and on other nodes.
@@ -149,8 +153,17 @@ impl World {
             .remote
             .values()
             .flatten()
-            .map(|(c, p)| (c.clone(), p.clone()));
+            .map(|(c, m)| (c.clone(), m.presence.clone()));
         local.chain(remote).collect()
+    }
+
+    /// The members here as the other replicas learn of them.
+    pub fn local_records(&self) -> Vec<(ConnId, RemoteMember)> {
+        self.core
+            .members()
+            .iter()
+            .map(|(c, m)| (c.clone(), m.into()))
+            .collect()
     }
 
     /// Queue a frame to every attached member, optionally but one. The frame is
@@ -223,12 +236,31 @@ impl World {
     }
 }
 
+/// A member held by another node, as that node describes it: enough to show its
+/// presence here and to take it over if its client resumes here.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RemoteMember {
+    pub presence: String,
+    pub auth: String,
+    pub claimed_ms: u64,
+}
+
+impl From<&super::core::Member> for RemoteMember {
+    fn from(m: &super::core::Member) -> Self {
+        Self {
+            presence: m.presence.clone(),
+            auth: m.auth.clone(),
+            claimed_ms: m.claimed_ms,
+        }
+    }
+}
+
 /// What a call produced that the room's other replicas must hear of.
 #[derive(Debug, Default)]
 pub struct Outgoing {
     /// Events this node sequenced.
     pub events: Vec<Arc<LogEntry>>,
-    pub joined: Vec<(ConnId, String)>,
+    pub joined: Vec<(ConnId, RemoteMember)>,
     pub left: Vec<ConnId>,
     /// The document changed.
     pub state: bool,
