@@ -123,6 +123,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     }
 
     let app = crate::gateway::router(node.clone());
+    if let Some(cluster) = &node.cluster {
+        let router = app.clone();
+        let serve: crate::cluster::mesh::ForwardHandler =
+            Arc::new(move |incoming| crate::gateway::forward::serve(router.clone(), incoming));
+        *cluster.forwarded.lock() = Some(serve);
+    }
     let mut stop = node.shutdown_rx();
     let server = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

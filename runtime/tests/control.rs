@@ -50,7 +50,12 @@ async fn start(ca: &ClusterCa, name: &str, addr: SocketAddr, dir: &std::path::Pa
         .unwrap();
     // Just the control plane: the data plane's replicator has no rooms behind it here.
     let (replicator, _deliveries) = Replicator::new(node.clone(), "test".into());
-    let serving = tokio::spawn(mesh::serve(endpoint.clone(), control.clone(), replicator));
+    let serving = mesh::Serving {
+        control: control.clone(),
+        replicator,
+        forwarded: Default::default(),
+    };
+    let serving = tokio::spawn(mesh::serve(endpoint.clone(), serving));
     TestNode {
         name: name.into(),
         addr,

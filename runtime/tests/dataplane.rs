@@ -309,3 +309,16 @@ async fn a_client_whose_node_died_resumes_on_another_with_nothing_lost() {
     }
     shutdown(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_clients_through_a_round_robin_balancer() {
+    let (_fleet, nodes) = fleet_with_apps().await;
+    let dir = common::tests_dir("socketio-js");
+    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.addr)).collect();
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.current_dir(&dir)
+        .args(["--test", "--test-reporter=spec", "cluster.test.mjs"])
+        .env("EDGEROOM_URLS", urls.join(","));
+    common::run_client(cmd, "socket.io-client behind a round-robin balancer").await;
+    shutdown(nodes).await;
+}

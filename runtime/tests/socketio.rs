@@ -4,20 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::TestNode;
+use common::{TestNode, run_client, tests_dir};
 use edgeroom::ids::AppName;
-
-/// The clients' whole run, generously: they take seconds.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(240);
-
-fn tests_dir(sub: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join(sub)
-}
 
 /// A node whose default app is `echo`, with `scoped` (echo, namespaces limited to
 /// `/allowed-<digits>`) besides the usual apps.
@@ -34,18 +25,6 @@ async fn node() -> TestNode {
     };
     apps.configure(&scoped, config).await.unwrap();
     node
-}
-
-async fn run_client(mut cmd: tokio::process::Command, what: &str) {
-    let out = tokio::time::timeout(CLIENT_TIMEOUT, cmd.kill_on_drop(true).output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish in {CLIENT_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("could not start {what}: {e} (./test.sh installs it)"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,7 +38,7 @@ use crate::ids::AppName;
 use crate::room::World;
 use crate::room::replica::{Replicator, RoomMsg};
 use crate::store::AppConfig;
-use crate::transport::{Endpoint, NodeTls, Timing};
+use crate::transport::{Endpoint, NodeTls, Peer, Timing};
 use control::state::{Command, NodeInfo, Response};
 use control::{ControlPlane, Member, RaftTiming};
 use health::{Health, HealthTiming};
@@ -49,6 +49,10 @@ pub struct Cluster {
     pub control: Arc<ControlPlane>,
     pub health: Arc<Health>,
     pub replicator: Arc<Replicator>,
+    /// Connections to peers for requests (forwarded HTTP), reused.
+    peers: parking_lot::Mutex<std::collections::HashMap<crate::ids::NodeId, Peer>>,
+    /// Serves `Forward` streams; set once the node's router exists.
+    pub forwarded: Arc<parking_lot::Mutex<Option<mesh::ForwardHandler>>>,
     /// What peers send this node's rooms; taken once by the node that serves them.
     deliveries:
         parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<replicate::Delivery<RoomMsg>>>>,
@@ -103,12 +107,14 @@ impl Cluster {
         );
         let (replicator, deliveries) =
             Replicator::new(config.node_id.clone(), config.region.clone());
+        let forwarded = Arc::new(parking_lot::Mutex::new(None));
+        let serving = mesh::Serving {
+            control: control.clone(),
+            replicator: replicator.clone(),
+            forwarded: forwarded.clone(),
+        };
         let tasks = vec![
-            tokio::spawn(mesh::serve(
-                endpoint.clone(),
-                control.clone(),
-                replicator.clone(),
-            )),
+            tokio::spawn(mesh::serve(endpoint.clone(), serving)),
             tokio::spawn(health::run(
                 health.clone(),
                 control.clone(),
@@ -125,6 +131,8 @@ impl Cluster {
             control,
             health,
             replicator,
+            peers: Default::default(),
+            forwarded,
             deliveries: parking_lot::Mutex::new(Some(deliveries)),
             tasks,
         });
@@ -279,6 +287,23 @@ impl Cluster {
         Ok(())
     }
 
+    /// A connection to `node`, reused while it lasts.
+    pub async fn peer(&self, node: &crate::ids::NodeId) -> anyhow::Result<Peer> {
+        if let Some(p) = self.peers.lock().get(node).filter(|p| !p.is_closed()) {
+            return Ok(p.clone());
+        }
+        let addr = self
+            .control
+            .state()
+            .nodes
+            .get(node)
+            .map(|n| n.peer_addr)
+            .ok_or_else(|| anyhow::anyhow!("{node} is not a node of this cluster"))?;
+        let p = self.endpoint.connect(node, addr).await?;
+        self.peers.lock().insert(node.clone(), p.clone());
+        Ok(p)
+    }
+
     /// What peers send this node's rooms (once: the node's rooms serve it).
     pub fn take_deliveries(
         &self,
@@ -292,6 +317,7 @@ impl Cluster {
     }
 
     pub async fn shutdown(&self) {
+        self.forwarded.lock().take();
         self.control.shutdown().await;
         for task in &self.tasks {
             task.abort();

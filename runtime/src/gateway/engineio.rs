@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use super::socketio::SocketIo;
-use crate::ids::{AppName, ConnId};
+use crate::ids::AppName;
 use crate::node::Node;
 use crate::protocol::engineio::session::{
     CloseReason, Inbound, PollAnswer, PostError, ProbeAnswer, Session, Timing, Transport,
@@ -253,7 +253,7 @@ async fn route(
             "this node is at its connection limit; try another",
         );
     }
-    let sid = ConnId::random().to_string();
+    let sid = super::forward::new_sid(node);
     let transport = if websocket {
         Transport::WebSocket
     } else {

@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod engineio;
+pub mod forward;
 pub mod native;
 pub mod socketio;
 
@@ -49,6 +50,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/route", get(route))
         .route("/metrics", get(metrics))
         .merge(admin)
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            forward::foreign_sessions,
+        ))
         .with_state(node)
 }
 

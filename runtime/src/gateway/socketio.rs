@@ -26,10 +26,19 @@ use crate::protocol::socketio::{self, Kind, Packet, Reassembly};
 use crate::protocol::{Cursor, ProtoError};
 use crate::room::core::LogEntry;
 use crate::room::{
-    Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd, RoomHandle, RoomKey,
+    AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
+    RoomHandle, RoomKey,
 };
-use crate::session::SessionRooms;
 use crate::session::token::Claims;
+use crate::session::{ResumeError, SessionRooms};
+
+/// Where a recovering member was found.
+enum Recovered {
+    /// Detached on this node, with the auth it joined with.
+    Here(ConnId, String),
+    /// Not here: in a cluster, another node held it (it may be dead).
+    Elsewhere(ConnId),
+}
 
 /// How long a recovering CONNECT waits for the old connection to let go.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
@@ -278,9 +287,13 @@ impl SocketIo {
 
         if self.settings.config.recovery
             && let Some(Value::String(pid)) = auth.get("pid")
-            && let Some((member, rooms)) = self.take_session(pid, &room).await
-            && let Some(old_auth) = rooms.get(&room)
+            && let Some(found) = self.recover(pid, &room).await
         {
+            let (member, old_auth) = match &found {
+                Recovered::Here(member, auth) => (member.clone(), auth.clone()),
+                // Until the room says otherwise, the auth of this CONNECT.
+                Recovered::Elsewhere(member) => (member.clone(), auth_json.clone()),
+            };
             let offset = match auth.get("offset") {
                 Some(Value::String(o)) => o.parse::<Cursor>().ok(),
                 _ => None,
@@ -301,19 +314,40 @@ impl SocketIo {
                 .sessions
                 .attach(member.clone(), self.outbox.kill_switch());
             let key = self.key(&room);
-            let handle = match self
-                .node
-                .rooms
-                .reattach(&key, &member, &link, offset.clone())
-                .await
-            {
-                Some((ReattachOutcome::Reattached, h)) => Some(h),
+            let back = match found {
+                Recovered::Here(..) => self
+                    .node
+                    .rooms
+                    .reattach(&key, &member, &link, offset.clone())
+                    .await
+                    .map(|(o, h)| (o == ReattachOutcome::Reattached, h)),
+                // Another node held it: the room takes it over from its replicas.
+                Recovered::Elsewhere(_) => {
+                    match self
+                        .node
+                        .rooms
+                        .adopt(&key, &member, &link, offset.clone())
+                        .await
+                    {
+                        Some((AdoptOutcome::Adopted { auth }, h)) => {
+                            if let Some(sk) = self.sockets.get_mut(&nsp) {
+                                sk.auth = auth;
+                            }
+                            Some((true, h))
+                        }
+                        Some((_, h)) => Some((false, h)),
+                        None => None,
+                    }
+                }
+            };
+            let handle = match back {
+                Some((true, h)) => Some(h),
                 // Gone from the room (away past the presence grace): join again, then
                 // replay from the offset.
                 Some(_) => match self
                     .node
                     .rooms
-                    .join(&key, &member, old_auth, &link, None, offset)
+                    .join(&key, &member, &old_auth, &link, None, offset)
                     .await
                 {
                     Some((JoinOutcome::Joined, h)) => Some(h),
@@ -371,27 +405,36 @@ impl SocketIo {
         Ok(())
     }
 
-    /// The detached member a `pid` names, with its rooms, if it can be taken over for
-    /// `room`. A session of another room is left as it was.
-    async fn take_session(&self, pid: &str, room: &RoomId) -> Option<(ConnId, SessionRooms)> {
+    /// The member a `pid` names, if it can be taken over for `room`: detached here
+    /// (with the auth it joined with), or, in a cluster, held by another node. A
+    /// session of another room is left as it was.
+    async fn recover(&self, pid: &str, room: &RoomId) -> Option<Recovered> {
         let claims = self.node.tokens.verify(pid).ok()?;
         if claims.a != self.app.as_str() {
             return None;
         }
         let member = claims.conn();
-        let rooms = self
+        let rooms = match self
             .node
             .sessions
             .take(&member, &self.app, TAKEOVER_WAIT)
             .await
-            .ok()?;
-        if !rooms.contains_key(room) {
-            self.node
-                .sessions
-                .detach(member, self.app.clone(), rooms, now_ms());
-            return None;
+        {
+            Ok(rooms) => rooms,
+            Err(ResumeError::Gone) if self.node.cluster.is_some() => {
+                return Some(Recovered::Elsewhere(member));
+            }
+            Err(_) => return None,
+        };
+        match rooms.get(room).cloned() {
+            Some(auth) => Some(Recovered::Here(member, auth)),
+            None => {
+                self.node
+                    .sessions
+                    .detach(member, self.app.clone(), rooms, now_ms());
+                None
+            }
         }
-        Some((member, rooms))
     }
 
     fn key(&self, room: &RoomId) -> RoomKey {
@@ -406,11 +449,12 @@ impl SocketIo {
         let sid = Value::from(socket.member.as_str());
         let reply = if socket.recoverable {
             // The pid is the member's resume token: the same member always gets the same
-            // one, so it is made when needed rather than kept.
+            // one, on whichever node (the client checks it is unchanged to know it
+            // recovered), so it is made when needed rather than kept, and names no node.
             let pid = self.node.tokens.sign(&Claims {
                 s: socket.member.to_string(),
                 a: self.app.to_string(),
-                n: self.node.config.node_id.to_string(),
+                n: String::new(),
             });
             format!("{{\"sid\":{sid},\"pid\":{}}}", Value::from(pid))
         } else {

@@ -210,6 +210,11 @@ pub struct Incoming {
 }
 
 impl Incoming {
+    /// The stream's bytes as they come (for a purpose that carries its own protocol).
+    pub fn into_raw(self) -> (quinn::SendStream, quinn::RecvStream) {
+        (self.send, self.recv)
+    }
+
     /// Frames of `Req` in (what the opener sends), `Rep` out.
     pub fn framed<Req: DeserializeOwned, Rep: Serialize>(self) -> (FrameTx<Rep>, FrameRx<Req>) {
         framed(self.purpose, self.send, self.recv)
@@ -250,6 +255,21 @@ impl Peer {
         let (mut send, recv) = self.conn.open_bi().await?;
         send.write_all(&[purpose as u8]).await?;
         Ok(framed(purpose, send, recv))
+    }
+
+    /// Open a stream for `purpose` that carries bytes as they are.
+    pub async fn open_raw(
+        &self,
+        purpose: Purpose,
+    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+        let (mut send, recv) = self.conn.open_bi().await?;
+        send.write_all(&[purpose as u8]).await?;
+        Ok((send, recv))
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
     }
 
     /// The next stream the peer opened. A stream naming no known purpose drops the peer.

@@ -328,3 +328,26 @@ pub const FORBIDDEN: &[u8] = include_bytes!(concat!(
     env!("EDGEROOM_FIXTURES_DIR"),
     "/forbidden_fixture.wasm"
 ));
+
+/// The third-party clients' whole run, generously: they take seconds.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// A directory under `runtime/tests/`.
+pub fn tests_dir(sub: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(sub)
+}
+
+/// Run a third-party client's test program; its output is shown, and it must succeed.
+pub async fn run_client(mut cmd: tokio::process::Command, what: &str) {
+    let out = tokio::time::timeout(CLIENT_TIMEOUT, cmd.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish in {CLIENT_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("could not start {what}: {e} (./test.sh installs it)"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
+}

@@ -1,0 +1,176 @@
+// Unmodified socket.io-client@4 against three Edgeroom nodes behind a plain round-robin
+// load balancer with no stickiness (runtime/tests/dataplane.rs starts the nodes and
+// passes their URLs in EDGEROOM_URLS). Every HTTP request and every WebSocket upgrade
+// goes to the next node in turn, so an Engine.IO session's polls, posts and upgrade
+// land on nodes that do not own it: they must be forwarded to the owner.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import net from "node:net";
+import { io } from "socket.io-client";
+
+const NODES = (process.env.EDGEROOM_URLS ?? "").split(",").filter(Boolean);
+assert.equal(NODES.length, 3, "EDGEROOM_URLS must name three nodes");
+const PATH = "/apps/echo/socket.io/";
+const WAIT = 10_000;
+
+/** A round-robin balancer: per request and per upgrade, the next node. */
+function balancer(targets) {
+  let next = 0;
+  const hits = targets.map(() => 0);
+  const pick = () => {
+    const i = next++ % targets.length;
+    hits[i]++;
+    return new URL(targets[i]);
+  };
+  const server = http.createServer((req, res) => {
+    const t = pick();
+    const up = http.request(
+      { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: req.headers, agent: false },
+      (r) => {
+        res.writeHead(r.statusCode, r.headers);
+        r.pipe(res);
+      },
+    );
+    up.on("error", () => {
+      res.writeHead(502);
+      res.end();
+    });
+    req.pipe(up);
+  });
+  server.on("upgrade", (req, socket, head) => {
+    const t = pick();
+    const up = net.connect(Number(t.port), t.hostname, () => {
+      let raw = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) raw += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      up.write(raw + "\r\n");
+      up.write(head);
+      socket.pipe(up).pipe(socket);
+    });
+    up.on("error", () => socket.destroy());
+    socket.on("error", () => up.destroy());
+  });
+  return new Promise((resolve) =>
+    server.listen(0, "127.0.0.1", () => resolve({ url: `http://127.0.0.1:${server.address().port}`, hits, server })),
+  );
+}
+
+const lb = await balancer(NODES);
+after(() => lb.server.close());
+
+let unique = 0;
+const fresh = (prefix) => `${prefix}-${process.pid}-${++unique}`;
+
+function within(promise, what, ms = WAIT) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function once(socket, event) {
+  return within(new Promise((resolve) => socket.once(event, (...args) => resolve(args))), event);
+}
+
+async function connected(socket) {
+  if (socket.connected) return;
+  await within(
+    new Promise((resolve, reject) => {
+      socket.once("connect", resolve);
+      socket.once("connect_error", reject);
+    }),
+    "connect",
+  );
+}
+
+async function until(check, what) {
+  await within(
+    (async () => {
+      while (!check()) await new Promise((r) => setTimeout(r, 20));
+    })(),
+    what,
+  );
+}
+
+/** The first argument of each `broadcast` event (the offset the server appends is dropped). */
+function broadcasts(socket) {
+  const got = [];
+  socket.on("broadcast", (...args) => got.push(args[0]));
+  return got;
+}
+
+test("polling through the balancer: connect, emit with ack, receive, from every node", async () => {
+  const room = fresh("rr-poll");
+  const a = io(lb.url, { path: PATH, forceNew: true, reconnection: false, transports: ["polling"], auth: { room } });
+  // The other member sits on one node directly.
+  const b = io(NODES[2], { path: PATH, forceNew: true, reconnection: false, transports: ["websocket"], auth: { room } });
+  try {
+    const before = [...lb.hits];
+    await Promise.all([connected(a), connected(b)]);
+    const got = broadcasts(a);
+    for (let i = 0; i < 30; i++) {
+      assert.deepEqual(await a.timeout(WAIT).emitWithAck("echo", { i, text: "héllo" }), { i, text: "héllo" });
+    }
+    for (let i = 0; i < 30; i++) await b.timeout(WAIT).emitWithAck("broadcast", i);
+    await until(() => got.length === 30, "30 broadcasts");
+    assert.deepEqual(got, [...Array(30).keys()]);
+    // Its requests went to every node, not just the one that owns the session.
+    assert.ok(lb.hits.every((h, i) => h - before[i] >= 5), `hits per node: ${lb.hits}`);
+  } finally {
+    a.disconnect();
+    b.disconnect();
+  }
+});
+
+test("the websocket upgrade lands on another node and the session goes on over it", async () => {
+  const room = fresh("rr-upgrade");
+  const a = io(lb.url, { path: PATH, forceNew: true, reconnection: false, auth: { room } });
+  try {
+    await connected(a);
+    await until(() => a.io.engine.transport.name === "websocket", "the upgrade");
+    const acks = [];
+    for (let i = 0; i < 200; i++) acks.push(a.timeout(WAIT).emitWithAck("echo", i));
+    assert.deepEqual(await within(Promise.all(acks), "200 acks"), [...Array(200).keys()]);
+    assert.equal(a.io.engine.transport.name, "websocket");
+  } finally {
+    a.disconnect();
+  }
+});
+
+test("connection state recovery through the balancer, on whichever node it lands", async () => {
+  const room = fresh("rr-recover");
+  const a = io(lb.url, {
+    path: PATH,
+    forceNew: true,
+    transports: ["polling"],
+    auth: { room },
+    reconnectionDelay: 300,
+    reconnectionDelayMax: 300,
+    randomizationFactor: 0,
+  });
+  const b = io(NODES[0], { path: PATH, forceNew: true, reconnection: false, transports: ["websocket"], auth: { room } });
+  try {
+    await Promise.all([connected(a), connected(b)]);
+    const got = broadcasts(a);
+    await b.timeout(WAIT).emitWithAck("broadcast", 0);
+    await until(() => got.length === 1, "the first broadcast");
+    const id = a.id;
+    for (let round = 1; round <= 3; round++) {
+      const gone = once(a, "disconnect");
+      a.io.engine.close(); // the transport drops; the client did not leave
+      await gone;
+      for (let i = round * 10 - 9; i <= round * 10; i++) await b.timeout(WAIT).emitWithAck("broadcast", i);
+      await once(a, "connect");
+      assert.equal(a.recovered, true, `socket.recovered after drop ${round}`);
+      assert.equal(a.id, id, "same socket id");
+    }
+    await b.timeout(WAIT).emitWithAck("broadcast", 31); // live again
+    await until(() => got.length === 32, "32 broadcasts");
+    await a.timeout(WAIT).emitWithAck("echo", "sync");
+    assert.deepEqual(got, [...Array(32).keys()]);
+  } finally {
+    a.disconnect();
+    b.disconnect();
+  }
+});
