@@ -85,6 +85,9 @@ pub struct ClusterConfig {
     /// Raft elections start after a silence of this much (randomised up to twice).
     #[serde(default = "default_election_ms")]
     pub raft_election_ms: u64,
+    /// Tests and simulations only: the emulated network the peer traffic crosses.
+    #[serde(skip)]
+    pub wan: Option<crate::transport::Wan>,
     /// A peer silent this long is declared dead: its rooms' presence vanishes
     /// everywhere and it leaves the routing table. Pings go out every sixth of it.
     #[serde(default = "default_failure_timeout_ms")]
@@ -132,6 +135,7 @@ impl ClusterConfig {
             raft_heartbeat_ms: default_heartbeat_ms(),
             raft_election_ms: default_election_ms(),
             failure_timeout_ms: default_failure_timeout_ms(),
+            wan: None,
         }
     }
 

@@ -322,3 +322,71 @@ async fn socket_io_clients_through_a_round_robin_balancer() {
     common::run_client(cmd, "socket.io-client behind a round-robin balancer").await;
     shutdown(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_heals_without_losing_either_sides_events_or_changes() {
+    let (fleet, nodes) = fleet_with_apps().await;
+    let mut counters = clients_in(&nodes, "counter", "split").await;
+    let mut feed = clients_in(&nodes, "echo", "split-feed").await;
+    let (majority, cut_off) = (&fleet.peers[..2], &fleet.peers[2..]);
+
+    // Pune is cut off for longer than the failure timeout: each side declares the other
+    // dead and goes on alone.
+    fleet.wan.partition(majority, cut_off);
+    let cut = Instant::now();
+    for _ in 0..10 {
+        let r = counters[0].emit("split", "incr", json!({"by": 1})).await;
+        assert!(r["error"].is_null(), "{r}");
+    }
+    for _ in 0..7 {
+        let r = counters[2].emit("split", "incr", json!({"by": 1})).await;
+        assert!(r["error"].is_null(), "{r}");
+    }
+    broadcast_range(&mut feed[0], "split-feed", 0..20).await;
+    // Virginia's side no longer lists Pune's members.
+    wait_room(&nodes[0], "echo", "split-feed", "Pune's member gone", |v| {
+        member_count(v) == 2
+    })
+    .await;
+    assert!(
+        cut.elapsed() >= Duration::from_secs(2),
+        "declared dead too early"
+    );
+    broadcast_range(&mut feed[0], "split-feed", 20..30).await;
+
+    fleet.wan.heal(majority, cut_off);
+    broadcast_range(&mut feed[0], "split-feed", 30..35).await;
+    // Both sides' increments count everywhere; Pune's member got every event, once, in
+    // order; and everyone is listed again.
+    for n in &nodes {
+        wait_room(
+            n,
+            "counter",
+            "split",
+            "the counter has both sides' increments",
+            |v| v["state"]["count"] == 17,
+        )
+        .await;
+        wait_room(n, "echo", "split-feed", "members back", |v| {
+            member_count(v) == 3
+        })
+        .await;
+    }
+    let (got, _) = numbered(&mut feed[2], 35).await;
+    assert_eq!(got, (0..35).collect::<Vec<_>>());
+    let extra = feed[2].try_recv(Duration::from_millis(500)).await;
+    assert!(
+        extra.as_ref().is_none_or(|f| f["type"] != "event"),
+        "an event came twice: {extra:?}"
+    );
+    // And the counter's members on both sides were pushed the merged state.
+    for c in counters.iter_mut().step_by(2) {
+        loop {
+            let f = c.next_of("state").await;
+            if f["state"]["count"] == 17 {
+                break;
+            }
+        }
+    }
+    shutdown(nodes).await;
+}

@@ -75,7 +75,7 @@ impl Cluster {
         let endpoint = Arc::new(Endpoint::bind(
             cluster.peer_listen,
             &tls,
-            None,
+            cluster.wan.as_ref(),
             Timing::default(),
         )?);
         // What others dial: the configured address (a wildcard bind is not dialable),

@@ -252,8 +252,14 @@ where
                                 tracing::warn!(%node, "peer declared dead: its rooms' presence goes");
                                 self.interest.lock().forget(node);
                                 let _ = self.to_rooms.send(Delivery::PeerDown(node.clone())).await;
-                            } else if alive {
-                                dead.remove(node);
+                            } else if alive && dead.remove(node) {
+                                // Back (a healed partition need not break the
+                                // connection): it forgot our interests, and rooms
+                                // start over with it.
+                                tracing::info!(%node, "peer alive again");
+                                let full = self.interest.lock().full();
+                                self.send(node, PeerMsg::Interest(full));
+                                let _ = self.to_rooms.send(Delivery::PeerUp(node.clone())).await;
                             }
                         }
                     }

@@ -100,10 +100,13 @@ impl WireEvent {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum RoomMsg {
     Event(WireEvent),
-    /// The sender has (or again reaches) a replica: all its members. Resets the
-    /// receiver's state sync with it; `reply` asks for a hello back.
+    /// The sender has (or again reaches) a replica: all its members, and the last
+    /// event it sequenced (the receiver asks for what it lacks of them: the tail of a
+    /// partition is no gap until something follows it). Resets the receiver's state
+    /// sync with it; `reply` asks for a hello back.
     Hello {
         members: Vec<(ConnId, RemoteMember)>,
+        head: Seq,
         reply: bool,
     },
     /// Members the sender took on (joined, changed presence, or moved to it) or lost.
@@ -226,7 +229,15 @@ impl Replica {
 
     fn hello(&mut self, w: &mut World, node: &NodeId, reply: bool) {
         let members = w.local_records();
-        self.send(node, RoomMsg::Hello { members, reply });
+        let head = w.core.head().get(w.core.origin());
+        self.send(
+            node,
+            RoomMsg::Hello {
+                members,
+                head,
+                reply,
+            },
+        );
         let state = self.sync.entry(node.clone()).or_default();
         *state = sync::State::new();
         if let Some(msg) = w.doc.sync_message(state) {
@@ -273,7 +284,17 @@ impl Replica {
     pub fn receive(&mut self, w: &mut World, from: NodeId, msg: RoomMsg, now: Instant) {
         match msg {
             RoomMsg::Event(e) => self.take_event(w, e, now),
-            RoomMsg::Hello { members, reply } => {
+            RoomMsg::Hello {
+                members,
+                head,
+                reply,
+            } => {
+                if let Some(delivered) = self.inbound.delivered(&from)
+                    && delivered < head
+                {
+                    let (first, to) = (delivered.next(), head);
+                    self.send(&from, RoomMsg::Repair { from: first, to });
+                }
                 let old = w.remote.remove(&from).unwrap_or_default();
                 let new = self.claims(w, &from, members);
                 let left = old

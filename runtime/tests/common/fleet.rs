@@ -25,6 +25,8 @@ pub fn free_udp_port() -> u16 {
 pub struct Fleet {
     pub dirs: tempfile::TempDir,
     pub peers: Vec<SocketAddr>,
+    /// The emulated network between the nodes' peer ports.
+    pub wan: edgeroom::transport::Wan,
 }
 
 impl Fleet {
@@ -40,7 +42,11 @@ impl Fleet {
             .iter()
             .map(|_| SocketAddr::from(([127, 0, 0, 1], free_udp_port())))
             .collect();
-        Self { dirs, peers }
+        Self {
+            dirs,
+            peers,
+            wan: Default::default(),
+        }
     }
 
     pub fn config(&self, i: usize) -> NodeConfig {
@@ -56,6 +62,7 @@ impl Fleet {
             .collect();
         (cluster.lat, cluster.lon) = PLACES[i];
         cluster.raft_heartbeat_ms = 100;
+        cluster.wan = Some(self.wan.clone());
         cluster.raft_election_ms = 500;
         c.cluster = Some(cluster);
         c
