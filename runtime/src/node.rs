@@ -180,8 +180,10 @@ async fn upkeep(node: Arc<Node>) {
 }
 
 impl RunningNode {
-    /// Stop: close client connections (they may resume elsewhere), save every room,
-    /// and release storage. Waits up to `grace` for rooms and connections to finish.
+    /// Stop (a drain): stop accepting, close client connections (they resume elsewhere
+    /// with their tokens and cursors), let every room save and send its replicas what it
+    /// has, wait until the peers have received it, then release storage. Waits up to
+    /// `grace` for rooms, connections and peers.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.node.shutdown.send(true);
         let deadline = Instant::now() + grace;
@@ -193,6 +195,12 @@ impl RunningNode {
         let _ = tokio::time::timeout(grace, self.server).await;
         let _ = self.upkeep.await;
         if let Some(cluster) = &self.node.cluster {
+            // What the rooms sent their replicas on the way out reaches them first.
+            let left = deadline.saturating_duration_since(Instant::now());
+            cluster
+                .replicator
+                .drain(left.max(Duration::from_millis(500)))
+                .await;
             cluster.shutdown().await;
         }
     }

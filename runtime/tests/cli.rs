@@ -252,140 +252,286 @@ async fn cluster_init_writes_certificates_nodes_can_use() {
     drop(peer);
 }
 
+/// Three `edgeroom serve` processes forming a cluster on loopback, each with its own
+/// config, data directory and certificate.
+struct Processes {
+    dir: tempfile::TempDir,
+    names: [&'static str; 3],
+    ports: Vec<u16>,
+    configs: Vec<std::path::PathBuf>,
+    procs: Vec<std::process::Child>,
+    http: reqwest::Client,
+}
+
+impl Processes {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["p-east", "p-west", "p-south"];
+        let out = Command::new(BIN)
+            .args(["cluster", "init", "--nodes", &names.join(","), "--dir"])
+            .arg(dir.path().join("certs"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // HTTP on TCP and QUIC on UDP may share a port number.
+        let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+        let voters: Vec<String> = names
+            .iter()
+            .zip(&ports)
+            .map(|(n, p)| format!("\"{n}@127.0.0.1:{p}\""))
+            .collect();
+        let configs = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, port)| {
+                let path = dir.path().join(format!("{name}.toml"));
+                std::fs::write(
+                    &path,
+                    format!(
+                        "node_id = \"{name}\"\nregion = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n\
+                         data_dir = {:?}\ncompile_cache_dir = {:?}\nadmin_key = \"k-{name}\"\n\
+                         [sandbox]\nmax_instances = 16\n\
+                         [cluster]\npeer_listen = \"127.0.0.1:{port}\"\ntls_dir = {:?}\n\
+                         voters = [{}]\nraft_heartbeat_ms = 100\nraft_election_ms = 500\n",
+                        dir.path().join(name),
+                        common::compile_cache(),
+                        dir.path().join("certs"),
+                        voters.join(", "),
+                    ),
+                )
+                .unwrap();
+                path
+            })
+            .collect();
+        let mut this = Self {
+            dir,
+            names,
+            ports,
+            configs,
+            procs: Vec::new(),
+            http: reqwest::Client::new(),
+        };
+        this.procs = (0..3).map(|i| this.spawn(i)).collect();
+        this
+    }
+
+    fn spawn(&self, i: usize) -> std::process::Child {
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.configs[i])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
+    }
+
+    fn addr(&self, i: usize) -> std::net::SocketAddr {
+        format!("127.0.0.1:{}", self.ports[i]).parse().unwrap()
+    }
+
+    async fn get(&self, i: usize, path: &str) -> Option<serde_json::Value> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url(i)))
+            .bearer_auth("k-p-east")
+            .send()
+            .await
+            .ok()?;
+        serde_json::from_str(&r.text().await.ok()?).ok()
+    }
+
+    /// Which node node `i` says leads the control plane.
+    async fn leader(&self, i: usize) -> Option<usize> {
+        let c = self.get(i, "/v1/cluster").await?;
+        let leader = c["cluster"]["leader"].as_str()?;
+        self.names.iter().position(|n| *n == leader)
+    }
+
+    async fn wait_leader(&self, asking: usize, not: Option<usize>, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.leader(asking).await
+                && Some(l) != not
+            {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn deploy(&self, i: usize, app: &str, wasm: &'static [u8]) -> reqwest::Response {
+        self.http
+            .put(format!("{}/v1/apps/{app}/handler", self.url(i)))
+            .bearer_auth("k-p-east")
+            .body(wasm)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn wait_version(&self, i: usize, app: &str, version: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = self.get(i, &format!("/v1/apps/{app}")).await;
+            if v.as_ref().and_then(|v| v["version"].as_u64()) == Some(version) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} never served {app} v{version}: {v:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, &self.procs[i].id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        let _ = &self.dir;
+    }
+}
+
 /// Three `edgeroom serve` processes form a cluster; the Raft leader's process is killed
 /// with SIGKILL: another leader takes over, deploys keep working, and the killed node
 /// comes back from its disk and serves what was deployed while it was down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_of_processes_survives_kill_9_of_its_leader() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = ["p-east", "p-west", "p-south"];
-    let out = Command::new(BIN)
-        .args(["cluster", "init", "--nodes", &names.join(","), "--dir"])
-        .arg(dir.path().join("certs"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // HTTP on TCP and QUIC on UDP may share a port number.
-    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
-    let voters: Vec<String> = names
-        .iter()
-        .zip(&ports)
-        .map(|(n, p)| format!("\"{n}@127.0.0.1:{p}\""))
-        .collect();
-    let configs: Vec<std::path::PathBuf> = names
-        .iter()
-        .zip(&ports)
-        .map(|(name, port)| {
-            let path = dir.path().join(format!("{name}.toml"));
-            std::fs::write(
-                &path,
-                format!(
-                    "node_id = \"{name}\"\nregion = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n\
-                     data_dir = {:?}\ncompile_cache_dir = {:?}\nadmin_key = \"k-{name}\"\n\
-                     [sandbox]\nmax_instances = 16\n\
-                     [cluster]\npeer_listen = \"127.0.0.1:{port}\"\ntls_dir = {:?}\n\
-                     voters = [{}]\nraft_heartbeat_ms = 100\nraft_election_ms = 500\n",
-                    dir.path().join(name),
-                    common::compile_cache(),
-                    dir.path().join("certs"),
-                    voters.join(", "),
-                ),
-            )
-            .unwrap();
-            path
-        })
-        .collect();
-    let spawn = |i: usize| {
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&configs[i])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut procs: Vec<std::process::Child> = (0..3).map(spawn).collect();
-    let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
-    let http = reqwest::Client::new();
-    let cluster = |i: usize| {
-        let request = http
-            .get(format!("{}/v1/cluster", url(i)))
-            .bearer_auth("k-p-east")
-            .send();
-        async move {
-            let r = request.await.ok()?;
-            serde_json::from_str::<serde_json::Value>(&r.text().await.ok()?).ok()
-        }
-    };
-    let leader_index = |c: &serde_json::Value| {
-        let leader = c["cluster"]["leader"].as_str()?;
-        names.iter().position(|n| *n == leader)
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let leader = loop {
-        if let Some(l) = cluster(0).await.as_ref().and_then(leader_index) {
-            break l;
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let deploy = |i: usize, wasm: &'static [u8]| {
-        http.put(format!("{}/v1/apps/app/handler", url(i)))
-            .bearer_auth("k-p-east")
-            .body(wasm)
-            .send()
-    };
-    let r = deploy(leader, edgeroom::examples::ECHO).await.unwrap();
+    let mut p = Processes::start();
+    let leader = p.wait_leader(0, None, Duration::from_secs(60)).await;
+    let r = p.deploy(leader, "app", edgeroom::examples::ECHO).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 
     // kill -9 the leader: no goodbye, whatever it had in memory is gone.
-    procs[leader].kill().unwrap();
-    procs[leader].wait().unwrap();
-    let killed = Instant::now();
+    p.procs[leader].kill().unwrap();
+    p.procs[leader].wait().unwrap();
     let other = (leader + 1) % 3;
-    let new_leader = loop {
-        if let Some(l) = cluster(other).await.as_ref().and_then(leader_index)
-            && l != leader
-        {
-            break l;
-        }
-        assert!(killed.elapsed() < Duration::from_secs(10), "no new leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let new_leader = p
+        .wait_leader(other, Some(leader), Duration::from_secs(10))
+        .await;
     assert_ne!(new_leader, leader);
-    let r = deploy(other, edgeroom::examples::CHAT).await.unwrap();
+    let r = p.deploy(other, "app", edgeroom::examples::CHAT).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 
     // Back from its disk: it rejoins and serves version 2.
-    procs[leader] = spawn(leader);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let version = async {
-            let r = http
-                .get(format!("{}/v1/apps/app", url(leader)))
-                .bearer_auth("k-p-east")
-                .send()
-                .await
-                .ok()?;
-            let v: serde_json::Value = serde_json::from_str(&r.text().await.ok()?).ok()?;
-            v["version"].as_u64()
-        }
-        .await;
-        if version == Some(2) {
-            break;
-        }
+    p.procs[leader] = p.spawn(leader);
+    p.wait_version(leader, "app", 2).await;
+}
+
+/// The next `n` broadcast numbers a client receives, and the cursor after the last.
+async fn numbered(c: &mut Client, n: usize) -> (Vec<i64>, String) {
+    let mut got = Vec::new();
+    let mut cursor = String::new();
+    while got.len() < n {
+        let f = c.next_of("event").await;
+        got.push(f["data"]["i"].as_i64().unwrap());
+        cursor = f["cursor"].as_str().unwrap().to_owned();
+    }
+    (got, cursor)
+}
+
+/// Broadcast `i` to room `r`; false if the connection closed before the ack.
+async fn broadcast(c: &mut Client, i: i64) -> bool {
+    let frame = json!({"type": "emit", "room": "r", "event": "broadcast", "data": {"i": i}});
+    c.try_request(frame)
+        .await
+        .is_some_and(|r| r["error"].is_null())
+}
+
+/// A reader whose node process is killed with SIGKILL resumes on another process with
+/// its token and cursor and misses nothing; then the sender's process is stopped with
+/// SIGTERM mid-stream, and every event it acknowledged before it went reaches the reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_resume_across_kill_9_and_a_drain_loses_nothing() {
+    let p = Processes::start();
+    let leader = p.wait_leader(0, None, Duration::from_secs(60)).await;
+    let r = p.deploy(leader, "app", edgeroom::examples::ECHO).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for i in 0..3 {
+        p.wait_version(i, "app", 1).await;
+    }
+    let mut sender = Client::connect(p.addr(0), "app", "json").await;
+    assert!(sender.join("r", json!({})).await["error"].is_null());
+    let mut reader = Client::connect(p.addr(1), "app", "json").await;
+    assert!(reader.join("r", json!({})).await["error"].is_null());
+    let token = reader.token();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p
+        .get(0, "/v1/apps/app/rooms/r")
+        .await
+        .map_or(0, |v| v["members"].as_array().map_or(0, Vec::len))
+        < 2
+    {
         assert!(
             Instant::now() < deadline,
-            "restarted node never served v2: {version:?}"
+            "the reader never showed on the sender's node"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for p in &mut procs {
-        let _ = p.kill();
-        let _ = p.wait();
+    for i in 0..20 {
+        assert!(broadcast(&mut sender, i).await);
     }
+    let (got, cursor) = numbered(&mut reader, 20).await;
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+
+    let mut p = p;
+    p.procs[1].kill().unwrap();
+    p.procs[1].wait().unwrap();
+    let killed = Instant::now();
+    for i in 20..50 {
+        assert!(broadcast(&mut sender, i).await);
+    }
+    reader.abort();
+    let mut back = Client::connect(p.addr(2), "app", "json").await;
+    let r = back
+        .request(json!({"type": "resume", "token": token, "cursors": {"r": cursor}}))
+        .await;
+    assert!(r["error"].is_null(), "{r}");
+    let (got, _) = numbered(&mut back, 30).await;
+    println!(
+        "kill -9 to every missed event replayed on another node: {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(got, (20..50).collect::<Vec<_>>());
+
+    // SIGTERM the sender's node while it is sending: what it acknowledged arrives.
+    let sending = tokio::spawn(async move {
+        let mut acked = 49;
+        for i in 50..10_000 {
+            if !broadcast(&mut sender, i).await {
+                break;
+            }
+            acked = i;
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.signal(0, "-TERM");
+    let acked = tokio::time::timeout(Duration::from_secs(20), sending)
+        .await
+        .expect("the sender's connection was never closed")
+        .unwrap();
+    assert!(acked > 50, "the drain started before anything was sent");
+    let (got, _) = numbered(&mut back, (acked - 49) as usize).await;
+    assert_eq!(got, (50..=acked).collect::<Vec<_>>());
+    let status = p.procs[0].wait().unwrap();
+    assert!(status.success(), "the drained node exited with {status}");
 }

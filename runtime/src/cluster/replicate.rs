@@ -68,11 +68,19 @@ pub enum Delivery<M> {
     PeerDown(NodeId),
 }
 
+/// What a peer's link task is handed, in order.
+enum LinkCmd<M> {
+    Send(PeerMsg<M>),
+    /// The node is stopping: send what is queued, end the stream once the peer has
+    /// it all, then say so.
+    Drain(tokio::sync::oneshot::Sender<()>),
+}
+
 pub struct Replicator<M> {
     me: NodeId,
     region: String,
     interest: Mutex<Interest>,
-    links: Mutex<HashMap<NodeId, mpsc::Sender<PeerMsg<M>>>>,
+    links: Mutex<HashMap<NodeId, mpsc::Sender<LinkCmd<M>>>>,
     to_rooms: mpsc::Sender<Delivery<M>>,
 }
 
@@ -100,7 +108,7 @@ where
     /// Queue `msg` to `node`. False if it was dropped (no link yet, or the queue is full).
     pub fn send(&self, node: &NodeId, msg: PeerMsg<M>) -> bool {
         let link = self.links.lock().get(node).cloned();
-        link.is_some_and(|l| l.try_send(msg).is_ok())
+        link.is_some_and(|l| l.try_send(LinkCmd::Send(msg)).is_ok())
     }
 
     /// Every other node with members in `room`.
@@ -154,7 +162,7 @@ where
         let Some(announce) = announce else { return };
         let links: Vec<_> = self.links.lock().values().cloned().collect();
         for link in links {
-            let _ = link.try_send(PeerMsg::Interest(announce.clone()));
+            let _ = link.try_send(LinkCmd::Send(PeerMsg::Interest(announce.clone())));
         }
     }
 
@@ -275,7 +283,7 @@ where
         endpoint: Arc<Endpoint>,
         node: NodeId,
         addr: SocketAddr,
-        mut rx: mpsc::Receiver<PeerMsg<M>>,
+        mut rx: mpsc::Receiver<LinkCmd<M>>,
     ) {
         loop {
             let result: anyhow::Result<()> = async {
@@ -286,11 +294,25 @@ where
                 let full = self.interest.lock().full();
                 tx.send(&PeerMsg::Interest(full)).await?;
                 let _ = self.to_rooms.send(Delivery::PeerUp(node.clone())).await;
-                while let Some(msg) = rx.recv().await {
-                    tx.feed(&msg).await?;
+                while let Some(mut cmd) = rx.recv().await {
                     // Batch what is already queued into one flush.
-                    while let Ok(more) = rx.try_recv() {
-                        tx.feed(&more).await?;
+                    loop {
+                        match cmd {
+                            LinkCmd::Send(msg) => tx.feed(&msg).await?,
+                            LinkCmd::Drain(done) => {
+                                tx.flush().await?;
+                                let stream = tx.get_mut();
+                                stream.finish()?;
+                                // Resolves once the peer has read all of it.
+                                let _ = stream.stopped().await;
+                                let _ = done.send(());
+                                return Ok(());
+                            }
+                        }
+                        match rx.try_recv() {
+                            Ok(more) => cmd = more,
+                            Err(_) => break,
+                        }
                     }
                     tx.flush().await?;
                 }
@@ -303,6 +325,19 @@ where
             }
             tokio::time::sleep(REDIAL_AFTER).await;
         }
+    }
+
+    /// The node is stopping: deliver what every link has queued, waiting at most
+    /// `patience` (a peer that is down gets nothing more).
+    pub async fn drain(&self, patience: Duration) {
+        let links: Vec<_> = self.links.lock().values().cloned().collect();
+        let drained = links.into_iter().map(|link| async move {
+            let (done, rx) = tokio::sync::oneshot::channel();
+            if link.send(LinkCmd::Drain(done)).await.is_ok() {
+                let _ = rx.await;
+            }
+        });
+        let _ = tokio::time::timeout(patience, futures_util::future::join_all(drained)).await;
     }
 }
 

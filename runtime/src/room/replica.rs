@@ -47,6 +47,11 @@ const MAX_HELD: usize = 10_000;
 /// How long taking over a member from another node waits for the other replicas'
 /// history before it goes ahead with what it has.
 const ADOPT_PATIENCE: Duration = Duration::from_secs(1);
+/// Once one replica answered, how long the others get. Every replica logs every event
+/// it received, so one answer has all but what another origin had not yet passed on;
+/// the rest comes live or through gap repair from its origin (a dead node is often
+/// among those that never answer, which is why this does not wait for everyone).
+const ADOPT_GRACE: Duration = Duration::from_millis(100);
 /// Payload bytes per backfill message, at most (well below the frame limit).
 const BACKFILL_PART: usize = 1 << 20;
 
@@ -157,6 +162,7 @@ pub struct Adoption {
     pub record: Option<RemoteMember>,
     waiting: HashSet<NodeId>,
     deadline: Instant,
+    first_answer: Option<Instant>,
 }
 
 impl Adoption {
@@ -174,6 +180,7 @@ impl Adoption {
             record: None,
             waiting: HashSet::new(),
             deadline: Instant::now(),
+            first_answer: None,
         }
     }
 }
@@ -369,6 +376,7 @@ impl Replica {
                 if let Some(member) = last {
                     for a in &mut self.adoptions {
                         a.waiting.remove(&from);
+                        a.first_answer.get_or_insert(now);
                         if let Some((conn, m)) = &member
                             && *conn == a.conn
                             && a.record
@@ -542,7 +550,11 @@ impl Replica {
     pub fn adoptions_due(&mut self, now: Instant) -> Vec<Adoption> {
         let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.adoptions)
             .into_iter()
-            .partition(|a| a.waiting.is_empty() || now >= a.deadline);
+            .partition(|a| {
+                a.waiting.is_empty()
+                    || now >= a.deadline
+                    || a.first_answer.is_some_and(|t| now >= t + ADOPT_GRACE)
+            });
         self.adoptions = waiting;
         for _ in &due {
             self.rep.local_leave(&self.room);

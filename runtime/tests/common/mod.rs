@@ -227,17 +227,36 @@ impl Client {
     }
 
     async fn reply_to(&mut self, r: u64) -> Value {
+        let f = self.reply_or_close(r).await;
+        assert_ne!(
+            f["type"], "closed",
+            "connection closed while waiting for reply {r}: {f}"
+        );
+        f
+    }
+
+    /// The reply to `r`, or the close frame if the connection closed first.
+    async fn reply_or_close(&mut self, r: u64) -> Value {
         loop {
             let f = self.recv_wire().await;
-            if f["type"] == "reply" && f["ref"] == json!(r) {
+            if (f["type"] == "reply" && f["ref"] == json!(r)) || f["type"] == "closed" {
                 return f;
             }
-            assert_ne!(
-                f["type"], "closed",
-                "connection closed while waiting for reply {r}: {f}"
-            );
             self.backlog.push(f);
         }
+    }
+
+    /// Like [`Client::request`], but `None` if the connection closes before the reply.
+    pub async fn try_request(&mut self, mut frame: Value) -> Option<Value> {
+        self.next_ref += 1;
+        let r = self.next_ref;
+        frame["ref"] = json!(r);
+        self.ws
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .ok()?;
+        let f = self.reply_or_close(r).await;
+        (f["type"] == "reply").then_some(f)
     }
 
     pub async fn join(&mut self, room: &str, auth: Value) -> Value {
