@@ -24,7 +24,10 @@ pub enum Protocol {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub protocol: Protocol,
+    /// The node connections go to; with several nodes of one cluster, the first.
     pub addr: SocketAddr,
+    /// Every node, `addr` first: `connect_to` picks one.
+    pub nodes: Vec<SocketAddr>,
     /// Native: the app. Socket.IO: unused (the path picks the app).
     pub app: String,
     /// Socket.IO: the Engine.IO path, e.g. `/socket.io/`.
@@ -60,11 +63,11 @@ pub struct Receiver {
 }
 
 impl Target {
-    fn url(&self) -> String {
+    fn url(&self, addr: SocketAddr) -> String {
         match self.protocol {
-            Protocol::Native => format!("ws://{}/v1/ws?app={}", self.addr, self.app),
+            Protocol::Native => format!("ws://{addr}/v1/ws?app={}", self.app),
             Protocol::Socketio => {
-                format!("ws://{}{}?EIO=4&transport=websocket", self.addr, self.path)
+                format!("ws://{addr}{}?EIO=4&transport=websocket", self.path)
             }
         }
     }
@@ -75,15 +78,32 @@ impl Target {
         room: &str,
         from: Option<std::net::IpAddr>,
     ) -> anyhow::Result<(Sender, Receiver)> {
+        self.connect_to(0, room, from).await
+    }
+
+    /// [`Target::connect`] to node `node` (modulo the number of nodes).
+    pub async fn connect_to(
+        &self,
+        node: usize,
+        room: &str,
+        from: Option<std::net::IpAddr>,
+    ) -> anyhow::Result<(Sender, Receiver)> {
+        let addr = self
+            .nodes
+            .get(node % self.nodes.len().max(1))
+            .copied()
+            .unwrap_or(self.addr);
         let ws = match from {
-            None => tokio_tungstenite::connect_async(self.url()).await?.0,
+            None => tokio_tungstenite::connect_async(self.url(addr)).await?.0,
             Some(ip) => {
                 let socket = tokio::net::TcpSocket::new_v4()?;
                 socket.bind(SocketAddr::new(ip, 0))?;
-                let stream = socket.connect(self.addr).await?;
+                let stream = socket.connect(addr).await?;
                 stream.set_nodelay(true)?;
                 let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-                tokio_tungstenite::client_async(self.url(), stream).await?.0
+                tokio_tungstenite::client_async(self.url(addr), stream)
+                    .await?
+                    .0
             }
         };
         let (mut sink, mut stream) = ws.split();

@@ -37,6 +37,11 @@ struct Args {
     /// Server address (ip:port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: std::net::SocketAddr,
+    /// More nodes of the same cluster (repeat): `fanout` spreads each room's members
+    /// over all nodes in turn (member `m` on node `m mod n`, publishers first), and
+    /// reports latency for same-node and cross-node deliveries apart.
+    #[arg(long)]
+    also: Vec<std::net::SocketAddr>,
     #[arg(long, value_enum, default_value = "native")]
     protocol: Protocol,
     /// Native protocol: the app.
@@ -95,6 +100,20 @@ struct ReadStats {
     dup: u64,
     gaps: u64,
     lat: Histogram<u64>,
+    /// Deliveries of events published on another node.
+    remote_lat: Histogram<u64>,
+}
+
+impl ReadStats {
+    fn new() -> Self {
+        Self {
+            delivered: 0,
+            dup: 0,
+            gaps: 0,
+            lat: histogram(),
+            remote_lat: histogram(),
+        }
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -117,6 +136,9 @@ async fn main() -> anyhow::Result<()> {
     let target = Target {
         protocol: args.protocol,
         addr: args.addr,
+        nodes: std::iter::once(args.addr)
+            .chain(args.also.clone())
+            .collect(),
         app: args.app.clone(),
         path: args.path.clone(),
     };
@@ -153,14 +175,20 @@ async fn fanout(args: &Args, target: &Target) -> anyhow::Result<Value> {
 
     let mut readers = Vec::new();
     let mut senders = Vec::new();
+    let nodes = target.nodes.len();
+    let rss_start = args.server_pid.and_then(server::rss_bytes);
     for r in 0..args.rooms {
         let room = format!("load-{r}");
         for m in 0..args.subs {
-            let (tx, rx) = target.connect(&room, None).await?;
+            let (tx, rx) = target.connect_to(m, &room, None).await?;
             let publisher = (m < args.pubs).then_some(r * args.pubs + m);
+            // Which publishers of the run sit on another node than this member.
+            let remote: Vec<bool> = (0..n_pubs)
+                .map(|p| (p % args.pubs) % nodes != m % nodes)
+                .collect();
             readers.push(tokio::spawn(read_loop(
                 rx,
-                n_pubs,
+                remote,
                 publisher.map(|p| acks[p].clone()),
                 start,
                 finished.clone(),
@@ -205,12 +233,8 @@ async fn fanout(args: &Args, target: &Target) -> anyhow::Result<Value> {
     let cpu_s = cpu_split.map(|(user, kernel)| user + kernel);
     let loadgen_cpu_s = own_cpu.split().map(|(user, kernel)| round2(user + kernel));
 
-    let mut total = ReadStats {
-        delivered: 0,
-        dup: 0,
-        gaps: 0,
-        lat: histogram(),
-    };
+    let rss_end = args.server_pid.and_then(server::rss_bytes);
+    let mut total = ReadStats::new();
     let _ = finish.send(true);
     for r in readers {
         if let Ok(Ok(s)) = r.await {
@@ -218,6 +242,7 @@ async fn fanout(args: &Args, target: &Target) -> anyhow::Result<Value> {
             total.dup += s.dup;
             total.gaps += s.gaps;
             total.lat.add(&s.lat)?;
+            total.remote_lat.add(&s.remote_lat)?;
         }
     }
     let acked: u64 = acks.iter().map(|a| a.ok.load(Ordering::Relaxed)).sum();
@@ -233,6 +258,12 @@ async fn fanout(args: &Args, target: &Target) -> anyhow::Result<Value> {
         "delivered_per_s": (total.delivered as f64 / elapsed).round(),
         "loss": expected.saturating_sub(total.delivered), "duplicates": total.dup, "out_of_order": total.gaps,
         "latency_ms": latency_json(&total.lat),
+        "nodes": nodes,
+        "cross_node_latency_ms": (nodes > 1).then(|| latency_json(&total.remote_lat)),
+        // Each event goes once to every other node with members of its room.
+        "forwarded": acked * (nodes.min(args.subs) as u64 - 1),
+        "server_rss_start": rss_start,
+        "server_rss_end": rss_end,
         "server_cpu_s": cpu_s.map(round2),
         "server_kernel_cpu_s": cpu_split.map(|(_, kernel)| round2(kernel)),
         "loadgen_cpu_s": loadgen_cpu_s,
@@ -278,18 +309,13 @@ async fn send_loop(
 
 async fn read_loop(
     mut rx: Receiver,
-    publishers: usize,
+    remote: Vec<bool>,
     acks: Option<Arc<Acks>>,
     start: Instant,
     mut finished: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<ReadStats> {
-    let mut last = vec![0u64; publishers];
-    let mut st = ReadStats {
-        delivered: 0,
-        dup: 0,
-        gaps: 0,
-        lat: histogram(),
-    };
+    let mut last = vec![0u64; remote.len()];
+    let mut st = ReadStats::new();
     while let Some(m) = next_until(&mut rx, &mut finished).await? {
         match m {
             Incoming::Ack { ok, .. } => {
@@ -317,8 +343,11 @@ async fn read_loop(
                 }
                 *prev = s;
                 st.delivered += 1;
-                st.lat
-                    .saturating_record(micros_since(start).saturating_sub(sent));
+                let lat = micros_since(start).saturating_sub(sent);
+                st.lat.saturating_record(lat);
+                if remote.get(p as usize) == Some(&true) {
+                    st.remote_lat.saturating_record(lat);
+                }
             }
             Incoming::Event { .. } | Incoming::Other => {}
         }

@@ -535,3 +535,138 @@ async fn clients_resume_across_kill_9_and_a_drain_loses_nothing() {
     let status = p.procs[0].wait().unwrap();
     assert!(status.success(), "the drained node exited with {status}");
 }
+
+/// Benchmark (run by `bench/resume-after-kill.sh`, not by the test suite): many readers
+/// on one node process, a sender on another broadcasting; the readers' node is killed
+/// with SIGKILL and each reader resumes at once on one of the two others with its
+/// token and cursor. Prints one JSON line: the time from the kill until each reader
+/// was resumed and until it had every event it missed, and whether any was lost,
+/// duplicated or reordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/resume-after-kill.sh runs it"]
+async fn bench_resume_after_kill_9() {
+    let readers_n: usize = std::env::var("READERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let mut p = Processes::start();
+    let leader = p.wait_leader(0, None, Duration::from_secs(60)).await;
+    let r = p.deploy(leader, "app", edgeroom::examples::ECHO).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for i in 0..3 {
+        p.wait_version(i, "app", 1).await;
+    }
+    let mut sender = Client::connect(p.addr(0), "app", "json").await;
+    assert!(sender.join("r", json!({})).await["error"].is_null());
+    let mut readers = Vec::new();
+    for _ in 0..readers_n {
+        let mut c = Client::connect(p.addr(1), "app", "json").await;
+        assert!(c.join("r", json!({})).await["error"].is_null());
+        readers.push(c);
+    }
+    // The sender broadcasts at 100/s until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The last event the sender had acknowledged.
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(-1));
+    let sending = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert!(broadcast(&mut sender, i).await);
+                acked.store(i, std::sync::atomic::Ordering::Relaxed);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            i
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (kill_tx, kill_rx) = tokio::sync::watch::channel(None::<Instant>);
+    let addrs = [p.addr(0), p.addr(2)];
+    let tasks: Vec<_> = readers
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut c)| {
+            let mut kill_rx = kill_rx.clone();
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                let token = c.token();
+                let (mut seen, mut cursor) = (Vec::new(), String::new());
+                // Read until the node dies under us.
+                loop {
+                    let f = c.recv().await;
+                    match f["type"].as_str() {
+                        Some("event") => {
+                            seen.push(f["data"]["i"].as_i64().unwrap());
+                            cursor = f["cursor"].as_str().unwrap().to_owned();
+                        }
+                        Some("closed") => break,
+                        _ => {}
+                    }
+                }
+                let killed = kill_rx.wait_for(Option::is_some).await.unwrap().unwrap();
+                let mut back = Client::connect(addrs[k % 2], "app", "json").await;
+                let r = back
+                    .request(json!({"type": "resume", "token": token, "cursors": {"r": cursor}}))
+                    .await;
+                assert!(r["error"].is_null(), "{r}");
+                let resumed = killed.elapsed();
+                // Caught up: it has everything the sender had sent when it resumed.
+                let latest = acked.load(std::sync::atomic::Ordering::Relaxed);
+                let mut caught_up = None;
+                while seen.last().is_none_or(|i| *i < latest + 100) {
+                    let f = back.next_of("event").await;
+                    let i = f["data"]["i"].as_i64().unwrap();
+                    seen.push(i);
+                    if caught_up.is_none() && i >= latest {
+                        caught_up = Some(killed.elapsed());
+                    }
+                }
+                (resumed, caught_up.unwrap_or(killed.elapsed()), seen)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.procs[1].kill().unwrap();
+    let _ = kill_tx.send(Some(Instant::now()));
+    p.procs[1].wait().unwrap();
+    let mut resumed = Vec::new();
+    let mut caught = Vec::new();
+    let (mut lost, mut dup, mut reordered) = (0, 0, 0);
+    for t in tasks {
+        let (r, c, seen) = t.await.unwrap();
+        resumed.push(r.as_secs_f64() * 1000.0);
+        caught.push(c.as_secs_f64() * 1000.0);
+        let first = seen[0];
+        for w in seen.windows(2) {
+            match w[1] - w[0] {
+                1 => {}
+                d if d <= 0 => {
+                    if seen.iter().filter(|x| **x == w[1]).count() > 1 {
+                        dup += 1
+                    } else {
+                        reordered += 1
+                    }
+                }
+                d => lost += d - 1,
+            }
+        }
+        assert_eq!(first, 0);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sending.await;
+    let q = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    };
+    println!(
+        "{}",
+        json!({
+            "bench": "resume_after_kill_9", "readers": readers_n,
+            "resumed_ms": {"p50": q(&mut resumed, 0.5), "p99": q(&mut resumed, 0.99), "max": q(&mut resumed, 1.0)},
+            "caught_up_ms": {"p50": q(&mut caught, 0.5), "p99": q(&mut caught, 0.99), "max": q(&mut caught, 1.0)},
+            "lost": lost, "duplicates": dup, "reordered": reordered,
+        })
+    );
+}

@@ -540,6 +540,10 @@ impl Replica {
             let after = after.clone();
             self.send(node, RoomMsg::Backfill { after, conn });
         }
+        // A replica that already had members has its own log: it counts as an answer.
+        if !w.core.members().is_empty() {
+            a.first_answer = Some(now);
+        }
         a.waiting = peers.into_iter().collect();
         a.deadline = now + ADOPT_PATIENCE;
         self.adoptions.push(a);
