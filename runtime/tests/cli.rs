@@ -319,6 +319,18 @@ impl Processes {
         this
     }
 
+    /// Started, with `echo` deployed as app `app` and live on every node.
+    async fn with_echo() -> Self {
+        let p = Self::start();
+        let leader = p.wait_leader(0, None, Duration::from_secs(60)).await;
+        let r = p.deploy(leader, "app", edgeroom::examples::ECHO).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        for i in 0..3 {
+            p.wait_version(i, "app", 1).await;
+        }
+        p
+    }
+
     fn spawn(&self, i: usize) -> std::process::Child {
         Command::new(BIN)
             .args(["serve", "--config"])
@@ -436,18 +448,6 @@ async fn a_cluster_of_processes_survives_kill_9_of_its_leader() {
     p.wait_version(leader, "app", 2).await;
 }
 
-/// The next `n` broadcast numbers a client receives, and the cursor after the last.
-async fn numbered(c: &mut Client, n: usize) -> (Vec<i64>, String) {
-    let mut got = Vec::new();
-    let mut cursor = String::new();
-    while got.len() < n {
-        let f = c.next_of("event").await;
-        got.push(f["data"]["i"].as_i64().unwrap());
-        cursor = f["cursor"].as_str().unwrap().to_owned();
-    }
-    (got, cursor)
-}
-
 /// Broadcast `i` to room `r`; false if the connection closed before the ack.
 async fn broadcast(c: &mut Client, i: i64) -> bool {
     let frame = json!({"type": "emit", "room": "r", "event": "broadcast", "data": {"i": i}});
@@ -461,13 +461,7 @@ async fn broadcast(c: &mut Client, i: i64) -> bool {
 /// SIGTERM mid-stream, and every event it acknowledged before it went reaches the reader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_resume_across_kill_9_and_a_drain_loses_nothing() {
-    let p = Processes::start();
-    let leader = p.wait_leader(0, None, Duration::from_secs(60)).await;
-    let r = p.deploy(leader, "app", edgeroom::examples::ECHO).await;
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    for i in 0..3 {
-        p.wait_version(i, "app", 1).await;
-    }
+    let p = Processes::with_echo().await;
     let mut sender = Client::connect(p.addr(0), "app", "json").await;
     assert!(sender.join("r", json!({})).await["error"].is_null());
     let mut reader = Client::connect(p.addr(1), "app", "json").await;
@@ -489,7 +483,7 @@ async fn clients_resume_across_kill_9_and_a_drain_loses_nothing() {
     for i in 0..20 {
         assert!(broadcast(&mut sender, i).await);
     }
-    let (got, cursor) = numbered(&mut reader, 20).await;
+    let (got, cursor) = reader.numbered(20).await;
     assert_eq!(got, (0..20).collect::<Vec<_>>());
 
     let mut p = p;
@@ -505,7 +499,7 @@ async fn clients_resume_across_kill_9_and_a_drain_loses_nothing() {
         .request(json!({"type": "resume", "token": token, "cursors": {"r": cursor}}))
         .await;
     assert!(r["error"].is_null(), "{r}");
-    let (got, _) = numbered(&mut back, 30).await;
+    let (got, _) = back.numbered(30).await;
     println!(
         "kill -9 to every missed event replayed on another node: {:?}",
         killed.elapsed()
@@ -530,7 +524,7 @@ async fn clients_resume_across_kill_9_and_a_drain_loses_nothing() {
         .expect("the sender's connection was never closed")
         .unwrap();
     assert!(acked > 50, "the drain started before anything was sent");
-    let (got, _) = numbered(&mut back, (acked - 49) as usize).await;
+    let (got, _) = back.numbered((acked - 49) as usize).await;
     assert_eq!(got, (50..=acked).collect::<Vec<_>>());
     let status = p.procs[0].wait().unwrap();
     assert!(status.success(), "the drained node exited with {status}");
@@ -549,13 +543,7 @@ async fn bench_resume_after_kill_9() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let mut p = Processes::start();
-    let leader = p.wait_leader(0, None, Duration::from_secs(60)).await;
-    let r = p.deploy(leader, "app", edgeroom::examples::ECHO).await;
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    for i in 0..3 {
-        p.wait_version(i, "app", 1).await;
-    }
+    let mut p = Processes::with_echo().await;
     let mut sender = Client::connect(p.addr(0), "app", "json").await;
     assert!(sender.join("r", json!({})).await["error"].is_null());
     let mut readers = Vec::new();

@@ -219,18 +219,6 @@ async fn counter_increments_on_three_nodes_at_once_sum_everywhere() {
     shutdown(nodes).await;
 }
 
-/// The `i` of the next `n` broadcast events, with the cursor after the last one.
-async fn numbered(c: &mut Client, n: usize) -> (Vec<i64>, String) {
-    let mut got = Vec::new();
-    let mut cursor = String::new();
-    while got.len() < n {
-        let f = c.next_of("event").await;
-        got.push(f["data"]["i"].as_i64().unwrap());
-        cursor = f["cursor"].as_str().unwrap().to_owned();
-    }
-    (got, cursor)
-}
-
 async fn broadcast_range(c: &mut Client, room: &str, range: std::ops::Range<i64>) {
     for i in range {
         let r = c.emit(room, "broadcast", json!({"i": i})).await;
@@ -258,7 +246,7 @@ async fn a_client_whose_node_died_resumes_on_another_with_nothing_lost() {
     .await;
 
     broadcast_range(&mut sender, "feed", 0..50).await;
-    let (got, cursor) = numbered(&mut reader, 50).await;
+    let (got, cursor) = reader.numbered(50).await;
     assert_eq!(got, (0..50).collect::<Vec<_>>());
 
     // The reader's node dies; the room goes on without it.
@@ -278,10 +266,10 @@ async fn a_client_whose_node_died_resumes_on_another_with_nothing_lost() {
     let welcome = back.next_of("welcome").await;
     assert_eq!(welcome["session"], session.as_str(), "{welcome}");
     assert_eq!(welcome["resumed"], true);
-    let (got, _) = numbered(&mut back, 100).await;
+    let (got, _) = back.numbered(100).await;
     assert_eq!(got, (50..150).collect::<Vec<_>>());
     broadcast_range(&mut sender, "feed", 150..160).await;
-    let (got, _) = numbered(&mut back, 10).await;
+    let (got, _) = back.numbered(10).await;
     assert_eq!(got, (150..160).collect::<Vec<_>>());
     assert!(
         back.try_recv(Duration::from_millis(300))
@@ -372,7 +360,7 @@ async fn a_partition_heals_without_losing_either_sides_events_or_changes() {
         })
         .await;
     }
-    let (got, _) = numbered(&mut feed[2], 35).await;
+    let (got, _) = feed[2].numbered(35).await;
     assert_eq!(got, (0..35).collect::<Vec<_>>());
     let extra = feed[2].try_recv(Duration::from_millis(500)).await;
     assert!(
@@ -387,6 +375,50 @@ async fn a_partition_heals_without_losing_either_sides_events_or_changes() {
                 break;
             }
         }
+    }
+    shutdown(nodes).await;
+}
+
+/// Two readers that saw different amounts resume on a node that had no replica of the
+/// room: the second's older cursor is behind where the new replica's log starts, and
+/// it still gets everything after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_with_different_cursors_resume_on_one_fresh_node() {
+    let (_fleet, mut nodes) = fleet_with_apps().await;
+    let mut sender = Client::connect(nodes[0].addr, "echo", "json").await;
+    sender.join("news", json!({})).await;
+    let mut ahead = Client::connect(nodes[1].addr, "echo", "json").await;
+    let mut behind = Client::connect(nodes[1].addr, "echo", "json").await;
+    for c in [&mut ahead, &mut behind] {
+        assert!(c.join("news", json!({})).await["error"].is_null());
+    }
+    wait_room(&nodes[0], "echo", "news", "readers known", |v| {
+        member_count(v) == 3
+    })
+    .await;
+    broadcast_range(&mut sender, "news", 0..40).await;
+    let (_, ahead_cursor) = ahead.numbered(40).await;
+    // `behind` says it saw only the first 10.
+    let (_, behind_cursor) = behind.numbered(10).await;
+    let tokens = (ahead.token(), behind.token());
+    nodes.remove(1).shutdown(Duration::from_millis(100)).await;
+    ahead.abort();
+    behind.abort();
+    broadcast_range(&mut sender, "news", 40..60).await;
+
+    let resume = |token: String, cursor: String| json!({"type": "resume", "token": token, "cursors": {"news": cursor}});
+    let mut ahead = Client::connect(nodes[1].addr, "echo", "json").await;
+    assert!(ahead.request(resume(tokens.0, ahead_cursor)).await["error"].is_null());
+    let (got, _) = ahead.numbered(20).await;
+    assert_eq!(got, (40..60).collect::<Vec<_>>());
+    let mut behind = Client::connect(nodes[1].addr, "echo", "json").await;
+    assert!(behind.request(resume(tokens.1, behind_cursor)).await["error"].is_null());
+    let (got, _) = behind.numbered(50).await;
+    assert_eq!(got, (10..60).collect::<Vec<_>>());
+    broadcast_range(&mut sender, "news", 60..65).await;
+    for c in [&mut ahead, &mut behind] {
+        let (got, _) = c.numbered(5).await;
+        assert_eq!(got, (60..65).collect::<Vec<_>>());
     }
     shutdown(nodes).await;
 }

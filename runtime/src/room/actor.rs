@@ -450,7 +450,14 @@ impl Actor {
             w.core.set_presence(&conn, record.presence.clone());
             w.presence_changed(vec![(conn.clone(), record.presence)], vec![]);
             w.links.insert(conn.clone(), a.link);
-            let replay = w.core.replay_for(&conn, &a.cursor.unwrap_or(before));
+            let cursor = a.cursor.unwrap_or(before);
+            let replay = w.core.replay_for(&conn, &cursor);
+            // What the other replicas sent that this one's log does not have (it
+            // starts later than this member's cursor) goes first.
+            let earlier = Replica::earlier(&w.place.room, &conn, &cursor, &replay, a.backlog);
+            for e in earlier {
+                w.push(&conn, Outbound::Event(e));
+            }
             self.send_replay(&conn, replay);
             self.send_snapshot(&conn);
             if let Some(mut r) = self.replica.take() {

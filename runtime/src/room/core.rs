@@ -52,6 +52,22 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
+    /// An event of `room`, which leaves the room's cursor at `cursor`.
+    pub fn new(room: RoomId, e: Sequenced, cursor: String) -> Self {
+        Self {
+            room,
+            origin: e.origin,
+            seq: e.seq,
+            at_ms: e.at_ms,
+            target: e.target,
+            event: e.event,
+            payload: e.payload,
+            from: e.from,
+            cursor,
+            encoded: Default::default(),
+        }
+    }
+
     /// Cache slots of the Socket.IO gateway's forms of an event: in the namespace named
     /// after the room or in the main namespace, each without and with a recovery offset.
     pub const SOCKETIO_SLOTS: [usize; 4] = [2, 3, 4, 5];
@@ -315,18 +331,7 @@ impl<R: Clone> RoomCore<R> {
             "sequence numbers only grow per origin"
         );
         self.head.advance(&e.origin, e.seq);
-        let entry = Arc::new(LogEntry {
-            room: self.room.clone(),
-            origin: e.origin,
-            seq: e.seq,
-            at_ms: e.at_ms,
-            target: e.target,
-            event: e.event,
-            payload: e.payload,
-            from: e.from,
-            cursor: self.head.to_string(),
-            encoded: Default::default(),
-        });
+        let entry = Arc::new(LogEntry::new(self.room.clone(), e, self.head.to_string()));
         self.log.push_back(entry.clone());
         while self.log.len() > self.limits.max_events {
             self.evict_front();

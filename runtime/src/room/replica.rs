@@ -85,7 +85,7 @@ impl WireEvent {
         }
     }
 
-    fn into_sequenced(self) -> Sequenced {
+    pub fn into_sequenced(self) -> Sequenced {
         Sequenced {
             origin: self.origin,
             seq: self.seq,
@@ -125,11 +125,14 @@ pub enum RoomMsg {
         after: String,
         conn: ConnId,
     },
-    /// The answer, in log order, in parts of at most `BACKFILL_PART` bytes of payload;
-    /// the last part carries the member, if known.
+    /// The answer for the member moving, in log order, in parts of at most
+    /// `BACKFILL_PART` bytes of payload; the last part carries the member's record, if
+    /// the sender knows it.
     Backfilled {
+        conn: ConnId,
         events: Vec<WireEvent>,
-        last: Option<Option<(ConnId, RemoteMember)>>,
+        last: bool,
+        member: Option<RemoteMember>,
     },
     /// An Automerge sync message.
     Sync(Vec<u8>),
@@ -160,6 +163,8 @@ pub struct Adoption {
     pub done: oneshot::Sender<super::AdoptOutcome>,
     /// The member as the replicas that answered described it (the latest claim).
     pub record: Option<RemoteMember>,
+    /// The history the other replicas sent for this member, in their log order.
+    pub backlog: Vec<WireEvent>,
     waiting: HashSet<NodeId>,
     deadline: Instant,
     first_answer: Option<Instant>,
@@ -178,6 +183,7 @@ impl Adoption {
             cursor,
             done,
             record: None,
+            backlog: Vec::new(),
             waiting: HashSet::new(),
             deadline: Instant::now(),
             first_answer: None,
@@ -358,7 +364,17 @@ impl Replica {
                     ));
                     if bytes >= BACKFILL_PART {
                         let events = std::mem::take(&mut part);
-                        self.send(&from, RoomMsg::Backfilled { events, last: None });
+                        let conn = conn.clone();
+                        let (last, member) = (false, None);
+                        self.send(
+                            &from,
+                            RoomMsg::Backfilled {
+                                conn,
+                                events,
+                                last,
+                                member,
+                            },
+                        );
                         bytes = 0;
                     }
                 }
@@ -366,26 +382,42 @@ impl Replica {
                     Some(m) => Some(m.into()),
                     None => w.remote.values().find_map(|m| m.get(&conn).cloned()),
                 };
-                let last = Some(member.map(|m| (conn, m)));
-                self.send(&from, RoomMsg::Backfilled { events: part, last });
+                let (events, last) = (part, true);
+                self.send(
+                    &from,
+                    RoomMsg::Backfilled {
+                        conn,
+                        events,
+                        last,
+                        member,
+                    },
+                );
             }
-            RoomMsg::Backfilled { events, last } => {
-                for e in events {
-                    self.take_event(w, e, now);
-                }
-                if let Some(member) = last {
-                    for a in &mut self.adoptions {
+            RoomMsg::Backfilled {
+                conn,
+                events,
+                last,
+                member,
+            } => {
+                let adoption = self.adoptions.iter_mut().find(|a| a.conn == conn);
+                if let Some(a) = adoption {
+                    // Kept for this member's replay: the room's log may start later
+                    // than its cursor (another member's adoption set where it starts).
+                    a.backlog.extend(events.iter().cloned());
+                    if last {
                         a.waiting.remove(&from);
                         a.first_answer.get_or_insert(now);
-                        if let Some((conn, m)) = &member
-                            && *conn == a.conn
-                            && a.record
-                                .as_ref()
-                                .is_none_or(|r| r.claimed_ms < m.claimed_ms)
-                        {
-                            a.record = Some(m.clone());
-                        }
                     }
+                    if let Some(m) = member
+                        && a.record
+                            .as_ref()
+                            .is_none_or(|r| r.claimed_ms < m.claimed_ms)
+                    {
+                        a.record = Some(m);
+                    }
+                }
+                for e in events {
+                    self.take_event(w, e, now);
                 }
             }
             RoomMsg::Sync(bytes) => {
@@ -547,6 +579,58 @@ impl Replica {
         a.waiting = peers.into_iter().collect();
         a.deadline = now + ADOPT_PATIENCE;
         self.adoptions.push(a);
+    }
+
+    /// Of what the other replicas sent for an adopted member, the events after its
+    /// cursor, for it, and not in `replay` (what this replica's log gives it): once
+    /// each, in per-origin order, each with the member's cursor after it.
+    pub fn earlier(
+        room: &crate::ids::RoomId,
+        conn: &ConnId,
+        cursor: &Cursor,
+        replay: &super::core::Replay,
+        backlog: Vec<WireEvent>,
+    ) -> Vec<Arc<LogEntry>> {
+        let in_log: HashSet<(&NodeId, Seq)> =
+            replay.events.iter().map(|e| (&e.origin, e.seq)).collect();
+        let mut seen = HashSet::new();
+        let mut extra: Vec<WireEvent> = backlog
+            .into_iter()
+            .filter(|e| {
+                !cursor.covers(&e.origin, e.seq)
+                    && e.target.includes(conn)
+                    && !in_log.contains(&(&e.origin, e.seq))
+                    && seen.insert((e.origin.clone(), e.seq))
+            })
+            .collect();
+        // Several replicas' logs, merged: by time, then each origin's put back in
+        // sequence order in the places its events took.
+        extra.sort_by_key(|e| e.at_ms);
+        let mut places: HashMap<NodeId, Vec<usize>> = HashMap::new();
+        for (i, e) in extra.iter().enumerate() {
+            places.entry(e.origin.clone()).or_default().push(i);
+        }
+        let mut slots: Vec<Option<WireEvent>> = extra.into_iter().map(Some).collect();
+        for idx in places.values() {
+            let mut run: Vec<WireEvent> = idx.iter().filter_map(|&i| slots[i].take()).collect();
+            run.sort_by_key(|e| e.seq);
+            for (&i, e) in idx.iter().zip(run) {
+                slots[i] = Some(e);
+            }
+        }
+        let mut at = cursor.clone();
+        slots
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                at.advance(&e.origin, e.seq);
+                Arc::new(LogEntry::new(
+                    room.clone(),
+                    e.into_sequenced(),
+                    at.to_string(),
+                ))
+            })
+            .collect()
     }
 
     /// Adoptions whose history is in (or that waited long enough): the actor takes

@@ -280,6 +280,19 @@ impl Client {
         }
     }
 
+    /// The `i` of the data of the next `n` events (the benchmarks' and tests' numbered
+    /// broadcasts), and the cursor after the last one.
+    pub async fn numbered(&mut self, n: usize) -> (Vec<i64>, String) {
+        let mut got = Vec::new();
+        let mut cursor = String::new();
+        while got.len() < n {
+            let f = self.next_of("event").await;
+            got.push(f["data"]["i"].as_i64().unwrap());
+            cursor = f["cursor"].as_str().unwrap().to_owned();
+        }
+        (got, cursor)
+    }
+
     /// Drop the TCP connection without a close handshake (a network failure).
     pub fn abort(self) {
         drop(self.ws.into_inner());

@@ -5,12 +5,12 @@
 // event from a room carries its offset as an extra last argument.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { WAIT, within, once, connected } from "./helpers.mjs";
 import { io, Manager } from "socket.io-client";
 import WebSocket from "ws";
 
 const URL = process.env.EDGEROOM_URL;
 assert.ok(URL, "EDGEROOM_URL must name the node under test");
-const WAIT = 10_000;
 
 let unique = 0;
 const fresh = (prefix) => `${prefix}-${process.pid}-${++unique}`;
@@ -20,28 +20,6 @@ function client(nsp = "/", opts = {}) {
   return io(URL + nsp, { forceNew: true, reconnection: false, ...opts });
 }
 
-function within(promise, what, ms = WAIT) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function once(socket, event) {
-  return within(new Promise((resolve) => socket.once(event, (...args) => resolve(args))), event);
-}
-
-async function connected(socket) {
-  if (socket.connected) return;
-  await within(
-    new Promise((resolve, reject) => {
-      socket.once("connect", resolve);
-      socket.once("connect_error", reject);
-    }),
-    "connect",
-  );
-}
 
 /** Split an event's arguments from the recovery offset the server appends. */
 function withoutOffset(args) {

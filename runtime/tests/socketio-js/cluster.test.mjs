@@ -7,12 +7,12 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import net from "node:net";
+import { WAIT, within, once, connected } from "./helpers.mjs";
 import { io } from "socket.io-client";
 
 const NODES = (process.env.EDGEROOM_URLS ?? "").split(",").filter(Boolean);
 assert.equal(NODES.length, 3, "EDGEROOM_URLS must name three nodes");
 const PATH = "/apps/echo/socket.io/";
-const WAIT = 10_000;
 
 /** A round-robin balancer: per request and per upgrade, the next node. */
 function balancer(targets) {
@@ -61,28 +61,6 @@ after(() => lb.server.close());
 let unique = 0;
 const fresh = (prefix) => `${prefix}-${process.pid}-${++unique}`;
 
-function within(promise, what, ms = WAIT) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function once(socket, event) {
-  return within(new Promise((resolve) => socket.once(event, (...args) => resolve(args))), event);
-}
-
-async function connected(socket) {
-  if (socket.connected) return;
-  await within(
-    new Promise((resolve, reject) => {
-      socket.once("connect", resolve);
-      socket.once("connect_error", reject);
-    }),
-    "connect",
-  );
-}
 
 async function until(check, what) {
   await within(
