@@ -34,12 +34,38 @@ pub struct Node {
     /// Membership in a cluster; `None` for a standalone node.
     pub cluster: Option<Arc<Cluster>>,
     shutdown: watch::Sender<bool>,
+    /// Why clients must go elsewhere now, if they must: the node is stopping, or it is
+    /// cut off from most of its cluster. Gateways close their connections with it and
+    /// refuse new ones while it is set.
+    clients_go: watch::Sender<Option<&'static str>>,
+}
+
+/// Why a node sends its clients away.
+pub const STOPPING: &str = "server shutting down; resume on another node";
+pub const CUT_OFF: &str = "this node is cut off from its cluster; resume on another node";
+
+/// Resolves when clients must go, with why (see [`Node::clients_go_rx`]).
+pub async fn gone(go: &mut watch::Receiver<Option<&'static str>>) -> &'static str {
+    match go.wait_for(Option::is_some).await {
+        Ok(why) => why.unwrap_or(STOPPING),
+        Err(_) => STOPPING,
+    }
 }
 
 impl Node {
     /// Resolves when the node starts shutting down.
     pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// See `clients_go`: wait on it with `wait_for(Option::is_some)`.
+    pub fn clients_go_rx(&self) -> watch::Receiver<Option<&'static str>> {
+        self.clients_go.subscribe()
+    }
+
+    /// Why new clients are refused now, if they are.
+    pub fn refusing(&self) -> Option<&'static str> {
+        *self.clients_go.borrow()
     }
 }
 
@@ -113,6 +139,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         tokens,
         cluster,
         shutdown,
+        clients_go: watch::channel(None).0,
     });
     if let Some(cluster) = &node.cluster {
         tokio::spawn(crate::cluster::registry::follow(
@@ -139,6 +166,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         }
     });
     let upkeep = tokio::spawn(upkeep(node.clone()));
+    if node.cluster.is_some() {
+        tokio::spawn(fence(node.clone()));
+    }
     tracing::info!(node = %node.config.node_id, region = %node.config.region, %addr, "node listening");
     Ok(RunningNode {
         addr,
@@ -146,6 +176,33 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         server,
         upkeep,
     })
+}
+
+/// A node that cannot hear most of its cluster sends its clients away (they resume on
+/// nodes that can, with everything the room did meanwhile) and refuses new ones, until
+/// it hears a majority again. Clusters of fewer than three nodes never fence: there a
+/// node cannot tell its own isolation from its peer's death.
+async fn fence(node: Arc<Node>) {
+    let Some(cluster) = node.cluster.clone() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut stop = node.shutdown_rx();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let cut_off = cluster.cut_off();
+        let fenced = node.refusing() == Some(CUT_OFF);
+        if cut_off && !fenced && node.refusing().is_none() {
+            tracing::warn!("cut off from most of the cluster: sending clients elsewhere");
+            node.clients_go.send_replace(Some(CUT_OFF));
+        } else if !cut_off && fenced {
+            tracing::info!("back in touch with the cluster: accepting clients");
+            node.clients_go.send_replace(None);
+        }
+    }
 }
 
 /// Once a second: expire resumable sessions past their window, sample rates.
@@ -185,6 +242,7 @@ impl RunningNode {
     /// has, wait until the peers have received it, then release storage. Waits up to
     /// `grace` for rooms, connections and peers.
     pub async fn shutdown(self, grace: Duration) {
+        self.node.clients_go.send_replace(Some(STOPPING));
         let _ = self.node.shutdown.send(true);
         let deadline = Instant::now() + grace;
         while (self.node.metrics.rooms.get() > 0 || self.node.metrics.connections.get() > 0)

@@ -319,7 +319,7 @@ async fn a_partition_heals_without_losing_either_sides_events_or_changes() {
     let (majority, cut_off) = (&fleet.peers[..2], &fleet.peers[2..]);
 
     // Pune is cut off for longer than the failure timeout: each side declares the other
-    // dead and goes on alone.
+    // dead; Pune, the minority, then sends its clients away.
     fleet.wan.partition(majority, cut_off);
     let cut = Instant::now();
     for _ in 0..10 {
@@ -341,11 +341,24 @@ async fn a_partition_heals_without_losing_either_sides_events_or_changes() {
         "declared dead too early"
     );
     broadcast_range(&mut feed[0], "split-feed", 20..30).await;
+    // Pune's reader: what it got before it was sent away, and where it was.
+    let token = feed[2].token();
+    let (mut got, mut cursor) = (Vec::new(), String::new());
+    loop {
+        let f = feed[2].recv().await;
+        match f["type"].as_str() {
+            Some("event") => {
+                got.push(f["data"]["i"].as_i64().unwrap());
+                cursor = f["cursor"].as_str().unwrap().to_owned();
+            }
+            Some("closed") => break,
+            _ => {}
+        }
+    }
 
     fleet.wan.heal(majority, cut_off);
     broadcast_range(&mut feed[0], "split-feed", 30..35).await;
-    // Both sides' increments count everywhere; Pune's member got every event, once, in
-    // order; and everyone is listed again.
+    // Both sides' increments count everywhere.
     for n in &nodes {
         wait_room(
             n,
@@ -355,25 +368,41 @@ async fn a_partition_heals_without_losing_either_sides_events_or_changes() {
             |v| v["state"]["count"] == 17,
         )
         .await;
+    }
+    // Pune takes clients again; its reader comes back there and gets every event it
+    // missed (Pune's replica repaired what the partition kept from it), once, in order.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut back = loop {
+        let url = format!("http://{}/v1/ws?app=echo", nodes[2].addr);
+        if reqwest::get(url).await.unwrap().status() == 400 {
+            break Client::connect(nodes[2].addr, "echo", "json").await;
+        }
+        assert!(Instant::now() < deadline, "Pune never took clients again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let r = back
+        .request(json!({"type": "resume", "token": token, "cursors": {"split-feed": cursor}}))
+        .await;
+    assert!(r["error"].is_null(), "{r}");
+    let missed = 35 - got.len();
+    got.extend(back.numbered(missed).await.0);
+    assert_eq!(got, (0..35).collect::<Vec<_>>());
+    let extra = back.try_recv(Duration::from_millis(500)).await;
+    assert!(
+        extra.as_ref().is_none_or(|f| f["type"] != "event"),
+        "an event came twice: {extra:?}"
+    );
+    for n in &nodes {
         wait_room(n, "echo", "split-feed", "members back", |v| {
             member_count(v) == 3
         })
         .await;
     }
-    let (got, _) = feed[2].numbered(35).await;
-    assert_eq!(got, (0..35).collect::<Vec<_>>());
-    let extra = feed[2].try_recv(Duration::from_millis(500)).await;
-    assert!(
-        extra.as_ref().is_none_or(|f| f["type"] != "event"),
-        "an event came twice: {extra:?}"
-    );
-    // And the counter's members on both sides were pushed the merged state.
-    for c in counters.iter_mut().step_by(2) {
-        loop {
-            let f = c.next_of("state").await;
-            if f["state"]["count"] == 17 {
-                break;
-            }
+    // The counter's member on the majority side was pushed the merged state.
+    loop {
+        let f = counters[0].next_of("state").await;
+        if f["state"]["count"] == 17 {
+            break;
         }
     }
     shutdown(nodes).await;
@@ -420,5 +449,73 @@ async fn readers_with_different_cursors_resume_on_one_fresh_node() {
         let (got, _) = c.numbered(5).await;
         assert_eq!(got, (60..65).collect::<Vec<_>>());
     }
+    shutdown(nodes).await;
+}
+
+/// A node cut off from the rest sends its clients away; they resume on the majority's
+/// nodes with what the room did meanwhile; once the partition heals it takes clients
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_node_sends_its_clients_elsewhere_and_takes_them_again_after() {
+    let (fleet, nodes) = fleet_with_apps().await;
+    let mut sender = Client::connect(nodes[0].addr, "echo", "json").await;
+    sender.join("watch", json!({})).await;
+    let mut reader = Client::connect(nodes[2].addr, "echo", "json").await;
+    assert!(reader.join("watch", json!({})).await["error"].is_null());
+    wait_room(&nodes[0], "echo", "watch", "reader known", |v| {
+        member_count(v) == 2
+    })
+    .await;
+    broadcast_range(&mut sender, "watch", 0..10).await;
+    let (_, cursor) = reader.numbered(10).await;
+    let token = reader.token();
+
+    let (majority, cut_off) = (&fleet.peers[..2], &fleet.peers[2..]);
+    fleet.wan.partition(majority, cut_off);
+    let cut = Instant::now();
+    broadcast_range(&mut sender, "watch", 10..20).await;
+    // Pune notices it hears nobody and closes its clients with the reason.
+    let closed = loop {
+        let f = reader.recv().await;
+        if f["type"] == "closed" {
+            break f;
+        }
+    };
+    assert!(
+        closed["reason"].as_str().unwrap_or("").contains("cut off"),
+        "{closed}"
+    );
+    assert!(
+        cut.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        cut.elapsed()
+    );
+    // New clients are refused there meanwhile.
+    let ws = |n: &RunningNode| format!("http://{}/v1/ws?app=echo", n.addr);
+    let refused = reqwest::get(ws(&nodes[2])).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    // The client resumes on Amsterdam with everything it missed.
+    let mut back = Client::connect(nodes[1].addr, "echo", "json").await;
+    let r = back
+        .request(json!({"type": "resume", "token": token, "cursors": {"watch": cursor}}))
+        .await;
+    assert!(r["error"].is_null(), "{r}");
+    let (got, _) = back.numbered(10).await;
+    assert_eq!(got, (10..20).collect::<Vec<_>>());
+
+    fleet.wan.heal(majority, cut_off);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // A plain GET: 400 (not a WebSocket) once it takes clients again.
+        let status = reqwest::get(ws(&nodes[2])).await.unwrap().status();
+        if status == 400 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Pune never took clients again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broadcast_range(&mut sender, "watch", 20..25).await;
+    let (got, _) = back.numbered(5).await;
+    assert_eq!(got, (20..25).collect::<Vec<_>>());
     shutdown(nodes).await;
 }

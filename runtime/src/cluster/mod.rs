@@ -304,6 +304,19 @@ impl Cluster {
         Ok(p)
     }
 
+    /// Whether this node hears fewer than half the other nodes of a cluster of three
+    /// or more (itself counted among the living): the minority side of a partition.
+    pub fn cut_off(&self) -> bool {
+        let state = self.control.state();
+        let total = state.nodes.len();
+        let alive = state
+            .nodes
+            .keys()
+            .filter(|n| self.health.is_alive(n))
+            .count();
+        total >= 3 && alive * 2 <= total
+    }
+
     /// What peers send this node's rooms (once: the node's rooms serve it).
     pub fn take_deliveries(
         &self,

@@ -224,6 +224,9 @@ async fn route(
     if *method != Method::GET {
         return eio_error(node, StatusCode::BAD_REQUEST, 2, "Bad handshake method");
     }
+    if let Some(why) = node.refusing() {
+        return eio_error(node, StatusCode::SERVICE_UNAVAILABLE, 4, why);
+    }
     if websocket && ws.is_none() {
         return eio_error(node, StatusCode::BAD_REQUEST, 3, "Bad request");
     }
@@ -437,7 +440,7 @@ impl Driver {
 
     async fn run(mut self, ws: Option<WebSocket>) {
         self.ws = ws;
-        let mut shutdown = self.node.shutdown_rx();
+        let mut go = self.node.clients_go_rx();
         // One timer, moved as deadlines change (boxed: it is large, and most sessions idle).
         let mut timer = Box::pin(tokio::time::sleep_until(self.session.deadline().into()));
         loop {
@@ -467,8 +470,8 @@ impl Driver {
                     self.session.close(CloseReason::Server(reason));
                 }
                 // The client is told to go (a close packet) and may recover elsewhere.
-                _ = stopping(&mut shutdown) => {
-                    self.session.close(CloseReason::Server("server shutting down".into()));
+                why = crate::node::gone(&mut go) => {
+                    self.session.close(CloseReason::Server(why.into()));
                 }
                 _ = &mut timer => self.on_timeout(),
                 // Boxed: upgrades are rare and this future holds a whole WebSocket.
@@ -784,12 +787,6 @@ fn ws_message(p: Packet) -> Message {
         },
         p => Message::Text(Utf8Bytes::from(engineio::encode(&p))),
     }
-}
-
-/// Resolves once the node starts shutting down.
-async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    // A closed channel means the node is gone: stopping too.
-    let _ = shutdown.wait_for(|stopping| *stopping).await;
 }
 
 async fn recv(ws: &mut Option<WebSocket>) -> Option<Result<Message, axum::Error>> {

@@ -208,6 +208,9 @@ async fn native_ws(
     Query(q): Query<WsQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if let Some(why) = node.refusing() {
+        return http_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
+    }
     let ws = match ws {
         Ok(ws) => ws,
         Err(e) => {

@@ -93,15 +93,15 @@ pub async fn serve(socket: WebSocket, node: Arc<Node>, app: AppName, format: For
         resumed: false,
     });
 
-    let mut shutdown = node.shutdown_rx();
+    let mut go = node.clients_go_rx();
     let mut explicit_close = false;
     let mut writer_done = std::pin::pin!(writer_done);
     loop {
         let next = tokio::select! {
             m = tokio::time::timeout(PING_EVERY * 3, stream.next()) => m,
             _ = &mut writer_done => break,
-            _ = shutdown.changed() => {
-                kill.kill("server shutting down; resume on another node");
+            why = crate::node::gone(&mut go) => {
+                kill.kill(why);
                 break;
             }
         };

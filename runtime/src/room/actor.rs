@@ -440,7 +440,8 @@ impl Actor {
         for a in due {
             let w = self.world();
             let known = w.remote.values_mut().find_map(|m| m.remove(&a.conn));
-            let Some(record) = known.or(a.record) else {
+            let departed = w.departed.remove(&a.conn).map(|(m, _)| m);
+            let Some(record) = known.or(a.record).or(departed) else {
                 let _ = a.done.send(AdoptOutcome::NotMember);
                 continue;
             };
@@ -621,6 +622,10 @@ impl Actor {
         let now = now_ms();
         let limits = self.rooms.env().limits.clone();
         let gone = self.world().core.expire(now, limits.presence_grace_ms);
+        let window = limits.resume_window_ms;
+        self.world()
+            .departed
+            .retain(|_, (_, since)| now.saturating_sub(*since) < window);
         for conn in gone {
             self.remove_member(&conn).await;
         }

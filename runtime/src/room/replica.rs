@@ -380,7 +380,11 @@ impl Replica {
                 }
                 let member = match w.core.member(&conn) {
                     Some(m) => Some(m.into()),
-                    None => w.remote.values().find_map(|m| m.get(&conn).cloned()),
+                    None => w
+                        .remote
+                        .values()
+                        .find_map(|m| m.get(&conn).cloned())
+                        .or_else(|| w.departed.get(&conn).map(|(m, _)| m.clone())),
                 };
                 let (events, last) = (part, true);
                 self.send(
@@ -516,10 +520,10 @@ impl Replica {
         }
     }
 
-    /// Members another node says it holds. One this node also holds goes to whichever
-    /// took it on last (its client resumed there): moved away, it leaves here without
-    /// a word to anyone; an older claim is ignored. The same member listed under a
-    /// third node is dropped there.
+    /// Members another node says it holds. A member held by two nodes belongs to the
+    /// one that took it on last (its client resumed there): the older claim is ignored
+    /// where it arrives second; a member this node held and lost that way leaves here
+    /// without a word to anyone (it did not leave the room).
     fn claims(
         &mut self,
         w: &mut World,
@@ -537,11 +541,21 @@ impl Replica {
                 w.core.leave(&conn);
                 self.member_left();
             }
+            let newer_elsewhere = w.remote.iter().any(|(node, others)| {
+                node != from
+                    && others
+                        .get(&conn)
+                        .is_some_and(|o| (o.claimed_ms, node) > (m.claimed_ms, from))
+            });
+            if newer_elsewhere {
+                continue;
+            }
             for (node, others) in w.remote.iter_mut() {
                 if node != from {
                     others.remove(&conn);
                 }
             }
+            w.departed.remove(&conn);
             out.insert(conn, m);
         }
         out
@@ -665,7 +679,11 @@ impl Replica {
             a.waiting.remove(node);
         }
         if let Some(gone) = w.remote.remove(node) {
-            push_presence(w, vec![], gone.into_keys().collect());
+            let left = gone.keys().cloned().collect();
+            let now = w.now_ms.max(crate::apps::now_ms());
+            w.departed
+                .extend(gone.into_iter().map(|(c, m)| (c, (m, now))));
+            push_presence(w, vec![], left);
         }
         let (ready, skipped) = self.inbound.give_up(node);
         self.deliver(w, ready, skipped);

@@ -49,6 +49,9 @@ pub struct World {
     pub outgoing: Option<Outgoing>,
     /// Members on other nodes, by the node that holds them.
     pub remote: BTreeMap<NodeId, BTreeMap<ConnId, RemoteMember>>,
+    /// Members of nodes declared dead, since when: gone from presence, but a client
+    /// that resumes here within the resume window is taken back as it was.
+    pub departed: HashMap<ConnId, (RemoteMember, u64)>,
     /// The document changed since members last got the state.
     pub state_changed: bool,
     /// The document changed since it was last saved.
@@ -77,6 +80,7 @@ impl World {
             lost: Vec::new(),
             outgoing: None,
             remote: BTreeMap::new(),
+            departed: HashMap::new(),
             state_changed: false,
             unsaved: false,
             timer: None,
