@@ -505,6 +505,21 @@ async fn clients_resume_across_kill_9_and_a_drain_loses_nothing() {
         killed.elapsed()
     );
     assert_eq!(got, (20..50).collect::<Vec<_>>());
+    // No ghosts: once the killed node is declared dead, nobody lists a member there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = p.get(0, "/v1/apps/app/rooms/r").await.unwrap_or_default();
+        let on = |node: &str| {
+            view["members"]
+                .as_array()
+                .map_or(0, |m| m.iter().filter(|m| m["node"] == node).count())
+        };
+        if on("p-west") == 0 && on("p-east") == 1 && on("p-south") == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "members after the kill: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // SIGTERM the sender's node while it is sending: what it acknowledged arrives.
     let sending = tokio::spawn(async move {

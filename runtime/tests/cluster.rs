@@ -194,7 +194,7 @@ async fn route_ranks_live_regions_and_drops_a_dead_one_within_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_key_configured_on_one_node_works_on_every_node() {
     let fleet = Fleet::new();
-    let starting = (0..NAMES.len()).map(|i| {
+    let starting = (0..THREE.len()).map(|i| {
         let mut c = fleet.config(i);
         c.dev = false;
         c.admin_key = Some(format!("key-of-{i}"));

@@ -519,3 +519,100 @@ async fn a_cut_off_node_sends_its_clients_elsewhere_and_takes_them_again_after()
     assert_eq!(got, (20..25).collect::<Vec<_>>());
     shutdown(nodes).await;
 }
+
+/// socket.io-client behind a round-robin balancer whose session's node goes away: it
+/// recovers on a surviving node (the node to stop is the one the client's session id
+/// names, which the client prints).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_recovers_on_another_node_when_its_node_goes_away() {
+    use tokio::io::AsyncBufReadExt;
+
+    let (_fleet, mut nodes) = fleet_with_apps().await;
+    let signals = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.addr)).collect();
+    let names: Vec<String> = nodes
+        .iter()
+        .map(|n| n.node.config.node_id.to_string())
+        .collect();
+    let mut child = tokio::process::Command::new("node")
+        .current_dir(common::tests_dir("socketio-js"))
+        .args(["--test", "--test-reporter=spec", "failover.test.mjs"])
+        .env("EDGEROOM_URLS", urls.join(","))
+        .env("EDGEROOM_NAMES", names.join(","))
+        .env("FAILOVER_DIR", signals.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is needed for the socket.io-client tests");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut output = Vec::new();
+    let run = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(owner) = line.trim().strip_prefix("OWNER ") {
+                let i = names.iter().position(|n| n == owner).expect("a known node");
+                nodes.remove(i).shutdown(Duration::from_secs(2)).await;
+                std::fs::write(signals.path().join("gone"), b"").unwrap();
+            }
+            output.push(line);
+        }
+        child.wait().await.unwrap()
+    };
+    let status = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the failover client did not finish");
+    let output = output.join("\n");
+    println!("{output}");
+    assert!(
+        status.success(),
+        "socket.io-client failover failed:\n{output}"
+    );
+    shutdown(nodes).await;
+}
+
+/// Two nodes in one region: an event from another region crosses the WAN once per
+/// region, to one of them, which passes it on to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_crosses_to_each_region_once_and_fans_out_inside_it() {
+    let specs = [
+        THREE[0],
+        ("us-east-2", "us-east", (39.04, -77.49)),
+        THREE[1],
+        THREE[2],
+    ];
+    let fleet = Fleet::of(&specs);
+    let nodes = fleet.start_all().await;
+    let (status, body) = deploy(&nodes[0], "echo", example("echo"), None).await;
+    assert_eq!(status, 200, "{body}");
+    for n in &nodes {
+        wait_version(n, "echo", 1).await;
+    }
+    let mut clients = clients_in(&nodes, "echo", "wide").await;
+    let sent = |i: usize| {
+        nodes[i]
+            .node
+            .cluster
+            .as_ref()
+            .unwrap()
+            .replicator
+            .relayed_sent()
+    };
+    let before: Vec<u64> = (0..nodes.len()).map(sent).collect();
+    // Amsterdam publishes: one copy to us-east (one of its two nodes), one to ap-south.
+    const N: i64 = 50;
+    broadcast_range(&mut clients[2], "wide", 0..N).await;
+    for (k, c) in clients.iter_mut().enumerate().filter(|(k, _)| *k != 2) {
+        let (got, _) = c.numbered(N as usize).await;
+        assert_eq!(got, (0..N).collect::<Vec<_>>(), "member on node {k}");
+    }
+    let delta: Vec<u64> = (0..nodes.len()).map(|i| sent(i) - before[i]).collect();
+    assert_eq!(
+        delta[2],
+        2 * N as u64,
+        "Amsterdam sends once per other region"
+    );
+    // The us-east node it chose relays each event once to its neighbour; nobody else
+    // sends anything.
+    assert_eq!(delta[0] + delta[1], N as u64, "{delta:?}");
+    assert_eq!(delta[3], 0, "{delta:?}");
+    shutdown(nodes).await;
+}

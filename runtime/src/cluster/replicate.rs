@@ -82,6 +82,8 @@ pub struct Replicator<M> {
     interest: Mutex<Interest>,
     links: Mutex<HashMap<NodeId, mpsc::Sender<LinkCmd<M>>>>,
     to_rooms: mpsc::Sender<Delivery<M>>,
+    /// Region-wide messages this node sent to peers (originated or relayed).
+    relayed_sent: std::sync::atomic::AtomicU64,
 }
 
 impl<M> Replicator<M>
@@ -97,6 +99,7 @@ where
             interest: Mutex::new(Interest::new()),
             links: Mutex::new(HashMap::new()),
             to_rooms,
+            relayed_sent: Default::default(),
         });
         (this, rx)
     }
@@ -126,10 +129,19 @@ where
         self.send_each(&targets, room, msg);
     }
 
+    /// How many region-wide messages (events) this node has sent to peers.
+    pub fn relayed_sent(&self) -> u64 {
+        self.relayed_sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn send_each(&self, targets: &[NodeId], room: &RoomRef, msg: M) {
         let Some((last, rest)) = targets.split_last() else {
             return;
         };
+        if msg.relayed() {
+            self.relayed_sent
+                .fetch_add(targets.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         for node in rest {
             let msg = PeerMsg::Room {
                 room: room.clone(),

@@ -1,5 +1,5 @@
-//! A cluster of three in-process nodes (Virginia, Amsterdam, Pune) on loopback: real
-//! QUIC with mutual TLS, real Raft on redb, the example handlers.
+//! A cluster of in-process nodes on loopback (by default three: Virginia, Amsterdam,
+//! Pune): real QUIC with mutual TLS, real Raft on redb, the example handlers.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -10,9 +10,15 @@ use edgeroom::transport::ClusterCa;
 use edgeroom::{NodeConfig, RunningNode, examples};
 use serde_json::Value;
 
-pub const NAMES: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
+/// A node of a fleet: its name, region and place.
+pub type Spec = (&'static str, &'static str, (f64, f64));
+
 /// Virginia, Amsterdam, Pune (the geo data's coordinates).
-pub const PLACES: [(f64, f64); 3] = [(37.37, -79.82), (52.37, 4.90), (18.52, 73.86)];
+pub const THREE: [Spec; 3] = [
+    ("us-east-1", "us-east", (37.37, -79.82)),
+    ("eu-west-1", "eu-west", (52.37, 4.90)),
+    ("ap-south-1", "ap-south", (18.52, 73.86)),
+];
 
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -23,6 +29,7 @@ pub fn free_udp_port() -> u16 {
 }
 
 pub struct Fleet {
+    pub specs: Vec<Spec>,
     pub dirs: tempfile::TempDir,
     pub peers: Vec<SocketAddr>,
     /// The emulated network between the nodes' peer ports.
@@ -31,18 +38,23 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new() -> Self {
+        Self::of(&THREE)
+    }
+
+    pub fn of(specs: &[Spec]) -> Self {
         let dirs = tempfile::tempdir().unwrap();
         let ca = ClusterCa::generate("test").unwrap();
         ca.save(&dirs.path().join("certs")).unwrap();
-        for name in NAMES {
+        for (name, ..) in specs {
             ca.issue_into(&dirs.path().join("certs"), &NodeId::new(name).unwrap())
                 .unwrap();
         }
-        let peers = NAMES
+        let peers = specs
             .iter()
             .map(|_| SocketAddr::from(([127, 0, 0, 1], free_udp_port())))
             .collect();
         Self {
+            specs: specs.to_vec(),
             dirs,
             peers,
             wan: Default::default(),
@@ -50,17 +62,18 @@ impl Fleet {
     }
 
     pub fn config(&self, i: usize) -> NodeConfig {
-        let name = NAMES[i];
+        let (name, region, place) = self.specs[i];
         let mut c = super::config(&self.dirs.path().join(name));
         c.node_id = NodeId::new(name).unwrap();
-        c.region = name.trim_end_matches("-1").into();
+        c.region = region.into();
         let mut cluster = ClusterConfig::new(self.peers[i], self.dirs.path().join("certs"));
-        cluster.voters = NAMES
+        cluster.voters = self
+            .specs
             .iter()
             .zip(&self.peers)
-            .map(|(n, a)| format!("{n}@{a}"))
+            .map(|((n, ..), a)| format!("{n}@{a}"))
             .collect();
-        (cluster.lat, cluster.lon) = PLACES[i];
+        (cluster.lat, cluster.lon) = place;
         cluster.raft_heartbeat_ms = 100;
         cluster.wan = Some(self.wan.clone());
         cluster.raft_election_ms = 500;
@@ -71,16 +84,16 @@ impl Fleet {
     /// Starts every node and waits until each has heard from all the others, so tests
     /// start from a cluster whose health view is complete.
     pub async fn start_all(&self) -> Vec<RunningNode> {
-        let starting = (0..NAMES.len()).map(|i| edgeroom::start(self.config(i)));
+        let starting = (0..self.specs.len()).map(|i| edgeroom::start(self.config(i)));
         let nodes = futures_util::future::try_join_all(starting).await.unwrap();
         for n in &nodes {
-            wait_all_alive(n).await;
+            wait_all_alive(n, self.specs.len()).await;
         }
         nodes
     }
 }
 
-pub async fn wait_all_alive(node: &RunningNode) {
+pub async fn wait_all_alive(node: &RunningNode, count: usize) {
     let me = node.node.config.node_id.as_str();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -92,7 +105,7 @@ pub async fn wait_all_alive(node: &RunningNode) {
                 .filter(|n| n["node"] == me || (n["alive"] == true && n["rtt_ms"].is_number()))
                 .count()
         });
-        if heard == NAMES.len() {
+        if heard == count {
             return;
         }
         assert!(

@@ -5,55 +5,12 @@
 // land on nodes that do not own it: they must be forwarded to the owner.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import http from "node:http";
-import net from "node:net";
-import { WAIT, within, once, connected } from "./helpers.mjs";
+import { WAIT, within, once, connected, balancer } from "./helpers.mjs";
 import { io } from "socket.io-client";
 
 const NODES = (process.env.EDGEROOM_URLS ?? "").split(",").filter(Boolean);
 assert.equal(NODES.length, 3, "EDGEROOM_URLS must name three nodes");
 const PATH = "/apps/echo/socket.io/";
-
-/** A round-robin balancer: per request and per upgrade, the next node. */
-function balancer(targets) {
-  let next = 0;
-  const hits = targets.map(() => 0);
-  const pick = () => {
-    const i = next++ % targets.length;
-    hits[i]++;
-    return new URL(targets[i]);
-  };
-  const server = http.createServer((req, res) => {
-    const t = pick();
-    const up = http.request(
-      { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: req.headers, agent: false },
-      (r) => {
-        res.writeHead(r.statusCode, r.headers);
-        r.pipe(res);
-      },
-    );
-    up.on("error", () => {
-      res.writeHead(502);
-      res.end();
-    });
-    req.pipe(up);
-  });
-  server.on("upgrade", (req, socket, head) => {
-    const t = pick();
-    const up = net.connect(Number(t.port), t.hostname, () => {
-      let raw = `${req.method} ${req.url} HTTP/1.1\r\n`;
-      for (let i = 0; i < req.rawHeaders.length; i += 2) raw += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
-      up.write(raw + "\r\n");
-      up.write(head);
-      socket.pipe(up).pipe(socket);
-    });
-    up.on("error", () => socket.destroy());
-    socket.on("error", () => up.destroy());
-  });
-  return new Promise((resolve) =>
-    server.listen(0, "127.0.0.1", () => resolve({ url: `http://127.0.0.1:${server.address().port}`, hits, server })),
-  );
-}
 
 const lb = await balancer(NODES);
 after(() => lb.server.close());
