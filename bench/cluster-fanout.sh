@@ -7,9 +7,11 @@
 #   - cross-node delivery latency p50/p99, delivered/s, loss/duplicates/reordering;
 #   - server CPU per million deliveries, cluster and standalone;
 #   - CPU per forwarded message (the cluster's extra busy CPU over standalone, idle
-#     CPU subtracted, divided by the messages sent node to node) and memory per forwarded message (the cluster
-#     process's RSS growth over the run, divided by the same; replicas keep the last two
-#     minutes of a room's events, so this is what history costs per message).
+#     CPU subtracted, divided by the messages sent node to node) and memory per
+#     forwarded message (the cluster process's RSS growth over the run less the
+#     standalone node's, divided by the same: replicas keep the last two minutes of a
+#     room's events, so this is what a forwarded message costs while it is history; run
+#     long enough, e.g. SECS=30, for it to stand out of the allocator's noise).
 #
 #   bench/cluster-fanout.sh        SUBS=300 RATE=1000 SECS=10 bench/cluster-fanout.sh
 set -euo pipefail
@@ -65,7 +67,8 @@ fwd = c["forwarded"] or 1
 # Busy CPU: the run's CPU less what the process burns idle over as long.
 busy = lambda r, idle: r["server_cpu_s"] - idle["idle_cpu_s_per_s"] * r["secs"]
 extra_cpu = busy(c, ci) - busy(s, si) if c["server_cpu_s"] and s["server_cpu_s"] else None
-rss = (c["server_rss_end"] - c["server_rss_start"]) if c["server_rss_end"] and c["server_rss_start"] else None
+grow = lambda r: r["server_rss_end"] - r["server_rss_start"] if r["server_rss_end"] and r["server_rss_start"] else None
+rss = grow(c) - grow(s) if grow(c) is not None and grow(s) is not None else None
 print(json.dumps({
     "summary": "cluster-fanout",
     "nodes": c["nodes"], "subs": c["subs"], "rate": c["rate"], "secs": c["secs"],
