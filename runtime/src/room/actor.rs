@@ -136,7 +136,9 @@ impl Actor {
                     if let Some(r) = &mut self.replica {
                         r.poll(std::time::Instant::now());
                     }
-                    self.adopt_due().await;
+                    if self.adopt_due() {
+                        self.after_call().await;
+                    }
                 }
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
@@ -292,7 +294,9 @@ impl Actor {
                         let adoption = Adoption::new(conn, link, cursor, done);
                         r.adopt(self.world(), adoption, std::time::Instant::now());
                         self.replica = Some(r);
-                        self.adopt_due().await;
+                        if self.adopt_due() {
+                            self.after_call().await;
+                        }
                     }
                     None => drop(done.send(AdoptOutcome::NotMember)),
                 }
@@ -311,7 +315,7 @@ impl Actor {
                 if let Some(mut r) = self.replica.take() {
                     r.receive(self.world(), from, msg, std::time::Instant::now());
                     self.replica = Some(r);
-                    self.adopt_due().await;
+                    self.adopt_due();
                     self.after_call().await;
                 }
             }
@@ -325,7 +329,7 @@ impl Actor {
                 if let Some(mut r) = self.replica.take() {
                     r.peer_down(self.world(), &node);
                     self.replica = Some(r);
-                    self.adopt_due().await;
+                    self.adopt_due();
                     self.after_call().await;
                 }
             }
@@ -433,10 +437,14 @@ impl Actor {
 
     /// Take on the members whose adoption has its history in: as the member the other
     /// node described (auth, presence), without calling on-join again (the handler
-    /// accepted it once), then everything after its cursor, then live.
-    async fn adopt_due(&mut self) {
-        let Some(r) = &mut self.replica else { return };
+    /// accepted it once), then everything after its cursor, then live. True if any
+    /// adoption was settled (the caller runs `after_call` to pass the news on).
+    fn adopt_due(&mut self) -> bool {
+        let Some(r) = &mut self.replica else {
+            return false;
+        };
         let due = r.adoptions_due(std::time::Instant::now());
+        let settled = !due.is_empty();
         for a in due {
             let w = self.world();
             let known = w.remote.values_mut().find_map(|m| m.remove(&a.conn));
@@ -467,7 +475,7 @@ impl Actor {
             }
             let _ = a.done.send(AdoptOutcome::Adopted { auth: record.auth });
         }
-        self.after_call().await;
+        settled
     }
 
     fn send_replay(&mut self, conn: &ConnId, replay: super::core::Replay) {

@@ -321,7 +321,7 @@ impl Replica {
                     .map(|(c, m)| (c.clone(), m.presence.clone()))
                     .collect();
                 w.remote.insert(from.clone(), new);
-                push_presence(w, joined, left);
+                w.push_presence(joined, left);
                 match reply {
                     true => self.hello(w, &from, false),
                     false => {
@@ -347,38 +347,28 @@ impl Replica {
                         (c, presence)
                     })
                     .collect();
-                push_presence(w, joined, left);
+                w.push_presence(joined, left);
             }
             RoomMsg::Backfill { after, conn } => {
                 let after: Cursor = after.parse().unwrap_or_default();
                 let since = w.core.first_seq();
                 let me = w.core.origin().clone();
-                let mut part = Vec::new();
+                // In parts that stay well under the frame limit.
+                let mut parts = vec![Vec::new()];
                 let mut bytes = 0;
                 for e in w.core.replay_all(&after) {
-                    bytes += e.payload.json.len()
-                        + e.payload.binaries.iter().map(Vec::len).sum::<usize>();
-                    part.push(WireEvent::new(
-                        &e,
-                        if e.origin == me { since } else { Seq(0) },
-                    ));
                     if bytes >= BACKFILL_PART {
-                        let events = std::mem::take(&mut part);
-                        let conn = conn.clone();
-                        let (last, member) = (false, None);
-                        self.send(
-                            &from,
-                            RoomMsg::Backfilled {
-                                conn,
-                                events,
-                                last,
-                                member,
-                            },
-                        );
+                        parts.push(Vec::new());
                         bytes = 0;
                     }
+                    bytes += e.payload.json.len()
+                        + e.payload.binaries.iter().map(Vec::len).sum::<usize>();
+                    let since = if e.origin == me { since } else { Seq(0) };
+                    if let Some(part) = parts.last_mut() {
+                        part.push(WireEvent::new(&e, since));
+                    }
                 }
-                let member = match w.core.member(&conn) {
+                let mut member = match w.core.member(&conn) {
                     Some(m) => Some(m.into()),
                     None => w
                         .remote
@@ -386,16 +376,17 @@ impl Replica {
                         .find_map(|m| m.get(&conn).cloned())
                         .or_else(|| w.departed.get(&conn).map(|(m, _)| m.clone())),
                 };
-                let (events, last) = (part, true);
-                self.send(
-                    &from,
-                    RoomMsg::Backfilled {
-                        conn,
+                let n = parts.len();
+                for (i, events) in parts.into_iter().enumerate() {
+                    let last = i + 1 == n;
+                    let msg = RoomMsg::Backfilled {
+                        conn: conn.clone(),
                         events,
                         last,
-                        member,
-                    },
-                );
+                        member: if last { member.take() } else { None },
+                    };
+                    self.send(&from, msg);
+                }
             }
             RoomMsg::Backfilled {
                 conn,
@@ -683,7 +674,7 @@ impl Replica {
             let now = w.now_ms.max(crate::apps::now_ms());
             w.departed
                 .extend(gone.into_iter().map(|(c, m)| (c, (m, now))));
-            push_presence(w, vec![], left);
+            w.push_presence(vec![], left);
         }
         let (ready, skipped) = self.inbound.give_up(node);
         self.deliver(w, ready, skipped);
@@ -707,18 +698,4 @@ pub(super) fn unloaded(env: &super::RoomEnv, key: &super::RoomKey, from: &NodeId
             msg: reply,
         },
     );
-}
-
-/// Presence news from another node, for the members here.
-fn push_presence(w: &mut World, joined: Vec<(ConnId, String)>, left: Vec<ConnId>) {
-    if joined.is_empty() && left.is_empty() {
-        return;
-    }
-    let frame = ServerFrame::Presence {
-        room: w.place.room.clone(),
-        joined,
-        left,
-        snapshot: false,
-    };
-    w.push_all(&frame, None);
 }

@@ -137,6 +137,14 @@ impl World {
             );
             out.left.extend(left.iter().cloned());
         }
+        self.push_presence(joined, left);
+    }
+
+    /// Tell the members here who joined or left (nothing if nobody did).
+    pub fn push_presence(&mut self, joined: Vec<(ConnId, String)>, left: Vec<ConnId>) {
+        if joined.is_empty() && left.is_empty() {
+            return;
+        }
         let frame = ServerFrame::Presence {
             room: self.place.room.clone(),
             joined,
