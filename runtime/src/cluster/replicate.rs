@@ -104,10 +104,6 @@ where
         (this, rx)
     }
 
-    pub fn me(&self) -> &NodeId {
-        &self.me
-    }
-
     /// Queue `msg` to `node`. False if it was dropped (no link yet, or the queue is full).
     pub fn send(&self, node: &NodeId, msg: PeerMsg<M>) -> bool {
         let link = self.links.lock().get(node).cloned();
@@ -201,7 +197,10 @@ where
                                 false => interest.fan_out(&room, &self.region, &from),
                             }
                         };
-                        self.send_each(&onward, &room, msg.clone());
+                        // Cloned only when there is somewhere to pass it on to.
+                        if !onward.is_empty() {
+                            self.send_each(&onward, &room, msg.clone());
+                        }
                     }
                     let delivery = Delivery::Room {
                         from: from.clone(),
