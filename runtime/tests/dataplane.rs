@@ -44,7 +44,11 @@ async fn wait_room(
         if check(&view) {
             return view;
         }
-        assert!(Instant::now() < deadline, "{what}: {view}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} (node at {}): {view}",
+            node.addr
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

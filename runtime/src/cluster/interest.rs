@@ -45,17 +45,28 @@ impl Interest {
         self.regions.insert(node.clone(), region.to_string());
     }
 
-    /// A peer's announcement.
-    pub fn apply(&mut self, from: &NodeId, announce: Announce) {
-        match announce {
+    /// A peer's announcement. Returns the rooms it now has members in that it had none
+    /// in before and that have members here too: their replicas greet it (`Hello`), so
+    /// two nodes whose first members join at once still learn of each other.
+    pub fn apply(&mut self, from: &NodeId, announce: Announce) -> Vec<RoomRef> {
+        let (rooms, had) = match announce {
             Announce::Full(rooms) => {
+                let had: BTreeSet<RoomRef> = self
+                    .rooms
+                    .iter()
+                    .filter(|(_, nodes)| nodes.contains(from))
+                    .map(|(room, _)| room.clone())
+                    .collect();
                 self.forget(from);
-                for room in rooms {
-                    self.rooms.entry(room).or_default().insert(from.clone());
-                }
+                (rooms, had)
             }
             Announce::Joined(room) => {
-                self.rooms.entry(room).or_default().insert(from.clone());
+                let had = self
+                    .rooms
+                    .get(&room)
+                    .filter(|nodes| nodes.contains(from))
+                    .map(|_| room.clone());
+                (vec![room], had.into_iter().collect())
             }
             Announce::Left(room) => {
                 if let Some(nodes) = self.rooms.get_mut(&room) {
@@ -64,8 +75,20 @@ impl Interest {
                         self.rooms.remove(&room);
                     }
                 }
+                return Vec::new();
+            }
+        };
+        let mut shared = Vec::new();
+        for room in rooms {
+            self.rooms
+                .entry(room.clone())
+                .or_default()
+                .insert(from.clone());
+            if !had.contains(&room) && self.local.contains_key(&room) {
+                shared.push(room);
             }
         }
+        shared
     }
 
     /// A node died or left: it is interested in nothing.
@@ -207,6 +230,27 @@ mod tests {
         i.apply(&node("euw-2"), Announce::Joined(room("c")));
         i.forget(&node("euw-1"));
         assert_eq!(i.targets(&room("c"), "us-east"), [node("euw-2")]);
+    }
+
+    #[test]
+    fn a_peer_newly_in_a_room_that_has_members_here_is_to_be_greeted() {
+        let mut i = fleet();
+        i.local_join(&room("a"));
+        i.local_join(&room("b"));
+        let peer = node("euw-1");
+        assert_eq!(i.apply(&peer, Announce::Joined(room("a"))), [room("a")]);
+        // Nothing here in "z"; "a" is not news.
+        assert!(i.apply(&peer, Announce::Joined(room("z"))).is_empty());
+        assert!(i.apply(&peer, Announce::Joined(room("a"))).is_empty());
+        // A reconnection's full list greets only what changed...
+        let full = Announce::Full(vec![room("a"), room("b"), room("z")]);
+        assert_eq!(i.apply(&peer, full.clone()), [room("b")]);
+        // ...and after the peer was declared dead, everything shared again.
+        i.forget(&peer);
+        assert_eq!(i.apply(&peer, full), [room("a"), room("b")]);
+        assert!(i.apply(&peer, Announce::Left(room("a"))).is_empty());
+        assert_eq!(i.nodes(&room("b")), [peer]);
+        assert!(i.nodes(&room("a")).is_empty());
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! The room messages themselves are the room's business (`room::replica`): this module
 //! moves them, tracks interest, and turns the failure detector's verdicts into
 //! `PeerDown` (a node's interests and presence vanish) and reconnections into `PeerUp`
-//! (rooms say hello again and resync state).
+//! (rooms say hello again and resync state). A peer announcing members in a room that
+//! has members here becomes `Joined`: that room greets it, so replicas find each other
+//! however their first members' joins and the peers' revivals interleave.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -51,7 +53,13 @@ pub trait Relay {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum PeerMsg<M> {
     Interest(Announce),
-    Room { room: RoomRef, msg: M },
+    /// "Send me your full interest": a node that declared the sender dead forgot it,
+    /// and the sender may not have noticed anything.
+    AskInterest,
+    Room {
+        room: RoomRef,
+        msg: M,
+    },
 }
 
 /// What the replicator hands to this node's rooms.
@@ -64,6 +72,11 @@ pub enum Delivery<M> {
     },
     /// This node's link to `node` is (re)established: rooms it shares say hello.
     PeerUp(NodeId),
+    /// `node` now has members in `room`, which has members here too: the room greets it.
+    Joined {
+        node: NodeId,
+        room: RoomRef,
+    },
     /// `node` was declared dead: its presence goes, its gaps will not be filled.
     PeerDown(NodeId),
 }
@@ -187,7 +200,24 @@ where
                 }
             };
             match msg {
-                PeerMsg::Interest(announce) => self.interest.lock().apply(&from, announce),
+                PeerMsg::Interest(announce) => {
+                    let shared = self.interest.lock().apply(&from, announce);
+                    for room in shared {
+                        let node = from.clone();
+                        if self
+                            .to_rooms
+                            .send(Delivery::Joined { node, room })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                PeerMsg::AskInterest => {
+                    let full = self.interest.lock().full();
+                    self.send(&from, PeerMsg::Interest(full));
+                }
                 PeerMsg::Room { room, msg } => {
                     if msg.relayed() {
                         let onward = {
@@ -273,11 +303,13 @@ where
                                 let _ = self.to_rooms.send(Delivery::PeerDown(node.clone())).await;
                             } else if alive && dead.remove(node) {
                                 // Back (a healed partition need not break the
-                                // connection): it forgot our interests, and rooms
-                                // start over with it.
+                                // connection): it forgot our interests and we forgot
+                                // its (it may not have declared us dead, so it is
+                                // asked), and rooms start over with it.
                                 tracing::info!(%node, "peer alive again");
                                 let full = self.interest.lock().full();
                                 self.send(node, PeerMsg::Interest(full));
+                                self.send(node, PeerMsg::AskInterest);
                                 let _ = self.to_rooms.send(Delivery::PeerUp(node.clone())).await;
                             }
                         }

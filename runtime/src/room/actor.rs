@@ -418,7 +418,7 @@ impl Actor {
         self.send_replay(&conn, replay);
         self.send_snapshot(&conn);
         if let Some(mut r) = self.replica.take() {
-            r.member_joined(self.world());
+            r.member_joined();
             self.replica = Some(r);
         }
         JoinOutcome::Joined
@@ -470,7 +470,7 @@ impl Actor {
             self.send_replay(&conn, replay);
             self.send_snapshot(&conn);
             if let Some(mut r) = self.replica.take() {
-                r.member_joined(self.world());
+                r.member_joined();
                 self.replica = Some(r);
             }
             let _ = a.done.send(AdoptOutcome::Adopted { auth: record.auth });

@@ -368,6 +368,15 @@ impl Rooms {
                         h.send(RoomCmd::PeerUp(node.clone())).await;
                     }
                 }
+                Delivery::Joined { node, room } => {
+                    let key = RoomKey {
+                        app: room.0,
+                        room: room.1,
+                    };
+                    if let Some(h) = self.loaded(&key) {
+                        h.send(RoomCmd::PeerUp(node)).await;
+                    }
+                }
                 Delivery::PeerDown(node) => {
                     for h in self.all_loaded() {
                         h.send(RoomCmd::PeerDown(node.clone())).await;

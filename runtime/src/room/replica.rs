@@ -12,9 +12,10 @@
 //!   resumes here from a cursor another node gave it.
 //! - **State.** The Automerge sync protocol with every other replica, after every
 //!   change on either side; a peer's reconnection restarts it from scratch.
-//! - **Presence.** Each node owns its members' entries. `Hello` carries them all (on a
-//!   new replica or a reconnection), `Presence` the changes; a node declared dead loses
-//!   its entries on every other node.
+//! - **Presence.** Each node owns its members' entries. `Hello` carries them all (a
+//!   replica greets a node that newly has members in the room, and every peer after a
+//!   reconnection; the greeted one answers), `Presence` the changes; a node declared
+//!   dead loses its entries on every other node.
 //!
 //! A room's sequence numbers start, each time it loads, at the load time in µs, so a
 //! room that reloads never reuses a number a peer already delivered; an event carries
@@ -225,15 +226,10 @@ impl Replica {
         );
     }
 
-    /// A member joined here. The first one makes this node a replica: it says hello to
-    /// the others, which answer with their presence and state.
-    pub fn member_joined(&mut self, w: &mut World) {
+    /// A member joined here. The first one makes this node a replica: its peers learn
+    /// that from its interest and greet it (`peer_up`), it answers with its own hello.
+    pub fn member_joined(&mut self) {
         self.rep.local_join(&self.room);
-        if w.core.members().len() == 1 {
-            for node in self.rep.interested(&self.room) {
-                self.hello(w, &node, true);
-            }
-        }
     }
 
     pub fn member_left(&mut self) {
@@ -655,7 +651,8 @@ impl Replica {
         due
     }
 
-    /// This node's link to `node` came (back) up: start over with it.
+    /// This node's link to `node` came (back) up, or `node` just got members in this
+    /// room: start over with it.
     pub fn peer_up(&mut self, w: &mut World, node: &NodeId) {
         if self.rep.interested(&self.room).contains(node) {
             self.hello(w, node, true);
