@@ -412,6 +412,55 @@ async fn a_partition_heals_without_losing_either_sides_events_or_changes() {
     shutdown(nodes).await;
 }
 
+/// A handler's kick of a member another node holds: that node removes it (its client
+/// is told why, on-leave runs there) and no node lists it any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_removes_members_that_other_nodes_hold() {
+    let (_fleet, nodes) = fleet_with_apps().await;
+    let (status, body) = deploy(&nodes[0], "chat", example("chat"), None).await;
+    assert_eq!(status, 200, "{body}");
+    for n in &nodes {
+        wait_version(n, "chat", 1).await;
+    }
+    // ann joins on every node first, so each node's first join names her the owner
+    // (concurrent first joins on different nodes would each claim the room).
+    let mut anns = Vec::new();
+    for n in &nodes {
+        let mut ann = Client::connect(n.addr, "chat", "json").await;
+        assert!(ann.join("mods", json!({"user": "ann"})).await["error"].is_null());
+        anns.push(ann);
+    }
+    let mut bobs = Vec::new();
+    for n in &nodes[1..] {
+        let mut bob = Client::connect(n.addr, "chat", "json").await;
+        assert!(bob.join("mods", json!({"user": "bob"})).await["error"].is_null());
+        bobs.push(bob);
+    }
+    for n in &nodes {
+        wait_room(n, "chat", "mods", "everyone listed everywhere", |v| {
+            member_count(v) == 5
+        })
+        .await;
+    }
+    let r = anns[0]
+        .emit("mods", "kick", json!({"user": "bob", "reason": "spam"}))
+        .await;
+    assert_eq!(r["data"], json!({"kicked": 2}), "{r}");
+    for bob in &mut bobs {
+        let k = bob.next_of("kicked").await;
+        assert_eq!(k["reason"], "spam", "{k}");
+        let r = bob.emit("mods", "message", json!({"text": "hi"})).await;
+        assert_eq!(r["error"]["code"], "not_joined", "{r}");
+    }
+    for n in &nodes {
+        wait_room(n, "chat", "mods", "bob gone everywhere", |v| {
+            member_count(v) == 3
+        })
+        .await;
+    }
+    shutdown(nodes).await;
+}
+
 /// Two readers that saw different amounts resume on a node that had no replica of the
 /// room: the second's older cursor is behind where the new replica's log starts, and
 /// it still gets everything after it.
@@ -498,6 +547,12 @@ async fn a_cut_off_node_sends_its_clients_elsewhere_and_takes_them_again_after()
     let ws = |n: &RunningNode| format!("http://{}/v1/ws?app=echo", n.addr);
     let refused = reqwest::get(ws(&nodes[2])).await.unwrap();
     assert_eq!(refused.status(), 503);
+    // And its health check says so, for a load balancer; the majority's stay healthy.
+    let health = |n: &RunningNode| format!("http://{}/healthz", n.addr);
+    let h = reqwest::get(health(&nodes[2])).await.unwrap();
+    assert_eq!(h.status(), 503);
+    assert_eq!(h.json::<Value>().await.unwrap()["status"], "cut_off");
+    assert_eq!(reqwest::get(health(&nodes[1])).await.unwrap().status(), 200);
     // The client resumes on Amsterdam with everything it missed.
     let mut back = Client::connect(nodes[1].addr, "echo", "json").await;
     let r = back
@@ -518,6 +573,8 @@ async fn a_cut_off_node_sends_its_clients_elsewhere_and_takes_them_again_after()
         assert!(Instant::now() < deadline, "Pune never took clients again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let h = reqwest::get(health(&nodes[2])).await.unwrap();
+    assert_eq!(h.status(), 200);
     broadcast_range(&mut sender, "watch", 20..25).await;
     let (got, _) = back.numbered(5).await;
     assert_eq!(got, (20..25).collect::<Vec<_>>());

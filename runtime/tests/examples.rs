@@ -59,6 +59,50 @@ async fn chat_needs_a_user_and_moderates() {
     );
 }
 
+/// The room's first user owns it and may kick; nobody else may. A kicked member is
+/// told why, is gone from the room, and others see it leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_owner_kicks_and_nobody_else_can() {
+    let node = TestNode::start().await;
+    let mut ann = node.client("chat").await;
+    let mut bob = node.client("chat").await;
+    ann.join("mod", json!({"user": "ann"})).await;
+    bob.join("mod", json!({"user": "bob"})).await;
+    let r = bob.emit("mod", "kick", json!({"user": "ann"})).await;
+    assert_eq!(
+        r["error"]["message"], "only the room's owner can kick",
+        "{r}"
+    );
+    let r = ann.emit("mod", "kick", json!({"user": "zed"})).await;
+    assert_eq!(r["error"]["message"], "zed is not in this room", "{r}");
+    let r = ann
+        .emit("mod", "kick", json!({"user": "bob", "reason": "spam"}))
+        .await;
+    assert_eq!(r["data"], json!({"kicked": 1}), "{r}");
+    let k = bob.next_of("kicked").await;
+    assert_eq!(
+        (k["room"].as_str(), k["reason"].as_str()),
+        (Some("mod"), Some("spam"))
+    );
+    loop {
+        let p = ann.next_of("presence").await;
+        if p["left"] == json!([bob.session()]) {
+            break;
+        }
+    }
+    let r = bob
+        .emit("mod", "message", json!({"text": "still here?"}))
+        .await;
+    assert_eq!(r["error"]["code"], "not_joined", "{r}");
+    let users: Vec<_> = node.room("chat", "mod").await["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["presence"]["user"].clone())
+        .collect();
+    assert_eq!(users, [json!("ann")]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_rate_limits_and_keeps_the_last_hundred() {
     let node = TestNode::start().await;

@@ -1,10 +1,13 @@
 //! `chat`: a moderated chat room.
 //!
-//! - joins need `auth.user`, which becomes the member's presence;
+//! - joins need `auth.user`, which becomes the member's presence; the first user to
+//!   join a room owns it (state `owner`);
 //! - `message {text}`: refused with `blocked` when the text holds a word of the room's
 //!   blocklist (state `blocklist`, default `["badword"]`), with `rate limited` past 5
 //!   messages per second per member; otherwise `message {user, text, ts}` goes to every
-//!   member (the sender too) and is kept in state `messages` (the last 100).
+//!   member (the sender too) and is kept in state `messages` (the last 100);
+//! - `kick {user, reason?}`, by the owner only: every connection of that user leaves
+//!   the room, wherever in the cluster it is connected; the reply is `{kicked: n}`.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -56,41 +59,77 @@ impl Handler for Chat {
             .and_then(|u| u.as_str())
             .filter(|u| !u.is_empty());
         let user = user.ok_or("auth.user is required to join a chat room")?;
+        if state::get::<String>("owner").is_none() {
+            state::put("owner", user)?;
+        }
         room::set_presence(&conn, &json!({ "user": user }))
     }
 
     fn on_message(ev: Event) -> Result<Option<Args>, String> {
-        if ev.name != "message" {
-            return Err(format!("unknown event {:?}", ev.name));
+        match ev.name.as_str() {
+            "message" => message(ev),
+            "kick" => kick(ev),
+            other => Err(format!("unknown event {other:?}")),
         }
-        let msg: serde_json::Value = ev.args.parse(0)?;
-        let text = msg
-            .get("text")
-            .and_then(|t| t.as_str())
-            .ok_or("message needs a text")?;
-        if blocked(text) {
-            return Err("blocked".into());
-        }
-        let now = room::now_ms();
-        if rate_limited(&ev.conn, now) {
-            return Err("rate limited".into());
-        }
-        let user = room::presence(&ev.conn)
-            .and_then(|p| p.get("user").cloned())
-            .unwrap_or_default();
-        let out = json!({ "user": user, "text": text, "ts": now });
-        room::broadcast("message", &Args::json(&out));
-        let mut len = state::push("messages", &out)?;
-        while len > KEEP {
-            state::delete("messages/0")?;
-            len -= 1;
-        }
-        Ok(Some(Args::new()))
     }
 
     fn on_leave(conn: String) {
         SENT.with(|s| s.borrow_mut().remove(&conn));
     }
+}
+
+fn user_of(conn: &str) -> Option<String> {
+    room::presence(conn)?.get("user")?.as_str().map(str::to_owned)
+}
+
+fn kick(ev: Event) -> Result<Option<Args>, String> {
+    let me = user_of(&ev.conn);
+    if me.is_none() || me != state::get::<String>("owner") {
+        return Err("only the room's owner can kick".into());
+    }
+    let order: serde_json::Value = ev.args.parse(0)?;
+    let user = order
+        .get("user")
+        .and_then(|u| u.as_str())
+        .ok_or("kick needs a user")?;
+    let reason = order
+        .get("reason")
+        .and_then(|r| r.as_str())
+        .unwrap_or("kicked by the room's owner");
+    let mut kicked = 0;
+    for m in room::members() {
+        if m.presence.get("user").and_then(|u| u.as_str()) == Some(user) {
+            room::kick(&m.conn, reason);
+            kicked += 1;
+        }
+    }
+    if kicked == 0 {
+        return Err(format!("{user} is not in this room"));
+    }
+    Ok(Some(Args::json(&json!({ "kicked": kicked }))))
+}
+
+fn message(ev: Event) -> Result<Option<Args>, String> {
+    let msg: serde_json::Value = ev.args.parse(0)?;
+    let text = msg
+        .get("text")
+        .and_then(|t| t.as_str())
+        .ok_or("message needs a text")?;
+    if blocked(text) {
+        return Err("blocked".into());
+    }
+    let now = room::now_ms();
+    if rate_limited(&ev.conn, now) {
+        return Err("rate limited".into());
+    }
+    let out = json!({ "user": user_of(&ev.conn).unwrap_or_default(), "text": text, "ts": now });
+    room::broadcast("message", &Args::json(&out));
+    let mut len = state::push("messages", &out)?;
+    while len > KEEP {
+        state::delete("messages/0")?;
+        len -= 1;
+    }
+    Ok(Some(Args::new()))
 }
 
 edgeroom_sdk::export_handler!(Chat);

@@ -179,9 +179,21 @@ async fn engineio_echo(State(node): State<Arc<Node>>, req: EioRequest) -> Respon
     req.serve(node, engineio::Service::Echo).await
 }
 
+/// 200 while the node takes clients; 503 while it sends them away (stopping, or cut
+/// off from most of its cluster), so a load balancer stops sending it new ones.
 async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let body = serde_json::json!({"status": "ok", "node": node.config.node_id.as_str(), "region": node.config.region});
+    let (code, status) = match node.refusing() {
+        None => (StatusCode::OK, "ok"),
+        Some(crate::node::CUT_OFF) => (StatusCode::SERVICE_UNAVAILABLE, "cut_off"),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "node": node.config.node_id.as_str(),
+        "region": node.config.region,
+    });
     (
+        code,
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )

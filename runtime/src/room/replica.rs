@@ -135,6 +135,11 @@ pub enum RoomMsg {
         last: bool,
         member: Option<RemoteMember>,
     },
+    /// A handler on the sender's node kicked this member, which the receiver holds.
+    Kick {
+        conn: ConnId,
+        reason: String,
+    },
     /// An Automerge sync message.
     Sync(Vec<u8>),
     /// Ask the receiver (the origin) for its events `from..=to`.
@@ -264,6 +269,7 @@ impl Replica {
             joined,
             left,
             state,
+            kicks,
         } = out;
         let since = w.core.first_seq();
         for e in events {
@@ -276,6 +282,10 @@ impl Replica {
         }
         if state {
             self.sync_all(w);
+        }
+        // After the call's events, so a kicked member gets those sent straight to it.
+        for (node, conn, reason) in kicks {
+            self.send(&node, RoomMsg::Kick { conn, reason });
         }
     }
 
@@ -344,6 +354,12 @@ impl Replica {
                     })
                     .collect();
                 w.push_presence(joined, left);
+            }
+            RoomMsg::Kick { conn, reason } => {
+                // The actor carries it out after this message, as after a call.
+                if w.core.member(&conn).is_some() {
+                    w.kicks.push((conn, reason));
+                }
             }
             RoomMsg::Backfill { after, conn } => {
                 let after: Cursor = after.parse().unwrap_or_default();

@@ -276,6 +276,8 @@ pub struct Outgoing {
     pub left: Vec<ConnId>,
     /// The document changed.
     pub state: bool,
+    /// Kicks of members another node holds, for that node to carry out.
+    pub kicks: Vec<(NodeId, ConnId, String)>,
 }
 
 fn parse_json(json: &str) -> Result<serde_json::Value, String> {
@@ -301,6 +303,13 @@ impl RoomApi for World {
     fn kick(&mut self, conn: String, reason: String) {
         if let Some(conn) = self.is_member(&conn) {
             self.kicks.push((conn, reason));
+            return;
+        }
+        // A member on another node: that node removes it (and runs its on-leave).
+        let conn = ConnId::from_trusted(conn);
+        let holder = self.remote.iter().find(|(_, m)| m.contains_key(&conn));
+        if let (Some((node, _)), Some(out)) = (holder, &mut self.outgoing) {
+            out.kicks.push((node.clone(), conn, reason));
         }
     }
 
