@@ -595,19 +595,8 @@ async fn bench_resume_after_kill_9() {
             let acked = acked.clone();
             tokio::spawn(async move {
                 let token = c.token();
-                let (mut seen, mut cursor) = (Vec::new(), String::new());
                 // Read until the node dies under us.
-                loop {
-                    let f = c.recv().await;
-                    match f["type"].as_str() {
-                        Some("event") => {
-                            seen.push(f["data"]["i"].as_i64().unwrap());
-                            cursor = f["cursor"].as_str().unwrap().to_owned();
-                        }
-                        Some("closed") => break,
-                        _ => {}
-                    }
-                }
+                let (mut seen, cursor) = c.numbered_until_closed().await;
                 let killed = kill_rx.wait_for(Option::is_some).await.unwrap().unwrap();
                 let mut back = Client::connect(addrs[k % 2], "app", "json").await;
                 let r = back

@@ -347,18 +347,7 @@ async fn a_partition_heals_without_losing_either_sides_events_or_changes() {
     broadcast_range(&mut feed[0], "split-feed", 20..30).await;
     // Pune's reader: what it got before it was sent away, and where it was.
     let token = feed[2].token();
-    let (mut got, mut cursor) = (Vec::new(), String::new());
-    loop {
-        let f = feed[2].recv().await;
-        match f["type"].as_str() {
-            Some("event") => {
-                got.push(f["data"]["i"].as_i64().unwrap());
-                cursor = f["cursor"].as_str().unwrap().to_owned();
-            }
-            Some("closed") => break,
-            _ => {}
-        }
-    }
+    let (mut got, cursor) = feed[2].numbered_until_closed().await;
 
     fleet.wan.heal(majority, cut_off);
     broadcast_range(&mut feed[0], "split-feed", 30..35).await;

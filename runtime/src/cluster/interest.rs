@@ -60,14 +60,7 @@ impl Interest {
                 self.forget(from);
                 (rooms, had)
             }
-            Announce::Joined(room) => {
-                let had = self
-                    .rooms
-                    .get(&room)
-                    .filter(|nodes| nodes.contains(from))
-                    .map(|_| room.clone());
-                (vec![room], had.into_iter().collect())
-            }
+            Announce::Joined(room) => (vec![room], BTreeSet::new()),
             Announce::Left(room) => {
                 if let Some(nodes) = self.rooms.get_mut(&room) {
                     nodes.remove(from);
@@ -80,11 +73,12 @@ impl Interest {
         };
         let mut shared = Vec::new();
         for room in rooms {
-            self.rooms
+            let added = self
+                .rooms
                 .entry(room.clone())
                 .or_default()
                 .insert(from.clone());
-            if !had.contains(&room) && self.local.contains_key(&room) {
+            if added && !had.contains(&room) && self.local.contains_key(&room) {
                 shared.push(room);
             }
         }

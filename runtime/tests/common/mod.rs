@@ -293,6 +293,23 @@ impl Client {
         (got, cursor)
     }
 
+    /// The `i` of every event until the server closes the connection (its node is
+    /// going away), and the cursor of the last one.
+    pub async fn numbered_until_closed(&mut self) -> (Vec<i64>, String) {
+        let (mut got, mut cursor) = (Vec::new(), String::new());
+        loop {
+            let f = self.recv().await;
+            match f["type"].as_str() {
+                Some("event") => {
+                    got.push(f["data"]["i"].as_i64().unwrap());
+                    cursor = f["cursor"].as_str().unwrap().to_owned();
+                }
+                Some("closed") => return (got, cursor),
+                _ => {}
+            }
+        }
+    }
+
     /// Drop the TCP connection without a close handshake (a network failure).
     pub fn abort(self) {
         drop(self.ws.into_inner());
