@@ -21,7 +21,7 @@ fn world(metrics: &Arc<Metrics>) -> World {
     let core = RoomCore::new(
         NodeId::new("b1").unwrap(),
         room.clone(),
-        Seq(1),
+        Seq::first(1),
         LogLimits {
             max_age_ms: 120_000,
             max_events: 1000,

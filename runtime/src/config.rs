@@ -232,6 +232,11 @@ pub struct Limits {
     pub resume_window_ms: u64,
     /// How long a disconnected session keeps its presence before it leaves its rooms.
     pub presence_grace_ms: u64,
+    /// In a cluster: how long a client resuming as a member another node held waits,
+    /// at most, for every live peer to say what it has of the member's history (a peer
+    /// that stops answering heartbeats is not waited for). What no replica could give
+    /// is counted to the client (`history_gap`).
+    pub adopt_patience_ms: u64,
     /// An empty room drops its handler instance after this long.
     pub instance_idle_ms: u64,
     /// An empty room with no history left is unloaded after this long (its state is saved).
@@ -255,6 +260,7 @@ impl Default for Limits {
             history_max_events: 100_000,
             resume_window_ms: 120_000,
             presence_grace_ms: 15_000,
+            adopt_patience_ms: 2_000,
             instance_idle_ms: 30_000,
             room_idle_ms: 300_000,
             max_handler_bytes: 16 * 1024 * 1024,

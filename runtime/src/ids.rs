@@ -118,15 +118,79 @@ impl NodeId {
     }
 }
 
-/// A per-(origin, room) sequence number. The first message is 1; 0 means "nothing yet".
+/// A per-(origin, room) sequence number: the `n`th event of one **run** of the
+/// origin's numbering. A room starts a new run each time it loads on a node (the node
+/// hands out runs from a durable counter, see `room::runs`), so numbers only grow per
+/// (origin, room) across reloads, restarts and clock steps, and a new run is never
+/// mistaken for a gap: numbers are dense within a run, and nothing is known between
+/// the end of one run and the start of the next. `n` starts at 1; `n == 0` means
+/// "before the first event of `run`", and `Seq::default()` "nothing yet".
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
-pub struct Seq(pub u64);
+pub struct Seq {
+    pub run: u64,
+    pub n: u64,
+}
 
 impl Seq {
+    pub const fn new(run: u64, n: u64) -> Seq {
+        Seq { run, n }
+    }
+
+    /// The first number of `run`.
+    pub const fn first(run: u64) -> Seq {
+        Seq { run, n: 1 }
+    }
+
+    /// The number after this one, in the same run.
     pub fn next(self) -> Seq {
-        Seq(self.0 + 1)
+        debug_assert!(self.n < u64::MAX, "a run never holds 2^64 events");
+        Seq {
+            run: self.run,
+            n: self.n.saturating_add(1),
+        }
+    }
+
+    /// The number before this one in its run (`n == 0` for the first).
+    pub fn prev(self) -> Seq {
+        Seq {
+            run: self.run,
+            n: self.n.saturating_sub(1),
+        }
+    }
+
+    /// How many numbers of this one's run lie strictly between `after` and this one,
+    /// counting only what is known to have been used: numbers of an earlier run past
+    /// `after` are unknown (that run may have ended there), so they are not counted.
+    pub fn used_since(self, after: Seq) -> u64 {
+        match self.run.cmp(&after.run) {
+            std::cmp::Ordering::Equal => self.n.saturating_sub(after.n).saturating_sub(1),
+            std::cmp::Ordering::Greater => self.n.saturating_sub(1),
+            std::cmp::Ordering::Less => 0,
+        }
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.run, self.n)
+    }
+}
+
+impl std::str::FromStr for Seq {
+    type Err = &'static str;
+
+    /// `run.n`, both decimal.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (run, n) = s.split_once('.').ok_or("expected run.n")?;
+        let digits = |d: &str| {
+            if d.is_empty() || !d.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("not a number");
+            }
+            d.parse::<u64>().map_err(|_| "too large")
+        };
+        Ok(Seq::new(digits(run)?, digits(n)?))
     }
 }
 

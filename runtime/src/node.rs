@@ -40,6 +40,9 @@ pub struct Node {
     clients_go: watch::Sender<Option<&'static str>>,
 }
 
+/// The store's counter of sequence runs handed out (see `room::runs`).
+const RUNS: &str = "runs";
+
 /// Why a node sends its clients away.
 pub const STOPPING: &str = "server shutting down; resume on another node";
 pub const CUT_OFF: &str = "this node is cut off from its cluster; resume on another node";
@@ -83,6 +86,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     config.check()?;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(Store::open(&config.data_dir)?);
+    let runs = {
+        let store = store.clone();
+        let reserved = store.counter(RUNS)?;
+        let persist: crate::room::runs::Persist =
+            Box::new(move |upto| store.raise_counter(RUNS, upto));
+        Arc::new(crate::room::runs::Runs::durable(reserved, persist)?)
+    };
     let sandbox = Sandbox::new(
         config.sandbox.clone(),
         config.compile_cache_dir(),
@@ -120,6 +130,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         sandbox: sandbox.clone(),
         apps: apps.clone(),
         store,
+        runs,
         metrics: metrics.clone(),
         shutdown: shutdown_rx,
         replicator: cluster.as_ref().map(|c| c.replicator.clone()),

@@ -16,6 +16,8 @@ const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("handler_blobs"
 const APPS: TableDefinition<&str, &str> = TableDefinition::new("apps");
 /// `app/room` → saved Automerge document.
 const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_docs");
+/// Node-wide counters that must survive restarts (`runs`: see `room::runs`).
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 /// One deployed handler version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +73,7 @@ impl Store {
         txn.open_table(BLOBS)?;
         txn.open_table(APPS)?;
         txn.open_table(ROOMS)?;
+        txn.open_table(COUNTERS)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -141,6 +144,25 @@ impl Store {
         Ok(())
     }
 
+    /// A counter's value (0 if never set).
+    pub fn counter(&self, name: &str) -> anyhow::Result<u64> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(COUNTERS)?;
+        Ok(table.get(name)?.map_or(0, |v| v.value()))
+    }
+
+    /// Raise a counter to `value`, durably (never lowers it).
+    pub fn raise_counter(&self, name: &str, value: u64) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(COUNTERS)?;
+            let old = table.get(name)?.map_or(0, |v| v.value());
+            table.insert(name, old.max(value))?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     pub fn load_room(&self, app: &AppName, room: &RoomId) -> anyhow::Result<Option<Vec<u8>>> {
         let txn = self.db.begin_read()?;
         let rooms = txn.open_table(ROOMS)?;
@@ -169,6 +191,8 @@ mod tests {
             };
             s.put_version(&app, &v, b"abc").unwrap();
             s.save_room(&app, &room, b"doc").unwrap();
+            s.raise_counter("runs", 9).unwrap();
+            s.raise_counter("runs", 3).unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         let apps = s.apps().unwrap();
@@ -176,6 +200,8 @@ mod tests {
         assert_eq!(apps[0].1.versions[0].sha256, "ab");
         assert_eq!(s.blob("ab").unwrap().unwrap(), b"abc");
         assert_eq!(s.load_room(&app, &room).unwrap().unwrap(), b"doc");
+        assert_eq!(s.counter("runs").unwrap(), 9);
+        assert_eq!(s.counter("never").unwrap(), 0);
         assert!(
             s.load_room(&app, &RoomId::new("other").unwrap())
                 .unwrap()

@@ -265,6 +265,13 @@ struct Processes {
 
 impl Processes {
     fn start() -> Self {
+        let mut this = Self::prepare();
+        this.procs = (0..3).map(|i| this.spawn(i)).collect();
+        this
+    }
+
+    /// Certificates, configs and data directories for three nodes; nothing started.
+    fn prepare() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let names = ["p-east", "p-west", "p-south"];
         let out = Command::new(BIN)
@@ -307,16 +314,33 @@ impl Processes {
                 path
             })
             .collect();
-        let mut this = Self {
+        Self {
             dir,
             names,
             ports,
             configs,
             procs: Vec::new(),
             http: reqwest::Client::new(),
-        };
-        this.procs = (0..3).map(|i| this.spawn(i)).collect();
-        this
+        }
+    }
+
+    /// What `socketio-js/procs.mjs` needs to run this cluster itself.
+    fn js_env(&self, cmd: &mut tokio::process::Command) {
+        let join = |v: Vec<String>| v.join(",");
+        let echo = self.dir.path().join("echo.wasm");
+        std::fs::write(&echo, edgeroom::examples::ECHO).unwrap();
+        cmd.env("EDGEROOM_BIN", BIN)
+            .env(
+                "EDGEROOM_CONFIGS",
+                join(self.configs.iter().map(|c| c.display().to_string()).collect()),
+            )
+            .env("EDGEROOM_URLS", join((0..3).map(|i| self.url(i)).collect()))
+            .env(
+                "EDGEROOM_NAMES",
+                join(self.names.iter().map(|n| n.to_string()).collect()),
+            )
+            .env("EDGEROOM_KEY", "k-p-east")
+            .env("EDGEROOM_ECHO", echo);
     }
 
     /// Started, with `echo` deployed as app `app` and live on every node.
@@ -543,6 +567,36 @@ async fn clients_resume_across_kill_9_and_a_drain_loses_nothing() {
     assert_eq!(got, (50..=acked).collect::<Vec<_>>());
     let status = p.procs[0].wait().unwrap();
     assert!(status.success(), "the drained node exited with {status}");
+}
+
+/// socket.io-client members of a cluster of processes whose nodes restart (SIGTERM and
+/// start again; kill -9 and start again after the failure timeout): a member recovering
+/// on its restarted node gets everything it missed, traffic flows both ways with the
+/// restarted node at once, nobody is told of a gap that is not there, and a node with
+/// no members of a room shows them on every node (`socketio-js/restart.test.mjs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_members_lose_nothing_when_their_node_restarts() {
+    let p = Processes::prepare();
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.current_dir(common::tests_dir("socketio-js"))
+        .args(["--test", "--test-reporter=spec", "--test-timeout=100000", "restart.test.mjs"]);
+    p.js_env(&mut cmd);
+    common::run_client(cmd, "socket.io-client restart test").await;
+}
+
+/// Benchmark (run by `bench/restart-failover.sh`, not by the test suite): socket.io-client
+/// members and publishers behind regional front doors while nodes are killed and
+/// restarted, then restarted in turn with SIGTERM (`socketio-js/bench-restart.mjs`).
+/// Prints one JSON line per scenario.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/restart-failover.sh runs it"]
+async fn bench_restart_failover() {
+    let p = Processes::prepare();
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.current_dir(common::tests_dir("socketio-js"))
+        .arg("bench-restart.mjs");
+    p.js_env(&mut cmd);
+    common::run_client(cmd, "the restart benchmark").await;
 }
 
 /// Benchmark (run by `bench/resume-after-kill.sh`, not by the test suite): many readers

@@ -49,7 +49,8 @@ async fn start(ca: &ClusterCa, name: &str, addr: SocketAddr, dir: &std::path::Pa
         .await
         .unwrap();
     // Just the control plane: the data plane's replicator has no rooms behind it here.
-    let (replicator, _deliveries) = Replicator::new(node.clone(), "test".into());
+    let health = edgeroom::cluster::health::Health::new(node.clone(), Default::default());
+    let (replicator, _deliveries) = Replicator::new(node.clone(), "test".into(), health);
     let serving = mesh::Serving {
         control: control.clone(),
         replicator,

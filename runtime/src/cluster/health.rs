@@ -73,8 +73,13 @@ impl Detector {
     }
 
     pub fn is_alive(&self, node: &NodeId, now: Instant) -> bool {
+        self.quiet_for(node, now) < self.timeout
+    }
+
+    /// How long `node` has not been heard from.
+    pub fn quiet_for(&self, node: &NodeId, now: Instant) -> Duration {
         let last = self.peers.get(node).map_or(self.started, |p| p.last_heard);
-        now.saturating_duration_since(last) < self.timeout
+        now.saturating_duration_since(last)
     }
 
     /// Smoothed round trip to `node`, once it has answered at least once.
@@ -108,6 +113,14 @@ impl Health {
     /// Is `node` alive? This node always is.
     pub fn is_alive(&self, node: &NodeId) -> bool {
         *node == self.me || self.detector.lock().is_alive(node, Instant::now())
+    }
+
+    /// Is `node` answering its heartbeats now? Stricter than [`Health::is_alive`]: a
+    /// node that missed two heartbeats in a row is not waited for by anything that can
+    /// go ahead without it (it is declared dead only after the whole timeout).
+    pub fn is_responsive(&self, node: &NodeId) -> bool {
+        let quiet = self.detector.lock().quiet_for(node, Instant::now());
+        *node == self.me || quiet < (self.timing.interval * 2).min(self.timing.timeout)
     }
 
     pub fn rtt(&self, node: &NodeId) -> Option<Duration> {

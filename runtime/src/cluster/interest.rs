@@ -112,6 +112,11 @@ impl Interest {
         Some(Announce::Left(room.clone()))
     }
 
+    /// Whether this node has members in `room`.
+    pub fn is_local(&self, room: &RoomRef) -> bool {
+        self.local.contains_key(room)
+    }
+
     /// Every other node with members in `room`.
     pub fn nodes(&self, room: &RoomRef) -> Vec<NodeId> {
         self.rooms

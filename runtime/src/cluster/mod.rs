@@ -49,8 +49,9 @@ pub struct Cluster {
     pub control: Arc<ControlPlane>,
     pub health: Arc<Health>,
     pub replicator: Arc<Replicator>,
-    /// Connections to peers for requests (forwarded HTTP), reused.
-    peers: parking_lot::Mutex<std::collections::HashMap<crate::ids::NodeId, Peer>>,
+    /// Connections to peers for requests (forwarded HTTP), reused while the peer's
+    /// generation (see `Replicator::generation`) stays the same.
+    peers: parking_lot::Mutex<std::collections::HashMap<crate::ids::NodeId, (u64, Peer)>>,
     /// Serves `Forward` streams; set once the node's router exists.
     pub forwarded: Arc<parking_lot::Mutex<Option<mesh::ForwardHandler>>>,
     /// What peers send this node's rooms; taken once by the node that serves them.
@@ -105,8 +106,11 @@ impl Cluster {
                 interval: Duration::from_millis(cluster.failure_timeout_ms / 6),
             },
         );
-        let (replicator, deliveries) =
-            Replicator::new(config.node_id.clone(), config.region.clone());
+        let (replicator, deliveries) = Replicator::new(
+            config.node_id.clone(),
+            config.region.clone(),
+            health.clone(),
+        );
         let forwarded = Arc::new(parking_lot::Mutex::new(None));
         let serving = mesh::Serving {
             control: control.clone(),
@@ -287,9 +291,16 @@ impl Cluster {
         Ok(())
     }
 
-    /// A connection to `node`, reused while it lasts.
+    /// A connection to `node`, reused while it lasts (and while the node has not
+    /// restarted or come back from the dead: such a connection may reach nobody).
     pub async fn peer(&self, node: &crate::ids::NodeId) -> anyhow::Result<Peer> {
-        if let Some(p) = self.peers.lock().get(node).filter(|p| !p.is_closed()) {
+        let generation = self.replicator.generation(node);
+        if let Some((_, p)) = self
+            .peers
+            .lock()
+            .get(node)
+            .filter(|(g, p)| *g == generation && !p.is_closed())
+        {
             return Ok(p.clone());
         }
         let addr = self
@@ -300,7 +311,9 @@ impl Cluster {
             .map(|n| n.peer_addr)
             .ok_or_else(|| anyhow::anyhow!("{node} is not a node of this cluster"))?;
         let p = self.endpoint.connect(node, addr).await?;
-        self.peers.lock().insert(node.clone(), p.clone());
+        self.peers
+            .lock()
+            .insert(node.clone(), (generation, p.clone()));
         Ok(p)
     }
 

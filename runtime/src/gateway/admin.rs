@@ -202,9 +202,15 @@ async fn configure(
     }
 }
 
+/// Set on a room view request one node hands to another, so it is not handed on again.
+const FORWARDED: &str = "x-edgeroom-forwarded";
+
+/// A room: its members on every node, its state and history. A node with no members
+/// there asks one that has some (its replica knows every node's members).
 async fn room(
     State(node): State<Arc<Node>>,
     Path((app, room)): Path<(String, String)>,
+    mut req: Request,
 ) -> Response {
     let app = match AppName::new(&app) {
         Ok(a) => a,
@@ -220,6 +226,27 @@ async fn room(
             "unknown_app",
             format!("app {app} does not exist"),
         );
+    }
+    if let Some(cluster) = &node.cluster
+        && !req.headers().contains_key(FORWARDED)
+    {
+        let room_ref = (app.clone(), room.clone());
+        let holder = match cluster.replicator.is_local(&room_ref) {
+            true => None,
+            false => cluster
+                .replicator
+                .interested(&room_ref)
+                .into_iter()
+                .find(|n| cluster.health.is_alive(n)),
+        };
+        if let Some(holder) = holder {
+            req.headers_mut()
+                .insert(FORWARDED, header::HeaderValue::from_static("1"));
+            match super::forward::forward(&node, &holder, req).await {
+                Ok(res) => return res,
+                Err(e) => tracing::debug!(%holder, "asking for a room view failed: {e:#}"),
+            }
+        }
     }
     match node.rooms.inspect(&RoomKey { app, room }).await {
         Some(view) => json(StatusCode::OK, view),

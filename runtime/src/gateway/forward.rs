@@ -73,7 +73,9 @@ pub async fn foreign_sessions(State(node): State<Arc<Node>>, req: Request, next:
     }
 }
 
-async fn forward(node: &Node, owner: &NodeId, mut req: Request) -> anyhow::Result<Response> {
+/// Carry `req` to `owner` over the mesh and return its answer (an upgrade becomes a
+/// tunnel).
+pub async fn forward(node: &Node, owner: &NodeId, mut req: Request) -> anyhow::Result<Response> {
     let cluster = node
         .cluster
         .as_ref()

@@ -2,7 +2,8 @@
 //!
 //! Each node sequences the messages it originates per room, so "what a client has
 //! seen of a room" is, for every origin, the highest sequence number delivered.
-//! On the wire a cursor is `origin:seq` pairs joined by commas (`n1:42,n2:7`).
+//! On the wire a cursor is `origin:run.n` pairs joined by commas (`n1:3.42,n2:1.7`): per
+//! origin the last event seen, as its run and its number in that run (see [`Seq`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +18,20 @@ impl Cursor {
     /// The highest sequence seen from `origin` (0 when none).
     pub fn get(&self, origin: &NodeId) -> Seq {
         self.0.get(origin).copied().unwrap_or_default()
+    }
+
+    /// The highest sequence seen from `origin`, if it names that origin at all.
+    pub fn seen(&self, origin: &NodeId) -> Option<Seq> {
+        self.0.get(origin).copied()
+    }
+
+    /// How many origins it names.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Record that `seq` from `origin` was seen; never moves backwards.
@@ -47,9 +62,24 @@ impl fmt::Display for Cursor {
             if i > 0 {
                 f.write_str(",")?;
             }
-            write!(f, "{origin}:{}", seq.0)?;
+            write!(f, "{origin}:{seq}")?;
         }
         Ok(())
+    }
+}
+
+// Between nodes a cursor travels as its string; one that does not parse fails the
+// frame (refused, never read as "nothing seen").
+impl serde::Serialize for Cursor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cursor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -75,9 +105,9 @@ impl FromStr for Cursor {
                 .ok_or(BadCursor("expected origin:seq"))?;
             let origin = NodeId::new(origin).map_err(|_| BadCursor("bad origin"))?;
             let seq = seq
-                .parse::<u64>()
+                .parse::<Seq>()
                 .map_err(|_| BadCursor("bad sequence number"))?;
-            out.insert(origin, Seq(seq));
+            out.insert(origin, seq);
         }
         Ok(Cursor(out))
     }
@@ -93,13 +123,18 @@ mod tests {
         let n2 = NodeId::new("n2").unwrap();
         let mut c = Cursor::default();
         assert_eq!(c.to_string(), "");
-        c.advance(&n2, Seq(7));
-        c.advance(&n1, Seq(42));
-        c.advance(&n1, Seq(3));
-        assert_eq!(c.to_string(), "n1:42,n2:7");
-        assert_eq!("n1:42,n2:7".parse::<Cursor>().unwrap(), c);
-        assert!(c.covers(&n1, Seq(42)) && !c.covers(&n1, Seq(43)));
-        for bad in ["n1", "n1:x", ":1", "n 1:2", "n1:-1"] {
+        c.advance(&n2, Seq::new(1, 7));
+        c.advance(&n1, Seq::new(2, 42));
+        c.advance(&n1, Seq::new(2, 3));
+        // A later run is ahead of every number of an earlier one.
+        c.advance(&n2, Seq::new(1, 9));
+        assert_eq!(c.to_string(), "n1:2.42,n2:1.9");
+        assert_eq!("n1:2.42,n2:1.9".parse::<Cursor>().unwrap(), c);
+        assert!(c.covers(&n1, Seq::new(2, 42)) && !c.covers(&n1, Seq::new(2, 43)));
+        assert!(c.covers(&n1, Seq::new(1, 1000)) && !c.covers(&n1, Seq::new(3, 1)));
+        for bad in [
+            "n1", "n1:x", ":1", "n 1:2", "n1:-1", "n1:7", "n1:1.", "n1:.1", "n1:1.2.3", "n1:+1.2",
+        ] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad}");
         }
     }

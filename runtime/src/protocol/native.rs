@@ -647,14 +647,14 @@ mod tests {
         assert_eq!(payload.binaries, vec![vec![255, 0]]);
         assert_eq!(payload.json, r#"[1,{"_placeholder":true,"num":0}]"#);
         let f = decode_text(
-            r#"{"type":"resume","token":"t","cursors":{"r":"n1:4"}}"#,
+            r#"{"type":"resume","token":"t","cursors":{"r":"n1:2.4"}}"#,
             1000,
         )
         .unwrap();
         let ClientFrame::Resume { cursors, .. } = f else {
             panic!()
         };
-        assert_eq!(cursors[&room("r")].to_string(), "n1:4");
+        assert_eq!(cursors[&room("r")].to_string(), "n1:2.4");
         assert!(matches!(
             decode_text(r#"{"type":"leave","room":"r"}"#, 100),
             Ok(ClientFrame::Leave { .. })

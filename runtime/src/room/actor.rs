@@ -8,13 +8,15 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::core::{LogLimits, RoomCore};
 use super::outbox::{Link, Outbound};
-use super::replica::{Adoption, Replica};
+use super::replica::{Adoption, Ctx, Effect, Peers, Replica, Replicator, Settled};
 use super::world::{EmitResult, Outgoing, Place, World};
 use super::{
     AdoptOutcome, JoinOutcome, MemberView, ReattachOutcome, RoomCmd, RoomKey, RoomView, Rooms,
 };
 use crate::apps::{LiveRx, now_ms};
-use crate::ids::{ConnId, Seq};
+use crate::cluster::interest::RoomRef;
+use crate::cluster::replicate::PeerMsg;
+use crate::ids::{ConnId, NodeId};
 use crate::protocol::native::{Ref, ServerFrame};
 use crate::protocol::{Cursor, ErrorCode, ProtoError};
 use crate::room::core::LogEntry;
@@ -46,9 +48,20 @@ pub(super) fn spawn(
 ) {
     tokio::spawn(async move {
         let env = rooms.env();
-        let store = env.store.clone();
+        let (store, runs) = (env.store.clone(), env.runs.clone());
         let (app, room) = (key.app.clone(), key.room.clone());
-        let saved = tokio::task::spawn_blocking(move || store.load_room(&app, &room)).await;
+        let loaded =
+            tokio::task::spawn_blocking(move || (store.load_room(&app, &room), runs.first_seq()))
+                .await;
+        let (saved, first_seq) = match loaded {
+            Ok((saved, Ok(first_seq))) => (Ok(saved), first_seq),
+            Ok((_, Err(e))) => {
+                // Without a fresh run its numbers could repeat old ones: not served.
+                tracing::error!(room = %key.room, "no sequence run for the room, not loading it: {e:#}");
+                return;
+            }
+            Err(e) => (Err(e), crate::ids::Seq::default()),
+        };
         let doc = match saved {
             Ok(Ok(Some(bytes))) => RoomDoc::load(&bytes).unwrap_or_else(|e| {
                 tracing::error!(room = %key.room, "saved room document unreadable, starting empty: {e}");
@@ -68,14 +81,15 @@ pub(super) fn spawn(
             max_age_ms: env.limits.history_ms,
             max_events: env.limits.history_max_events,
         };
+        if first_seq.n == 0 {
+            tracing::error!(room = %key.room, "room load task failed");
+            return;
+        }
+        let patience = Duration::from_millis(env.limits.adopt_patience_ms);
         let replica = env
             .replicator
-            .clone()
-            .map(|rep| Replica::new(rep, (key.app.clone(), key.room.clone())));
-        let first_seq = match replica {
-            Some(_) => Replica::first_seq(now_ms()),
-            None => Seq(1),
-        };
+            .as_ref()
+            .map(|_| Replica::new((key.app.clone(), key.room.clone()), patience));
         let core = RoomCore::new(env.node.clone(), key.room.clone(), first_seq, limits);
         let place = Place {
             app: key.app.to_string(),
@@ -104,14 +118,19 @@ pub(super) fn spawn(
     });
 }
 
-fn error_frame(
-    code: ErrorCode,
-    message: impl Into<String>,
-    room: &crate::ids::RoomId,
-) -> ServerFrame {
-    ServerFrame::Error {
-        error: ProtoError::new(code, message),
-        room: Some(room.clone()),
+/// What a room's replica sees of the mesh.
+struct PeerView<'a> {
+    rep: &'a Replicator,
+    room: &'a RoomRef,
+}
+
+impl Peers for PeerView<'_> {
+    fn interested(&self) -> Vec<NodeId> {
+        self.rep.interested(self.room)
+    }
+
+    fn alive(&self) -> Vec<NodeId> {
+        self.rep.alive_peers()
     }
 }
 
@@ -133,9 +152,7 @@ impl Actor {
             let timer = self.timer_at;
             tokio::select! {
                 _ = repairs.tick(), if self.replica.is_some() => {
-                    if let Some(r) = &mut self.replica {
-                        r.poll(std::time::Instant::now());
-                    }
+                    self.replicate(|r, w, ctx| r.poll(w, ctx));
                     if self.adopt_due() {
                         self.after_call().await;
                     }
@@ -289,16 +306,14 @@ impl Actor {
                     let _ = done.send(outcome);
                     return;
                 }
-                match self.replica.take() {
-                    Some(mut r) => {
-                        let adoption = Adoption::new(conn, link, cursor, done);
-                        r.adopt(self.world(), adoption, std::time::Instant::now());
-                        self.replica = Some(r);
-                        if self.adopt_due() {
-                            self.after_call().await;
-                        }
-                    }
-                    None => drop(done.send(AdoptOutcome::NotMember)),
+                if self.replica.is_none() {
+                    let _ = done.send(AdoptOutcome::NotMember);
+                    return;
+                }
+                let adoption = Adoption::new(conn, link, cursor, done);
+                self.replicate(|r, w, ctx| r.adopt(w, adoption, ctx));
+                if self.adopt_due() {
+                    self.after_call().await;
                 }
             }
             RoomCmd::End { conn } => {
@@ -312,23 +327,25 @@ impl Actor {
                 let _ = done.send(view);
             }
             RoomCmd::Peer { from, msg } => {
-                if let Some(mut r) = self.replica.take() {
-                    r.receive(self.world(), from, msg, std::time::Instant::now());
-                    self.replica = Some(r);
+                if self
+                    .replicate(|r, w, ctx| r.receive(w, from, msg, ctx))
+                    .is_some()
+                {
                     self.adopt_due();
                     self.after_call().await;
                 }
             }
             RoomCmd::PeerUp(node) => {
-                if let Some(mut r) = self.replica.take() {
-                    r.peer_up(self.world(), &node);
-                    self.replica = Some(r);
-                }
+                self.replicate(|r, w, ctx| r.peer_up(w, &node, ctx));
+            }
+            RoomCmd::PeerJoined(node) => {
+                self.replicate(|r, w, ctx| r.peer_joined(w, &node, ctx));
             }
             RoomCmd::PeerDown(node) => {
-                if let Some(mut r) = self.replica.take() {
-                    r.peer_down(self.world(), &node);
-                    self.replica = Some(r);
+                if self
+                    .replicate(|r, w, ctx| r.peer_down(w, &node, ctx))
+                    .is_some()
+                {
                     self.adopt_due();
                     self.after_call().await;
                 }
@@ -415,12 +432,9 @@ impl Actor {
         // What on-join sent the newcomer (a greeting, say) follows the reply; a returning
         // member first gets everything it missed since its cursor.
         let replay = w.core.replay_for(&conn, &resume_from.unwrap_or(before));
-        self.send_replay(&conn, replay);
-        self.send_snapshot(&conn);
-        if let Some(mut r) = self.replica.take() {
-            r.member_joined();
-            self.replica = Some(r);
-        }
+        self.world().send_replay(&conn, replay);
+        self.world().send_snapshot(&conn);
+        self.replicate(|r, _, ctx| r.member_joined(ctx));
         JoinOutcome::Joined
     }
 
@@ -430,94 +444,64 @@ impl Actor {
             return ReattachOutcome::NotMember;
         };
         w.links.insert(conn.clone(), link);
-        self.send_replay(&conn, replay);
-        self.send_snapshot(&conn);
+        self.world().send_replay(&conn, replay);
+        self.world().send_snapshot(&conn);
         ReattachOutcome::Reattached
     }
 
-    /// Take on the members whose adoption has its history in: as the member the other
-    /// node described (auth, presence), without calling on-join again (the handler
-    /// accepted it once), then everything after its cursor, then live. True if any
-    /// adoption was settled (the caller runs `after_call` to pass the news on).
+    /// Run one step of the room's replica, then do what it asked: messages to peers,
+    /// interest to announce. `None` when the node is not in a cluster.
+    fn replicate<T>(
+        &mut self,
+        f: impl FnOnce(&mut Replica, &mut World, &mut Ctx) -> T,
+    ) -> Option<T> {
+        let rep = self.rooms.env().replicator.clone()?;
+        let mut r = self.replica.take()?;
+        let room = r.room().clone();
+        let view = PeerView {
+            rep: &rep,
+            room: &room,
+        };
+        let mut ctx = Ctx::new(std::time::Instant::now(), now_ms(), &view);
+        let out = f(&mut r, self.slot.world(), &mut ctx);
+        let effects = std::mem::take(&mut ctx.out);
+        self.replica = Some(r);
+        for effect in effects {
+            match effect {
+                Effect::Send(node, msg) => {
+                    let room = room.clone();
+                    rep.send(&node, PeerMsg::Room { room, msg });
+                }
+                Effect::Publish(msg) => rep.publish(&room, msg),
+                Effect::Interest(true) => rep.local_join(&room),
+                Effect::Interest(false) => rep.local_leave(&room),
+            }
+        }
+        Some(out)
+    }
+
+    /// Take on the members whose adoption has its history in: everything after its
+    /// cursor that a replica had, then live. True if any adoption was settled (the
+    /// caller runs `after_call` to pass the news on).
     fn adopt_due(&mut self) -> bool {
-        let Some(r) = &mut self.replica else {
+        let Some(settled) = self.replicate(|r, w, ctx| {
+            let due = r.adoptions_due(ctx);
+            due.into_iter()
+                .map(|a| r.settle(w, a, ctx))
+                .collect::<Vec<_>>()
+        }) else {
             return false;
         };
-        let due = r.adoptions_due(std::time::Instant::now());
-        let settled = !due.is_empty();
-        for a in due {
-            let w = self.world();
-            let known = w.remote.values_mut().find_map(|m| m.remove(&a.conn));
-            let departed = w.departed.remove(&a.conn).map(|(m, _)| m);
-            let Some(record) = known.or(a.record).or(departed) else {
-                let _ = a.done.send(AdoptOutcome::NotMember);
-                continue;
-            };
-            let conn = a.conn;
-            let before = w.core.head().clone();
-            w.core.join(conn.clone(), record.auth.clone(), now_ms());
-            w.core.set_presence(&conn, record.presence.clone());
-            w.presence_changed(vec![(conn.clone(), record.presence)], vec![]);
-            w.links.insert(conn.clone(), a.link);
-            let cursor = a.cursor.unwrap_or(before);
-            let replay = w.core.replay_for(&conn, &cursor);
-            // What the other replicas sent that this one's log does not have (it
-            // starts later than this member's cursor) goes first.
-            let earlier = Replica::earlier(&w.place.room, &conn, &cursor, &replay, a.backlog);
-            for e in earlier {
-                w.push(&conn, Outbound::Event(e));
+        let any = !settled.is_empty();
+        for s in settled {
+            match s {
+                Err(a) => drop(a.done.send(AdoptOutcome::NotMember)),
+                Ok(Settled { done, auth }) => {
+                    let _ = done.send(AdoptOutcome::Adopted { auth });
+                }
             }
-            self.send_replay(&conn, replay);
-            self.send_snapshot(&conn);
-            if let Some(mut r) = self.replica.take() {
-                r.member_joined();
-                self.replica = Some(r);
-            }
-            let _ = a.done.send(AdoptOutcome::Adopted { auth: record.auth });
         }
-        settled
-    }
-
-    fn send_replay(&mut self, conn: &ConnId, replay: super::core::Replay) {
-        let room = self.key.room.clone();
-        let w = self.world();
-        if !replay.complete {
-            w.push(
-                conn,
-                Outbound::frame(error_frame(
-                    ErrorCode::HistoryGap,
-                    "some events were dropped from history before you came back",
-                    &room,
-                )),
-            );
-        }
-        for e in replay.events {
-            w.push(conn, Outbound::Event(e));
-        }
-    }
-
-    /// Presence and state, for a member that just joined or came back (what it asked
-    /// for: a presence snapshot of a big room is big).
-    fn send_snapshot(&mut self, conn: &ConnId) {
-        let room = self.key.room.clone();
-        let w = self.world();
-        let Some(interest) = w.links.get(conn).map(|l| l.interest) else {
-            return;
-        };
-        if interest.presence {
-            let joined = w.all_presence();
-            let snapshot = ServerFrame::Presence {
-                room,
-                joined,
-                left: vec![],
-                snapshot: true,
-            };
-            w.push(conn, Outbound::frame(snapshot));
-        }
-        if interest.state {
-            let state = w.state_frame();
-            w.push(conn, Outbound::frame(state));
-        }
+        any
     }
 
     async fn emit(
@@ -573,9 +557,7 @@ impl Actor {
             return;
         }
         w.presence_changed(vec![], vec![conn.clone()]);
-        if let Some(r) = &mut self.replica {
-            r.member_left();
-        }
+        self.replicate(|r, _, ctx| r.member_left(ctx));
         let w = self.world();
         w.current = Some(conn.clone());
         self.call(Call::Leave {
@@ -619,9 +601,11 @@ impl Actor {
         if let Some(ms) = w.timer.take() {
             self.timer_at = Some(Instant::now() + Duration::from_millis(u64::from(ms)));
         }
-        if let Some(mut r) = self.replica.take() {
-            r.flush(self.world());
-            self.replica = Some(r);
+        self.replicate(|r, w, ctx| r.flush(w, ctx));
+        let w = self.world();
+        if !w.floors.is_empty() {
+            let head = w.core.head().clone();
+            w.floors.retain(|_, floor| !head.dominates(floor));
         }
     }
 

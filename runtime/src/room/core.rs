@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+use super::catchup::{CatchUp, catch_up};
 use crate::ids::{ConnId, NodeId, RoomId, Seq};
 use crate::payload::Payload;
 use crate::protocol::Cursor;
@@ -63,6 +64,22 @@ impl LogEntry {
             event: e.event,
             payload: e.payload,
             from: e.from,
+            cursor,
+            encoded: Default::default(),
+        }
+    }
+
+    /// The same event leaving the room's cursor at `cursor` (a member's own catch-up).
+    pub fn with_cursor(&self, cursor: String) -> Self {
+        Self {
+            room: self.room.clone(),
+            origin: self.origin.clone(),
+            seq: self.seq,
+            at_ms: self.at_ms,
+            target: self.target.clone(),
+            event: self.event.clone(),
+            payload: self.payload.clone(),
+            from: self.from.clone(),
             cursor,
             encoded: Default::default(),
         }
@@ -143,17 +160,11 @@ pub struct RoomCore<R> {
     ids: HashMap<String, Remembered<R>>,
 }
 
-/// What a resume gets: the events the member missed, oldest first.
-#[derive(Debug)]
-pub struct Replay {
-    pub events: Vec<Arc<LogEntry>>,
-    /// False when some missed events were already evicted from the log.
-    pub complete: bool,
-}
-
 impl<R: Clone> RoomCore<R> {
-    /// A room whose events from this node are numbered from `first_seq` on.
+    /// A room whose events from this node are numbered from `first_seq` on (the first
+    /// number of a fresh run: see `room::runs`).
     pub fn new(origin: NodeId, room: RoomId, first_seq: Seq, limits: LogLimits) -> Self {
+        debug_assert_eq!(first_seq.n, 1, "a room starts a fresh run");
         Self {
             origin,
             room,
@@ -260,9 +271,7 @@ impl<R: Clone> RoomCore<R> {
         }
         let mut out = Cursor::default();
         for (origin, seq) in self.head.iter() {
-            let upto = firsts
-                .get(origin)
-                .map_or(seq, |s| Seq(s.0.saturating_sub(1)));
+            let upto = firsts.get(origin).map_or(seq, |s| s.prev());
             out.advance(origin, upto);
         }
         out
@@ -270,7 +279,7 @@ impl<R: Clone> RoomCore<R> {
 
     /// The member is back: the events it has not seen, by its cursor (or, without one,
     /// after what was last queued to it).
-    pub fn reattach(&mut self, conn: &ConnId, cursor: Option<&Cursor>) -> Option<Replay> {
+    pub fn reattach(&mut self, conn: &ConnId, cursor: Option<&Cursor>) -> Option<CatchUp> {
         let m = self.members.get_mut(conn)?;
         m.detached_since_ms = None;
         let from = match cursor {
@@ -280,20 +289,42 @@ impl<R: Clone> RoomCore<R> {
         Some(self.replay_for(conn, &from))
     }
 
-    /// The events after `from` that `conn` should receive.
-    pub fn replay_for(&self, conn: &ConnId, from: &Cursor) -> Replay {
-        let events: Vec<_> = self
-            .log
-            .iter()
-            .filter(|e| !from.covers(&e.origin, e.seq) && e.target.includes(conn))
-            .cloned()
-            .collect();
-        let complete = from.dominates(&self.evicted);
-        Replay { events, complete }
+    /// The events after `from` that `conn` should receive, and how many of those
+    /// that were used the log no longer has (or never had).
+    pub fn replay_for(&self, conn: &ConnId, from: &Cursor) -> CatchUp {
+        self.catch_up(conn, from, Vec::new(), &[])
+    }
+
+    /// [`RoomCore::replay_for`], with what other replicas sent for the member and
+    /// the positions they said they reached.
+    pub fn catch_up(
+        &self,
+        conn: &ConnId,
+        from: &Cursor,
+        others: Vec<Arc<LogEntry>>,
+        heads: &[&Cursor],
+    ) -> CatchUp {
+        let mut used = vec![&self.evicted, &self.head];
+        used.extend_from_slice(heads);
+        catch_up(conn, from, self.replay_all(from), others, &used, &self.head)
+    }
+
+    /// Per origin, the highest number no longer in the log.
+    pub fn evicted(&self) -> &Cursor {
+        &self.evicted
+    }
+
+    /// Where this replica starts with `origin`: nothing before `first` is owed here,
+    /// and every number before it was used (the origin said so). Members joining from
+    /// now on are not owed what came before.
+    pub fn mark_start(&mut self, origin: &NodeId, first: Seq) {
+        self.head.advance(origin, first.prev());
     }
 
     /// Every event in the log after `after`, whoever it was for, oldest first.
     pub fn replay_all(&self, after: &Cursor) -> Vec<Arc<LogEntry>> {
+        // The log is in delivery order, so per origin in sequence order: what is
+        // after `after` is a suffix of each origin's events.
         self.log
             .iter()
             .filter(|e| !after.covers(&e.origin, e.seq))
@@ -311,6 +342,7 @@ impl<R: Clone> RoomCore<R> {
         from: Option<ConnId>,
     ) -> Arc<LogEntry> {
         let seq = self.next_seq;
+        debug_assert_eq!(seq.run, self.first_seq.run, "one run per loaded room");
         self.next_seq = seq.next();
         let origin = self.origin.clone();
         self.append(Sequenced {
@@ -346,7 +378,8 @@ impl<R: Clone> RoomCore<R> {
     }
 
     /// This node's events of this room in `from..=to` still in the log, and the first
-    /// sequence number it can still give (what is below it is gone for good).
+    /// number it can still give: what is below it in this run is gone for good, and an
+    /// earlier run (the room reloaded since) is over.
     pub fn own_range(&self, from: Seq, to: Seq) -> (Vec<Arc<LogEntry>>, Seq) {
         let events: Vec<_> = self
             .log
@@ -355,8 +388,16 @@ impl<R: Clone> RoomCore<R> {
             .cloned()
             .collect();
         let evicted = self.evicted.get(&self.origin);
-        let first = Seq((evicted.0 + 1).max(self.first_seq.0));
+        let first = match evicted.run == self.first_seq.run {
+            true => evicted.next(),
+            false => self.first_seq,
+        };
         (events, first)
+    }
+
+    /// The number this node's next event here will get.
+    pub fn next_seq(&self) -> Seq {
+        self.next_seq
     }
 
     pub fn origin(&self) -> &NodeId {
@@ -417,7 +458,7 @@ mod tests {
         RoomCore::new(
             NodeId::new("n1").unwrap(),
             RoomId::new("r").unwrap(),
-            Seq(1),
+            Seq::first(1),
             LogLimits {
                 max_age_ms: 1000,
                 max_events: 3,
@@ -442,8 +483,8 @@ mod tests {
             Payload::empty(),
             None,
         );
-        assert_eq!((e1.seq, e2.seq), (Seq(1), Seq(2)));
-        assert_eq!(e2.cursor, "n1:2");
+        assert_eq!((e1.seq, e2.seq), (Seq::new(1, 1), Seq::new(1, 2)));
+        assert_eq!(e2.cursor, "n1:1.2");
         assert!(!e2.target.includes(&conn("a")) && e2.target.includes(&conn("b")));
     }
 
@@ -471,10 +512,10 @@ mod tests {
         let r = c.reattach(&conn("a"), None).unwrap();
         let names: Vec<_> = r.events.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(names, ["2", "3"]);
-        assert!(r.complete);
-        // A client that says it saw up to n1:2 gets only what came after.
+        assert_eq!(r.missing, 0);
+        // A client that says it saw up to n1:1.2 gets only what came after.
         let r = c
-            .reattach(&conn("a"), Some(&"n1:2".parse().unwrap()))
+            .reattach(&conn("a"), Some(&"n1:1.2".parse().unwrap()))
             .unwrap();
         assert_eq!(r.events.len(), 1);
     }
@@ -487,13 +528,42 @@ mod tests {
             c.publish(i, Target::All, i.to_string(), Payload::empty(), None);
         }
         assert_eq!(c.log_len(), 3);
-        let r = c.replay_for(&conn("a"), &"n1:1".parse().unwrap());
-        assert!(!r.complete);
+        let r = c.replay_for(&conn("a"), &"n1:1.1".parse().unwrap());
+        assert_eq!(r.missing, 1, "1.2 was evicted");
         assert_eq!(r.events.len(), 3);
-        let r = c.replay_for(&conn("a"), &"n1:2".parse().unwrap());
-        assert!(r.complete);
+        let r = c.replay_for(&conn("a"), &"n1:1.2".parse().unwrap());
+        assert_eq!(r.missing, 0);
         c.expire(2000, 0);
         assert_eq!(c.log_len(), 0);
+        // Everything after 1.2 went: the member is told, though no event is left.
+        assert_eq!(
+            c.replay_for(&conn("a"), &"n1:1.2".parse().unwrap()).missing,
+            3
+        );
+    }
+
+    #[test]
+    fn a_start_mark_owes_members_nothing_before_it() {
+        let mut c = core();
+        let b = NodeId::new("b").unwrap();
+        c.mark_start(&b, Seq::new(4, 20));
+        c.join(conn("a"), "null".into(), 0);
+        let joined_at = c.head().clone();
+        c.append(Sequenced {
+            origin: b.clone(),
+            seq: Seq::new(4, 20),
+            at_ms: 0,
+            target: Target::All,
+            event: "x".into(),
+            payload: Payload::empty(),
+            from: None,
+        });
+        let r = c.replay_for(&conn("a"), &joined_at);
+        assert_eq!((r.events.len(), r.missing), (1, 0));
+        // A member whose cursor is older than where this replica started is told
+        // what it cannot have here.
+        let r = c.replay_for(&conn("a"), &"b:4.5".parse().unwrap());
+        assert_eq!((r.events.len(), r.missing), (1, 14));
     }
 
     #[test]

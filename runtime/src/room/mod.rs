@@ -6,9 +6,11 @@
 //! it stops is answered with `Retry`, and the caller starts a fresh one.
 
 mod actor;
+pub mod catchup;
 pub mod core;
 pub mod outbox;
 pub mod replica;
+pub mod runs;
 pub mod world;
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ pub use outbox::{Interest, KillSwitch, Link, Outbound, Outbox};
 pub use world::World;
 
 use crate::apps::Apps;
+use crate::cluster;
 use crate::config::Limits;
 use crate::ids::{AppName, ConnId, NodeId, RoomId};
 use crate::metrics::Metrics;
@@ -101,6 +104,8 @@ pub enum RoomCmd {
     },
     /// This node's link to a peer came (back) up.
     PeerUp(NodeId),
+    /// A peer newly has members in this room.
+    PeerJoined(NodeId),
     /// A peer was declared dead.
     PeerDown(NodeId),
 }
@@ -174,6 +179,8 @@ pub struct RoomEnv {
     pub sandbox: Arc<Sandbox<World>>,
     pub apps: Arc<Apps<World>>,
     pub store: Arc<Store>,
+    /// Where rooms take their runs of sequence numbers.
+    pub runs: Arc<runs::Runs>,
     pub metrics: Arc<Metrics>,
     /// Turns true when the node shuts down: rooms save and stop.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
@@ -332,9 +339,9 @@ impl Rooms {
     }
 
     /// Hand what peers send to the rooms it is for, in arrival order, until the
-    /// node stops. A message for a room not loaded here is dropped (this node
-    /// has no members there any more), except a repair request, which is answered
-    /// with "nothing left".
+    /// node stops. A message for a room not loaded here is dropped (this node has no
+    /// members there any more), except questions, which are answered with "nothing
+    /// here" (see `replica::unloaded`).
     pub async fn serve_peers(
         self: Arc<Self>,
         mut deliveries: mpsc::Receiver<crate::cluster::replicate::Delivery<replica::RoomMsg>>,
@@ -360,7 +367,15 @@ impl Rooms {
                         Some(h) => {
                             h.send(RoomCmd::Peer { from, msg }).await;
                         }
-                        None => replica::unloaded(&self.env, &key, &from, msg),
+                        None => {
+                            if let (Some(rep), Some(reply)) =
+                                (&self.env.replicator, replica::unloaded(msg))
+                            {
+                                let room = (key.app, key.room);
+                                let msg = cluster::replicate::PeerMsg::Room { room, msg: reply };
+                                rep.send(&from, msg);
+                            }
+                        }
                     }
                 }
                 Delivery::PeerUp(node) => {
@@ -374,7 +389,7 @@ impl Rooms {
                         room: room.1,
                     };
                     if let Some(h) = self.loaded(&key) {
-                        h.send(RoomCmd::PeerUp(node)).await;
+                        h.send(RoomCmd::PeerJoined(node)).await;
                     }
                 }
                 Delivery::PeerDown(node) => {

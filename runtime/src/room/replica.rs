@@ -1,5 +1,7 @@
 //! A room's replica in a cluster: what it tells the room's other replicas, and what it
-//! does with what they tell it.
+//! does with what they tell it. Sans-IO: it is fed messages, verdicts and the time
+//! ([`Ctx`]), changes the room's [`World`] and returns [`Effect`]s (messages to send,
+//! interest to announce) for the room actor to carry out.
 //!
 //! Every node with members in a room runs the room (its own actor, handler instance,
 //! log and document) and talks to the others through `cluster::replicate`:
@@ -7,19 +9,25 @@
 //! - **Events.** What this node's handler sends is delivered here at once, then
 //!   forwarded (one copy per interested region). What arrives from a peer goes through
 //!   `cluster::order::Inbound`: per-origin FIFO, duplicates dropped, gaps held and then
-//!   repaired from the origin's log (`Repair`/`Repaired`), or skipped with a notice when
-//!   the origin no longer has them. Remote events enter this replica's log, so a client
+//!   repaired from the origin's log (`Repair`/`Repaired`), or skipped with a notice that
+//!   counts exactly the events lost. A replica picks up an origin where the origin's
+//!   hello says (`Hello::next`: what it sends from then on is owed here), never at
+//!   whatever arrives first; the origin keeps that point until it hears the replica
+//!   went away, so a hello lost with a link loses nothing. Remote events enter this replica's log, so a client
 //!   resumes here from a cursor another node gave it.
+//! - **Numbering.** A room takes a fresh run of sequence numbers each time it loads
+//!   (`room::runs`), so numbers only grow per origin however nodes restart or their
+//!   clocks step, and a new run is never a gap.
 //! - **State.** The Automerge sync protocol with every other replica, after every
 //!   change on either side; a peer's reconnection restarts it from scratch.
 //! - **Presence.** Each node owns its members' entries. `Hello` carries them all (a
 //!   replica greets a node that newly has members in the room, and every peer after a
 //!   reconnection; the greeted one answers), `Presence` the changes; a node declared
 //!   dead loses its entries on every other node.
-//!
-//! A room's sequence numbers start, each time it loads, at the load time in µs, so a
-//! room that reloads never reuses a number a peer already delivered; an event carries
-//! where its run of numbers started (`since`), so peers skip the gap at once.
+//! - **Adoption.** A client that resumes here as a member another node held waits
+//!   until every live peer has said what it has for it (`Backfill`/`Backfilled`), at
+//!   most `adopt_patience`; then it gets what any of them had, once and in order, and
+//!   an exact count of what nobody had (`room::catchup`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -32,27 +40,20 @@ use super::core::{LogEntry, Sequenced, Target};
 use super::outbox::Link;
 use super::world::{Outgoing, RemoteMember, World};
 use crate::cluster::interest::RoomRef;
-use crate::cluster::order::{Inbound, Received};
-use crate::cluster::replicate::{self, PeerMsg, Relay};
-use crate::ids::{ConnId, NodeId, Seq};
+use crate::cluster::order::{Ask, Inbound, Received};
+use crate::cluster::replicate::{self, Relay};
+use crate::ids::{ConnId, NodeId, RoomId, Seq};
 use crate::payload::Payload;
 use crate::protocol::native::ServerFrame;
 use crate::protocol::{Cursor, ErrorCode, ProtoError};
 
 pub type Replicator = replicate::Replicator<RoomMsg>;
 
-/// How long a gap waits for the missing events before the origin is asked for them.
+/// How long a gap waits for the missing events before the origin is asked for them
+/// (and how often an origin whose start is unknown is asked for its hello).
 const REPAIR_PATIENCE: Duration = Duration::from_millis(300);
 /// Events held per origin while a gap is open, at most.
 const MAX_HELD: usize = 10_000;
-/// How long taking over a member from another node waits for the other replicas'
-/// history before it goes ahead with what it has.
-const ADOPT_PATIENCE: Duration = Duration::from_secs(1);
-/// Once one replica answered, how long the others get. Every replica logs every event
-/// it received, so one answer has all but what another origin had not yet passed on;
-/// the rest comes live or through gap repair from its origin (a dead node is often
-/// among those that never answer, which is why this does not wait for everyone).
-const ADOPT_GRACE: Duration = Duration::from_millis(100);
 /// Payload bytes per backfill message, at most (well below the frame limit).
 const BACKFILL_PART: usize = 1 << 20;
 
@@ -61,8 +62,6 @@ const BACKFILL_PART: usize = 1 << 20;
 pub struct WireEvent {
     pub origin: NodeId,
     pub seq: Seq,
-    /// The first sequence number of the origin's current run (see the module doc).
-    pub since: Seq,
     pub at_ms: u64,
     pub target: Target,
     pub event: String,
@@ -72,11 +71,10 @@ pub struct WireEvent {
 }
 
 impl WireEvent {
-    fn new(e: &LogEntry, since: Seq) -> Self {
+    fn new(e: &LogEntry) -> Self {
         Self {
             origin: e.origin.clone(),
             seq: e.seq,
-            since,
             at_ms: e.at_ms,
             target: e.target.clone(),
             event: e.event.clone(),
@@ -100,19 +98,31 @@ impl WireEvent {
             from: self.from,
         }
     }
+
+    fn to_entry(&self, room: &RoomId) -> Arc<LogEntry> {
+        Arc::new(LogEntry::new(
+            room.clone(),
+            self.clone().into_sequenced(),
+            String::new(),
+        ))
+    }
 }
 
 /// What replicas of a room tell each other.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum RoomMsg {
     Event(WireEvent),
-    /// The sender has (or again reaches) a replica: all its members, and the last
-    /// event it sequenced (the receiver asks for what it lacks of them: the tail of a
-    /// partition is no gap until something follows it). Resets the receiver's state
-    /// sync with it; `reply` asks for a hello back.
+    /// The sender has (or again reaches) a replica: all its members; the first of its
+    /// events owed to the receiver (its next number when it learned the receiver has
+    /// members, kept until it hears otherwise); and the number its next event will get.
+    /// A receiver that has not started with the sender starts at `first` and asks for
+    /// what lies before `next`; one that has asks for what it lacks before `next` (the
+    /// tail of a partition is no gap until something follows it). Resets the
+    /// receiver's state sync with it; `reply` asks for a hello back.
     Hello {
         members: Vec<(ConnId, RemoteMember)>,
-        head: Seq,
+        first: Seq,
+        next: Seq,
         reply: bool,
     },
     /// Members the sender took on (joined, changed presence, or moved to it) or lost.
@@ -123,17 +133,18 @@ pub enum RoomMsg {
     /// Send me every event in your log after this cursor, and what you know of this
     /// member: it is moving here.
     Backfill {
-        after: String,
+        after: Cursor,
         conn: ConnId,
     },
     /// The answer for the member moving, in log order, in parts of at most
     /// `BACKFILL_PART` bytes of payload; the last part carries the member's record, if
-    /// the sender knows it.
+    /// the sender knows it, and how far the sender had got with every origin.
     Backfilled {
         conn: ConnId,
         events: Vec<WireEvent>,
         last: bool,
         member: Option<RemoteMember>,
+        head: Cursor,
     },
     /// A handler on the sender's node kicked this member, which the receiver holds.
     Kick {
@@ -152,6 +163,8 @@ pub enum RoomMsg {
         events: Vec<WireEvent>,
         first_available: Seq,
     },
+    /// The room is not loaded on the sender: no members, no log, no numbering.
+    Unloaded,
 }
 
 impl Relay for RoomMsg {
@@ -160,20 +173,64 @@ impl Relay for RoomMsg {
     }
 }
 
+/// What a replica asks the room actor to do.
+#[derive(Debug)]
+pub enum Effect {
+    /// Send to one peer's replica.
+    Send(NodeId, RoomMsg),
+    /// Send to every node that wants the room's messages (the mesh picks relays).
+    Publish(RoomMsg),
+    /// This node has (`true`) or no longer has one more reason to want the room's
+    /// messages (a member, or a member being adopted).
+    Interest(bool),
+}
+
+/// What a replica may ask of the mesh.
+pub trait Peers {
+    /// Other nodes with members in this room.
+    fn interested(&self) -> Vec<NodeId>;
+    /// Other nodes alive now.
+    fn alive(&self) -> Vec<NodeId>;
+}
+
+/// One step's inputs (the time, the mesh) and outputs (effects).
+pub struct Ctx<'a> {
+    pub now: Instant,
+    pub now_ms: u64,
+    pub peers: &'a dyn Peers,
+    pub out: Vec<Effect>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(now: Instant, now_ms: u64, peers: &'a dyn Peers) -> Self {
+        Self {
+            now,
+            now_ms,
+            peers,
+            out: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, node: &NodeId, msg: RoomMsg) {
+        self.out.push(Effect::Send(node.clone(), msg));
+    }
+}
+
 /// A member whose client resumed here while another node held it: it waits for the
-/// other replicas' history (or `ADOPT_PATIENCE`) before the room takes it on.
+/// other replicas' history (or `adopt_patience`) before the room takes it on.
 pub struct Adoption {
     pub conn: ConnId,
     pub link: Link,
     pub cursor: Option<Cursor>,
     pub done: oneshot::Sender<super::AdoptOutcome>,
     /// The member as the replicas that answered described it (the latest claim).
-    pub record: Option<RemoteMember>,
-    /// The history the other replicas sent for this member, in their log order.
-    pub backlog: Vec<WireEvent>,
+    record: Option<RemoteMember>,
+    /// The history the other replicas sent for this member.
+    backlog: Vec<WireEvent>,
+    /// How far the replicas that answered had got, per origin.
+    heads: Vec<Cursor>,
     waiting: HashSet<NodeId>,
     deadline: Instant,
-    first_answer: Option<Instant>,
 }
 
 impl Adoption {
@@ -190,77 +247,85 @@ impl Adoption {
             done,
             record: None,
             backlog: Vec::new(),
+            heads: Vec::new(),
             waiting: HashSet::new(),
             deadline: Instant::now(),
-            first_answer: None,
+        }
+    }
+
+    fn request(&self) -> RoomMsg {
+        RoomMsg::Backfill {
+            after: self.cursor.clone().unwrap_or_default(),
+            conn: self.conn.clone(),
         }
     }
 }
 
+/// A member the room took on: the answer to give its client, and the auth it joined
+/// with.
+pub struct Settled {
+    pub done: oneshot::Sender<super::AdoptOutcome>,
+    pub auth: String,
+}
+
 pub struct Replica {
-    rep: Arc<Replicator>,
     room: RoomRef,
     inbound: Inbound<WireEvent>,
     sync: HashMap<NodeId, sync::State>,
     adoptions: Vec<Adoption>,
+    adopt_patience: Duration,
+    /// Per peer, the first of this node's events owed to its replica (see `Hello`).
+    owed: HashMap<NodeId, Seq>,
 }
 
 impl Replica {
-    pub fn new(rep: Arc<Replicator>, room: RoomRef) -> Self {
+    pub fn new(room: RoomRef, adopt_patience: Duration) -> Self {
         Self {
-            rep,
             room,
-            inbound: Inbound::new(&Default::default(), REPAIR_PATIENCE, MAX_HELD),
+            inbound: Inbound::new(REPAIR_PATIENCE, MAX_HELD),
             sync: HashMap::new(),
             adoptions: Vec::new(),
+            adopt_patience,
+            owed: HashMap::new(),
         }
     }
 
-    /// Where this node's numbering of a room starts when it loads now.
-    pub fn first_seq(now_ms: u64) -> Seq {
-        Seq(now_ms.saturating_mul(1000))
-    }
-
-    fn send(&self, node: &NodeId, msg: RoomMsg) {
-        self.rep.send(
-            node,
-            PeerMsg::Room {
-                room: self.room.clone(),
-                msg,
-            },
-        );
+    pub fn room(&self) -> &RoomRef {
+        &self.room
     }
 
     /// A member joined here. The first one makes this node a replica: its peers learn
     /// that from its interest and greet it (`peer_up`), it answers with its own hello.
-    pub fn member_joined(&mut self) {
-        self.rep.local_join(&self.room);
+    pub fn member_joined(&mut self, ctx: &mut Ctx) {
+        ctx.out.push(Effect::Interest(true));
     }
 
-    pub fn member_left(&mut self) {
-        self.rep.local_leave(&self.room);
+    pub fn member_left(&mut self, ctx: &mut Ctx) {
+        ctx.out.push(Effect::Interest(false));
     }
 
-    fn hello(&mut self, w: &mut World, node: &NodeId, reply: bool) {
+    fn hello(&mut self, w: &mut World, node: &NodeId, reply: bool, ctx: &mut Ctx) {
         let members = w.local_records();
-        let head = w.core.head().get(w.core.origin());
-        self.send(
+        let next = w.core.next_seq();
+        let first = *self.owed.entry(node.clone()).or_insert(next);
+        ctx.send(
             node,
             RoomMsg::Hello {
                 members,
-                head,
+                first,
+                next,
                 reply,
             },
         );
         let state = self.sync.entry(node.clone()).or_default();
         *state = sync::State::new();
         if let Some(msg) = w.doc.sync_message(state) {
-            self.send(node, RoomMsg::Sync(msg));
+            ctx.send(node, RoomMsg::Sync(msg));
         }
     }
 
     /// Send what the last call produced to the other replicas.
-    pub fn flush(&mut self, w: &mut World) {
+    pub fn flush(&mut self, w: &mut World, ctx: &mut Ctx) {
         let Some(out) = w.outgoing.as_mut().map(std::mem::take) else {
             return;
         };
@@ -271,51 +336,46 @@ impl Replica {
             state,
             kicks,
         } = out;
-        let since = w.core.first_seq();
         for e in events {
-            self.rep
-                .publish(&self.room, RoomMsg::Event(WireEvent::new(&e, since)));
+            ctx.out
+                .push(Effect::Publish(RoomMsg::Event(WireEvent::new(&e))));
         }
         if !joined.is_empty() || !left.is_empty() {
-            self.rep
-                .publish(&self.room, RoomMsg::Presence { joined, left });
+            ctx.out
+                .push(Effect::Publish(RoomMsg::Presence { joined, left }));
         }
         if state {
-            self.sync_all(w);
+            self.sync_all(w, ctx);
         }
         // After the call's events, so a kicked member gets those sent straight to it.
         for (node, conn, reason) in kicks {
-            self.send(&node, RoomMsg::Kick { conn, reason });
+            ctx.send(&node, RoomMsg::Kick { conn, reason });
         }
     }
 
     /// Offer every other replica what it lacks of the document.
-    fn sync_all(&mut self, w: &mut World) {
-        for node in self.rep.interested(&self.room) {
+    fn sync_all(&mut self, w: &mut World, ctx: &mut Ctx) {
+        for node in ctx.peers.interested() {
             let state = self.sync.entry(node.clone()).or_default();
             if let Some(msg) = w.doc.sync_message(state) {
-                self.send(&node, RoomMsg::Sync(msg));
+                ctx.send(&node, RoomMsg::Sync(msg));
             }
         }
     }
 
     /// A message from another replica.
-    pub fn receive(&mut self, w: &mut World, from: NodeId, msg: RoomMsg, now: Instant) {
+    pub fn receive(&mut self, w: &mut World, from: NodeId, msg: RoomMsg, ctx: &mut Ctx) {
         match msg {
-            RoomMsg::Event(e) => self.take_event(w, e, now),
+            RoomMsg::Event(e) => self.take_event(w, e, ctx.now),
             RoomMsg::Hello {
                 members,
-                head,
+                first,
+                next,
                 reply,
             } => {
-                if let Some(delivered) = self.inbound.delivered(&from)
-                    && delivered < head
-                {
-                    let (first, to) = (delivered.next(), head);
-                    self.send(&from, RoomMsg::Repair { from: first, to });
-                }
+                self.greeted(w, &from, first, next, ctx);
                 let old = w.remote.remove(&from).unwrap_or_default();
-                let new = self.claims(w, &from, members);
+                let new = self.claims(w, &from, members, ctx);
                 let left = old
                     .keys()
                     .filter(|c| !new.contains_key(*c))
@@ -329,17 +389,17 @@ impl Replica {
                 w.remote.insert(from.clone(), new);
                 w.push_presence(joined, left);
                 match reply {
-                    true => self.hello(w, &from, false),
+                    true => self.hello(w, &from, false, ctx),
                     false => {
                         let state = self.sync.entry(from.clone()).or_default();
                         if let Some(msg) = w.doc.sync_message(state) {
-                            self.send(&from, RoomMsg::Sync(msg));
+                            ctx.send(&from, RoomMsg::Sync(msg));
                         }
                     }
                 }
             }
             RoomMsg::Presence { joined, left } => {
-                let joined = self.claims(w, &from, joined);
+                let joined = self.claims(w, &from, joined, ctx);
                 let entries = w.remote.entry(from).or_default();
                 let left: Vec<ConnId> = left
                     .into_iter()
@@ -361,59 +421,22 @@ impl Replica {
                     w.kicks.push((conn, reason));
                 }
             }
-            RoomMsg::Backfill { after, conn } => {
-                let after: Cursor = after.parse().unwrap_or_default();
-                let since = w.core.first_seq();
-                let me = w.core.origin().clone();
-                // In parts that stay well under the frame limit.
-                let mut parts = vec![Vec::new()];
-                let mut bytes = 0;
-                for e in w.core.replay_all(&after) {
-                    if bytes >= BACKFILL_PART {
-                        parts.push(Vec::new());
-                        bytes = 0;
-                    }
-                    bytes += e.payload.json.len()
-                        + e.payload.binaries.iter().map(Vec::len).sum::<usize>();
-                    let since = if e.origin == me { since } else { Seq(0) };
-                    if let Some(part) = parts.last_mut() {
-                        part.push(WireEvent::new(&e, since));
-                    }
-                }
-                let mut member = match w.core.member(&conn) {
-                    Some(m) => Some(m.into()),
-                    None => w
-                        .remote
-                        .values()
-                        .find_map(|m| m.get(&conn).cloned())
-                        .or_else(|| w.departed.get(&conn).map(|(m, _)| m.clone())),
-                };
-                let n = parts.len();
-                for (i, events) in parts.into_iter().enumerate() {
-                    let last = i + 1 == n;
-                    let msg = RoomMsg::Backfilled {
-                        conn: conn.clone(),
-                        events,
-                        last,
-                        member: if last { member.take() } else { None },
-                    };
-                    self.send(&from, msg);
-                }
-            }
+            RoomMsg::Backfill { after, conn } => self.backfill(w, &from, &after, conn, ctx),
             RoomMsg::Backfilled {
                 conn,
                 events,
                 last,
                 member,
+                head,
             } => {
                 let adoption = self.adoptions.iter_mut().find(|a| a.conn == conn);
                 if let Some(a) = adoption {
-                    // Kept for this member's replay: the room's log may start later
-                    // than its cursor (another member's adoption set where it starts).
+                    // Kept for this member's catch-up: the room's log may start later
+                    // than its cursor (it loaded after the member's last event).
                     a.backlog.extend(events.iter().cloned());
                     if last {
                         a.waiting.remove(&from);
-                        a.first_answer.get_or_insert(now);
+                        a.heads.push(head);
                     }
                     if let Some(m) = member
                         && a.record
@@ -424,7 +447,7 @@ impl Replica {
                     }
                 }
                 for e in events {
-                    self.take_event(w, e, now);
+                    self.take_event(w, e, ctx.now);
                 }
             }
             RoomMsg::Sync(bytes) => {
@@ -433,7 +456,7 @@ impl Replica {
                     Ok(changed) => {
                         // Answer (the protocol is a conversation), and pass the change on.
                         if let Some(msg) = w.doc.sync_message(state) {
-                            self.send(&from, RoomMsg::Sync(msg));
+                            ctx.send(&from, RoomMsg::Sync(msg));
                         }
                         if changed {
                             w.doc_changed();
@@ -447,9 +470,8 @@ impl Replica {
             }
             RoomMsg::Repair { from: first, to } => {
                 let (events, first_available) = w.core.own_range(first, to);
-                let since = w.core.first_seq();
-                let events = events.iter().map(|e| WireEvent::new(e, since)).collect();
-                self.send(
+                let events = events.iter().map(|e| WireEvent::new(e)).collect();
+                ctx.send(
                     &from,
                     RoomMsg::Repaired {
                         events,
@@ -462,11 +484,79 @@ impl Replica {
                 first_available,
             } => {
                 let (ready, skipped) = self.inbound.skip_to(&from, first_available);
-                self.deliver(w, ready, skipped);
+                self.deliver(w, &from, ready, skipped);
                 for e in events {
-                    self.take_event(w, e, now);
+                    self.take_event(w, e, ctx.now);
                 }
             }
+            RoomMsg::Unloaded => {
+                // It has nothing more to say: what is held from it goes out.
+                let (ready, skipped) = self.inbound.give_up(&from);
+                self.deliver(w, &from, ready, skipped);
+            }
+        }
+    }
+
+    /// `from`'s hello says what it owes this replica from `first` on, and that its
+    /// next event is `next`: whatever of that did not come (lost with a link) is asked
+    /// for.
+    fn greeted(&mut self, w: &mut World, from: &NodeId, first: Seq, next: Seq, ctx: &mut Ctx) {
+        let lacking = match self.inbound.delivered(from) {
+            None => {
+                let ready = self.inbound.start(from, first);
+                self.deliver(w, from, ready, 0);
+                w.core.mark_start(from, first);
+                self.inbound.delivered(from).map_or(first, Seq::next)
+            }
+            Some(d) => match next.run == d.run {
+                true => d.next(),
+                false => Seq::first(next.run),
+            },
+        };
+        let to = next.prev();
+        if to.n >= 1 && to.run == lacking.run && to >= lacking {
+            ctx.send(from, RoomMsg::Repair { from: lacking, to });
+        }
+    }
+
+    /// Everything in the log after `after`, and what this node knows of `conn`.
+    fn backfill(&mut self, w: &World, to: &NodeId, after: &Cursor, conn: ConnId, ctx: &mut Ctx) {
+        // In parts that stay well under the frame limit.
+        let mut parts = vec![Vec::new()];
+        let mut bytes = 0;
+        for e in w.core.replay_all(after) {
+            if bytes >= BACKFILL_PART {
+                parts.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += e.payload.json.len() + e.payload.binaries.iter().map(Vec::len).sum::<usize>();
+            if let Some(part) = parts.last_mut() {
+                part.push(WireEvent::new(&e));
+            }
+        }
+        let mut member = match w.core.member(&conn) {
+            Some(m) => Some(m.into()),
+            None => w
+                .remote
+                .values()
+                .find_map(|m| m.get(&conn).cloned())
+                .or_else(|| w.departed.get(&conn).map(|(m, _)| m.clone())),
+        };
+        let n = parts.len();
+        for (i, events) in parts.into_iter().enumerate() {
+            let last = i + 1 == n;
+            let msg = RoomMsg::Backfilled {
+                conn: conn.clone(),
+                events,
+                last,
+                member: if last { member.take() } else { None },
+                head: if last {
+                    w.core.head().clone()
+                } else {
+                    Cursor::default()
+                },
+            };
+            ctx.send(to, msg);
         }
     }
 
@@ -475,30 +565,24 @@ impl Replica {
         if origin == *w.core.origin() {
             return;
         }
-        // The first event heard from an origin starts its sequence here (what came
-        // before was not for this replica); an origin that started a new run of
-        // numbers will never send the rest of the old one.
-        let start = match self.inbound.delivered(&origin) {
-            None => Some(e.seq),
-            Some(d) if e.since.0 > d.0 + 1 => Some(e.since),
-            Some(_) => None,
-        };
-        if let Some(start) = start {
-            let (ready, _) = self.inbound.skip_to(&origin, start);
-            self.deliver(w, ready, 0);
-        }
         match self.inbound.receive(&origin, e.seq, e, now) {
-            Received::Deliver(ready) => self.deliver(w, ready, 0),
+            Received::Deliver(ready) => self.deliver(w, &origin, ready, 0),
             Received::Duplicate | Received::Held | Received::Overflow => {}
         }
     }
 
-    fn deliver(&mut self, w: &mut World, ready: Vec<(NodeId, Seq, WireEvent)>, skipped: u64) {
+    fn deliver(
+        &mut self,
+        w: &mut World,
+        origin: &NodeId,
+        ready: Vec<(NodeId, Seq, WireEvent)>,
+        skipped: u64,
+    ) {
         if skipped > 0 {
             let frame = ServerFrame::Error {
                 error: ProtoError::new(
                     ErrorCode::HistoryGap,
-                    format!("{skipped} events from another node were lost"),
+                    format!("{skipped} events from node {origin} were lost"),
                 ),
                 room: Some(w.place.room.clone()),
             };
@@ -510,16 +594,16 @@ impl Replica {
         }
     }
 
-    /// Ask origins for the events of gaps that stayed open too long.
-    pub fn poll(&mut self, now: Instant) {
-        for r in self.inbound.poll(now) {
-            self.send(
-                &r.origin,
-                RoomMsg::Repair {
-                    from: r.from,
-                    to: r.to,
-                },
-            );
+    /// Ask origins for the events of gaps that stayed open too long, and for the
+    /// hello of those whose messages wait for one.
+    pub fn poll(&mut self, w: &mut World, ctx: &mut Ctx) {
+        for ask in self.inbound.poll(ctx.now) {
+            match ask {
+                Ask::Repair { origin, from, to } => {
+                    ctx.send(&origin, RoomMsg::Repair { from, to });
+                }
+                Ask::Start { origin } => self.hello(w, &origin, true, ctx),
+            }
         }
     }
 
@@ -532,6 +616,7 @@ impl Replica {
         w: &mut World,
         from: &NodeId,
         members: Vec<(ConnId, RemoteMember)>,
+        ctx: &mut Ctx,
     ) -> BTreeMap<ConnId, RemoteMember> {
         let me = w.core.origin().clone();
         let mut out = BTreeMap::new();
@@ -542,7 +627,7 @@ impl Replica {
                 }
                 w.links.remove(&conn);
                 w.core.leave(&conn);
-                self.member_left();
+                self.member_left(ctx);
             }
             let newer_elsewhere = w.remote.iter().any(|(node, others)| {
                 node != from
@@ -564,151 +649,172 @@ impl Replica {
         out
     }
 
-    /// A client resumed here as a member another node held: ask every other replica
-    /// for the history after its cursor, and hold the member until they answered.
-    pub fn adopt(&mut self, w: &mut World, mut a: Adoption, now: Instant) {
-        let peers = self.rep.interested(&self.room);
+    /// A client resumed here as a member another node held: ask every live peer for
+    /// the history after its cursor, and hold the member until they all answered.
+    pub fn adopt(&mut self, w: &mut World, mut a: Adoption, ctx: &mut Ctx) {
         // Counted as interest while it waits, so the peers' messages keep coming.
-        self.rep.local_join(&self.room);
+        ctx.out.push(Effect::Interest(true));
         if w.core.members().is_empty() && self.adoptions.is_empty() {
-            for node in &peers {
-                self.hello(w, node, true);
+            for node in ctx.peers.interested() {
+                self.hello(w, &node, true, ctx);
             }
         }
-        // What the client saw of each origin is where this replica starts with it.
-        if let Some(cursor) = &a.cursor {
-            for (origin, seq) in cursor.iter() {
-                if self.inbound.delivered(origin).is_none() && origin != w.core.origin() {
-                    self.inbound.skip_to(origin, seq.next());
-                }
-            }
-        }
-        let after = a.cursor.as_ref().map(Cursor::to_string).unwrap_or_default();
+        // Every live peer may hold some of its history (a replica with no members
+        // left keeps its log until it unloads; one without the room says so).
+        let peers = ctx.peers.alive();
         for node in &peers {
-            let conn = a.conn.clone();
-            let after = after.clone();
-            self.send(node, RoomMsg::Backfill { after, conn });
-        }
-        // A replica that already had members has its own log: it counts as an answer.
-        if !w.core.members().is_empty() {
-            a.first_answer = Some(now);
+            ctx.send(node, a.request());
         }
         a.waiting = peers.into_iter().collect();
-        a.deadline = now + ADOPT_PATIENCE;
+        a.deadline = ctx.now + self.adopt_patience;
         self.adoptions.push(a);
     }
 
-    /// Of what the other replicas sent for an adopted member, the events after its
-    /// cursor, for it, and not in `replay` (what this replica's log gives it): once
-    /// each, in per-origin order, each with the member's cursor after it.
-    pub fn earlier(
-        room: &crate::ids::RoomId,
-        conn: &ConnId,
-        cursor: &Cursor,
-        replay: &super::core::Replay,
-        backlog: Vec<WireEvent>,
-    ) -> Vec<Arc<LogEntry>> {
-        let in_log: HashSet<(&NodeId, Seq)> =
-            replay.events.iter().map(|e| (&e.origin, e.seq)).collect();
-        let mut seen = HashSet::new();
-        let mut extra: Vec<WireEvent> = backlog
-            .into_iter()
-            .filter(|e| {
-                !cursor.covers(&e.origin, e.seq)
-                    && e.target.includes(conn)
-                    && !in_log.contains(&(&e.origin, e.seq))
-                    && seen.insert((e.origin.clone(), e.seq))
-            })
-            .collect();
-        // Several replicas' logs, merged: by time, then each origin's put back in
-        // sequence order in the places its events took.
-        extra.sort_by_key(|e| e.at_ms);
-        let mut places: HashMap<NodeId, Vec<usize>> = HashMap::new();
-        for (i, e) in extra.iter().enumerate() {
-            places.entry(e.origin.clone()).or_default().push(i);
-        }
-        let mut slots: Vec<Option<WireEvent>> = extra.into_iter().map(Some).collect();
-        for idx in places.values() {
-            let mut run: Vec<WireEvent> = idx.iter().filter_map(|&i| slots[i].take()).collect();
-            run.sort_by_key(|e| e.seq);
-            for (&i, e) in idx.iter().zip(run) {
-                slots[i] = Some(e);
+    /// Adoptions whose history is in (or that waited long enough).
+    pub fn adoptions_due(&mut self, ctx: &mut Ctx) -> Vec<Adoption> {
+        let now = ctx.now;
+        if !self.adoptions.is_empty() {
+            // A peer that stopped answering heartbeats is not waited for.
+            let alive: HashSet<NodeId> = ctx.peers.alive().into_iter().collect();
+            for a in &mut self.adoptions {
+                a.waiting.retain(|n| alive.contains(n));
             }
         }
-        let mut at = cursor.clone();
-        slots
-            .into_iter()
-            .flatten()
-            .map(|e| {
-                at.advance(&e.origin, e.seq);
-                Arc::new(LogEntry::new(
-                    room.clone(),
-                    e.into_sequenced(),
-                    at.to_string(),
-                ))
-            })
-            .collect()
-    }
-
-    /// Adoptions whose history is in (or that waited long enough): the actor takes
-    /// the members on.
-    pub fn adoptions_due(&mut self, now: Instant) -> Vec<Adoption> {
         let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.adoptions)
             .into_iter()
-            .partition(|a| {
-                a.waiting.is_empty()
-                    || now >= a.deadline
-                    || a.first_answer.is_some_and(|t| now >= t + ADOPT_GRACE)
-            });
+            .partition(|a| a.waiting.is_empty() || now >= a.deadline);
         self.adoptions = waiting;
-        for _ in &due {
-            self.rep.local_leave(&self.room);
+        for a in &due {
+            if !a.waiting.is_empty() {
+                tracing::warn!(room = %self.room.1, conn = %a.conn, unanswered = ?a.waiting,
+                    "adopting a member without every peer's history");
+            }
+            ctx.out.push(Effect::Interest(false));
         }
         due
     }
 
-    /// This node's link to `node` came (back) up, or `node` just got members in this
-    /// room: start over with it.
-    pub fn peer_up(&mut self, w: &mut World, node: &NodeId) {
-        if self.rep.interested(&self.room).contains(node) {
-            self.hello(w, node, true);
+    /// Take on a member whose adoption is due: as the member the other nodes
+    /// described (auth, presence), without calling on-join again (the handler accepted
+    /// it once); it gets everything after its cursor that a replica had, then goes
+    /// live. `Err`: no replica knows the member.
+    pub fn settle(
+        &mut self,
+        w: &mut World,
+        mut a: Adoption,
+        ctx: &mut Ctx,
+    ) -> Result<Settled, Box<Adoption>> {
+        let known = w.remote.values_mut().find_map(|m| m.remove(&a.conn));
+        let departed = w.departed.remove(&a.conn).map(|(m, _)| m);
+        let Some(record) = known.or(a.record.take()).or(departed) else {
+            return Err(Box::new(a));
+        };
+        let conn = a.conn.clone();
+        // Origins this replica has not started with (none said where, or they are
+        // gone) start where the member's history does.
+        let me = w.core.origin().clone();
+        let mut firsts: BTreeMap<NodeId, Seq> = BTreeMap::new();
+        if let Some(c) = &a.cursor {
+            for (origin, seq) in c.iter() {
+                firsts.insert(origin.clone(), seq.next());
+            }
+        }
+        for e in &a.backlog {
+            let first = firsts.entry(e.origin.clone()).or_insert(e.seq);
+            *first = (*first).min(e.seq);
+        }
+        for (origin, first) in firsts {
+            if origin != me && self.inbound.delivered(&origin).is_none() {
+                let ready = self.inbound.start(&origin, first);
+                self.deliver(w, &origin, ready, 0);
+                w.core.mark_start(&origin, first);
+            }
+        }
+        let before = w.core.head().clone();
+        w.core.join(conn.clone(), record.auth.clone(), ctx.now_ms);
+        w.core.set_presence(&conn, record.presence.clone());
+        w.presence_changed(vec![(conn.clone(), record.presence.clone())], vec![]);
+        let cursor = a.cursor.clone().unwrap_or(before);
+        let room = w.place.room.clone();
+        let others = a.backlog.iter().map(|e| e.to_entry(&room)).collect();
+        let heads: Vec<&Cursor> = a.heads.iter().collect();
+        let catch_up = w.core.catch_up(&conn, &cursor, others, &heads);
+        self.member_joined(ctx);
+        // It may have seen more of some origin than this replica has delivered yet:
+        // those come live, and must not come twice.
+        if !w.core.head().dominates(&cursor) {
+            w.floors.insert(conn.clone(), cursor);
+        }
+        w.links.insert(conn.clone(), a.link);
+        w.send_replay(&conn, catch_up);
+        w.send_snapshot(&conn);
+        Ok(Settled {
+            done: a.done,
+            auth: record.auth,
+        })
+    }
+
+    /// `node` just got members in this room (a fresh replica there, or one this node
+    /// had forgotten): what it is owed starts now, and it is greeted.
+    pub fn peer_joined(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
+        self.owed.insert(node.clone(), w.core.next_seq());
+        self.peer_up(w, node, ctx);
+    }
+
+    /// This node's link to `node` came (back) up: start over with it.
+    pub fn peer_up(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
+        self.inbound.revived(node);
+        if ctx.peers.interested().contains(node) {
+            self.hello(w, node, true, ctx);
+        }
+        // A request may have been lost with the old link.
+        for a in &self.adoptions {
+            if a.waiting.contains(node) {
+                ctx.send(node, a.request());
+            }
         }
     }
 
     /// `node` was declared dead: its members vanish here, and what it never sent will
     /// not come.
-    pub fn peer_down(&mut self, w: &mut World, node: &NodeId) {
+    pub fn peer_down(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
         self.sync.remove(node);
+        self.owed.remove(node);
         for a in &mut self.adoptions {
             a.waiting.remove(node);
         }
         if let Some(gone) = w.remote.remove(node) {
             let left = gone.keys().cloned().collect();
-            let now = w.now_ms.max(crate::apps::now_ms());
+            let now = ctx.now_ms;
             w.departed
                 .extend(gone.into_iter().map(|(c, m)| (c, (m, now))));
             w.push_presence(vec![], left);
         }
         let (ready, skipped) = self.inbound.give_up(node);
-        self.deliver(w, ready, skipped);
+        self.deliver(w, node, ready, skipped);
     }
 }
 
 /// A peer's message for a room that is not loaded here: a repair request gets "nothing
-/// left before now" (the log went with the room), the rest is moot.
-pub(super) fn unloaded(env: &super::RoomEnv, key: &super::RoomKey, from: &NodeId, msg: RoomMsg) {
-    let (Some(rep), RoomMsg::Repair { to, .. }) = (&env.replicator, msg) else {
-        return;
-    };
-    let reply = RoomMsg::Repaired {
-        events: Vec::new(),
-        first_available: to.next(),
-    };
-    rep.send(
-        from,
-        PeerMsg::Room {
-            room: (key.app.clone(), key.room.clone()),
-            msg: reply,
-        },
-    );
+/// left before now" (the log went with the room), a history request or a hello "I have
+/// nothing", the rest is moot.
+pub(super) fn unloaded(msg: RoomMsg) -> Option<RoomMsg> {
+    match msg {
+        RoomMsg::Repair { to, .. } => Some(RoomMsg::Repaired {
+            events: Vec::new(),
+            first_available: to.next(),
+        }),
+        RoomMsg::Backfill { conn, .. } => Some(RoomMsg::Backfilled {
+            conn,
+            events: Vec::new(),
+            last: true,
+            member: None,
+            head: Cursor::default(),
+        }),
+        RoomMsg::Hello { .. } => Some(RoomMsg::Unloaded),
+        _ => None,
+    }
 }
+
+#[cfg(test)]
+mod tests;

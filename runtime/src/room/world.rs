@@ -7,13 +7,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::catchup::CatchUp;
 use super::core::{LogEntry, RoomCore, Target};
 use super::outbox::{Link, Outbound, PushError, Shared};
 use crate::ids::{ConnId, NodeId, RoomId};
 use crate::metrics::Metrics;
 use crate::payload::Payload;
-use crate::protocol::ProtoError;
 use crate::protocol::native::ServerFrame;
+use crate::protocol::{Cursor, ErrorCode, ProtoError};
 use crate::sandbox::RoomApi;
 use crate::state::RoomDoc;
 
@@ -35,6 +36,10 @@ pub struct World {
     pub doc: RoomDoc,
     /// Live connections of attached members.
     pub links: HashMap<ConnId, Link>,
+    /// Members that have seen more of some origin than this replica had delivered
+    /// when they came (adopted from a replica that was ahead): events their floor
+    /// covers are not sent to them again. Emptied as the room catches up.
+    pub floors: HashMap<ConnId, Cursor>,
     /// The connection whose event is being handled (the `from` of what it causes).
     pub current: Option<ConnId>,
     /// The connection whose `on-join` is running: its presence is announced with the
@@ -74,6 +79,7 @@ impl World {
             core,
             doc,
             links: HashMap::new(),
+            floors: HashMap::new(),
             current: None,
             joining: None,
             kicks: Vec::new(),
@@ -194,12 +200,20 @@ impl World {
         };
         let World {
             links,
+            floors,
             lost,
             metrics,
             ..
         } = self;
+        let seen = |c: &ConnId| match (event, floors.is_empty()) {
+            (Some(e), false) => floors.get(c).is_some_and(|f| f.covers(&e.origin, e.seq)),
+            _ => false,
+        };
         let mut delivered = 0;
-        for (conn, link) in links.iter().filter(|(c, l)| to(c) && l.wants(item)) {
+        for (conn, link) in links
+            .iter()
+            .filter(|(c, l)| to(c) && l.wants(item) && !seen(c))
+        {
             match link.outbox.push(item.clone()) {
                 Ok(()) => delivered += 1,
                 Err(PushError::SlowConsumer | PushError::Closed) => {
@@ -208,6 +222,46 @@ impl World {
             }
         }
         metrics.deliveries.inc_by(delivered);
+    }
+
+    /// What a returning member missed: a notice with the count of what is lost for
+    /// good, if anything is, then the events.
+    pub fn send_replay(&mut self, conn: &ConnId, replay: CatchUp) {
+        if replay.missing > 0 {
+            let message = format!(
+                "{} events were lost before you came back: no replica has them any more",
+                replay.missing
+            );
+            let frame = ServerFrame::Error {
+                error: ProtoError::new(ErrorCode::HistoryGap, message),
+                room: Some(self.place.room.clone()),
+            };
+            self.push(conn, Outbound::frame(frame));
+        }
+        for e in replay.events {
+            self.push(conn, Outbound::Event(e));
+        }
+    }
+
+    /// Presence and state, for a member that just joined or came back (what it asked
+    /// for: a presence snapshot of a big room is big).
+    pub fn send_snapshot(&mut self, conn: &ConnId) {
+        let Some(interest) = self.links.get(conn).map(|l| l.interest) else {
+            return;
+        };
+        if interest.presence {
+            let snapshot = ServerFrame::Presence {
+                room: self.place.room.clone(),
+                joined: self.all_presence(),
+                left: vec![],
+                snapshot: true,
+            };
+            self.push(conn, Outbound::frame(snapshot));
+        }
+        if interest.state {
+            let state = self.state_frame();
+            self.push(conn, Outbound::frame(state));
+        }
     }
 
     /// The room's state as members see it.
