@@ -332,7 +332,12 @@ impl Processes {
         cmd.env("EDGEROOM_BIN", BIN)
             .env(
                 "EDGEROOM_CONFIGS",
-                join(self.configs.iter().map(|c| c.display().to_string()).collect()),
+                join(
+                    self.configs
+                        .iter()
+                        .map(|c| c.display().to_string())
+                        .collect(),
+                ),
             )
             .env("EDGEROOM_URLS", join((0..3).map(|i| self.url(i)).collect()))
             .env(
@@ -578,8 +583,12 @@ async fn clients_resume_across_kill_9_and_a_drain_loses_nothing() {
 async fn socketio_members_lose_nothing_when_their_node_restarts() {
     let p = Processes::prepare();
     let mut cmd = tokio::process::Command::new("node");
-    cmd.current_dir(common::tests_dir("socketio-js"))
-        .args(["--test", "--test-reporter=spec", "--test-timeout=100000", "restart.test.mjs"]);
+    cmd.current_dir(common::tests_dir("socketio-js")).args([
+        "--test",
+        "--test-reporter=spec",
+        "--test-timeout=100000",
+        "restart.test.mjs",
+    ]);
     p.js_env(&mut cmd);
     common::run_client(cmd, "socket.io-client restart test").await;
 }

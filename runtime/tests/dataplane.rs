@@ -666,4 +666,3 @@ async fn an_event_crosses_to_each_region_once_and_fans_out_inside_it() {
     assert_eq!(delta[3], 0, "{delta:?}");
     shutdown(nodes).await;
 }
-

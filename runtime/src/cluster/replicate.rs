@@ -188,9 +188,10 @@ where
 
     /// How many connections the link to `node` has made.
     fn sessions(&self, node: &NodeId) -> u64 {
-        self.links.lock().get(node).map_or(0, |l| {
-            l.sessions.load(std::sync::atomic::Ordering::Acquire)
-        })
+        self.links
+            .lock()
+            .get(node)
+            .map_or(0, |l| l.sessions.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Drop this node's connection to `node` and dial again at once.
