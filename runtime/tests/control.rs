@@ -166,10 +166,21 @@ async fn a_write_on_any_node_is_applied_everywhere() {
         .unwrap();
     assert_eq!(r, Response::Conflict { current: 1 });
 
-    let status = nodes[follower].control.status();
-    assert_eq!(status.role, "follower");
-    assert_eq!(status.voters.len(), 3);
-    assert_eq!(status.leader.as_deref(), Some(nodes[leader].name.as_str()));
+    // Leadership may move while a loaded machine runs this; once it settles, a
+    // follower names the node that says it leads, and the leader tracks every voter.
+    let leader = wait_for(
+        "a follower and its leader to agree",
+        Duration::from_secs(10),
+        || {
+            let leader = leader_of(&nodes)?;
+            let status = nodes[(leader + 1) % nodes.len()].control.status();
+            (status.role == "follower"
+                && status.voters.len() == 3
+                && status.leader.as_deref() == Some(nodes[leader].name.as_str()))
+            .then_some(leader)
+        },
+    )
+    .await;
     let status = nodes[leader].control.status();
     assert_eq!(status.lag.len(), 3, "{status:?}");
     for n in nodes {
