@@ -6,11 +6,11 @@ cd "$(dirname "$0")"
 rustup toolchain install
 # Third-party clients the Socket.IO tests drive: socket.io-client (npm) and
 # python-socketio (PyPI, in a virtualenv under target/).
-js=runtime/tests/socketio-js
+js=runtime/edgeroom/tests/socketio-js
 [ "$js/node_modules/.package-lock.json" -nt "$js/package-lock.json" ] ||
   npm ci --prefix "$js" --silent --no-audit --no-fund
 [ -x target/pyenv/bin/python ] || python3 -m venv target/pyenv
-target/pyenv/bin/pip install --quiet --disable-pip-version-check -r runtime/tests/socketio-py/requirements.txt
+target/pyenv/bin/pip install --quiet --disable-pip-version-check -r runtime/edgeroom/tests/socketio-py/requirements.txt
 export EDGEROOM_PYTHON="$PWD/target/pyenv/bin/python"
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 # Doc examples (the SDK's complete handler example among them) must compile.

@@ -5,12 +5,12 @@
 # cursor. Prints one JSON line: time from the kill until each reader was resumed and
 # until it had everything the sender had sent by then (p50/p99/max), and events lost,
 # duplicated or reordered. Release build; the scenario is the ignored test
-# `bench_resume_after_kill_9` in runtime/tests/cli.rs.
+# `bench_resume_after_kill_9` in runtime/edgeroom/tests/it/cli.rs.
 #
 #   bench/resume-after-kill.sh        READERS=500 bench/resume-after-kill.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup toolchain install >/dev/null 2>&1
 export READERS=${READERS:-200}
-cargo nextest run --release --locked -p edgeroom --test cli bench_resume_after_kill_9 \
+cargo nextest run --release --locked -p edgeroom --test it cli::bench_resume_after_kill_9 \
   --run-ignored only --no-capture 2>&1 | grep '^{"bench"'

@@ -1,0 +1,595 @@
+//! The data plane's links between nodes: room messages out to the nodes that want
+//! them, in from peers to this node's rooms.
+//!
+//! Each node keeps one outgoing `Rooms` stream per peer, fed by a bounded queue, and
+//! starts every connection with its full interest list. What arrives on a peer's stream
+//! goes, in order, to one channel that the node routes to its rooms: one reader per
+//! peer, so a room sees each peer's messages in the order they were sent. A message
+//! that must reach a whole region (`Relay::relayed`) and came from another region is
+//! passed on here to the other interested nodes of this region: one cross-region copy
+//! per region, fanned out at home.
+//!
+//! The room messages themselves are the room's business (`room::replica`): this module
+//! moves them, tracks interest, and turns the failure detector's verdicts into
+//! `PeerDown` (a node's interests and presence vanish) and reconnections into `PeerUp`
+//! (rooms say hello again and resync state). A peer announcing members in a room that
+//! has members here becomes `Joined`: that room greets it, so replicas find each other
+//! however their first members' joins and the peers' revivals interleave.
+//!
+//! Links never go stale: every `Rooms` stream starts with the opener's incarnation (a
+//! random number each process picks at start) and the acceptor answers with its own.
+//! A stream from a new incarnation of a peer means it restarted: its old self is
+//! declared gone (`PeerDown`) and this node's link to it is redialled at once, as it
+//! is when the failure detector finds a dead peer alive again. Messages queued for a
+//! peer wait in its link's queue across redials; what was written into a connection
+//! that died is repaired after the redial (hellos carry where each replica is).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use super::control::ControlPlane;
+use super::health::Health;
+use super::interest::{Announce, Interest, RoomRef};
+use edgeroom_proto::ids::NodeId;
+use edgeroom_transport::{Endpoint, Incoming, Purpose};
+use tokio::sync::watch;
+
+/// Messages queued to one peer at most; beyond, new ones are dropped (events come back
+/// through gap repair, state through the next sync, presence with the next hello).
+const PEER_QUEUE: usize = 65_536;
+/// Deliveries waiting for the node's rooms at most (the peer readers wait beyond it).
+const ROOMS_QUEUE: usize = 4096;
+/// How often the failure detector's verdicts are read.
+const VERDICT_EVERY: Duration = Duration::from_millis(100);
+/// Pause before dialling a peer again after its link failed.
+const REDIAL_AFTER: Duration = Duration::from_millis(250);
+
+/// A room message the replicator carries without looking inside, except for this.
+pub trait Relay {
+    /// Whether every interested node of a region needs it (a relay fans it out).
+    fn relayed(&self) -> bool;
+}
+
+/// One frame on a `Rooms` stream.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum PeerMsg<M> {
+    /// The first frame of every stream: which incarnation of its node opened it.
+    Open {
+        incarnation: u64,
+    },
+    Interest(Announce),
+    /// "Send me your full interest": a node that declared the sender dead forgot it,
+    /// and the sender may not have noticed anything.
+    AskInterest,
+    Room {
+        room: RoomRef,
+        msg: M,
+    },
+}
+
+/// What the replicator hands to this node's rooms.
+#[derive(Debug)]
+pub enum Delivery<M> {
+    Room {
+        from: NodeId,
+        room: RoomRef,
+        msg: M,
+    },
+    /// This node's link to `node` is (re)established: rooms it shares say hello.
+    PeerUp(NodeId),
+    /// `node` now has members in `room`, which has members here too: the room greets it.
+    Joined {
+        node: NodeId,
+        room: RoomRef,
+    },
+    /// `node` was declared dead: its presence goes, its gaps will not be filled.
+    PeerDown(NodeId),
+}
+
+/// The acceptor's one frame back on a `Rooms` stream: its incarnation.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct Opened {
+    pub incarnation: u64,
+}
+
+/// This node's outgoing link to one peer.
+struct Link<M> {
+    tx: mpsc::Sender<LinkCmd<M>>,
+    /// Bumped to make the link drop its connection and dial again.
+    reset: watch::Sender<u64>,
+    /// The incarnation of the peer the current connection reaches (0: not connected).
+    connected_to: Arc<std::sync::atomic::AtomicU64>,
+    /// Connections made so far (a revived peer is redialled only if the connection in
+    /// use is the one from before it was declared dead).
+    sessions: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What a peer's link task is handed, in order.
+enum LinkCmd<M> {
+    Send(PeerMsg<M>),
+    /// The node is stopping: send what is queued, end the stream once the peer has
+    /// it all, then say so.
+    Drain(tokio::sync::oneshot::Sender<()>),
+}
+
+pub struct Replicator<M> {
+    me: NodeId,
+    region: String,
+    /// This process's incarnation: a fresh random number at every start.
+    incarnation: u64,
+    health: Arc<Health>,
+    interest: Mutex<Interest>,
+    links: Mutex<HashMap<NodeId, Link<M>>>,
+    /// The incarnation each peer's streams last came from.
+    peers_seen: Mutex<HashMap<NodeId, u64>>,
+    /// Bumped for a peer whenever its connections must be dialled afresh (it restarted
+    /// or came back from the dead): others holding connections to it check it.
+    generations: Mutex<HashMap<NodeId, u64>>,
+    to_rooms: mpsc::Sender<Delivery<M>>,
+    /// Region-wide messages this node sent to peers (originated or relayed).
+    relayed_sent: std::sync::atomic::AtomicU64,
+}
+
+impl<M> Replicator<M>
+where
+    M: Relay + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// A replicator and the channel its deliveries come out of.
+    pub fn new(
+        me: NodeId,
+        region: String,
+        health: Arc<Health>,
+    ) -> (Arc<Self>, mpsc::Receiver<Delivery<M>>) {
+        let (to_rooms, rx) = mpsc::channel(ROOMS_QUEUE);
+        let this = Arc::new(Self {
+            me,
+            region,
+            incarnation: rand::random::<u64>().max(1),
+            health,
+            interest: Mutex::new(Interest::new()),
+            links: Mutex::new(HashMap::new()),
+            peers_seen: Mutex::new(HashMap::new()),
+            generations: Mutex::new(HashMap::new()),
+            to_rooms,
+            relayed_sent: Default::default(),
+        });
+        (this, rx)
+    }
+
+    /// Queue `msg` to `node`. False if it was dropped (no link yet, or the queue is full).
+    pub fn send(&self, node: &NodeId, msg: PeerMsg<M>) -> bool {
+        let link = self.links.lock().get(node).map(|l| l.tx.clone());
+        link.is_some_and(|l| l.try_send(LinkCmd::Send(msg)).is_ok())
+    }
+
+    /// Other nodes that answer the failure detector now (a peer that went quiet for a
+    /// couple of heartbeats is not waited for).
+    pub fn alive_peers(&self) -> Vec<NodeId> {
+        let nodes: Vec<NodeId> = self.links.lock().keys().cloned().collect();
+        nodes
+            .into_iter()
+            .filter(|n| self.health.is_responsive(n))
+            .collect()
+    }
+
+    /// How many times `node`'s connections had to be dialled afresh (see
+    /// `generations`); a cached connection to it from an older generation is stale.
+    pub fn generation(&self, node: &NodeId) -> u64 {
+        self.generations.lock().get(node).copied().unwrap_or(0)
+    }
+
+    /// How many connections the link to `node` has made.
+    fn sessions(&self, node: &NodeId) -> u64 {
+        self.links
+            .lock()
+            .get(node)
+            .map_or(0, |l| l.sessions.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Drop this node's connection to `node` and dial again at once.
+    fn redial(&self, node: &NodeId) {
+        *self.generations.lock().entry(node.clone()).or_default() += 1;
+        if let Some(link) = self.links.lock().get(node) {
+            link.reset.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Whether this node has members in `room` (or is adopting one there).
+    pub fn is_local(&self, room: &RoomRef) -> bool {
+        self.interest.lock().is_local(room)
+    }
+
+    /// Every other node with members in `room`.
+    pub fn interested(&self, room: &RoomRef) -> Vec<NodeId> {
+        self.interest.lock().nodes(room)
+    }
+
+    /// Send a message of `room` to every node that wants it: for a relayed message one
+    /// node per other region (it fans out there), otherwise every interested node.
+    pub fn publish(&self, room: &RoomRef, msg: M) {
+        let targets = match msg.relayed() {
+            true => self.interest.lock().targets(room, &self.region),
+            false => self.interested(room),
+        };
+        self.send_each(&targets, room, msg);
+    }
+
+    /// How many region-wide messages (events) this node has sent to peers.
+    pub fn relayed_sent(&self) -> u64 {
+        self.relayed_sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn send_each(&self, targets: &[NodeId], room: &RoomRef, msg: M) {
+        let Some((last, rest)) = targets.split_last() else {
+            return;
+        };
+        if msg.relayed() {
+            self.relayed_sent
+                .fetch_add(targets.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        for node in rest {
+            let msg = PeerMsg::Room {
+                room: room.clone(),
+                msg: msg.clone(),
+            };
+            self.send(node, msg);
+        }
+        self.send(
+            last,
+            PeerMsg::Room {
+                room: room.clone(),
+                msg,
+            },
+        );
+    }
+
+    /// A member joined `room` here; the first one makes this node interested.
+    pub fn local_join(&self, room: &RoomRef) {
+        let announce = self.interest.lock().local_join(room);
+        self.announce(announce);
+    }
+
+    /// A member left `room` here; the last one ends this node's interest.
+    pub fn local_leave(&self, room: &RoomRef) {
+        let announce = self.interest.lock().local_leave(room);
+        self.announce(announce);
+    }
+
+    fn announce(&self, announce: Option<Announce>) {
+        let Some(announce) = announce else { return };
+        let links: Vec<_> = self.links.lock().values().map(|l| l.tx.clone()).collect();
+        for link in links {
+            let _ = link.try_send(LinkCmd::Send(PeerMsg::Interest(announce.clone())));
+        }
+    }
+
+    /// Read a peer's `Rooms` stream until it ends: interest into the table, room
+    /// messages (after relaying them inside this region) to the rooms.
+    pub async fn serve_stream(self: Arc<Self>, from: NodeId, incoming: Incoming) {
+        let (mut tx, mut rx) = incoming.framed::<PeerMsg<M>, Opened>();
+        let incarnation = match rx.next().await {
+            Some(Ok(PeerMsg::Open { incarnation })) => incarnation,
+            Some(Ok(_)) => {
+                tracing::warn!(peer = %from, "rooms stream without its opening frame; dropped");
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(peer = %from, "bad rooms frame, dropping the stream: {e}");
+                return;
+            }
+            None => return,
+        };
+        if tx
+            .send(&Opened {
+                incarnation: self.incarnation,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if !self.opened_by(&from, incarnation).await {
+            return;
+        }
+        while let Some(frame) = rx.next().await {
+            let msg = match frame {
+                Ok(msg) => msg,
+                Err(e) => {
+                    tracing::warn!(peer = %from, "bad rooms frame, dropping the stream: {e}");
+                    return;
+                }
+            };
+            match msg {
+                PeerMsg::Interest(announce) => {
+                    let shared = self.interest.lock().apply(&from, announce);
+                    for room in shared {
+                        let node = from.clone();
+                        if self
+                            .to_rooms
+                            .send(Delivery::Joined { node, room })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                PeerMsg::Open { .. } => {
+                    tracing::warn!(peer = %from, "a second opening frame; dropping the stream");
+                    return;
+                }
+                PeerMsg::AskInterest => {
+                    let full = self.interest.lock().full();
+                    self.send(&from, PeerMsg::Interest(full));
+                }
+                PeerMsg::Room { room, msg } => {
+                    if msg.relayed() {
+                        let onward = {
+                            let interest = self.interest.lock();
+                            match interest.region_of(&from) == Some(self.region.as_str()) {
+                                true => Vec::new(),
+                                false => interest.fan_out(&room, &self.region, &from),
+                            }
+                        };
+                        // Cloned only when there is somewhere to pass it on to.
+                        if !onward.is_empty() {
+                            self.send_each(&onward, &room, msg.clone());
+                        }
+                    }
+                    let delivery = Delivery::Room {
+                        from: from.clone(),
+                        room,
+                        msg,
+                    };
+                    if self.to_rooms.send(delivery).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A stream from `from`'s incarnation `incarnation` begins. A new incarnation
+    /// means the peer restarted: what its old self held here goes (`PeerDown`), and
+    /// this node's link, which may still reach the old one, dials afresh. False when
+    /// the node's rooms are gone (it is stopping).
+    async fn opened_by(&self, from: &NodeId, incarnation: u64) -> bool {
+        let before = self.peers_seen.lock().insert(from.clone(), incarnation);
+        let restarted = before.is_some_and(|b| b != incarnation);
+        let stale_link = self.links.lock().get(from).is_some_and(|l| {
+            let to = l.connected_to.load(std::sync::atomic::Ordering::Acquire);
+            to != 0 && to != incarnation
+        });
+        if restarted {
+            tracing::info!(peer = %from, "peer restarted: its old presence goes");
+            self.interest.lock().forget(from);
+            if self
+                .to_rooms
+                .send(Delivery::PeerDown(from.clone()))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        if restarted || stale_link {
+            self.redial(from);
+        }
+        true
+    }
+
+    /// Keep a link to every node the control plane knows, and turn health verdicts into
+    /// `PeerDown`, until aborted.
+    pub async fn run(
+        self: Arc<Self>,
+        control: Arc<ControlPlane>,
+        endpoint: Arc<Endpoint>,
+        health: Arc<Health>,
+    ) {
+        let mut links = LinkTasks::default();
+        let tasks = &mut links.0;
+        let mut applied = control.applied();
+        let mut verdicts = tokio::time::interval(VERDICT_EVERY);
+        // Peers declared dead, with the link's connection count at the time.
+        let mut dead: HashMap<NodeId, u64> = HashMap::new();
+        loop {
+            let nodes: Vec<(NodeId, SocketAddr, String)> = control
+                .state()
+                .nodes
+                .iter()
+                .filter(|(id, _)| **id != self.me)
+                .map(|(id, info)| (id.clone(), info.peer_addr, info.region.clone()))
+                .collect();
+            tasks.retain(|id, task| {
+                let keep = nodes.iter().any(|(n, ..)| n == id);
+                if !keep {
+                    task.abort();
+                    self.links.lock().remove(id);
+                    self.interest.lock().forget(id);
+                }
+                keep
+            });
+            for (node, addr, region) in nodes {
+                self.interest.lock().set_region(&node, &region);
+                if tasks.contains_key(&node) {
+                    continue;
+                }
+                let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                let (reset, reset_rx) = watch::channel(0);
+                let connected_to = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let sessions = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let link = Link {
+                    tx,
+                    reset,
+                    connected_to: connected_to.clone(),
+                    sessions: sessions.clone(),
+                };
+                self.links.lock().insert(node.clone(), link);
+                let dial = Dial {
+                    endpoint: endpoint.clone(),
+                    node: node.clone(),
+                    addr,
+                    reset: reset_rx,
+                    connected_to,
+                    sessions,
+                };
+                let task = tokio::spawn(self.clone().link(dial, rx));
+                tasks.insert(node, task);
+            }
+            loop {
+                tokio::select! {
+                    changed = applied.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    _ = verdicts.tick() => {
+                        for node in tasks.keys() {
+                            let alive = health.is_alive(node);
+                            if !alive && !dead.contains_key(node) {
+                                dead.insert(node.clone(), self.sessions(node));
+                                tracing::warn!(%node, "peer declared dead: its rooms' presence goes");
+                                self.interest.lock().forget(node);
+                                let _ = self.to_rooms.send(Delivery::PeerDown(node.clone())).await;
+                            } else if let Some(at_death) = dead.get(node).copied().filter(|_| alive) {
+                                dead.remove(node);
+                                // Back: its connection may be one a restart or a long
+                                // partition left dead, so it is dialled afresh (the
+                                // new connection starts with our full interest, and
+                                // rooms start over with it once it is up). It may not
+                                // have declared us dead and kept what it knew of us,
+                                // or it may have forgotten: it is asked for its
+                                // interest either way.
+                                tracing::info!(%node, "peer alive again");
+                                if self.sessions(node) == at_death {
+                                    self.redial(node);
+                                }
+                                self.send(node, PeerMsg::AskInterest);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One peer's outgoing link, redialled whenever it fails or is reset. Every
+    /// connection starts with this node's incarnation and full interest, then tells
+    /// the rooms the peer is reachable (they say hello again: anything written into a
+    /// connection that died is repaired from there).
+    async fn link(self: Arc<Self>, mut dial: Dial, mut rx: mpsc::Receiver<LinkCmd<M>>) {
+        loop {
+            dial.reset.borrow_and_update();
+            let mut reset = dial.reset.clone();
+            let result = tokio::select! {
+                r = self.link_session(&dial, &mut rx) => r,
+                _ = reset.changed() => Err(anyhow::anyhow!("reset")),
+            };
+            dial.connected_to
+                .store(0, std::sync::atomic::Ordering::Release);
+            match result {
+                Ok(()) => return,
+                Err(e) => tracing::debug!(peer = %dial.node, "rooms link down: {e:#}"),
+            }
+            // A reset dials again at once; a failure waits a little.
+            if !dial.reset.has_changed().unwrap_or(false) {
+                tokio::select! {
+                    _ = tokio::time::sleep(REDIAL_AFTER) => {}
+                    _ = dial.reset.changed() => {}
+                }
+            }
+        }
+    }
+
+    async fn link_session(
+        &self,
+        dial: &Dial,
+        rx: &mut mpsc::Receiver<LinkCmd<M>>,
+    ) -> anyhow::Result<()> {
+        let connect = dial.endpoint.connect(&dial.node, dial.addr);
+        let peer = tokio::time::timeout(Duration::from_secs(3), connect).await??;
+        let (mut tx, mut answers) = peer.open::<PeerMsg<M>, Opened>(Purpose::Rooms).await?;
+        tx.send(&PeerMsg::Open {
+            incarnation: self.incarnation,
+        })
+        .await?;
+        let opened = tokio::time::timeout(Duration::from_secs(3), answers.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{} closed the stream", dial.node))??;
+        dial.connected_to
+            .store(opened.incarnation, std::sync::atomic::Ordering::Release);
+        dial.sessions
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let full = self.interest.lock().full();
+        tx.send(&PeerMsg::Interest(full)).await?;
+        let _ = self
+            .to_rooms
+            .send(Delivery::PeerUp(dial.node.clone()))
+            .await;
+        while let Some(mut cmd) = rx.recv().await {
+            // Batch what is already queued into one flush.
+            loop {
+                match cmd {
+                    LinkCmd::Send(msg) => tx.feed(&msg).await?,
+                    LinkCmd::Drain(done) => {
+                        tx.flush().await?;
+                        let stream = tx.get_mut();
+                        stream.finish()?;
+                        // Resolves once the peer has read all of it.
+                        let _ = stream.stopped().await;
+                        let _ = done.send(());
+                        return Ok(());
+                    }
+                }
+                match rx.try_recv() {
+                    Ok(more) => cmd = more,
+                    Err(_) => break,
+                }
+            }
+            tx.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// The node is stopping: deliver what every link has queued, waiting at most
+    /// `patience` (a peer that is down gets nothing more).
+    pub async fn drain(&self, patience: Duration) {
+        let links: Vec<_> = self.links.lock().values().map(|l| l.tx.clone()).collect();
+        let drained = links.into_iter().map(|link| async move {
+            let (done, rx) = tokio::sync::oneshot::channel();
+            if link.send(LinkCmd::Drain(done)).await.is_ok() {
+                let _ = rx.await;
+            }
+        });
+        let _ = tokio::time::timeout(patience, futures_util::future::join_all(drained)).await;
+    }
+}
+
+/// Where and how a link dials its peer.
+struct Dial {
+    endpoint: Arc<Endpoint>,
+    node: NodeId,
+    addr: SocketAddr,
+    reset: watch::Receiver<u64>,
+    connected_to: Arc<std::sync::atomic::AtomicU64>,
+    sessions: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// One link task per peer, aborted with the set (when `run` ends or is aborted).
+#[derive(Default)]
+struct LinkTasks(HashMap<NodeId, tokio::task::JoinHandle<()>>);
+
+impl Drop for LinkTasks {
+    fn drop(&mut self) {
+        self.0.values().for_each(|task| task.abort());
+    }
+}

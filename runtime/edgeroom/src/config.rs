@@ -1,0 +1,482 @@
+//! Node configuration: `node.toml` for `edgeroom serve`, built in code for `edgeroom dev` and tests.
+//!
+//! Every limit the node enforces is named here, so an operator can see and change it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use edgeroom_proto::ids::{AppName, NodeId};
+
+/// One node's settings. Durations are in milliseconds in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id: the origin of the messages it sequences.
+    pub node_id: NodeId,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Where clients and the admin API connect.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Durable state: the handler registry and room documents.
+    pub data_dir: PathBuf,
+    /// Compiled handlers are cached here by sha256 (defaults to `data_dir/compiled`).
+    #[serde(default)]
+    pub compile_cache_dir: Option<PathBuf>,
+    /// Bearer key for the admin API. Required unless `dev` is true.
+    #[serde(default)]
+    pub admin_key: Option<String>,
+    /// Dev mode: the admin API is open to anyone who can reach it.
+    #[serde(default)]
+    pub dev: bool,
+    /// The app `/socket.io/` serves.
+    #[serde(default)]
+    pub default_app: Option<AppName>,
+    /// Secret that signs resume tokens (hex). Random per start when absent, which
+    /// only matters for resume across restarts.
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+    #[serde(default)]
+    pub socketio: SocketIoConfig,
+    /// Member of a cluster; absent: a standalone node.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// This node's place in a cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// UDP address for QUIC between nodes.
+    pub peer_listen: SocketAddr,
+    /// The address other nodes dial, when `peer_listen` is a wildcard such as
+    /// `0.0.0.0:7000` (a voter's own entry in `voters` serves too).
+    #[serde(default)]
+    pub peer_advertise: Option<SocketAddr>,
+    /// Holds `ca.crt` and this node's `<node_id>.crt` / `.key` (`edgeroom cluster init`).
+    pub tls_dir: PathBuf,
+    /// A new cluster's voters, `name@host:port` (their peer addresses), the same list on
+    /// each of them. A voter creates the cluster on its first start.
+    #[serde(default)]
+    pub voters: Vec<String>,
+    /// Or join a running cluster through any of its nodes, `name@host:port`.
+    #[serde(default)]
+    pub join: Option<String>,
+    /// When joining: become a voter (else a learner).
+    #[serde(default)]
+    pub voter: bool,
+    /// Where this node is, for nearest-region routing.
+    #[serde(default)]
+    pub lat: f64,
+    #[serde(default)]
+    pub lon: f64,
+    /// Base URLs clients reach this node at (default `http://<listen>`).
+    #[serde(default)]
+    pub client_urls: Vec<String>,
+    #[serde(default = "default_heartbeat_ms")]
+    pub raft_heartbeat_ms: u64,
+    /// Raft elections start after a silence of this much (randomised up to twice).
+    #[serde(default = "default_election_ms")]
+    pub raft_election_ms: u64,
+    /// Tests and simulations only: the emulated network the peer traffic crosses.
+    #[serde(skip)]
+    pub wan: Option<edgeroom_transport::Wan>,
+    /// A peer silent this long is declared dead: its rooms' presence vanishes
+    /// everywhere and it leaves the routing table. Pings go out every sixth of it.
+    #[serde(default = "default_failure_timeout_ms")]
+    pub failure_timeout_ms: u64,
+}
+
+fn default_failure_timeout_ms() -> u64 {
+    3000
+}
+
+fn default_heartbeat_ms() -> u64 {
+    200
+}
+
+fn default_election_ms() -> u64 {
+    1000
+}
+
+impl ClusterConfig {
+    /// The peer address other nodes dial for `me`: its entry among the voters, else
+    /// `peer_advertise`, else `peer_listen` unless that is a wildcard.
+    pub fn advertised(&self, me: &NodeId) -> Option<SocketAddr> {
+        let listed = self
+            .voters
+            .iter()
+            .filter_map(|v| parse_peer(v).ok())
+            .find(|(node, _)| node == me)
+            .map(|(_, addr)| addr);
+        listed
+            .or(self.peer_advertise)
+            .or((!self.peer_listen.ip().is_unspecified()).then_some(self.peer_listen))
+    }
+
+    pub fn new(peer_listen: SocketAddr, tls_dir: PathBuf) -> Self {
+        Self {
+            peer_listen,
+            peer_advertise: None,
+            tls_dir,
+            voters: Vec::new(),
+            join: None,
+            voter: false,
+            lat: 0.0,
+            lon: 0.0,
+            client_urls: Vec::new(),
+            raft_heartbeat_ms: default_heartbeat_ms(),
+            raft_election_ms: default_election_ms(),
+            failure_timeout_ms: default_failure_timeout_ms(),
+            wan: None,
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.voters.is_empty() != self.join.is_none(),
+            "cluster: give either voters (a new cluster) or join (an existing one)"
+        );
+        for peer in self.voters.iter().chain(&self.join) {
+            parse_peer(peer)?;
+        }
+        anyhow::ensure!(
+            self.lat.is_finite()
+                && self.lon.is_finite()
+                && self.lat.abs() <= 90.0
+                && self.lon.abs() <= 180.0,
+            "cluster: lat/lon out of range"
+        );
+        anyhow::ensure!(
+            self.raft_heartbeat_ms > 0 && self.raft_election_ms >= 3 * self.raft_heartbeat_ms,
+            "cluster: raft_election_ms must be at least 3 heartbeats"
+        );
+        anyhow::ensure!(
+            self.failure_timeout_ms >= 300,
+            "cluster: failure_timeout_ms must be at least 300"
+        );
+        Ok(())
+    }
+}
+
+/// `name@host:port` → (node id, peer address).
+pub fn parse_peer(s: &str) -> anyhow::Result<(NodeId, SocketAddr)> {
+    let (name, addr) = s
+        .split_once('@')
+        .ok_or_else(|| anyhow::anyhow!("cluster peer {s:?} is not name@host:port"))?;
+    Ok((
+        NodeId::new(name)?,
+        addr.parse()
+            .map_err(|e| anyhow::anyhow!("cluster peer {s:?}: {e}"))?,
+    ))
+}
+
+/// The Socket.IO gateway (Engine.IO v4 / Socket.IO v5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoConfig {
+    /// Heartbeat: the server pings this often...
+    pub ping_interval_ms: u64,
+    /// ...and closes a session whose pong is this late.
+    pub ping_timeout_ms: u64,
+    /// Largest polling POST body and WebSocket message (`maxPayload`).
+    pub max_payload: usize,
+    /// A connection that joins no namespace this long after its handshake is closed.
+    pub connect_timeout_ms: u64,
+    /// Origins allowed to make cross-origin requests. A listed origin is echoed and may
+    /// send credentials; `"*"` lets any other origin in without credentials. Empty: no
+    /// CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Serve a raw Engine.IO echo (every message sent back as it came) at this path,
+    /// for the Engine.IO protocol test suite. Off unless set.
+    pub engineio_echo_path: Option<String>,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            max_payload: 1_000_000,
+            connect_timeout_ms: 45_000,
+            cors_origins: vec!["*".into()],
+            engineio_echo_path: None,
+        }
+    }
+}
+
+/// Bounds on what clients may send and how much the node keeps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest client frame accepted; a larger one gets a `too_large` error.
+    pub max_frame_bytes: usize,
+    /// Frames above this close the connection (the WebSocket layer never buffers more).
+    pub max_frame_hard_bytes: usize,
+    /// Outbound frames queued per connection; beyond it the client is a slow consumer and is dropped.
+    pub outbound_queue: usize,
+    /// Commands queued per room before senders wait.
+    pub room_inbox: usize,
+    /// How long a room keeps its events for resume.
+    pub history_ms: u64,
+    /// Most events a room keeps, whatever their age.
+    pub history_max_events: usize,
+    /// How long a disconnected session stays resumable.
+    pub resume_window_ms: u64,
+    /// How long a disconnected session keeps its presence before it leaves its rooms.
+    pub presence_grace_ms: u64,
+    /// In a cluster: how long a client resuming as a member another node held waits,
+    /// at most, for every live peer to say what it has of the member's history (a peer
+    /// that stops answering heartbeats is not waited for). What no replica could give
+    /// is counted to the client (`history_gap`).
+    pub adopt_patience_ms: u64,
+    /// An empty room drops its handler instance after this long.
+    pub instance_idle_ms: u64,
+    /// An empty room with no history left is unloaded after this long (its state is saved).
+    pub room_idle_ms: u64,
+    /// Largest handler upload.
+    pub max_handler_bytes: usize,
+    /// Rooms a connection may join at once.
+    pub max_rooms_per_conn: usize,
+    /// Concurrent client connections.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            max_frame_hard_bytes: 16 * 1024 * 1024,
+            outbound_queue: 1024,
+            room_inbox: 1024,
+            history_ms: 120_000,
+            history_max_events: 100_000,
+            resume_window_ms: 120_000,
+            presence_grace_ms: 15_000,
+            adopt_patience_ms: 2_000,
+            instance_idle_ms: 30_000,
+            room_idle_ms: 300_000,
+            max_handler_bytes: 16 * 1024 * 1024,
+            max_rooms_per_conn: 100,
+            max_connections: 19_000,
+        }
+    }
+}
+
+/// The WebAssembly sandbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// CPU budget of one handler call.
+    pub call_deadline_ms: u64,
+    /// Memory one handler instance may use.
+    pub max_memory_bytes: usize,
+    /// Handler instances (rooms with a live handler) per node: slots of the pooling allocator.
+    pub max_instances: u32,
+    /// Epoch tick: the granularity of deadlines and of yielding to other rooms.
+    pub tick_ms: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            call_deadline_ms: 50,
+            max_memory_bytes: 32 * 1024 * 1024,
+            max_instances: 1000,
+            tick_ms: 5,
+        }
+    }
+}
+
+fn default_region() -> String {
+    "local".into()
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+impl NodeConfig {
+    /// A config for a node with the given id and data directory and default everything else.
+    pub fn new(node_id: NodeId, data_dir: PathBuf) -> Self {
+        Self {
+            node_id,
+            region: default_region(),
+            listen: default_listen(),
+            data_dir,
+            compile_cache_dir: None,
+            admin_key: None,
+            dev: false,
+            default_app: None,
+            secret: None,
+            limits: Limits::default(),
+            sandbox: SandboxConfig::default(),
+            socketio: SocketIoConfig::default(),
+            cluster: None,
+        }
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let config: NodeConfig = toml::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuse settings the node cannot run with.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.dev || self.admin_key.is_some(),
+            "admin_key is required unless dev = true"
+        );
+        anyhow::ensure!(
+            self.limits.max_frame_bytes <= self.limits.max_frame_hard_bytes,
+            "max_frame_bytes exceeds max_frame_hard_bytes"
+        );
+        anyhow::ensure!(
+            self.limits.outbound_queue > 0 && self.limits.room_inbox > 0,
+            "queues must hold at least one item"
+        );
+        anyhow::ensure!(
+            self.sandbox.tick_ms > 0 && self.sandbox.call_deadline_ms >= self.sandbox.tick_ms,
+            "call_deadline_ms must be at least one tick"
+        );
+        anyhow::ensure!(
+            self.sandbox.max_memory_bytes >= 1 << 20,
+            "max_memory_bytes must be at least 1 MiB"
+        );
+        anyhow::ensure!(
+            self.socketio.ping_interval_ms > 0 && self.socketio.ping_timeout_ms > 0,
+            "socketio ping_interval_ms and ping_timeout_ms must be positive"
+        );
+        if let Some(c) = &self.cluster {
+            c.check()?;
+            anyhow::ensure!(
+                !self.listen.ip().is_unspecified() || !c.client_urls.is_empty(),
+                "cluster: client_urls is required when listen is a wildcard address \
+                 (other regions hand it to clients)"
+            );
+            anyhow::ensure!(
+                c.advertised(&self.node_id).is_some(),
+                "cluster: peer_advertise is required when peer_listen is a wildcard address"
+            );
+            // Handlers travel in Raft entries, a few per frame.
+            let per_append = crate::cluster::control::MAX_ENTRIES_PER_APPEND as usize;
+            let most = (edgeroom_transport::Purpose::Raft.max_frame() - (1 << 20)) / per_append;
+            anyhow::ensure!(
+                self.limits.max_handler_bytes <= most,
+                "in a cluster, limits.max_handler_bytes may be at most {most}"
+            );
+        }
+        if let Some(p) = &self.socketio.engineio_echo_path {
+            anyhow::ensure!(
+                p.starts_with('/') && p.ends_with('/') && p.len() > 2,
+                "socketio.engineio_echo_path must look like /engine.io/"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn compile_cache_dir(&self) -> PathBuf {
+        self.compile_cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("compiled"))
+    }
+}
+
+impl Limits {
+    pub fn history(&self) -> Duration {
+        Duration::from_millis(self.history_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_node_file() {
+        let c = NodeConfig::from_toml(
+            r#"
+            node_id = "n1"
+            region = "eu-west"
+            listen = "127.0.0.1:9000"
+            data_dir = "/var/lib/edgeroom"
+            admin_key = "k"
+            default_app = "chat"
+            [limits]
+            max_frame_bytes = 1000
+            [sandbox]
+            call_deadline_ms = 20
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.node_id.as_str(), "n1");
+        assert_eq!(c.limits.max_frame_bytes, 1000);
+        assert_eq!(c.limits.outbound_queue, 1024);
+        assert_eq!(c.sandbox.call_deadline_ms, 20);
+    }
+
+    #[test]
+    fn parses_a_cluster_section() {
+        let base = "node_id = \"us-east\"\ndata_dir = \"/d\"\ndev = true\n[cluster]\npeer_listen = \"10.0.0.1:7000\"\ntls_dir = \"/certs\"\n";
+        let c = NodeConfig::from_toml(&format!(
+            "{base}voters = [\"us-east@10.0.0.1:7000\", \"eu-west@10.0.0.2:7000\"]\nlat = 37.37\nlon = -79.82\n"
+        ))
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.voters.len(), 2);
+        assert_eq!(cluster.raft_heartbeat_ms, 200);
+        // Neither voters nor join, both, a malformed peer, a bad latitude: refused.
+        for bad in [
+            String::new(),
+            "voters = [\"a@1.2.3.4:5\"]\njoin = \"a@1.2.3.4:5\"\n".into(),
+            "join = \"no-at-sign\"\n".into(),
+            "join = \"a@1.2.3.4:5\"\nlat = 91.0\n".into(),
+            // Handlers travel in Raft frames: not bigger than they allow.
+            "join = \"a@1.2.3.4:5\"\n[limits]\nmax_handler_bytes = 40000000\n".into(),
+        ] {
+            assert!(
+                NodeConfig::from_toml(&format!("{base}{bad}")).is_err(),
+                "{bad}"
+            );
+        }
+        // A wildcard peer address needs an address to advertise.
+        let wild = base.replace("10.0.0.1:7000", "0.0.0.0:7000");
+        for (extra, ok) in [
+            ("join = \"a@1.2.3.4:5\"\n", false),
+            (
+                "join = \"a@1.2.3.4:5\"\npeer_advertise = \"10.0.0.1:7000\"\n",
+                true,
+            ),
+            ("voters = [\"us-east@10.0.0.1:7000\"]\n", true),
+        ] {
+            assert_eq!(
+                NodeConfig::from_toml(&format!("{wild}{extra}")).is_ok(),
+                ok,
+                "{extra}"
+            );
+        }
+        // Clients cannot be sent to 0.0.0.0: a wildcard listen needs client_urls.
+        let wild_listen = base.replace("dev = true", "dev = true\nlisten = \"0.0.0.0:8080\"");
+        let join = "join = \"a@1.2.3.4:5\"\n";
+        assert!(NodeConfig::from_toml(&format!("{wild_listen}{join}")).is_err());
+        let urls = "client_urls = [\"https://edge.example.com\"]\n";
+        assert!(NodeConfig::from_toml(&format!("{wild_listen}{join}{urls}")).is_ok());
+    }
+
+    #[test]
+    fn refuses_an_open_admin_api_outside_dev() {
+        let e = NodeConfig::from_toml("node_id = \"n1\"\ndata_dir = \"/tmp/x\"\n").unwrap_err();
+        assert!(e.to_string().contains("admin_key"), "{e}");
+        assert!(
+            NodeConfig::from_toml("node_id = \"n1\"\ndata_dir = \"/tmp/x\"\nbogus = 1\n").is_err()
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! Socket.IO without sticky sessions: an Engine.IO request for a session another node
+//! owns is carried to that node over the mesh, and answered by it.
+//!
+//! An Engine.IO session lives in one task on one node (its owner). In a cluster its id
+//! names the owner (`<random>.<node>`), so any node can tell where a polling GET, a
+//! POST or a WebSocket upgrade belongs. A request for another node's session is sent
+//! as HTTP/1.1 on a `Forward` stream to the owner, which serves that stream with its
+//! own router, exactly as if the client had connected to it; an upgrade then becomes a
+//! byte tunnel between the client's connection and the stream. The HTTP is hyper's on
+//! both ends; this module only picks the node and joins the pipes.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+
+use edgeroom_proto::ids::NodeId;
+use crate::node::Node;
+use edgeroom_transport::{Incoming, Purpose};
+
+/// The session id of a new Engine.IO session on `node`.
+pub fn new_sid(node: &Node) -> String {
+    let random = edgeroom_proto::ids::ConnId::random();
+    match node.cluster {
+        Some(_) => format!("{random}.{}", node.config.node_id),
+        None => random.to_string(),
+    }
+}
+
+/// The node a session id names, if it names one.
+fn owner(sid: &str) -> Option<NodeId> {
+    let (_, node) = sid.rsplit_once('.')?;
+    NodeId::new(node).ok()
+}
+
+/// The `sid` of an Engine.IO request, if it has one.
+fn sid_of(req: &Request) -> Option<&str> {
+    if !req
+        .uri()
+        .path()
+        .trim_end_matches('/')
+        .ends_with("socket.io")
+    {
+        return None;
+    }
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sid="))
+}
+
+/// Middleware: a request for a session another node owns goes to that node.
+pub async fn foreign_sessions(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let foreign = sid_of(&req)
+        .and_then(owner)
+        .filter(|o| *o != node.config.node_id);
+    match (foreign, &node.cluster) {
+        (Some(owner), Some(_)) => match forward(&node, &owner, req).await {
+            Ok(res) => res,
+            Err(e) => {
+                tracing::debug!(%owner, "forwarding an Engine.IO request failed: {e:#}");
+                // What a client sees when its session's node is gone: it starts over.
+                let body = r#"{"code":1,"message":"Session ID unknown"}"#;
+                (StatusCode::BAD_REQUEST, body).into_response()
+            }
+        },
+        _ => next.run(req).await,
+    }
+}
+
+/// Carry `req` to `owner` over the mesh and return its answer (an upgrade becomes a
+/// tunnel).
+pub async fn forward(node: &Node, owner: &NodeId, mut req: Request) -> anyhow::Result<Response> {
+    let cluster = node
+        .cluster
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("not in a cluster"))?;
+    let peer = cluster.peer(owner).await?;
+    let (send, recv) = peer.open_raw(Purpose::Forward).await?;
+    let io = TokioIo::new(tokio::io::join(recv, send));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(io).await?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (parts, body) = req.into_parts();
+    let mut onward = Request::from_parts(parts, body);
+    // HTTP/1.1 on the stream wants an origin-form target.
+    if let Some(pq) = onward.uri().path_and_query().cloned() {
+        *onward.uri_mut() = pq.as_str().parse()?;
+    }
+    let mut res = sender.send_request(onward).await?;
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let tunnel = hyper::upgrade::on(&mut res);
+        tokio::spawn(async move {
+            let (Ok(client), Ok(tunnel)) = tokio::join!(client_upgrade, tunnel) else {
+                return;
+            };
+            let mut client = TokioIo::new(client);
+            let mut tunnel = TokioIo::new(tunnel);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
+        });
+    }
+    Ok(res.map(Body::new))
+}
+
+/// Serve a `Forward` stream a peer opened with this node's router.
+pub fn serve(router: Router, incoming: Incoming) {
+    let (send, recv) = incoming.into_raw();
+    let io = TokioIo::new(tokio::io::join(recv, send));
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    tokio::spawn(async move {
+        let served = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await;
+        if let Err(e) = served {
+            tracing::debug!("forwarded request: {e}");
+        }
+    });
+}

@@ -1,0 +1,280 @@
+//! The HTTP front door: the native WebSocket endpoint, the admin API, health and metrics.
+//!
+//! Handlers here parse and check requests and hand off to the node; they hold no state.
+
+mod admin;
+pub mod engineio;
+pub mod forward;
+pub mod native;
+pub mod socketio;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+
+use edgeroom_proto::ids::AppName;
+use crate::node::Node;
+use edgeroom_proto::native::Format;
+
+/// An HTTP error as JSON: `{"error": {"code", "message"}}`.
+pub fn http_error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    let body = serde_json::json!({"error": {"code": code, "message": message.to_string()}});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    let admin = admin::routes(node.clone());
+    let mut router = Router::new();
+    if let Some(path) = &node.config.socketio.engineio_echo_path {
+        router = router.route(path, any(engineio_echo));
+    }
+    router
+        .route("/", get(index))
+        .route("/v1/ws", get(native_ws))
+        .route("/socket.io", any(socketio_default))
+        .route("/socket.io/", any(socketio_default))
+        .route("/apps/{app}/socket.io", any(socketio_app))
+        .route("/apps/{app}/socket.io/", any(socketio_app))
+        .route("/healthz", get(healthz))
+        .route("/v1/route", get(route))
+        .route("/metrics", get(metrics))
+        .merge(admin)
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            forward::foreign_sessions,
+        ))
+        .with_state(node)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RouteQuery {
+    lat: Option<String>,
+    lon: Option<String>,
+}
+
+/// `GET /v1/route?lat=&lon=`: the healthy regions for a client there, nearest first,
+/// each with its client URLs.
+async fn route(State(node): State<Arc<Node>>, Query(q): Query<RouteQuery>) -> Response {
+    let coordinate = |v: Option<&String>, max: f64| {
+        v.and_then(|v| v.parse::<f64>().ok())
+            .filter(|x| x.is_finite() && x.abs() <= max)
+    };
+    let (Some(lat), Some(lon)) = (
+        coordinate(q.lat.as_ref(), 90.0),
+        coordinate(q.lon.as_ref(), 180.0),
+    ) else {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "bad_location",
+            "lat and lon are required: degrees, lat within ±90 and lon within ±180",
+        );
+    };
+    let regions = match &node.cluster {
+        Some(cluster) => cluster.regions(),
+        None => vec![crate::cluster::route::RegionView {
+            region: node.config.region.clone(),
+            location: (lat, lon),
+            urls: vec![format!("http://{}", node.addr)],
+            measured: None,
+        }],
+    };
+    let ranked = crate::cluster::route::rank((lat, lon), &regions);
+    let body = serde_json::json!({ "lat": lat, "lon": lon, "regions": ranked });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn index(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let c = &node.config;
+    format!(
+        "Edgeroom node {} ({}).\nNative protocol: ws://{}/v1/ws?app=APP  (see docs/protocol.md)\nAdmin API: /v1/apps/{{app}}  Metrics: /metrics  Health: /healthz\n",
+        c.node_id, c.region, c.listen
+    )
+}
+
+/// An Engine.IO request's parts, as the Engine.IO server takes them.
+struct EioRequest {
+    method: Method,
+    headers: HeaderMap,
+    query: Option<engineio::EioQuery>,
+    ws: Option<WebSocketUpgrade>,
+    body: Body,
+}
+
+impl EioRequest {
+    async fn serve(self, node: Arc<Node>, service: engineio::Service) -> Response {
+        engineio::handle(
+            node,
+            service,
+            self.method,
+            self.headers,
+            self.query,
+            self.ws,
+            self.body,
+        )
+        .await
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for EioRequest {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let query = Query::<engineio::EioQuery>::try_from_uri(&parts.uri)
+            .ok()
+            .map(|q| q.0);
+        let ws = <WebSocketUpgrade as axum::extract::FromRequestParts<S>>::from_request_parts(
+            &mut parts, state,
+        )
+        .await
+        .ok();
+        Ok(Self {
+            method: parts.method,
+            headers: parts.headers,
+            query,
+            ws,
+            body,
+        })
+    }
+}
+
+async fn socketio_default(State(node): State<Arc<Node>>, req: EioRequest) -> Response {
+    let Some(app) = node.config.default_app.clone() else {
+        return http_error(
+            StatusCode::NOT_FOUND,
+            "unknown_app",
+            "this node has no default app; use /apps/{app}/socket.io/",
+        );
+    };
+    req.serve(node, engineio::Service::SocketIo(app)).await
+}
+
+async fn socketio_app(
+    State(node): State<Arc<Node>>,
+    Path(app): Path<String>,
+    req: EioRequest,
+) -> Response {
+    match AppName::new(&app) {
+        Ok(app) => req.serve(node, engineio::Service::SocketIo(app)).await,
+        Err(e) => http_error(StatusCode::BAD_REQUEST, "invalid_name", e),
+    }
+}
+
+async fn engineio_echo(State(node): State<Arc<Node>>, req: EioRequest) -> Response {
+    req.serve(node, engineio::Service::Echo).await
+}
+
+/// 200 while the node takes clients; 503 while it sends them away (stopping, or cut
+/// off from most of its cluster), so a load balancer stops sending it new ones.
+async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let (code, status) = match node.refusing() {
+        None => (StatusCode::OK, "ok"),
+        Some(crate::node::CUT_OFF) => (StatusCode::SERVICE_UNAVAILABLE, "cut_off"),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "node": node.config.node_id.as_str(),
+        "region": node.config.region,
+    });
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        node.metrics.render(),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct WsQuery {
+    app: Option<String>,
+    format: Option<String>,
+}
+
+async fn native_ws(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<WsQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if let Some(why) = node.refusing() {
+        return http_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "not_websocket",
+                format!("this endpoint takes a WebSocket upgrade: {e}"),
+            );
+        }
+    };
+    let app = match (q.app.as_deref(), &node.config.default_app) {
+        (Some(name), _) => match AppName::new(name) {
+            Ok(a) => a,
+            Err(e) => return http_error(StatusCode::BAD_REQUEST, "invalid_name", e),
+        },
+        (None, Some(default)) => default.clone(),
+        (None, None) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "missing_field",
+                "query parameter `app` is required",
+            );
+        }
+    };
+    if !node.apps.exists(&app) {
+        return http_error(
+            StatusCode::NOT_FOUND,
+            "unknown_app",
+            format!("app {app} does not exist"),
+        );
+    }
+    let format = match q.format.as_deref() {
+        None | Some("json") => Format::Json,
+        Some("msgpack") => Format::MsgPack,
+        Some(other) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "bad_format",
+                format!("format {other:?} is not json or msgpack"),
+            );
+        }
+    };
+    let limits = &node.config.limits;
+    if node.metrics.connections.get() >= limits.max_connections as i64 {
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "this node is at its connection limit; try another",
+        );
+    }
+    let hard = limits.max_frame_hard_bytes;
+    ws.max_message_size(hard)
+        .max_frame_size(hard)
+        .on_upgrade(move |socket| native::serve(socket, node, app, format))
+}

@@ -1,0 +1,562 @@
+//! The native protocol driver: one task pair per WebSocket connection.
+//!
+//! The reader decodes frames and turns them into room commands, in order; the writer
+//! drains the connection's bounded outbox. Everything a client is sent — replies,
+//! events, presence, state, errors — goes through that one queue, so it arrives in
+//! the order it was produced.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::apps::now_ms;
+use edgeroom_proto::ids::{AppName, ConnId, RoomId};
+use crate::node::Node;
+use edgeroom_proto::native::{
+    self, ClientFrame, DecodeError, EventView, Format, Ref, ServerFrame,
+};
+use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
+use crate::room::{
+    AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
+    RoomHandle, RoomKey,
+};
+use crate::session::token::Claims;
+use crate::session::{ResumeError, SessionRooms};
+
+/// Close codes (RFC 6455 and the private range).
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_GOING_AWAY: u16 = 1001;
+/// A client sending only bad frames is cut off after this many in a row.
+const MAX_BAD_FRAMES_IN_A_ROW: u32 = 100;
+/// Server pings this often; a client silent for three intervals is gone.
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// How long a resume waits for an older connection of the session to let go.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
+/// Most frames written before one flush.
+const WRITE_BATCH: usize = 64;
+/// How long a closing connection may take to accept its close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+struct Joined {
+    handle: RoomHandle,
+    auth: String,
+}
+
+struct Conn {
+    node: Arc<Node>,
+    app: AppName,
+    conn: ConnId,
+    token: String,
+    outbox: Outbox,
+    rooms: BTreeMap<RoomId, Joined>,
+    bad_in_a_row: u32,
+}
+
+/// Serve one upgraded connection until it ends.
+pub async fn serve(socket: WebSocket, node: Arc<Node>, app: AppName, format: Format) {
+    let metrics = node.metrics.clone();
+    metrics.connections.inc();
+    let limits = &node.config.limits;
+    let (outbox, rx, kill) = Outbox::new(limits.outbound_queue, format, metrics.clone());
+    let conn_id = ConnId::random();
+    let token = node.tokens.sign(&Claims {
+        s: conn_id.to_string(),
+        a: app.to_string(),
+        n: node.config.node_id.to_string(),
+    });
+    node.sessions.attach(conn_id.clone(), kill.clone());
+
+    let (sink, mut stream) = socket.split();
+    let (writer_done_tx, writer_done) = oneshot::channel();
+    let writer = tokio::spawn(write_loop(sink, rx, kill.clone(), format, writer_done_tx));
+
+    let mut c = Conn {
+        node: node.clone(),
+        app,
+        conn: conn_id,
+        token,
+        outbox,
+        rooms: BTreeMap::new(),
+        bad_in_a_row: 0,
+    };
+    c.send(ServerFrame::Welcome {
+        session: c.conn.clone(),
+        node: node.config.node_id.to_string(),
+        region: node.config.region.clone(),
+        resume_token: c.token.clone(),
+        resumed: false,
+    });
+
+    let mut go = node.clients_go_rx();
+    let mut explicit_close = false;
+    let mut writer_done = std::pin::pin!(writer_done);
+    loop {
+        let next = tokio::select! {
+            m = tokio::time::timeout(PING_EVERY * 3, stream.next()) => m,
+            _ = &mut writer_done => break,
+            why = crate::node::gone(&mut go) => {
+                kill.kill(why);
+                break;
+            }
+        };
+        let msg = match next {
+            Err(_) => {
+                kill.kill("no traffic from client");
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                // Over the hard frame limit, bad UTF-8, broken framing: protocol-fatal.
+                kill.kill(format!("protocol error: {e}"));
+                break;
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        let max = node.config.limits.max_frame_bytes;
+        let frame = match msg {
+            Message::Text(t) => native::decode_text(t.as_str(), max),
+            Message::Binary(b) => native::decode_binary(&b, max),
+            Message::Close(f) => {
+                explicit_close = f.as_ref().is_some_and(|f| f.code == CLOSE_NORMAL);
+                break;
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if !c.handle(frame).await {
+            break;
+        }
+    }
+
+    let app = c.app.clone();
+    let mut rooms = SessionRooms::new();
+    for (room, joined) in std::mem::take(&mut c.rooms) {
+        let cmd = if explicit_close {
+            RoomCmd::End {
+                conn: c.conn.clone(),
+            }
+        } else {
+            RoomCmd::Detach {
+                conn: c.conn.clone(),
+                outbox: c.outbox.clone(),
+            }
+        };
+        joined.handle.send(cmd).await;
+        rooms.insert(room, joined.auth);
+    }
+    if explicit_close {
+        node.sessions.end(&c.conn);
+    } else {
+        node.sessions.detach(c.conn.clone(), app, rooms, now_ms());
+    }
+    kill.kill("connection closed");
+    let _ = writer.await;
+    metrics.connections.dec();
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    kill: Arc<crate::room::KillSwitch>,
+    format: Format,
+    done: oneshot::Sender<()>,
+) {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = kill.killed() => break,
+            item = rx.recv() => match item {
+                Some(item) => to_message(&item, format),
+                None => break,
+            },
+            _ = ping.tick() => Message::Ping(Bytes::new()),
+        };
+        // Whatever else is already queued goes out in the same write: one syscall for a
+        // burst, not one per frame.
+        let write = async {
+            sink.feed(first).await?;
+            for _ in 0..WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => sink.feed(to_message(&item, format)).await?,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await
+        };
+        // A client that stops reading blocks the write; the kill switch still wins.
+        tokio::select! {
+            biased;
+            _ = kill.killed() => break,
+            written = write => if written.is_err() { break },
+        }
+    }
+    if let Some(reason) = kill.reason() {
+        let code = if reason.starts_with("slow consumer")
+            || reason.starts_with("too many")
+            || reason.starts_with("protocol error")
+        {
+            CLOSE_POLICY
+        } else if reason == "connection closed" {
+            CLOSE_NORMAL
+        } else {
+            CLOSE_GOING_AWAY
+        };
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(truncate_reason(&reason)),
+        };
+        // Whatever is still queued in the socket goes first; give a slow reader a while.
+        let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(Message::Close(Some(frame)))).await;
+    }
+    let _ = done.send(());
+}
+
+/// Close reasons must fit a control frame (123 bytes).
+fn truncate_reason(r: &str) -> String {
+    let mut end = r.len().min(123);
+    while !r.is_char_boundary(end) {
+        end -= 1;
+    }
+    r[..end].to_owned()
+}
+
+fn to_message(item: &Outbound, format: Format) -> Message {
+    let bytes = match item {
+        Outbound::Event(e) => e.encoded(format, |e| {
+            let view = EventView {
+                room: &e.room,
+                event: &e.event,
+                payload: &e.payload,
+                from: e.from.as_ref(),
+                cursor: &e.cursor,
+            };
+            native::encode_event(&view, format)
+        }),
+        Outbound::Shared(s) => s.encoded(format, |f| native::encode(f, format)),
+        Outbound::Frame(f) => Bytes::from(native::encode(f, format)),
+    };
+    match format {
+        // Encoded from Rust strings by serde_json: always UTF-8.
+        Format::Json => {
+            Message::Text(Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from("{}")))
+        }
+        Format::MsgPack => Message::Binary(bytes),
+    }
+}
+
+impl Conn {
+    fn send(&self, frame: ServerFrame) {
+        let _ = self.outbox.frame(frame);
+    }
+
+    fn answer(&self, r#ref: Option<Ref>, error: ProtoError, room: Option<RoomId>) {
+        self.node.metrics.bad_frame(error.code.as_str());
+        match r#ref {
+            Some(r#ref) => self.send(ServerFrame::Reply {
+                r#ref,
+                result: Err(error),
+            }),
+            None => self.send(ServerFrame::Error { error, room }),
+        }
+    }
+
+    /// How rooms reach this connection: native clients get presence and state.
+    fn link(&self) -> Link {
+        Link::new(self.outbox.clone(), Interest::ALL)
+    }
+
+    fn key(&self, room: &RoomId) -> RoomKey {
+        RoomKey {
+            app: self.app.clone(),
+            room: room.clone(),
+        }
+    }
+
+    /// Handle one decoded (or undecodable) frame. False ends the connection.
+    async fn handle(&mut self, frame: Result<ClientFrame, DecodeError>) -> bool {
+        let frame = match frame {
+            Ok(f) => {
+                self.bad_in_a_row = 0;
+                f
+            }
+            Err(DecodeError { error, r#ref }) => {
+                self.answer(r#ref, error, None);
+                self.bad_in_a_row += 1;
+                if self.bad_in_a_row >= MAX_BAD_FRAMES_IN_A_ROW {
+                    self.outbox.kill("too many bad frames");
+                    return false;
+                }
+                return true;
+            }
+        };
+        match frame {
+            ClientFrame::Join { room, auth, r#ref } => self.join(room, auth, r#ref).await,
+            ClientFrame::Leave { room, r#ref } => {
+                let Some(joined) = self.rooms.remove(&room) else {
+                    self.answer(
+                        r#ref,
+                        ProtoError::new(ErrorCode::NotJoined, format!("not a member of {room}")),
+                        Some(room),
+                    );
+                    return true;
+                };
+                let (done, was) = oneshot::channel();
+                let sent = joined
+                    .handle
+                    .send(RoomCmd::Leave {
+                        conn: self.conn.clone(),
+                        r#ref: r#ref.clone(),
+                        done,
+                    })
+                    .await;
+                if !sent || was.await != Ok(true) {
+                    self.answer(
+                        r#ref,
+                        ProtoError::new(ErrorCode::NotJoined, format!("not a member of {room}")),
+                        Some(room),
+                    );
+                }
+            }
+            ClientFrame::Emit {
+                room,
+                event,
+                payload,
+                r#ref,
+                id,
+            } => {
+                let Some(joined) = self.rooms.get(&room) else {
+                    self.answer(
+                        r#ref,
+                        ProtoError::new(
+                            ErrorCode::NotJoined,
+                            format!("join {room} before emitting to it"),
+                        ),
+                        Some(room),
+                    );
+                    return true;
+                };
+                let cmd = RoomCmd::Emit {
+                    conn: self.conn.clone(),
+                    outbox: self.outbox.clone(),
+                    event,
+                    payload,
+                    r#ref: r#ref.clone(),
+                    id,
+                };
+                if !joined.handle.send(cmd).await {
+                    self.rooms.remove(&room);
+                    self.answer(
+                        r#ref,
+                        ProtoError::new(
+                            ErrorCode::Internal,
+                            format!("room {room} stopped; join it again"),
+                        ),
+                        Some(room),
+                    );
+                }
+            }
+            ClientFrame::Resume {
+                token,
+                cursors,
+                r#ref,
+            } => self.resume(token, cursors, r#ref).await,
+            ClientFrame::Ping { r#ref } => {
+                if let Some(r#ref) = r#ref {
+                    self.send(ServerFrame::Reply {
+                        r#ref,
+                        result: Ok(None),
+                    });
+                }
+            }
+        }
+        true
+    }
+
+    async fn join(&mut self, room: RoomId, auth: String, r#ref: Option<Ref>) {
+        // A room already in `rooms` still gets the join: it knows whether we are a
+        // member (it answers `already_joined`) or were kicked meanwhile.
+        let max = self.node.config.limits.max_rooms_per_conn;
+        if self.rooms.len() >= max && !self.rooms.contains_key(&room) {
+            self.answer(
+                r#ref,
+                ProtoError::new(
+                    ErrorCode::TooManyRooms,
+                    format!("a connection may be in at most {max} rooms"),
+                ),
+                Some(room),
+            );
+            return;
+        }
+        let key = self.key(&room);
+        match self
+            .node
+            .rooms
+            .join(&key, &self.conn, &auth, &self.link(), r#ref.clone(), None)
+            .await
+        {
+            Some((JoinOutcome::Joined, handle)) => {
+                self.rooms.insert(room, Joined { handle, auth });
+            }
+            Some(_) => {}
+            None => self.answer(
+                r#ref,
+                ProtoError::new(
+                    ErrorCode::UnknownApp,
+                    format!("app {} does not exist", self.app),
+                ),
+                Some(room),
+            ),
+        }
+    }
+
+    async fn resume(
+        &mut self,
+        token: String,
+        cursors: BTreeMap<RoomId, Cursor>,
+        r#ref: Option<Ref>,
+    ) {
+        let claims = match self.node.tokens.verify(&token) {
+            Ok(c) if c.a == self.app.as_str() => c,
+            Ok(_) => {
+                self.answer(
+                    r#ref,
+                    ProtoError::new(ErrorCode::BadToken, "resume token belongs to another app"),
+                    None,
+                );
+                return;
+            }
+            Err(e) => {
+                self.answer(
+                    r#ref,
+                    ProtoError::new(ErrorCode::BadToken, e.to_string()),
+                    None,
+                );
+                return;
+            }
+        };
+        if !self.rooms.is_empty() {
+            self.answer(
+                r#ref,
+                ProtoError::new(ErrorCode::BadState, "resume must come before any join"),
+                None,
+            );
+            return;
+        }
+        let old = claims.conn();
+        if old == self.conn {
+            self.answer(
+                r#ref,
+                ProtoError::new(
+                    ErrorCode::BadState,
+                    "this connection already is that session",
+                ),
+                None,
+            );
+            return;
+        }
+        let rooms = match self
+            .node
+            .sessions
+            .take(&old, &self.app, TAKEOVER_WAIT)
+            .await
+        {
+            Ok(rooms) => Some(rooms),
+            // Another node held the session (it may be dead): the rooms the client
+            // names take the member over from their other replicas.
+            Err(ResumeError::Gone) if self.node.cluster.is_some() && !cursors.is_empty() => None,
+            Err(e @ (ResumeError::Gone | ResumeError::WrongApp | ResumeError::Busy)) => {
+                self.answer(
+                    r#ref,
+                    ProtoError::new(
+                        ErrorCode::ResumeFailed,
+                        format!("{e}; continuing as a new session"),
+                    ),
+                    None,
+                );
+                return;
+            }
+        };
+        // This connection becomes the old session.
+        self.node.sessions.end(&self.conn);
+        self.conn = old;
+        self.token = token;
+        self.node
+            .sessions
+            .attach(self.conn.clone(), self.outbox.kill_switch());
+        self.send(ServerFrame::Welcome {
+            session: self.conn.clone(),
+            node: self.node.config.node_id.to_string(),
+            region: self.node.config.region.clone(),
+            resume_token: self.token.clone(),
+            resumed: true,
+        });
+        if let Some(r#ref) = r#ref.clone() {
+            self.send(ServerFrame::Reply {
+                r#ref,
+                result: Ok(None),
+            });
+        }
+        let Some(rooms) = rooms else {
+            self.adopt(cursors).await;
+            return;
+        };
+        for (room, auth) in rooms {
+            let key = self.key(&room);
+            let cursor = cursors.get(&room).cloned();
+            let handle = match self
+                .node
+                .rooms
+                .reattach(&key, &self.conn, &self.link(), cursor.clone())
+                .await
+            {
+                Some((ReattachOutcome::Reattached, h)) => Some(h),
+                Some((_, _)) => match self
+                    .node
+                    .rooms
+                    .join(&key, &self.conn, &auth, &self.link(), None, cursor)
+                    .await
+                {
+                    Some((JoinOutcome::Joined, h)) => Some(h),
+                    _ => None,
+                },
+                None => None,
+            };
+            if let Some(handle) = handle {
+                self.rooms.insert(room, Joined { handle, auth });
+            }
+        }
+    }
+
+    /// Resume on this node a session another node held: each room the client names
+    /// takes the member over from its other replicas, replaying from its cursor.
+    async fn adopt(&mut self, cursors: BTreeMap<RoomId, Cursor>) {
+        for (room, cursor) in cursors {
+            let key = self.key(&room);
+            let link = self.link();
+            let adopted = self
+                .node
+                .rooms
+                .adopt(&key, &self.conn, &link, Some(cursor))
+                .await;
+            match adopted {
+                Some((AdoptOutcome::Adopted { auth }, handle)) => {
+                    self.rooms.insert(room, Joined { handle, auth });
+                }
+                _ => self.send(ServerFrame::Error {
+                    error: ProtoError::new(
+                        ErrorCode::ResumeFailed,
+                        format!("no longer a member of {room}; join it again"),
+                    ),
+                    room: Some(room),
+                }),
+            }
+        }
+    }
+}

@@ -1,0 +1,670 @@
+//! The Socket.IO layer of one Engine.IO session: namespaces as rooms.
+//!
+//! Each namespace the client connects is a member of one room (its socket id is the
+//! member's id, which handlers see). All of them share the session's one outbox, so
+//! everything the rooms send leaves in the order it was produced; packets from the
+//! client are handled one at a time in arrival order, never one task per event.
+//!
+//! Connection state recovery: the `pid` is a signed resume token for the member, and
+//! an event's offset is the room cursor after it. A CONNECT with `{pid, offset}` takes
+//! the detached member back and replays what came after the offset.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::apps::AppSettings;
+use crate::apps::now_ms;
+use edgeroom_proto::ids::{AppName, ConnId, RoomId};
+use crate::node::Node;
+use edgeroom_proto::payload::Payload;
+use edgeroom_proto::engineio::session::{CloseReason, Session};
+use edgeroom_proto::engineio::{self, Packet as EioPacket};
+use edgeroom_proto::native::ServerFrame;
+use edgeroom_proto::socketio::{self, Kind, Packet, Reassembly};
+use edgeroom_proto::{Cursor, ProtoError};
+use crate::room::core::LogEntry;
+use crate::room::{
+    AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
+    RoomHandle, RoomKey,
+};
+use crate::session::token::Claims;
+use crate::session::{ResumeError, SessionRooms};
+
+/// Where a recovering member was found.
+enum Recovered {
+    /// Detached on this node, with the auth it joined with.
+    Here(ConnId, String),
+    /// Not here: in a cluster, another node held it (it may be dead).
+    Elsewhere(ConnId),
+}
+
+/// How long a recovering CONNECT waits for the old connection to let go.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
+
+/// Reserved events: what Edgeroom itself tells Socket.IO clients.
+pub const PRESENCE_EVENT: &str = "edgeroom:presence";
+pub const STATE_EVENT: &str = "edgeroom:state";
+pub const ERROR_EVENT: &str = "edgeroom:error";
+
+/// One connected (or connecting) namespace.
+struct Socket {
+    nsp: String,
+    room: RoomId,
+    member: ConnId,
+    /// Connection state recovery is on for it (its `pid` is derived from `member`).
+    recoverable: bool,
+    handle: Option<RoomHandle>,
+    connected: bool,
+    auth: String,
+}
+
+/// A session's namespaces: a few at most, so a vector (a map's buckets would cost
+/// every idle connection more memory than its sockets).
+#[derive(Default)]
+struct Sockets(Vec<Socket>);
+
+impl Sockets {
+    fn get(&self, nsp: &str) -> Option<&Socket> {
+        self.0.iter().find(|s| s.nsp == nsp)
+    }
+    fn get_mut(&mut self, nsp: &str) -> Option<&mut Socket> {
+        self.0.iter_mut().find(|s| s.nsp == nsp)
+    }
+    fn by_room(&self, room: &RoomId) -> Option<&Socket> {
+        self.0.iter().find(|s| &s.room == room)
+    }
+    fn push(&mut self, socket: Socket) {
+        // Exact growth: most sessions have one namespace for their whole life.
+        self.0.reserve_exact(1);
+        self.0.push(socket);
+    }
+    fn remove(&mut self, nsp: &str) -> Option<Socket> {
+        let i = self.0.iter().position(|s| s.nsp == nsp)?;
+        Some(self.0.swap_remove(i))
+    }
+    fn remove_room(&mut self, room: &RoomId) -> Option<Socket> {
+        let i = self.0.iter().position(|s| &s.room == room)?;
+        Some(self.0.swap_remove(i))
+    }
+}
+
+/// What a reply from a room answers.
+enum Pending {
+    Connect { nsp: String },
+    Ack { nsp: String, id: u64 },
+}
+
+pub struct SocketIo {
+    node: Arc<Node>,
+    app: AppName,
+    settings: Arc<AppSettings>,
+    outbox: Outbox,
+    reassembly: Reassembly,
+    sockets: Sockets,
+    /// Replies awaited from rooms, by ref.
+    pending: Vec<(u64, Pending)>,
+    next_ref: u64,
+    /// Close the session if no namespace is connected by then.
+    connect_by: Option<Instant>,
+}
+
+/// A protocol error: the whole Engine.IO session closes.
+type Fatal = String;
+
+impl SocketIo {
+    pub fn new(node: Arc<Node>, app: AppName, settings: Arc<AppSettings>, outbox: Outbox) -> Self {
+        let connect_by =
+            Instant::now() + Duration::from_millis(node.config.socketio.connect_timeout_ms);
+        Self {
+            node,
+            app,
+            settings,
+            outbox,
+            reassembly: Reassembly::default(),
+            sockets: Sockets::default(),
+            pending: Vec::new(),
+            next_ref: 0,
+            connect_by: Some(connect_by),
+        }
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.connect_by
+    }
+
+    pub fn on_timeout(&mut self, now: Instant, s: &mut Session) {
+        if self.connect_by.is_some_and(|t| now >= t) {
+            self.connect_by = None;
+            if self.sockets.0.is_empty() {
+                s.close(CloseReason::Server("no namespace connected in time".into()));
+            }
+        }
+    }
+
+    /// A text message from the client.
+    pub async fn on_text(&mut self, text: &str, s: &mut Session) {
+        let whole = self.reassembly.text(text);
+        self.on_decoded(whole.map_err(|e| e.to_string()), s).await;
+    }
+
+    /// A binary message from the client: an attachment.
+    pub async fn on_binary(&mut self, bytes: Vec<u8>, s: &mut Session) {
+        let whole = self.reassembly.binary(bytes);
+        self.on_decoded(whole.map_err(|e| e.to_string()), s).await;
+    }
+
+    async fn on_decoded(
+        &mut self,
+        whole: Result<Option<socketio::Whole>, String>,
+        s: &mut Session,
+    ) {
+        let r = match whole {
+            Ok(Some((packet, binaries))) => self.dispatch(packet, binaries, s).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            self.node.metrics.bad_frame("socketio_bad_packet");
+            s.close(CloseReason::ParseError(e));
+        }
+    }
+
+    async fn dispatch(
+        &mut self,
+        p: Packet,
+        binaries: Vec<Vec<u8>>,
+        s: &mut Session,
+    ) -> Result<(), Fatal> {
+        match p.kind {
+            // Boxed: joining is rare and its future large; every session's task would
+            // carry it otherwise.
+            Kind::Connect => Box::pin(self.connect(p, s)).await,
+            Kind::Disconnect => {
+                let socket = self
+                    .sockets
+                    .remove(&p.nsp)
+                    .ok_or("DISCONNECT for a namespace not connected")?;
+                self.end(socket).await;
+                Ok(())
+            }
+            Kind::Event => {
+                let socket = match self.sockets.get(&p.nsp) {
+                    Some(sk) if sk.connected => sk,
+                    _ => return Err(format!("EVENT for {} before CONNECT", p.nsp)),
+                };
+                let data = p.data.as_deref().ok_or("EVENT without data")?;
+                let (event, payload) =
+                    socketio::split_event(data, binaries).map_err(|e| e.to_string())?;
+                payload.validate()?;
+                let handle = socket.handle.clone().ok_or("namespace has no room")?;
+                let member = socket.member.clone();
+                let r#ref = p.id.map(|id| {
+                    self.remember(Pending::Ack {
+                        nsp: p.nsp.clone(),
+                        id,
+                    })
+                });
+                let cmd = RoomCmd::Emit {
+                    conn: member,
+                    outbox: self.outbox.clone(),
+                    event,
+                    payload,
+                    r#ref: r#ref.clone(),
+                    id: None,
+                };
+                if !handle.send(cmd).await {
+                    // The room stopped under us (it only does when the node stops).
+                    send_packet(s, Packet::new(Kind::Disconnect, &p.nsp, None));
+                    self.sockets.remove(&p.nsp);
+                }
+                Ok(())
+            }
+            // Acks answer server emits that asked for one; Edgeroom asks for none.
+            Kind::Ack => Ok(()),
+            Kind::ConnectError => Err("CONNECT_ERROR from a client".into()),
+        }
+    }
+
+    fn remember(&mut self, p: Pending) -> Value {
+        self.next_ref += 1;
+        // Exact growth: an idle session keeps whatever capacity this reaches.
+        self.pending.reserve_exact(1);
+        self.pending.push((self.next_ref, p));
+        Value::from(self.next_ref)
+    }
+
+    async fn connect(&mut self, p: Packet, s: &mut Session) -> Result<(), Fatal> {
+        let nsp = p.nsp;
+        if self.sockets.get(&nsp).is_some() {
+            return Err(format!("second CONNECT for {nsp}"));
+        }
+        if !self.settings.accepts_namespace(&nsp) {
+            self.connect_error(s, &nsp, "Invalid namespace", None);
+            return Ok(());
+        }
+        let auth: serde_json::Map<String, Value> = match p.data.as_deref() {
+            Some(d) => serde_json::from_str(d).map_err(|e| e.to_string())?,
+            None => serde_json::Map::new(),
+        };
+        let room = match (nsp.as_str(), auth.get("room")) {
+            ("/", Some(Value::String(r))) => match RoomId::new(r) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.connect_error(s, &nsp, &e.to_string(), Some("invalid_name"));
+                    return Ok(());
+                }
+            },
+            ("/", Some(_)) => {
+                self.connect_error(s, &nsp, "auth.room must be a string", Some("invalid_name"));
+                return Ok(());
+            }
+            _ => match RoomId::new(&nsp) {
+                Ok(r) => r,
+                Err(_) => {
+                    self.connect_error(s, &nsp, "Invalid namespace", None);
+                    return Ok(());
+                }
+            },
+        };
+        if self.sockets.by_room(&room).is_some() {
+            let msg = format!("room {room} is already connected through another namespace");
+            self.connect_error(s, &nsp, &msg, Some("already_joined"));
+            return Ok(());
+        }
+        let max = self.node.config.limits.max_rooms_per_conn;
+        if self.sockets.0.len() >= max {
+            let msg = format!("a connection may be in at most {max} namespaces");
+            self.connect_error(s, &nsp, &msg, Some("too_many_rooms"));
+            return Ok(());
+        }
+        let flag = |k: &str| auth.get(k) == Some(&Value::Bool(true));
+        let (presence, state) = (flag("presence"), flag("state"));
+        let link = Link::new(self.outbox.clone(), Interest { presence, state });
+        let auth_json = Value::Object(auth.clone()).to_string();
+        self.connect_by = None;
+
+        if self.settings.config.recovery
+            && let Some(Value::String(pid)) = auth.get("pid")
+            && let Some(found) = self.recover(pid, &room).await
+        {
+            let (member, old_auth) = match &found {
+                Recovered::Here(member, auth) => (member.clone(), auth.clone()),
+                // Until the room says otherwise, the auth of this CONNECT.
+                Recovered::Elsewhere(member) => (member.clone(), auth_json.clone()),
+            };
+            let offset = match auth.get("offset") {
+                Some(Value::String(o)) => o.parse::<Cursor>().ok(),
+                _ => None,
+            };
+            let socket = Socket {
+                nsp: nsp.clone(),
+                room: room.clone(),
+                member: member.clone(),
+                recoverable: true,
+                handle: None,
+                connected: true,
+                auth: old_auth.clone(),
+            };
+            // CONNECT goes out before the replay the room is about to queue.
+            s.send(self.connect_ok(&nsp, &socket));
+            self.sockets.push(socket);
+            self.node
+                .sessions
+                .attach(member.clone(), self.outbox.kill_switch());
+            let key = self.key(&room);
+            let back = match found {
+                Recovered::Here(..) => self
+                    .node
+                    .rooms
+                    .reattach(&key, &member, &link, offset.clone())
+                    .await
+                    .map(|(o, h)| (o == ReattachOutcome::Reattached, h)),
+                // Another node held it: the room takes it over from its replicas.
+                Recovered::Elsewhere(_) => {
+                    match self
+                        .node
+                        .rooms
+                        .adopt(&key, &member, &link, offset.clone())
+                        .await
+                    {
+                        Some((AdoptOutcome::Adopted { auth }, h)) => {
+                            if let Some(sk) = self.sockets.get_mut(&nsp) {
+                                sk.auth = auth;
+                            }
+                            Some((true, h))
+                        }
+                        Some((_, h)) => Some((false, h)),
+                        None => None,
+                    }
+                }
+            };
+            let handle = match back {
+                Some((true, h)) => Some(h),
+                // Gone from the room (away past the presence grace): join again, then
+                // replay from the offset.
+                Some(_) => match self
+                    .node
+                    .rooms
+                    .join(&key, &member, &old_auth, &link, None, offset)
+                    .await
+                {
+                    Some((JoinOutcome::Joined, h)) => Some(h),
+                    _ => None,
+                },
+                None => None,
+            };
+            match handle {
+                Some(h) => {
+                    if let Some(sk) = self.sockets.get_mut(&nsp) {
+                        sk.handle = Some(h);
+                    }
+                }
+                None => {
+                    self.sockets.remove(&nsp);
+                    self.node.sessions.end(&member);
+                    send_packet(s, Packet::new(Kind::Disconnect, &nsp, None));
+                }
+            }
+            return Ok(());
+        }
+
+        let member = ConnId::random();
+        self.sockets.push(Socket {
+            nsp: nsp.clone(),
+            room: room.clone(),
+            member: member.clone(),
+            recoverable: self.settings.config.recovery,
+            handle: None,
+            connected: false,
+            auth: auth_json.clone(),
+        });
+        let r#ref = self.remember(Pending::Connect { nsp: nsp.clone() });
+        let key = self.key(&room);
+        match self
+            .node
+            .rooms
+            .join(&key, &member, &auth_json, &link, Some(r#ref), None)
+            .await
+        {
+            Some((JoinOutcome::Joined, h)) => {
+                self.node.sessions.attach(member, self.outbox.kill_switch());
+                if let Some(sk) = self.sockets.get_mut(&nsp) {
+                    sk.handle = Some(h);
+                }
+            }
+            // The room answers the ref with the refusal; the socket goes when it does.
+            Some(_) => {}
+            None => {
+                self.sockets.remove(&nsp);
+                let msg = format!("app {} does not exist", self.app);
+                self.connect_error(s, &nsp, &msg, Some("unknown_app"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The member a `pid` names, if it can be taken over for `room`: detached here
+    /// (with the auth it joined with), or, in a cluster, held by another node. A
+    /// session of another room is left as it was.
+    async fn recover(&self, pid: &str, room: &RoomId) -> Option<Recovered> {
+        let claims = self.node.tokens.verify(pid).ok()?;
+        if claims.a != self.app.as_str() {
+            return None;
+        }
+        let member = claims.conn();
+        let rooms = match self
+            .node
+            .sessions
+            .take(&member, &self.app, TAKEOVER_WAIT)
+            .await
+        {
+            Ok(rooms) => rooms,
+            Err(ResumeError::Gone) if self.node.cluster.is_some() => {
+                return Some(Recovered::Elsewhere(member));
+            }
+            Err(_) => return None,
+        };
+        match rooms.get(room).cloned() {
+            Some(auth) => Some(Recovered::Here(member, auth)),
+            None => {
+                self.node
+                    .sessions
+                    .detach(member, self.app.clone(), rooms, now_ms());
+                None
+            }
+        }
+    }
+
+    fn key(&self, room: &RoomId) -> RoomKey {
+        RoomKey {
+            app: self.app.clone(),
+            room: room.clone(),
+        }
+    }
+
+    fn connect_ok(&self, nsp: &str, socket: &Socket) -> EioPacket {
+        // Written by hand to keep the reference key order: sid, then pid.
+        let sid = Value::from(socket.member.as_str());
+        let reply = if socket.recoverable {
+            // The pid is the member's resume token: the same member always gets the same
+            // one, on whichever node (the client checks it is unchanged to know it
+            // recovered), so it is made when needed rather than kept, and names no node.
+            let pid = self.node.tokens.sign(&Claims {
+                s: socket.member.to_string(),
+                a: self.app.to_string(),
+                n: String::new(),
+            });
+            format!("{{\"sid\":{sid},\"pid\":{}}}", Value::from(pid))
+        } else {
+            format!("{{\"sid\":{sid}}}")
+        };
+        EioPacket::Message(socketio::encode(&Packet::new(
+            Kind::Connect,
+            nsp,
+            Some(reply),
+        )))
+    }
+
+    fn connect_error(&self, s: &mut Session, nsp: &str, message: &str, code: Option<&str>) {
+        let mut body = json!({ "message": message });
+        if let Some(code) = code {
+            body["data"] = json!({ "code": code });
+        }
+        send_packet(
+            s,
+            Packet::new(Kind::ConnectError, nsp, Some(body.to_string())),
+        );
+    }
+
+    /// A namespace ends for good (client DISCONNECT, or the session closed for good).
+    async fn end(&self, socket: Socket) {
+        if let Some(h) = &socket.handle {
+            h.send(RoomCmd::End {
+                conn: socket.member.clone(),
+            })
+            .await;
+        }
+        self.node.sessions.end(&socket.member);
+    }
+
+    /// The Engine.IO session closed: keep each namespace resumable when the client did
+    /// not mean to leave and recovery is on, else leave.
+    pub async fn on_close(&mut self, reason: &CloseReason) {
+        let keep = reason.recoverable() && self.settings.config.recovery;
+        for socket in std::mem::take(&mut self.sockets.0) {
+            // A namespace the room accepted counts, even if its CONNECT reply is still
+            // queued; one the room has not accepted has nothing to end.
+            if socket.handle.is_none() {
+                continue;
+            }
+            if !keep {
+                self.end(socket).await;
+                continue;
+            }
+            if let Some(h) = &socket.handle {
+                h.send(RoomCmd::Detach {
+                    conn: socket.member.clone(),
+                    outbox: self.outbox.clone(),
+                })
+                .await;
+            }
+            let mut rooms = SessionRooms::new();
+            rooms.insert(socket.room.clone(), socket.auth.clone());
+            self.node
+                .sessions
+                .detach(socket.member, self.app.clone(), rooms, now_ms());
+        }
+    }
+
+    /// Something a room queued for this connection.
+    pub fn on_outbound(&mut self, item: Outbound, s: &mut Session) {
+        match item {
+            Outbound::Event(e) => self.event(&e, s),
+            Outbound::Shared(shared) => self.frame(&shared.frame, s),
+            Outbound::Frame(f) => self.frame(&f, s),
+        }
+    }
+
+    fn event(&mut self, e: &LogEntry, s: &mut Session) {
+        let Some(nsp) = self.sockets.by_room(&e.room).map(|s| s.nsp.as_str()) else {
+            return;
+        };
+        let main = nsp == "/" && e.room.as_str() != "/";
+        let recovery = self.settings.config.recovery;
+        let slot = LogEntry::SOCKETIO_SLOTS[usize::from(main) * 2 + usize::from(recovery)];
+        // The whole Engine.IO packet, encoded once per form and shared.
+        let packet = e.encoded_in(slot, |e| {
+            let offset = recovery.then_some(e.cursor.as_str());
+            let data = socketio::event_data(&e.event, &e.payload, offset);
+            let mut p = Packet::new(Kind::Event, nsp, Some(data));
+            p.attachments = e.payload.binaries.len();
+            engineio::encode(&EioPacket::Message(socketio::encode(&p))).into_bytes()
+        });
+        s.send(EioPacket::Encoded(packet));
+        for b in &e.payload.binaries {
+            s.send(EioPacket::Binary(b.clone()));
+        }
+    }
+
+    fn frame(&mut self, f: &ServerFrame, s: &mut Session) {
+        match f {
+            ServerFrame::Reply { r#ref, result } => self.reply(r#ref, result, s),
+            ServerFrame::Presence {
+                room,
+                joined,
+                left,
+                snapshot,
+            } => {
+                // Only members that asked for presence get it (the room's `Interest`).
+                let Some(nsp) = self.namespace_of(room) else {
+                    return;
+                };
+                let joined: Vec<Value> = joined
+                    .iter()
+                    .map(|(c, p)| {
+                        let presence = serde_json::from_str::<Value>(p).unwrap_or(Value::Null);
+                        json!({ "id": c.as_str(), "presence": presence })
+                    })
+                    .collect();
+                let left: Vec<&str> = left.iter().map(|c| c.as_str()).collect();
+                let body = json!({ "joined": joined, "left": left, "snapshot": snapshot });
+                self.emit(s, &nsp, PRESENCE_EVENT, &body);
+            }
+            ServerFrame::State { room, state } => {
+                let Some(nsp) = self.namespace_of(room) else {
+                    return;
+                };
+                let state = serde_json::from_str::<Value>(state).unwrap_or(Value::Null);
+                self.emit(s, &nsp, STATE_EVENT, &state);
+            }
+            ServerFrame::Error { error, room } => {
+                let Some(nsp) = room.as_ref().and_then(|r| self.namespace_of(r)) else {
+                    return;
+                };
+                let body = json!({ "code": error.code.as_str(), "message": error.message });
+                self.emit(s, &nsp, ERROR_EVENT, &body);
+            }
+            ServerFrame::Kicked { room, reason } => {
+                let Some(socket) = self.sockets.remove_room(room) else {
+                    return;
+                };
+                self.node.sessions.end(&socket.member);
+                let nsp = socket.nsp;
+                let body = json!({ "code": "kicked", "message": reason });
+                self.emit(s, &nsp, ERROR_EVENT, &body);
+                send_packet(s, Packet::new(Kind::Disconnect, &nsp, None));
+            }
+            ServerFrame::Welcome { .. } => {}
+        }
+    }
+
+    fn namespace_of(&self, room: &RoomId) -> Option<String> {
+        self.sockets.by_room(room).map(|s| s.nsp.clone())
+    }
+
+    /// An event of Edgeroom's own (never offset: it is not part of the room's history).
+    fn emit(&self, s: &mut Session, nsp: &str, event: &str, body: &Value) {
+        let data = json!([event, body]).to_string();
+        send_packet(s, Packet::new(Kind::Event, nsp, Some(data)));
+    }
+
+    fn reply(
+        &mut self,
+        r#ref: &Value,
+        result: &Result<Option<Payload>, ProtoError>,
+        s: &mut Session,
+    ) {
+        let Some(i) = r#ref
+            .as_u64()
+            .and_then(|r| self.pending.iter().position(|(id, _)| *id == r))
+        else {
+            return;
+        };
+        let (_, pending) = self.pending.swap_remove(i);
+        match pending {
+            Pending::Connect { nsp } => match result {
+                Ok(_) => {
+                    let Some(socket) = self.sockets.get_mut(&nsp) else {
+                        return;
+                    };
+                    socket.connected = true;
+                    if let Some(socket) = self.sockets.get(&nsp) {
+                        s.send(self.connect_ok(&nsp, socket));
+                    }
+                }
+                Err(e) => {
+                    self.sockets.remove(&nsp);
+                    self.connect_error(s, &nsp, &e.message, Some(e.code.as_str()));
+                }
+            },
+            Pending::Ack { nsp, id } => {
+                if self.sockets.get(&nsp).is_none() {
+                    return;
+                }
+                let (data, binaries) = match result {
+                    Ok(Some(p)) => (socketio::ack_data(p), p.binaries.clone()),
+                    Ok(None) => ("[]".to_owned(), Vec::new()),
+                    Err(e) => (
+                        json!([{ "error": { "code": e.code.as_str(), "message": e.message } }])
+                            .to_string(),
+                        Vec::new(),
+                    ),
+                };
+                let mut p = Packet::new(Kind::Ack, &nsp, Some(data));
+                p.id = Some(id);
+                p.attachments = binaries.len();
+                send_packet(s, p);
+                for b in binaries {
+                    s.send(EioPacket::Binary(b));
+                }
+            }
+        }
+    }
+}
+
+/// Queue one Socket.IO packet (without attachments) as an Engine.IO message.
+fn send_packet(s: &mut Session, p: Packet) {
+    s.send(EioPacket::Message(socketio::encode(&p)));
+}

@@ -1,0 +1,418 @@
+//! `edgeroom`: run a node, a local dev node, or deploy a handler.
+
+/// mimalloc: lower memory per idle connection and faster small allocations than the
+/// system allocator, for the many small, short-lived buffers a gateway makes.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use edgeroom::config::ClusterConfig;
+use edgeroom::{NodeConfig, examples};
+use edgeroom_proto::ids::{AppName, NodeId};
+use edgeroom_transport::ClusterCa;
+
+#[derive(Parser)]
+#[command(
+    name = "edgeroom",
+    version,
+    about = "Edgeroom: realtime rooms with WebAssembly handlers at the edge"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local cluster of three regions (127.0.0.1-3, same port) with the example
+    /// handlers deployed (the default).
+    Dev {
+        /// The first region's address; the others use 127.0.0.2 and 127.0.0.3.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where to keep state (default: a directory under the system temp dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// One node, no cluster (what the gateway benchmarks compare).
+        #[arg(long)]
+        standalone: bool,
+    },
+    /// Run a node from a configuration file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Upload a handler component to a node.
+    Deploy {
+        #[arg(long)]
+        app: String,
+        /// The component (.wasm) to deploy.
+        file: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Admin key (or EDGEROOM_ADMIN_KEY).
+        #[arg(long, env = "EDGEROOM_ADMIN_KEY")]
+        key: Option<String>,
+    },
+    /// Cluster set-up: certificates for the nodes' mutual TLS.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Write a new cluster CA and certificates for the first nodes into a directory.
+    Init {
+        /// Where to write ca.crt, ca.key and NODE.crt / NODE.key for each node.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node ids, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// A name for the cluster, written into the CA certificate.
+        #[arg(long, default_value = "edgeroom")]
+        name: String,
+    },
+    /// Issue a certificate for one more node from the CA in a directory.
+    Cert {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: String,
+    },
+    /// Run a node from its config file, joining a running cluster through `via`.
+    Join {
+        #[arg(long)]
+        config: PathBuf,
+        /// Any node of the cluster, `name@host:port` (its peer address).
+        #[arg(long)]
+        via: String,
+        /// Join as a voter (else a learner).
+        #[arg(long)]
+        voter: bool,
+    },
+    /// Show the control plane as a node sees it: leader, term, log, each node's lag.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Admin key (or EDGEROOM_ADMIN_KEY).
+        #[arg(long, env = "EDGEROOM_ADMIN_KEY")]
+        key: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command.unwrap_or(Command::Dev {
+        listen: "127.0.0.1:8080".parse()?,
+        data_dir: None,
+        standalone: false,
+    }) {
+        Command::Dev {
+            listen,
+            data_dir,
+            standalone,
+        } => rt.block_on(dev(listen, data_dir, standalone)),
+        Command::Serve { config } => rt.block_on(serve(read_config(&config)?)),
+        Command::Deploy {
+            app,
+            file,
+            url,
+            key,
+        } => rt.block_on(deploy(&app, &file, &url, key.as_deref())),
+        Command::Cluster { command } => match command {
+            ClusterCommand::Init { dir, nodes, name } => cluster_init(&dir, &nodes, &name),
+            ClusterCommand::Cert { dir, node } => {
+                issue_certs(&ClusterCa::load(&dir)?, &dir, &[node])
+            }
+            ClusterCommand::Join { config, via, voter } => {
+                let mut config = read_config(&config)?;
+                let cluster = config.cluster.as_mut().ok_or_else(|| {
+                    anyhow::anyhow!("the config has no [cluster] section (peer_listen, tls_dir)")
+                })?;
+                cluster.voters.clear();
+                cluster.join = Some(via);
+                cluster.voter = voter;
+                config.check()?;
+                rt.block_on(serve(config))
+            }
+            ClusterCommand::Status { url, key } => {
+                rt.block_on(cluster_status(&url, key.as_deref()))
+            }
+        },
+    }
+}
+
+fn read_config(path: &std::path::Path) -> anyhow::Result<NodeConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    NodeConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))
+}
+
+/// A request to a node's admin API, with the bearer key when there is one.
+fn admin_request(
+    method: reqwest::Method,
+    endpoint: &str,
+    key: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let req = reqwest::Client::new().request(method, endpoint);
+    match key {
+        Some(key) => req.bearer_auth(key),
+        None => req,
+    }
+}
+
+async fn cluster_status(url: &str, key: Option<&str>) -> anyhow::Result<()> {
+    let endpoint = format!("{}/v1/cluster", url.trim_end_matches('/'));
+    let resp = admin_request(reqwest::Method::GET, &endpoint, key)
+        .send()
+        .await
+        .with_context(|| format!("GET {endpoint}"))?;
+    let status = resp.status();
+    let text = resp.text().await.context("reading the answer")?;
+    let body: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{endpoint} answered {text:?}"))?;
+    anyhow::ensure!(status.is_success(), "{endpoint} answered {status}: {body}");
+    let c = &body["cluster"];
+    if c.is_null() {
+        println!("{} is a standalone node (no cluster)", body["node"]);
+        return Ok(());
+    }
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    println!(
+        "asked {} ({}): leader {}, term {}, last log index {}, applied {}",
+        text(&body["node"]),
+        text(&c["role"]),
+        text(&c["leader"]),
+        c["term"],
+        c["last_log_index"],
+        c["applied_index"]
+    );
+    let voters: Vec<String> = c["voters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    for n in body["nodes"].as_array().into_iter().flatten() {
+        let name = text(&n["node"]);
+        let role = if voters.contains(&name) {
+            "voter"
+        } else {
+            "learner"
+        };
+        let lag = c["lag"]
+            .get(&name)
+            .map_or_else(|| "?".to_string(), |l| l.to_string());
+        println!(
+            "  {name:<16} {role:<8} region {:<12} lag {lag:<6} {}",
+            text(&n["region"]),
+            text(&n["client_urls"][0])
+        );
+    }
+    Ok(())
+}
+
+fn cluster_init(dir: &std::path::Path, nodes: &[String], name: &str) -> anyhow::Result<()> {
+    if dir.join("ca.key").exists() {
+        anyhow::bail!(
+            "{} already holds a cluster CA; use `edgeroom cluster cert` to add a node",
+            dir.display()
+        );
+    }
+    let ca = ClusterCa::generate(name)?;
+    ca.save(dir)?;
+    println!("cluster CA: {}", dir.join("ca.crt").display());
+    issue_certs(&ca, dir, nodes)
+}
+
+fn issue_certs(ca: &ClusterCa, dir: &std::path::Path, nodes: &[String]) -> anyhow::Result<()> {
+    for node in nodes {
+        let node = NodeId::new(node)?;
+        let cert = ca.issue_into(dir, &node)?;
+        println!("node {node}: {}", cert.display());
+    }
+    Ok(())
+}
+
+/// The dev cluster's regions: (node id, region, lat, lon), from the geo data.
+const DEV_REGIONS: [(&str, &str, f64, f64); 3] = [
+    ("us-east-1", "us-east", 37.37, -79.82),
+    ("eu-west-1", "eu-west", 52.37, 4.90),
+    ("ap-south-1", "ap-south", 18.52, 73.86),
+];
+
+async fn dev(
+    listen: std::net::SocketAddr,
+    data_dir: Option<PathBuf>,
+    standalone: bool,
+) -> anyhow::Result<()> {
+    let data_dir = data_dir.unwrap_or_else(|| std::env::temp_dir().join("edgeroom-dev"));
+    let configs = if standalone {
+        let mut config = NodeConfig::new(NodeId::new("dev-1")?, data_dir.clone());
+        config.listen = listen;
+        config.region = "local".into();
+        vec![config]
+    } else {
+        dev_cluster(listen, &data_dir)?
+    };
+    let starting = configs.into_iter().map(|mut config| {
+        config.dev = true;
+        config.default_app = Some(AppName::new("echo")?);
+        Ok(edgeroom::start(config))
+    });
+    // Together: each voter waits for a quorum of the others.
+    let nodes =
+        futures_util::future::try_join_all(starting.collect::<anyhow::Result<Vec<_>>>()?).await?;
+    let first = &nodes[0].node;
+    for (name, wasm) in examples::ALL {
+        let app = AppName::new(name)?;
+        let deployed = match &first.cluster {
+            Some(cluster) => cluster.deploy(&first.apps, &app, wasm.to_vec(), None).await,
+            None => first.apps.deploy(&app, wasm.to_vec()).await,
+        };
+        deployed.map_err(|e| anyhow::anyhow!("deploying {name}: {e}"))?;
+    }
+    let addr = nodes[0].addr;
+    let regions: String = nodes
+        .iter()
+        .map(|n| format!("  {:<10} http://{}\n", n.node.config.region, n.addr))
+        .collect();
+    println!(
+        "\nEdgeroom dev {} (state in {})\n{regions}\
+         Apps deployed: echo, chat, counter.\n\n\
+         Try it:\n  \
+         npx wscat -c 'ws://{addr}/v1/ws?app=chat'\n  \
+         > {{\"type\":\"join\",\"room\":\"lobby\",\"auth\":{{\"user\":\"ann\"}},\"ref\":1}}\n  \
+         > {{\"type\":\"emit\",\"room\":\"lobby\",\"event\":\"message\",\"data\":{{\"text\":\"hello\"}},\"ref\":2}}\n\n\
+         Look inside:  curl http://{addr}/v1/apps/chat/rooms/lobby\n\
+         Cluster:      curl http://{addr}/v1/cluster\n\
+         Metrics:      curl http://{addr}/metrics\n\
+         Deploy yours: edgeroom deploy --app mine target/wasm32-wasip2/release/mine.wasm\n",
+        if nodes.len() > 1 {
+            "cluster of three regions"
+        } else {
+            "node"
+        },
+        data_dir.display()
+    );
+    wait_for_signal().await;
+    for node in nodes {
+        node.shutdown(Duration::from_secs(5)).await;
+    }
+    Ok(())
+}
+
+/// Configs for the dev cluster: certificates made on first use, one data directory per
+/// region. A different address than last time starts the cluster afresh (its Raft
+/// membership names the old addresses); apps are redeployed anyway.
+fn dev_cluster(
+    listen: std::net::SocketAddr,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Vec<NodeConfig>> {
+    let std::net::IpAddr::V4(ip) = listen.ip() else {
+        anyhow::bail!("dev wants an IPv4 loopback address, such as 127.0.0.1:8080");
+    };
+    let [a, b, c, d] = ip.octets();
+    anyhow::ensure!(
+        a == 127 && d <= 253,
+        "dev puts its regions on {ip} and the next two 127.x addresses: use a 127.0.0.x address"
+    );
+    let addrs: Vec<std::net::SocketAddr> = (0..3)
+        .map(|i| std::net::SocketAddr::from(([a, b, c, d + i], listen.port())))
+        .collect();
+    let peers: Vec<String> = DEV_REGIONS
+        .iter()
+        .zip(&addrs)
+        .map(|((id, ..), addr)| format!("{id}@{addr}"))
+        .collect();
+    std::fs::create_dir_all(data_dir)?;
+    let marker = data_dir.join("dev-cluster.txt");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(peers.join(",").as_str()) {
+        for (id, ..) in DEV_REGIONS {
+            let _ = std::fs::remove_dir_all(data_dir.join(id).join("raft"));
+        }
+        std::fs::write(&marker, peers.join(","))?;
+    }
+    let certs = data_dir.join("certs");
+    if !certs.join("ca.key").exists() {
+        let ca = ClusterCa::generate("dev")?;
+        ca.save(&certs)?;
+        for (id, ..) in DEV_REGIONS {
+            ca.issue_into(&certs, &NodeId::new(id)?)?;
+        }
+    }
+    DEV_REGIONS
+        .iter()
+        .zip(addrs)
+        .map(|(&(id, region, lat, lon), addr)| {
+            let mut config = NodeConfig::new(NodeId::new(id)?, data_dir.join(id));
+            config.listen = addr;
+            config.region = region.into();
+            let mut cluster = ClusterConfig::new(addr, certs.clone());
+            cluster.voters = peers.clone();
+            (cluster.lat, cluster.lon) = (lat, lon);
+            config.cluster = Some(cluster);
+            Ok(config)
+        })
+        .collect()
+}
+
+async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+    let running = edgeroom::start(config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn deploy(app: &str, file: &PathBuf, url: &str, key: Option<&str>) -> anyhow::Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let endpoint = format!("{}/v1/apps/{app}/handler", url.trim_end_matches('/'));
+    let resp = admin_request(reqwest::Method::PUT, &endpoint, key)
+        .body(wasm)
+        .send()
+        .await
+        .with_context(|| format!("PUT {endpoint}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("deploy refused ({status}): {body}");
+    }
+    println!("{body}");
+    Ok(())
+}

@@ -1,0 +1,694 @@
+//! The room actor: a task that owns one room and handles its commands one at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::core::{LogLimits, RoomCore};
+use super::outbox::{Link, Outbound};
+use super::replica::{Adoption, Ctx, Effect, Peers, Replica, Replicator, Settled};
+use super::world::{EmitResult, Outgoing, Place, World};
+use super::{
+    AdoptOutcome, JoinOutcome, MemberView, ReattachOutcome, RoomCmd, RoomKey, RoomView, Rooms,
+};
+use crate::apps::{LiveRx, now_ms};
+use crate::cluster::interest::RoomRef;
+use crate::cluster::replicate::PeerMsg;
+use edgeroom_proto::ids::{ConnId, NodeId};
+use edgeroom_proto::native::{Ref, ServerFrame};
+use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
+use crate::room::core::LogEntry;
+use crate::sandbox::{Call, Failure, Returned, Slot};
+use crate::state::RoomDoc;
+
+/// Kicks that cause kicks are followed this many rounds deep, no more.
+const MAX_KICK_ROUNDS: usize = 8;
+/// Unsaved document changes are written at most this often.
+const SAVE_EVERY_MS: u64 = 1000;
+
+struct Actor {
+    rooms: Arc<Rooms>,
+    key: RoomKey,
+    live: LiveRx<World>,
+    slot: Slot<World>,
+    timer_at: Option<Instant>,
+    empty_since_ms: Option<u64>,
+    last_save_ms: u64,
+    /// In a cluster: this room's part in replication.
+    replica: Option<Replica>,
+}
+
+pub(super) fn spawn(
+    rooms: Arc<Rooms>,
+    key: RoomKey,
+    live: LiveRx<World>,
+    rx: mpsc::Receiver<RoomCmd>,
+) {
+    tokio::spawn(async move {
+        let env = rooms.env();
+        let (store, runs) = (env.store.clone(), env.runs.clone());
+        let (app, room) = (key.app.clone(), key.room.clone());
+        let loaded =
+            tokio::task::spawn_blocking(move || (store.load_room(&app, &room), runs.first_seq()))
+                .await;
+        let (saved, first_seq) = match loaded {
+            Ok((saved, Ok(first_seq))) => (Ok(saved), first_seq),
+            Ok((_, Err(e))) => {
+                // Without a fresh run its numbers could repeat old ones: not served.
+                tracing::error!(room = %key.room, "no sequence run for the room, not loading it: {e:#}");
+                return;
+            }
+            Err(e) => (Err(e), edgeroom_proto::ids::Seq::default()),
+        };
+        let doc = match saved {
+            Ok(Ok(Some(bytes))) => RoomDoc::load(&bytes).unwrap_or_else(|e| {
+                tracing::error!(room = %key.room, "saved room document unreadable, starting empty: {e}");
+                RoomDoc::new()
+            }),
+            Ok(Ok(None)) => RoomDoc::new(),
+            Ok(Err(e)) => {
+                tracing::error!(room = %key.room, "could not load room document, starting empty: {e:#}");
+                RoomDoc::new()
+            }
+            Err(e) => {
+                tracing::error!(room = %key.room, "room load task failed: {e}");
+                RoomDoc::new()
+            }
+        };
+        let limits = LogLimits {
+            max_age_ms: env.limits.history_ms,
+            max_events: env.limits.history_max_events,
+        };
+        if first_seq.n == 0 {
+            tracing::error!(room = %key.room, "room load task failed");
+            return;
+        }
+        let patience = Duration::from_millis(env.limits.adopt_patience_ms);
+        let replica = env
+            .replicator
+            .as_ref()
+            .map(|_| Replica::new((key.app.clone(), key.room.clone()), patience));
+        let core = RoomCore::new(env.node.clone(), key.room.clone(), first_seq, limits);
+        let place = Place {
+            app: key.app.to_string(),
+            room: key.room.clone(),
+            node: env.node.to_string(),
+            region: env.region.clone(),
+        };
+        let mut world = World::new(place, core, doc, env.metrics.clone());
+        if replica.is_some() {
+            world.outgoing = Some(Outgoing::default());
+        }
+        let slot = Slot::new(world, &env.sandbox);
+        env.metrics.rooms.inc();
+        let actor = Actor {
+            rooms: rooms.clone(),
+            key,
+            live,
+            slot,
+            timer_at: None,
+            empty_since_ms: None,
+            last_save_ms: now_ms(),
+            replica,
+        };
+        actor.run(rx).await;
+        rooms.env().metrics.rooms.dec();
+    });
+}
+
+/// What a room's replica sees of the mesh.
+struct PeerView<'a> {
+    rep: &'a Replicator,
+    room: &'a RoomRef,
+}
+
+impl Peers for PeerView<'_> {
+    fn interested(&self) -> Vec<NodeId> {
+        self.rep.interested(self.room)
+    }
+
+    fn alive(&self) -> Vec<NodeId> {
+        self.rep.alive_peers()
+    }
+}
+
+impl Actor {
+    fn world(&mut self) -> &mut World {
+        self.slot.world()
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut shutdown = self.rooms.env().shutdown.clone();
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        let mut repairs = tokio::time::interval(Duration::from_millis(100));
+        repairs.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let timer = self.timer_at;
+            tokio::select! {
+                _ = repairs.tick(), if self.replica.is_some() => {
+                    self.replicate(|r, w, ctx| r.poll(w, ctx));
+                    if self.adopt_due() {
+                        self.after_call().await;
+                    }
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => break,
+                },
+                _ = housekeeping.tick() => {
+                    if self.housekeep().await && self.rooms.retire(&self.key, &rx) {
+                        break;
+                    }
+                }
+                changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
+                _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
+                    self.timer_at = None;
+                    self.world().current = None;
+                    self.call(Call::Timer).await.ok();
+                    self.after_call().await;
+                }
+            }
+        }
+        // Stopping: anything that slipped in is told to retry against a fresh actor.
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                RoomCmd::Join { done, .. } => drop(done.send(JoinOutcome::Retry)),
+                RoomCmd::Reattach { done, .. } => drop(done.send(ReattachOutcome::Retry)),
+                RoomCmd::Adopt { done, .. } => drop(done.send(AdoptOutcome::Retry)),
+                _ => {}
+            }
+        }
+        self.save().await;
+        self.slot.unload(&self.rooms.env().sandbox);
+    }
+
+    /// One handler call with the live version. `Ok(None)`: no handler is deployed.
+    async fn call(&mut self, call: Call<'_>) -> Result<Option<Returned>, Failure> {
+        let Some(live) = self.live.borrow_and_update().clone() else {
+            return Ok(None);
+        };
+        self.world().now_ms = now_ms();
+        let sandbox = self.rooms.env().sandbox.clone();
+        let result = self.slot.call(&sandbox, &live.compiled, call).await;
+        if let Err(f) = &result {
+            tracing::warn!(app = %self.key.app, room = %self.key.room, kind = f.kind(), "handler call failed: {}", f.message());
+        }
+        result.map(Some)
+    }
+
+    fn reply(&mut self, conn: &ConnId, r#ref: Option<Ref>, result: EmitResult) {
+        let room = self.key.room.clone();
+        let w = self.world();
+        match (r#ref, result) {
+            (Some(r#ref), result) => {
+                w.push(conn, Outbound::frame(ServerFrame::Reply { r#ref, result }))
+            }
+            (None, Err(error)) => w.push(
+                conn,
+                Outbound::frame(ServerFrame::Error {
+                    error,
+                    room: Some(room),
+                }),
+            ),
+            (None, Ok(_)) => {}
+        }
+    }
+
+    async fn handle(&mut self, cmd: RoomCmd) {
+        match cmd {
+            RoomCmd::Join {
+                conn,
+                auth,
+                link,
+                r#ref,
+                resume_from,
+                done,
+            } => {
+                let outcome = self.join(conn, auth, link, r#ref, resume_from).await;
+                let _ = done.send(outcome);
+                self.after_call().await;
+            }
+            RoomCmd::Leave { conn, r#ref, done } => {
+                if self.world().core.member(&conn).is_none() {
+                    let _ = done.send(false);
+                    return;
+                }
+                self.reply(&conn, r#ref, Ok(None));
+                self.remove_member(&conn).await;
+                let _ = done.send(true);
+                self.after_call().await;
+            }
+            RoomCmd::Emit {
+                conn,
+                outbox,
+                event,
+                payload,
+                r#ref,
+                id,
+            } => {
+                if self.world().core.member(&conn).is_none() {
+                    let error = ProtoError::new(
+                        ErrorCode::NotJoined,
+                        format!("not a member of {}", self.key.room),
+                    );
+                    let frame = match r#ref {
+                        Some(r#ref) => ServerFrame::Reply {
+                            r#ref,
+                            result: Err(error),
+                        },
+                        None => ServerFrame::Error {
+                            error,
+                            room: Some(self.key.room.clone()),
+                        },
+                    };
+                    let _ = outbox.frame(frame);
+                    return;
+                }
+                self.emit(conn, event, payload, r#ref, id).await;
+                self.after_call().await;
+            }
+            RoomCmd::Detach { conn, outbox } => {
+                let now = now_ms();
+                let w = self.world();
+                if w.links.get(&conn).is_some_and(|l| l.outbox.same(&outbox)) {
+                    w.links.remove(&conn);
+                    w.core.detach(&conn, now, None);
+                }
+            }
+            RoomCmd::Reattach {
+                conn,
+                link,
+                cursor,
+                done,
+            } => {
+                let outcome = self.reattach(conn, link, cursor);
+                let _ = done.send(outcome);
+            }
+            RoomCmd::Adopt {
+                conn,
+                link,
+                cursor,
+                done,
+            } => {
+                if self.world().core.member(&conn).is_some() {
+                    let auth = self.world().core.member(&conn).map(|m| m.auth.clone());
+                    let outcome = match (self.reattach(conn, link, cursor), auth) {
+                        (ReattachOutcome::Reattached, Some(auth)) => AdoptOutcome::Adopted { auth },
+                        _ => AdoptOutcome::NotMember,
+                    };
+                    let _ = done.send(outcome);
+                    return;
+                }
+                if self.replica.is_none() {
+                    let _ = done.send(AdoptOutcome::NotMember);
+                    return;
+                }
+                let adoption = Adoption::new(conn, link, cursor, done);
+                self.replicate(|r, w, ctx| r.adopt(w, adoption, ctx));
+                if self.adopt_due() {
+                    self.after_call().await;
+                }
+            }
+            RoomCmd::End { conn } => {
+                if self.world().core.member(&conn).is_some() {
+                    self.remove_member(&conn).await;
+                    self.after_call().await;
+                }
+            }
+            RoomCmd::Inspect { done } => {
+                let view = self.view();
+                let _ = done.send(view);
+            }
+            RoomCmd::Peer { from, msg } => {
+                if self
+                    .replicate(|r, w, ctx| r.receive(w, from, msg, ctx))
+                    .is_some()
+                {
+                    self.adopt_due();
+                    self.after_call().await;
+                }
+            }
+            RoomCmd::PeerUp(node) => {
+                self.replicate(|r, w, ctx| r.peer_up(w, &node, ctx));
+            }
+            RoomCmd::PeerJoined(node) => {
+                self.replicate(|r, w, ctx| r.peer_joined(w, &node, ctx));
+            }
+            RoomCmd::PeerDown(node) => {
+                if self
+                    .replicate(|r, w, ctx| r.peer_down(w, &node, ctx))
+                    .is_some()
+                {
+                    self.adopt_due();
+                    self.after_call().await;
+                }
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        conn: ConnId,
+        auth: String,
+        link: Link,
+        r#ref: Option<Ref>,
+        resume_from: Option<Cursor>,
+    ) -> JoinOutcome {
+        let room = self.key.room.clone();
+        let refuse = |error: ProtoError| {
+            let frame = match &r#ref {
+                Some(r) => ServerFrame::Reply {
+                    r#ref: r.clone(),
+                    result: Err(error),
+                },
+                None => ServerFrame::Error {
+                    error,
+                    room: Some(room.clone()),
+                },
+            };
+            let _ = link.outbox.frame(frame);
+            JoinOutcome::Refused
+        };
+        if self.world().core.member(&conn).is_some() {
+            return refuse(ProtoError::new(
+                ErrorCode::AlreadyJoined,
+                format!("already a member of {}", self.key.room),
+            ));
+        }
+        // A member before on-join runs, so the handler can set its presence; told to
+        // others only once the join is accepted.
+        self.world().core.join(conn.clone(), auth.clone(), now_ms());
+        let before = self.world().core.head().clone();
+        self.world().current = Some(conn.clone());
+        self.world().joining = Some(conn.clone());
+        let result = self
+            .call(Call::Join {
+                conn: conn.as_string(),
+                auth: &auth,
+            })
+            .await;
+        self.world().joining = None;
+        let error = match result {
+            Ok(Some(Returned::Join(Ok(())))) => None,
+            Ok(Some(Returned::Join(Err(msg)))) => Some(ProtoError::new(ErrorCode::Rejected, msg)),
+            Ok(Some(_)) => Some(ProtoError::new(
+                ErrorCode::Internal,
+                "handler returned the wrong result",
+            )),
+            Ok(None) => Some(ProtoError::new(
+                ErrorCode::NoHandler,
+                format!("app {} has no handler deployed", self.key.app),
+            )),
+            Err(f) => Some(ProtoError::new(ErrorCode::HandlerFailed, f.message())),
+        };
+        if let Some(error) = error {
+            self.world().core.leave(&conn);
+            return refuse(error);
+        }
+        let w = self.world();
+        let presence = w
+            .core
+            .member(&conn)
+            .map(|m| m.presence.clone())
+            .unwrap_or_else(|| "null".into());
+        w.presence_changed(vec![(conn.clone(), presence)], vec![]);
+        w.links.insert(conn.clone(), link);
+        if let Some(r#ref) = r#ref {
+            w.push(
+                &conn,
+                Outbound::frame(ServerFrame::Reply {
+                    r#ref,
+                    result: Ok(None),
+                }),
+            );
+        }
+        // What on-join sent the newcomer (a greeting, say) follows the reply; a returning
+        // member first gets everything it missed since its cursor.
+        let replay = w.core.replay_for(&conn, &resume_from.unwrap_or(before));
+        self.world().send_replay(&conn, replay);
+        self.world().send_snapshot(&conn);
+        self.replicate(|r, _, ctx| r.member_joined(ctx));
+        JoinOutcome::Joined
+    }
+
+    fn reattach(&mut self, conn: ConnId, link: Link, cursor: Option<Cursor>) -> ReattachOutcome {
+        let w = self.world();
+        let Some(replay) = w.core.reattach(&conn, cursor.as_ref()) else {
+            return ReattachOutcome::NotMember;
+        };
+        w.links.insert(conn.clone(), link);
+        self.world().send_replay(&conn, replay);
+        self.world().send_snapshot(&conn);
+        ReattachOutcome::Reattached
+    }
+
+    /// Run one step of the room's replica, then do what it asked: messages to peers,
+    /// interest to announce. `None` when the node is not in a cluster.
+    fn replicate<T>(
+        &mut self,
+        f: impl FnOnce(&mut Replica, &mut World, &mut Ctx) -> T,
+    ) -> Option<T> {
+        let rep = self.rooms.env().replicator.clone()?;
+        let mut r = self.replica.take()?;
+        let room = r.room().clone();
+        let view = PeerView {
+            rep: &rep,
+            room: &room,
+        };
+        let mut ctx = Ctx::new(std::time::Instant::now(), now_ms(), &view);
+        let out = f(&mut r, self.slot.world(), &mut ctx);
+        let effects = std::mem::take(&mut ctx.out);
+        self.replica = Some(r);
+        for effect in effects {
+            match effect {
+                Effect::Send(node, msg) => {
+                    let room = room.clone();
+                    rep.send(&node, PeerMsg::Room { room, msg });
+                }
+                Effect::Publish(msg) => rep.publish(&room, msg),
+                Effect::Interest(true) => rep.local_join(&room),
+                Effect::Interest(false) => rep.local_leave(&room),
+            }
+        }
+        Some(out)
+    }
+
+    /// Take on the members whose adoption has its history in: everything after its
+    /// cursor that a replica had, then live. True if any adoption was settled (the
+    /// caller runs `after_call` to pass the news on).
+    fn adopt_due(&mut self) -> bool {
+        let Some(settled) = self.replicate(|r, w, ctx| {
+            let due = r.adoptions_due(ctx);
+            due.into_iter()
+                .map(|a| r.settle(w, a, ctx))
+                .collect::<Vec<_>>()
+        }) else {
+            return false;
+        };
+        let any = !settled.is_empty();
+        for s in settled {
+            match s {
+                Err(a) => drop(a.done.send(AdoptOutcome::NotMember)),
+                Ok(Settled { done, auth }) => {
+                    let _ = done.send(AdoptOutcome::Adopted { auth });
+                }
+            }
+        }
+        any
+    }
+
+    async fn emit(
+        &mut self,
+        conn: ConnId,
+        event: String,
+        payload: edgeroom_proto::payload::Payload,
+        r#ref: Option<Ref>,
+        id: Option<String>,
+    ) {
+        if let Some(id) = &id
+            && let Some(result) = self.world().core.remembered(id).cloned()
+        {
+            self.reply(&conn, r#ref, result);
+            return;
+        }
+        self.rooms.env().metrics.events.inc();
+        self.world().current = Some(conn.clone());
+        let wants_reply = r#ref.is_some();
+        let result = self
+            .call(Call::Message {
+                conn: conn.as_string(),
+                event: &event,
+                payload,
+                wants_reply,
+            })
+            .await;
+        let result: EmitResult = match result {
+            Ok(Some(Returned::Message(Ok(reply)))) => Ok(reply.filter(|_| wants_reply)),
+            Ok(Some(Returned::Message(Err(msg)))) => Err(ProtoError::new(ErrorCode::Rejected, msg)),
+            Ok(Some(_)) => Err(ProtoError::new(
+                ErrorCode::Internal,
+                "handler returned the wrong result",
+            )),
+            Ok(None) => Err(ProtoError::new(
+                ErrorCode::NoHandler,
+                format!("app {} has no handler deployed", self.key.app),
+            )),
+            Err(f) => Err(ProtoError::new(ErrorCode::HandlerFailed, f.message())),
+        };
+        if let Some(id) = id {
+            let now = self.world().now_ms;
+            self.world().core.remember(id, now, result.clone());
+        }
+        self.reply(&conn, r#ref, result);
+    }
+
+    /// Take a member out: tell the others, then the handler.
+    async fn remove_member(&mut self, conn: &ConnId) {
+        let w = self.world();
+        w.links.remove(conn);
+        if w.core.leave(conn).is_none() {
+            return;
+        }
+        w.presence_changed(vec![], vec![conn.clone()]);
+        self.replicate(|r, _, ctx| r.member_left(ctx));
+        let w = self.world();
+        w.current = Some(conn.clone());
+        self.call(Call::Leave {
+            conn: conn.as_string(),
+        })
+        .await
+        .ok();
+    }
+
+    /// Apply what the last call asked for beyond sending: kicks, state, timers; and
+    /// drop the links of members whose connection fell behind.
+    async fn after_call(&mut self) {
+        for _ in 0..MAX_KICK_ROUNDS {
+            let kicks = std::mem::take(&mut self.world().kicks);
+            if kicks.is_empty() {
+                break;
+            }
+            for (conn, reason) in kicks {
+                let room = self.key.room.clone();
+                self.world()
+                    .push(&conn, Outbound::frame(ServerFrame::Kicked { room, reason }));
+                self.remove_member(&conn).await;
+            }
+        }
+        self.world().kicks.clear();
+        let now = now_ms();
+        let w = self.world();
+        // The first event each lost connection missed bounds what it was queued
+        // (pushes happen in log order; the sort is stable).
+        let mut lost: Vec<(ConnId, Option<std::sync::Arc<LogEntry>>)> = std::mem::take(&mut w.lost);
+        lost.sort_by(|a, b| (&a.0, a.1.is_none()).cmp(&(&b.0, b.1.is_none())));
+        lost.dedup_by(|later, first| later.0 == first.0);
+        for (conn, lost_at) in lost {
+            w.links.remove(&conn);
+            w.core.detach(&conn, now, lost_at.as_deref());
+        }
+        if std::mem::take(&mut w.state_changed) {
+            let frame = w.state_frame();
+            w.push_all(&frame, None);
+        }
+        if let Some(ms) = w.timer.take() {
+            self.timer_at = Some(Instant::now() + Duration::from_millis(u64::from(ms)));
+        }
+        self.replicate(|r, w, ctx| r.flush(w, ctx));
+        let w = self.world();
+        if !w.floors.is_empty() {
+            let head = w.core.head().clone();
+            w.floors.retain(|_, floor| !head.dominates(floor));
+        }
+    }
+
+    /// Periodic upkeep. True when the room has been empty long enough to stop.
+    async fn housekeep(&mut self) -> bool {
+        let now = now_ms();
+        let limits = self.rooms.env().limits.clone();
+        let gone = self.world().core.expire(now, limits.presence_grace_ms);
+        let window = limits.resume_window_ms;
+        self.world()
+            .departed
+            .retain(|_, (_, since)| now.saturating_sub(*since) < window);
+        for conn in gone {
+            self.remove_member(&conn).await;
+        }
+        self.after_call().await;
+        if self.world().unsaved && now.saturating_sub(self.last_save_ms) >= SAVE_EVERY_MS {
+            self.save().await;
+        }
+        if !self.world().core.is_empty() {
+            self.empty_since_ms = None;
+            return false;
+        }
+        let since = *self.empty_since_ms.get_or_insert(now);
+        let idle = now.saturating_sub(since);
+        if idle >= limits.instance_idle_ms && self.slot.live().is_some() {
+            self.slot.unload(&self.rooms.env().sandbox);
+        }
+        if idle >= limits.room_idle_ms && self.timer_at.is_none() {
+            // Saved before the actor is retired, so a successor never loads a stale copy.
+            self.save().await;
+            return true;
+        }
+        false
+    }
+
+    async fn save(&mut self) {
+        if !self.world().unsaved {
+            return;
+        }
+        let bytes = self.world().doc.save();
+        self.world().unsaved = false;
+        self.last_save_ms = now_ms();
+        let store = self.rooms.env().store.clone();
+        let key = self.key.clone();
+        match tokio::task::spawn_blocking(move || store.save_room(&key.app, &key.room, &bytes))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(room = %self.key.room, "could not save room document: {e:#}")
+            }
+            Err(e) => tracing::error!(room = %self.key.room, "room save task failed: {e}"),
+        }
+    }
+
+    fn view(&mut self) -> RoomView {
+        let sha = self.slot.live().map(str::to_owned);
+        let w = self.world();
+        let json = |p: &str| serde_json::from_str(p).unwrap_or(serde_json::Value::Null);
+        let local = w.core.members().iter().map(|(c, m)| MemberView {
+            conn: c.to_string(),
+            presence: json(&m.presence),
+            connected: m.detached_since_ms.is_none(),
+            node: w.place.node.clone(),
+        });
+        let remote = w.remote.iter().flat_map(|(node, members)| {
+            members.iter().map(|(c, m)| MemberView {
+                conn: c.to_string(),
+                presence: json(&m.presence),
+                connected: true,
+                node: node.to_string(),
+            })
+        });
+        let members = local.chain(remote).collect();
+        RoomView {
+            app: w.place.app.clone(),
+            room: w.place.room.to_string(),
+            members,
+            state: w.doc.to_json(),
+            cursor: w.core.head().to_string(),
+            history_len: w.core.log_len(),
+            handler_sha256: sha,
+        }
+    }
+}

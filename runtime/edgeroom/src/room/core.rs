@@ -1,0 +1,579 @@
+//! The room's bookkeeping, with no I/O: members and presence, the event log with its
+//! sequence numbers, resume cursors, and idempotent publishes.
+//!
+//! The room actor feeds it what happened and the current time, and acts on what it
+//! returns. Nothing here awaits, locks or reads a clock, so it is tested directly.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+
+use super::catchup::{CatchUp, catch_up};
+use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq};
+use edgeroom_proto::payload::Payload;
+use edgeroom_proto::Cursor;
+use edgeroom_proto::native::Format;
+
+/// Who an event is for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Target {
+    All,
+    AllExcept(ConnId),
+    Only(ConnId),
+}
+
+impl Target {
+    pub fn includes(&self, conn: &ConnId) -> bool {
+        match self {
+            Target::All => true,
+            Target::AllExcept(c) => c != conn,
+            Target::Only(c) => c == conn,
+        }
+    }
+}
+
+/// One sequenced event of the room, kept for resume and shared by every recipient.
+#[derive(Debug)]
+pub struct LogEntry {
+    pub room: RoomId,
+    pub origin: NodeId,
+    pub seq: Seq,
+    pub at_ms: u64,
+    pub target: Target,
+    pub event: String,
+    pub payload: Payload,
+    /// The connection whose event caused this one (none for timers).
+    pub from: Option<ConnId>,
+    /// The room's cursor once this event is delivered.
+    pub cursor: String,
+    /// Encoded once per wire form, on first use, then shared by every recipient: the
+    /// native formats, then the Socket.IO forms (see [`LogEntry::SOCKETIO_SLOTS`]).
+    pub encoded: [OnceLock<Bytes>; 6],
+}
+
+impl LogEntry {
+    /// An event of `room`, which leaves the room's cursor at `cursor`.
+    pub fn new(room: RoomId, e: Sequenced, cursor: String) -> Self {
+        Self {
+            room,
+            origin: e.origin,
+            seq: e.seq,
+            at_ms: e.at_ms,
+            target: e.target,
+            event: e.event,
+            payload: e.payload,
+            from: e.from,
+            cursor,
+            encoded: Default::default(),
+        }
+    }
+
+    /// The same event leaving the room's cursor at `cursor` (a member's own catch-up).
+    pub fn with_cursor(&self, cursor: String) -> Self {
+        Self {
+            room: self.room.clone(),
+            origin: self.origin.clone(),
+            seq: self.seq,
+            at_ms: self.at_ms,
+            target: self.target.clone(),
+            event: self.event.clone(),
+            payload: self.payload.clone(),
+            from: self.from.clone(),
+            cursor,
+            encoded: Default::default(),
+        }
+    }
+
+    /// Cache slots of the Socket.IO gateway's forms of an event: in the namespace named
+    /// after the room or in the main namespace, each without and with a recovery offset.
+    pub const SOCKETIO_SLOTS: [usize; 4] = [2, 3, 4, 5];
+
+    pub fn encoded(&self, format: Format, encode: impl FnOnce(&LogEntry) -> Vec<u8>) -> Bytes {
+        self.encoded_in(format.index(), encode)
+    }
+
+    pub fn encoded_in(&self, slot: usize, encode: impl FnOnce(&LogEntry) -> Vec<u8>) -> Bytes {
+        self.encoded[slot]
+            .get_or_init(|| Bytes::from(encode(self)))
+            .clone()
+    }
+}
+
+/// An event with its origin and sequence number, before it is logged.
+#[derive(Debug, Clone)]
+pub struct Sequenced {
+    pub origin: NodeId,
+    pub seq: Seq,
+    pub at_ms: u64,
+    pub target: Target,
+    pub event: String,
+    pub payload: Payload,
+    pub from: Option<ConnId>,
+}
+
+/// A member of the room.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// JSON; `null` until the handler sets it.
+    pub presence: String,
+    /// The auth JSON the member joined with (kept to re-join after a long absence).
+    pub auth: String,
+    /// When this node took the member on (joined, or adopted from another node): of two
+    /// nodes that both think they hold a member, the later claim wins.
+    pub claimed_ms: u64,
+    /// `Some(t)` while the member's connection is gone: since when.
+    pub detached_since_ms: Option<u64>,
+    /// Everything queued to the member, per origin, as of its detach (the resume point
+    /// when the client does not say what it received). Set when the member detaches
+    /// rather than per delivery, which keeps fan-out free of lookups.
+    pub last_queued: Cursor,
+}
+
+/// Results remembered for idempotent emits, keyed by the client's `id`.
+#[derive(Debug, Clone)]
+pub struct Remembered<R> {
+    pub at_ms: u64,
+    pub result: R,
+}
+
+/// Limits of the log.
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimits {
+    pub max_age_ms: u64,
+    pub max_events: usize,
+}
+
+#[derive(Debug)]
+pub struct RoomCore<R> {
+    origin: NodeId,
+    room: RoomId,
+    next_seq: Seq,
+    members: BTreeMap<ConnId, Member>,
+    log: VecDeque<Arc<LogEntry>>,
+    limits: LogLimits,
+    /// This node's first sequence number in this room since the room was loaded.
+    first_seq: Seq,
+    /// Per origin, the highest sequence number no longer in the log.
+    evicted: Cursor,
+    head: Cursor,
+    ids: HashMap<String, Remembered<R>>,
+}
+
+impl<R: Clone> RoomCore<R> {
+    /// A room whose events from this node are numbered from `first_seq` on (the first
+    /// number of a fresh run: see `room::runs`).
+    pub fn new(origin: NodeId, room: RoomId, first_seq: Seq, limits: LogLimits) -> Self {
+        debug_assert_eq!(first_seq.n, 1, "a room starts a fresh run");
+        Self {
+            origin,
+            room,
+            next_seq: first_seq,
+            first_seq,
+            members: BTreeMap::new(),
+            log: VecDeque::new(),
+            limits,
+            evicted: Cursor::default(),
+            head: Cursor::default(),
+            ids: HashMap::new(),
+        }
+    }
+
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    pub fn members(&self) -> &BTreeMap<ConnId, Member> {
+        &self.members
+    }
+
+    pub fn member(&self, conn: &ConnId) -> Option<&Member> {
+        self.members.get(conn)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The room's version vector: every event so far.
+    pub fn head(&self) -> &Cursor {
+        &self.head
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Add a member. False if it already is one.
+    pub fn join(&mut self, conn: ConnId, auth: String, now_ms: u64) -> bool {
+        if self.members.contains_key(&conn) {
+            return false;
+        }
+        self.members.insert(
+            conn,
+            Member {
+                presence: "null".into(),
+                auth,
+                claimed_ms: now_ms,
+                detached_since_ms: None,
+                last_queued: Cursor::default(),
+            },
+        );
+        true
+    }
+
+    /// Remove a member; returns it if it was one.
+    pub fn leave(&mut self, conn: &ConnId) -> Option<Member> {
+        self.members.remove(conn)
+    }
+
+    pub fn set_presence(&mut self, conn: &ConnId, presence: String) -> bool {
+        match self.members.get_mut(conn) {
+            Some(m) => {
+                m.presence = presence;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The member's connection is gone; it stays a member for the presence grace.
+    /// Everything in the log so far was queued to it, except from `lost_at` on when a
+    /// push to it failed.
+    pub fn detach(&mut self, conn: &ConnId, now_ms: u64, lost_at: Option<&LogEntry>) {
+        let upto = match lost_at {
+            Some(e) => self.cursor_before(e),
+            None => self.head.clone(),
+        };
+        if let Some(m) = self.members.get_mut(conn) {
+            if m.detached_since_ms.is_none() {
+                for (origin, seq) in upto.iter() {
+                    m.last_queued.advance(origin, seq);
+                }
+            }
+            m.detached_since_ms.get_or_insert(now_ms);
+        }
+    }
+
+    /// The room's cursor just before `entry` was logged: per origin, one below the
+    /// first of its events from `entry` on (per-origin order is log order).
+    fn cursor_before(&self, entry: &LogEntry) -> Cursor {
+        let Some(at) = self
+            .log
+            .iter()
+            .rposition(|e| e.origin == entry.origin && e.seq == entry.seq)
+        else {
+            return self.head.clone();
+        };
+        let mut firsts: BTreeMap<&NodeId, Seq> = BTreeMap::new();
+        for e in self.log.range(at..) {
+            firsts.entry(&e.origin).or_insert(e.seq);
+        }
+        let mut out = Cursor::default();
+        for (origin, seq) in self.head.iter() {
+            let upto = firsts.get(origin).map_or(seq, |s| s.prev());
+            out.advance(origin, upto);
+        }
+        out
+    }
+
+    /// The member is back: the events it has not seen, by its cursor (or, without one,
+    /// after what was last queued to it).
+    pub fn reattach(&mut self, conn: &ConnId, cursor: Option<&Cursor>) -> Option<CatchUp> {
+        let m = self.members.get_mut(conn)?;
+        m.detached_since_ms = None;
+        let from = match cursor {
+            Some(c) => c.clone(),
+            None => m.last_queued.clone(),
+        };
+        Some(self.replay_for(conn, &from))
+    }
+
+    /// The events after `from` that `conn` should receive, and how many of those
+    /// that were used the log no longer has (or never had).
+    pub fn replay_for(&self, conn: &ConnId, from: &Cursor) -> CatchUp {
+        self.catch_up(conn, from, Vec::new(), &[])
+    }
+
+    /// [`RoomCore::replay_for`], with what other replicas sent for the member and
+    /// the positions they said they reached.
+    pub fn catch_up(
+        &self,
+        conn: &ConnId,
+        from: &Cursor,
+        others: Vec<Arc<LogEntry>>,
+        heads: &[&Cursor],
+    ) -> CatchUp {
+        let mut used = vec![&self.evicted, &self.head];
+        used.extend_from_slice(heads);
+        catch_up(conn, from, self.replay_all(from), others, &used, &self.head)
+    }
+
+    /// Per origin, the highest number no longer in the log.
+    pub fn evicted(&self) -> &Cursor {
+        &self.evicted
+    }
+
+    /// Where this replica starts with `origin`: nothing before `first` is owed here,
+    /// and every number before it was used (the origin said so). Members joining from
+    /// now on are not owed what came before.
+    pub fn mark_start(&mut self, origin: &NodeId, first: Seq) {
+        self.head.advance(origin, first.prev());
+    }
+
+    /// Every event in the log after `after`, whoever it was for, oldest first.
+    pub fn replay_all(&self, after: &Cursor) -> Vec<Arc<LogEntry>> {
+        // The log is in delivery order, so per origin in sequence order: what is
+        // after `after` is a suffix of each origin's events.
+        self.log
+            .iter()
+            .filter(|e| !after.covers(&e.origin, e.seq))
+            .cloned()
+            .collect()
+    }
+
+    /// Sequence a new event from this node and keep it in the log.
+    pub fn publish(
+        &mut self,
+        now_ms: u64,
+        target: Target,
+        event: String,
+        payload: Payload,
+        from: Option<ConnId>,
+    ) -> Arc<LogEntry> {
+        let seq = self.next_seq;
+        debug_assert_eq!(seq.run, self.first_seq.run, "one run per loaded room");
+        self.next_seq = seq.next();
+        let origin = self.origin.clone();
+        self.append(Sequenced {
+            origin,
+            seq,
+            at_ms: now_ms,
+            target,
+            event,
+            payload,
+            from,
+        })
+    }
+
+    /// Keep an event another node sequenced (delivered here in its origin's order).
+    pub fn append(&mut self, e: Sequenced) -> Arc<LogEntry> {
+        debug_assert!(
+            !self.head.covers(&e.origin, e.seq),
+            "sequence numbers only grow per origin"
+        );
+        self.head.advance(&e.origin, e.seq);
+        let entry = Arc::new(LogEntry::new(self.room.clone(), e, self.head.to_string()));
+        self.log.push_back(entry.clone());
+        while self.log.len() > self.limits.max_events {
+            self.evict_front();
+        }
+        entry
+    }
+
+    fn evict_front(&mut self) {
+        if let Some(e) = self.log.pop_front() {
+            self.evicted.advance(&e.origin, e.seq);
+        }
+    }
+
+    /// This node's events of this room in `from..=to` still in the log, and the first
+    /// number it can still give: what is below it in this run is gone for good, and an
+    /// earlier run (the room reloaded since) is over.
+    pub fn own_range(&self, from: Seq, to: Seq) -> (Vec<Arc<LogEntry>>, Seq) {
+        let events: Vec<_> = self
+            .log
+            .iter()
+            .filter(|e| e.origin == self.origin && e.seq >= from && e.seq <= to)
+            .cloned()
+            .collect();
+        let evicted = self.evicted.get(&self.origin);
+        let first = match evicted.run == self.first_seq.run {
+            true => evicted.next(),
+            false => self.first_seq,
+        };
+        (events, first)
+    }
+
+    /// The number this node's next event here will get.
+    pub fn next_seq(&self) -> Seq {
+        self.next_seq
+    }
+
+    pub fn origin(&self) -> &NodeId {
+        &self.origin
+    }
+
+    pub fn first_seq(&self) -> Seq {
+        self.first_seq
+    }
+
+    /// The result of an earlier emit with this idempotency id, if still remembered.
+    pub fn remembered(&self, id: &str) -> Option<&R> {
+        self.ids.get(id).map(|r| &r.result)
+    }
+
+    pub fn remember(&mut self, id: String, now_ms: u64, result: R) {
+        self.ids.insert(
+            id,
+            Remembered {
+                at_ms: now_ms,
+                result,
+            },
+        );
+    }
+
+    /// Drop what is older than the log window. Returns the members whose connection has
+    /// been gone longer than `grace_ms`: the actor makes them leave.
+    pub fn expire(&mut self, now_ms: u64, grace_ms: u64) -> Vec<ConnId> {
+        let cutoff = now_ms.saturating_sub(self.limits.max_age_ms);
+        while self.log.front().is_some_and(|e| e.at_ms < cutoff) {
+            self.evict_front();
+        }
+        self.ids.retain(|_, r| r.at_ms >= cutoff);
+        self.members
+            .iter()
+            .filter(|(_, m)| {
+                m.detached_since_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) >= grace_ms)
+            })
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    /// Members whose connection is live.
+    pub fn attached(&self) -> impl Iterator<Item = &ConnId> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.detached_since_ms.is_none())
+            .map(|(c, _)| c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core() -> RoomCore<()> {
+        RoomCore::new(
+            NodeId::new("n1").unwrap(),
+            RoomId::new("r").unwrap(),
+            Seq::first(1),
+            LogLimits {
+                max_age_ms: 1000,
+                max_events: 3,
+            },
+        )
+    }
+
+    fn conn(s: &str) -> ConnId {
+        ConnId::from_trusted(s.into())
+    }
+
+    #[test]
+    fn sequences_and_targets() {
+        let mut c = core();
+        assert!(c.join(conn("a"), "null".into(), 0));
+        assert!(!c.join(conn("a"), "null".into(), 0));
+        let e1 = c.publish(0, Target::All, "x".into(), Payload::empty(), None);
+        let e2 = c.publish(
+            0,
+            Target::AllExcept(conn("a")),
+            "y".into(),
+            Payload::empty(),
+            None,
+        );
+        assert_eq!((e1.seq, e2.seq), (Seq::new(1, 1), Seq::new(1, 2)));
+        assert_eq!(e2.cursor, "n1:1.2");
+        assert!(!e2.target.includes(&conn("a")) && e2.target.includes(&conn("b")));
+    }
+
+    #[test]
+    fn replay_gives_missed_events_once_in_order() {
+        let mut c = core();
+        c.join(conn("a"), "null".into(), 0);
+        c.publish(0, Target::All, "1".into(), Payload::empty(), None);
+        c.detach(&conn("a"), 10, None);
+        c.publish(20, Target::All, "2".into(), Payload::empty(), None);
+        c.publish(
+            20,
+            Target::Only(conn("b")),
+            "not-mine".into(),
+            Payload::empty(),
+            None,
+        );
+        c.publish(
+            30,
+            Target::Only(conn("a")),
+            "3".into(),
+            Payload::empty(),
+            None,
+        );
+        let r = c.reattach(&conn("a"), None).unwrap();
+        let names: Vec<_> = r.events.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(names, ["2", "3"]);
+        assert_eq!(r.missing, 0);
+        // A client that says it saw up to n1:1.2 gets only what came after.
+        let r = c
+            .reattach(&conn("a"), Some(&"n1:1.2".parse().unwrap()))
+            .unwrap();
+        assert_eq!(r.events.len(), 1);
+    }
+
+    #[test]
+    fn eviction_makes_a_replay_incomplete() {
+        let mut c = core();
+        c.join(conn("a"), "null".into(), 0);
+        for i in 0..5 {
+            c.publish(i, Target::All, i.to_string(), Payload::empty(), None);
+        }
+        assert_eq!(c.log_len(), 3);
+        let r = c.replay_for(&conn("a"), &"n1:1.1".parse().unwrap());
+        assert_eq!(r.missing, 1, "1.2 was evicted");
+        assert_eq!(r.events.len(), 3);
+        let r = c.replay_for(&conn("a"), &"n1:1.2".parse().unwrap());
+        assert_eq!(r.missing, 0);
+        c.expire(2000, 0);
+        assert_eq!(c.log_len(), 0);
+        // Everything after 1.2 went: the member is told, though no event is left.
+        assert_eq!(
+            c.replay_for(&conn("a"), &"n1:1.2".parse().unwrap()).missing,
+            3
+        );
+    }
+
+    #[test]
+    fn a_start_mark_owes_members_nothing_before_it() {
+        let mut c = core();
+        let b = NodeId::new("b").unwrap();
+        c.mark_start(&b, Seq::new(4, 20));
+        c.join(conn("a"), "null".into(), 0);
+        let joined_at = c.head().clone();
+        c.append(Sequenced {
+            origin: b.clone(),
+            seq: Seq::new(4, 20),
+            at_ms: 0,
+            target: Target::All,
+            event: "x".into(),
+            payload: Payload::empty(),
+            from: None,
+        });
+        let r = c.replay_for(&conn("a"), &joined_at);
+        assert_eq!((r.events.len(), r.missing), (1, 0));
+        // A member whose cursor is older than where this replica started is told
+        // what it cannot have here.
+        let r = c.replay_for(&conn("a"), &"b:4.5".parse().unwrap());
+        assert_eq!((r.events.len(), r.missing), (1, 14));
+    }
+
+    #[test]
+    fn detached_members_leave_after_grace() {
+        let mut c = core();
+        c.join(conn("a"), "null".into(), 0);
+        c.join(conn("b"), "null".into(), 0);
+        c.detach(&conn("a"), 100, None);
+        assert!(c.expire(150, 100).is_empty());
+        assert_eq!(c.expire(200, 100), vec![conn("a")]);
+        assert_eq!(c.attached().cloned().collect::<Vec<_>>(), vec![conn("b")]);
+    }
+}

@@ -1,0 +1,820 @@
+//! A room's replica in a cluster: what it tells the room's other replicas, and what it
+//! does with what they tell it. Sans-IO: it is fed messages, verdicts and the time
+//! ([`Ctx`]), changes the room's [`World`] and returns [`Effect`]s (messages to send,
+//! interest to announce) for the room actor to carry out.
+//!
+//! Every node with members in a room runs the room (its own actor, handler instance,
+//! log and document) and talks to the others through `cluster::replicate`:
+//!
+//! - **Events.** What this node's handler sends is delivered here at once, then
+//!   forwarded (one copy per interested region). What arrives from a peer goes through
+//!   `cluster::order::Inbound`: per-origin FIFO, duplicates dropped, gaps held and then
+//!   repaired from the origin's log (`Repair`/`Repaired`), or skipped with a notice that
+//!   counts exactly the events lost. A replica picks up an origin where the origin's
+//!   hello says (`Hello::next`: what it sends from then on is owed here), never at
+//!   whatever arrives first; the origin keeps that point until it hears the replica
+//!   went away, so a hello lost with a link loses nothing. Remote events enter this replica's log, so a client
+//!   resumes here from a cursor another node gave it.
+//! - **Numbering.** A room takes a fresh run of sequence numbers each time it loads
+//!   (`room::runs`), so numbers only grow per origin however nodes restart or their
+//!   clocks step, and a new run is never a gap.
+//! - **State.** The Automerge sync protocol with every other replica, after every
+//!   change on either side; a peer's reconnection restarts it from scratch.
+//! - **Presence.** Each node owns its members' entries. `Hello` carries them all (a
+//!   replica greets a node that newly has members in the room, and every peer after a
+//!   reconnection; the greeted one answers), `Presence` the changes; a node declared
+//!   dead loses its entries on every other node.
+//! - **Adoption.** A client that resumes here as a member another node held waits
+//!   until every live peer has said what it has for it (`Backfill`/`Backfilled`), at
+//!   most `adopt_patience`; then it gets what any of them had, once and in order, and
+//!   an exact count of what nobody had (`room::catchup`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use automerge::sync;
+use tokio::sync::oneshot;
+
+use super::core::{LogEntry, Sequenced, Target};
+use super::outbox::Link;
+use super::world::{Outgoing, RemoteMember, World};
+use crate::cluster::interest::RoomRef;
+use crate::cluster::order::{Ask, Inbound, Received};
+use crate::cluster::replicate::{self, Relay};
+use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq};
+use edgeroom_proto::payload::Payload;
+use edgeroom_proto::native::ServerFrame;
+use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
+
+pub type Replicator = replicate::Replicator<RoomMsg>;
+
+/// How long a gap waits for the missing events before the origin is asked for them
+/// (and how often an origin whose start is unknown is asked for its hello).
+const REPAIR_PATIENCE: Duration = Duration::from_millis(300);
+/// Events held per origin while a gap is open, at most.
+const MAX_HELD: usize = 10_000;
+/// Payload bytes per backfill message, at most (well below the frame limit).
+const BACKFILL_PART: usize = 1 << 20;
+
+/// One event on the wire between replicas.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WireEvent {
+    pub origin: NodeId,
+    pub seq: Seq,
+    pub at_ms: u64,
+    pub target: Target,
+    pub event: String,
+    pub json: String,
+    pub binaries: Vec<Vec<u8>>,
+    pub from: Option<ConnId>,
+}
+
+impl WireEvent {
+    fn new(e: &LogEntry) -> Self {
+        Self {
+            origin: e.origin.clone(),
+            seq: e.seq,
+            at_ms: e.at_ms,
+            target: e.target.clone(),
+            event: e.event.clone(),
+            json: e.payload.json.clone(),
+            binaries: e.payload.binaries.clone(),
+            from: e.from.clone(),
+        }
+    }
+
+    pub fn into_sequenced(self) -> Sequenced {
+        Sequenced {
+            origin: self.origin,
+            seq: self.seq,
+            at_ms: self.at_ms,
+            target: self.target,
+            event: self.event,
+            payload: Payload {
+                json: self.json,
+                binaries: self.binaries,
+            },
+            from: self.from,
+        }
+    }
+
+    fn to_entry(&self, room: &RoomId) -> Arc<LogEntry> {
+        Arc::new(LogEntry::new(
+            room.clone(),
+            self.clone().into_sequenced(),
+            String::new(),
+        ))
+    }
+}
+
+/// What replicas of a room tell each other.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum RoomMsg {
+    Event(WireEvent),
+    /// The sender has (or again reaches) a replica: all its members; the first of its
+    /// events owed to the receiver (its next number when it learned the receiver has
+    /// members, kept until it hears otherwise); and the number its next event will get.
+    /// A receiver that has not started with the sender starts at `first` and asks for
+    /// what lies before `next`; one that has asks for what it lacks before `next` (the
+    /// tail of a partition is no gap until something follows it). Resets the
+    /// receiver's state sync with it; `reply` asks for a hello back.
+    Hello {
+        members: Vec<(ConnId, RemoteMember)>,
+        first: Seq,
+        next: Seq,
+        reply: bool,
+    },
+    /// Members the sender took on (joined, changed presence, or moved to it) or lost.
+    Presence {
+        joined: Vec<(ConnId, RemoteMember)>,
+        left: Vec<ConnId>,
+    },
+    /// Send me every event in your log after this cursor, and what you know of this
+    /// member: it is moving here.
+    Backfill {
+        after: Cursor,
+        conn: ConnId,
+    },
+    /// The answer for the member moving, in log order, in parts of at most
+    /// `BACKFILL_PART` bytes of payload; the last part carries the member's record, if
+    /// the sender knows it, and how far the sender had got with every origin.
+    Backfilled {
+        conn: ConnId,
+        events: Vec<WireEvent>,
+        last: bool,
+        member: Option<RemoteMember>,
+        head: Cursor,
+    },
+    /// A handler on the sender's node kicked this member, which the receiver holds.
+    Kick {
+        conn: ConnId,
+        reason: String,
+    },
+    /// An Automerge sync message.
+    Sync(Vec<u8>),
+    /// Ask the receiver (the origin) for its events `from..=to`.
+    Repair {
+        from: Seq,
+        to: Seq,
+    },
+    /// The answer: what it still has, and the first number it can still give.
+    Repaired {
+        events: Vec<WireEvent>,
+        first_available: Seq,
+    },
+    /// The room is not loaded on the sender: no members, no log, no numbering.
+    Unloaded,
+}
+
+impl Relay for RoomMsg {
+    fn relayed(&self) -> bool {
+        matches!(self, RoomMsg::Event(_))
+    }
+}
+
+/// What a replica asks the room actor to do.
+#[derive(Debug)]
+pub enum Effect {
+    /// Send to one peer's replica.
+    Send(NodeId, RoomMsg),
+    /// Send to every node that wants the room's messages (the mesh picks relays).
+    Publish(RoomMsg),
+    /// This node has (`true`) or no longer has one more reason to want the room's
+    /// messages (a member, or a member being adopted).
+    Interest(bool),
+}
+
+/// What a replica may ask of the mesh.
+pub trait Peers {
+    /// Other nodes with members in this room.
+    fn interested(&self) -> Vec<NodeId>;
+    /// Other nodes alive now.
+    fn alive(&self) -> Vec<NodeId>;
+}
+
+/// One step's inputs (the time, the mesh) and outputs (effects).
+pub struct Ctx<'a> {
+    pub now: Instant,
+    pub now_ms: u64,
+    pub peers: &'a dyn Peers,
+    pub out: Vec<Effect>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(now: Instant, now_ms: u64, peers: &'a dyn Peers) -> Self {
+        Self {
+            now,
+            now_ms,
+            peers,
+            out: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, node: &NodeId, msg: RoomMsg) {
+        self.out.push(Effect::Send(node.clone(), msg));
+    }
+}
+
+/// A member whose client resumed here while another node held it: it waits for the
+/// other replicas' history (or `adopt_patience`) before the room takes it on.
+pub struct Adoption {
+    pub conn: ConnId,
+    pub link: Link,
+    pub cursor: Option<Cursor>,
+    pub done: oneshot::Sender<super::AdoptOutcome>,
+    /// The member as the replicas that answered described it (the latest claim).
+    record: Option<RemoteMember>,
+    /// The history the other replicas sent for this member.
+    backlog: Vec<WireEvent>,
+    /// How far the replicas that answered had got, per origin.
+    heads: Vec<Cursor>,
+    waiting: HashSet<NodeId>,
+    deadline: Instant,
+}
+
+impl Adoption {
+    pub fn new(
+        conn: ConnId,
+        link: Link,
+        cursor: Option<Cursor>,
+        done: oneshot::Sender<super::AdoptOutcome>,
+    ) -> Self {
+        Self {
+            conn,
+            link,
+            cursor,
+            done,
+            record: None,
+            backlog: Vec::new(),
+            heads: Vec::new(),
+            waiting: HashSet::new(),
+            deadline: Instant::now(),
+        }
+    }
+
+    fn request(&self) -> RoomMsg {
+        RoomMsg::Backfill {
+            after: self.cursor.clone().unwrap_or_default(),
+            conn: self.conn.clone(),
+        }
+    }
+}
+
+/// A member the room took on: the answer to give its client, and the auth it joined
+/// with.
+pub struct Settled {
+    pub done: oneshot::Sender<super::AdoptOutcome>,
+    pub auth: String,
+}
+
+pub struct Replica {
+    room: RoomRef,
+    inbound: Inbound<WireEvent>,
+    sync: HashMap<NodeId, sync::State>,
+    adoptions: Vec<Adoption>,
+    adopt_patience: Duration,
+    /// Per peer, the first of this node's events owed to its replica (see `Hello`).
+    owed: HashMap<NodeId, Seq>,
+}
+
+impl Replica {
+    pub fn new(room: RoomRef, adopt_patience: Duration) -> Self {
+        Self {
+            room,
+            inbound: Inbound::new(REPAIR_PATIENCE, MAX_HELD),
+            sync: HashMap::new(),
+            adoptions: Vec::new(),
+            adopt_patience,
+            owed: HashMap::new(),
+        }
+    }
+
+    pub fn room(&self) -> &RoomRef {
+        &self.room
+    }
+
+    /// A member joined here. The first one makes this node a replica: its peers learn
+    /// that from its interest and greet it (`peer_up`), it answers with its own hello.
+    pub fn member_joined(&mut self, ctx: &mut Ctx) {
+        ctx.out.push(Effect::Interest(true));
+    }
+
+    pub fn member_left(&mut self, ctx: &mut Ctx) {
+        ctx.out.push(Effect::Interest(false));
+    }
+
+    fn hello(&mut self, w: &mut World, node: &NodeId, reply: bool, ctx: &mut Ctx) {
+        let members = w.local_records();
+        let next = w.core.next_seq();
+        let first = *self.owed.entry(node.clone()).or_insert(next);
+        ctx.send(
+            node,
+            RoomMsg::Hello {
+                members,
+                first,
+                next,
+                reply,
+            },
+        );
+        let state = self.sync.entry(node.clone()).or_default();
+        *state = sync::State::new();
+        if let Some(msg) = w.doc.sync_message(state) {
+            ctx.send(node, RoomMsg::Sync(msg));
+        }
+    }
+
+    /// Send what the last call produced to the other replicas.
+    pub fn flush(&mut self, w: &mut World, ctx: &mut Ctx) {
+        let Some(out) = w.outgoing.as_mut().map(std::mem::take) else {
+            return;
+        };
+        let Outgoing {
+            events,
+            joined,
+            left,
+            state,
+            kicks,
+        } = out;
+        for e in events {
+            ctx.out
+                .push(Effect::Publish(RoomMsg::Event(WireEvent::new(&e))));
+        }
+        if !joined.is_empty() || !left.is_empty() {
+            ctx.out
+                .push(Effect::Publish(RoomMsg::Presence { joined, left }));
+        }
+        if state {
+            self.sync_all(w, ctx);
+        }
+        // After the call's events, so a kicked member gets those sent straight to it.
+        for (node, conn, reason) in kicks {
+            ctx.send(&node, RoomMsg::Kick { conn, reason });
+        }
+    }
+
+    /// Offer every other replica what it lacks of the document.
+    fn sync_all(&mut self, w: &mut World, ctx: &mut Ctx) {
+        for node in ctx.peers.interested() {
+            let state = self.sync.entry(node.clone()).or_default();
+            if let Some(msg) = w.doc.sync_message(state) {
+                ctx.send(&node, RoomMsg::Sync(msg));
+            }
+        }
+    }
+
+    /// A message from another replica.
+    pub fn receive(&mut self, w: &mut World, from: NodeId, msg: RoomMsg, ctx: &mut Ctx) {
+        match msg {
+            RoomMsg::Event(e) => self.take_event(w, e, ctx.now),
+            RoomMsg::Hello {
+                members,
+                first,
+                next,
+                reply,
+            } => {
+                self.greeted(w, &from, first, next, ctx);
+                let old = w.remote.remove(&from).unwrap_or_default();
+                let new = self.claims(w, &from, members, ctx);
+                let left = old
+                    .keys()
+                    .filter(|c| !new.contains_key(*c))
+                    .cloned()
+                    .collect();
+                let joined = new
+                    .iter()
+                    .filter(|(c, m)| old.get(*c).map(|o| &o.presence) != Some(&m.presence))
+                    .map(|(c, m)| (c.clone(), m.presence.clone()))
+                    .collect();
+                w.remote.insert(from.clone(), new);
+                w.push_presence(joined, left);
+                match reply {
+                    true => self.hello(w, &from, false, ctx),
+                    false => {
+                        let state = self.sync.entry(from.clone()).or_default();
+                        if let Some(msg) = w.doc.sync_message(state) {
+                            ctx.send(&from, RoomMsg::Sync(msg));
+                        }
+                    }
+                }
+            }
+            RoomMsg::Presence { joined, left } => {
+                let joined = self.claims(w, &from, joined, ctx);
+                let entries = w.remote.entry(from).or_default();
+                let left: Vec<ConnId> = left
+                    .into_iter()
+                    .filter(|c| entries.remove(c).is_some())
+                    .collect();
+                let joined = joined
+                    .into_iter()
+                    .map(|(c, m)| {
+                        let presence = m.presence.clone();
+                        entries.insert(c.clone(), m);
+                        (c, presence)
+                    })
+                    .collect();
+                w.push_presence(joined, left);
+            }
+            RoomMsg::Kick { conn, reason } => {
+                // The actor carries it out after this message, as after a call.
+                if w.core.member(&conn).is_some() {
+                    w.kicks.push((conn, reason));
+                }
+            }
+            RoomMsg::Backfill { after, conn } => self.backfill(w, &from, &after, conn, ctx),
+            RoomMsg::Backfilled {
+                conn,
+                events,
+                last,
+                member,
+                head,
+            } => {
+                let adoption = self.adoptions.iter_mut().find(|a| a.conn == conn);
+                if let Some(a) = adoption {
+                    // Kept for this member's catch-up: the room's log may start later
+                    // than its cursor (it loaded after the member's last event).
+                    a.backlog.extend(events.iter().cloned());
+                    if last {
+                        a.waiting.remove(&from);
+                        a.heads.push(head);
+                    }
+                    if let Some(m) = member
+                        && a.record
+                            .as_ref()
+                            .is_none_or(|r| r.claimed_ms < m.claimed_ms)
+                    {
+                        a.record = Some(m);
+                    }
+                }
+                for e in events {
+                    self.take_event(w, e, ctx.now);
+                }
+            }
+            RoomMsg::Sync(bytes) => {
+                let state = self.sync.entry(from.clone()).or_default();
+                match w.doc.receive_sync(state, &bytes) {
+                    Ok(changed) => {
+                        // Answer (the protocol is a conversation), and pass the change on.
+                        if let Some(msg) = w.doc.sync_message(state) {
+                            ctx.send(&from, RoomMsg::Sync(msg));
+                        }
+                        if changed {
+                            w.doc_changed();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %from, room = %self.room.1, "bad sync message: {e}");
+                        self.sync.remove(&from);
+                    }
+                }
+            }
+            RoomMsg::Repair { from: first, to } => {
+                let (events, first_available) = w.core.own_range(first, to);
+                let events = events.iter().map(|e| WireEvent::new(e)).collect();
+                ctx.send(
+                    &from,
+                    RoomMsg::Repaired {
+                        events,
+                        first_available,
+                    },
+                );
+            }
+            RoomMsg::Repaired {
+                events,
+                first_available,
+            } => {
+                let (ready, skipped) = self.inbound.skip_to(&from, first_available);
+                self.deliver(w, &from, ready, skipped);
+                for e in events {
+                    self.take_event(w, e, ctx.now);
+                }
+            }
+            RoomMsg::Unloaded => {
+                // It has nothing more to say: what is held from it goes out.
+                let (ready, skipped) = self.inbound.give_up(&from);
+                self.deliver(w, &from, ready, skipped);
+            }
+        }
+    }
+
+    /// `from`'s hello says what it owes this replica from `first` on, and that its
+    /// next event is `next`: whatever of that did not come (lost with a link) is asked
+    /// for.
+    fn greeted(&mut self, w: &mut World, from: &NodeId, first: Seq, next: Seq, ctx: &mut Ctx) {
+        let lacking = match self.inbound.delivered(from) {
+            None => {
+                let ready = self.inbound.start(from, first);
+                self.deliver(w, from, ready, 0);
+                w.core.mark_start(from, first);
+                self.inbound.delivered(from).map_or(first, Seq::next)
+            }
+            Some(d) => match next.run == d.run {
+                true => d.next(),
+                false => Seq::first(next.run),
+            },
+        };
+        let to = next.prev();
+        if to.n >= 1 && to.run == lacking.run && to >= lacking {
+            ctx.send(from, RoomMsg::Repair { from: lacking, to });
+        }
+    }
+
+    /// Everything in the log after `after`, and what this node knows of `conn`.
+    fn backfill(&mut self, w: &World, to: &NodeId, after: &Cursor, conn: ConnId, ctx: &mut Ctx) {
+        // In parts that stay well under the frame limit.
+        let mut parts = vec![Vec::new()];
+        let mut bytes = 0;
+        for e in w.core.replay_all(after) {
+            if bytes >= BACKFILL_PART {
+                parts.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += e.payload.json.len() + e.payload.binaries.iter().map(Vec::len).sum::<usize>();
+            if let Some(part) = parts.last_mut() {
+                part.push(WireEvent::new(&e));
+            }
+        }
+        let mut member = match w.core.member(&conn) {
+            Some(m) => Some(m.into()),
+            None => w
+                .remote
+                .values()
+                .find_map(|m| m.get(&conn).cloned())
+                .or_else(|| w.departed.get(&conn).map(|(m, _)| m.clone())),
+        };
+        let n = parts.len();
+        for (i, events) in parts.into_iter().enumerate() {
+            let last = i + 1 == n;
+            let msg = RoomMsg::Backfilled {
+                conn: conn.clone(),
+                events,
+                last,
+                member: if last { member.take() } else { None },
+                head: if last {
+                    w.core.head().clone()
+                } else {
+                    Cursor::default()
+                },
+            };
+            ctx.send(to, msg);
+        }
+    }
+
+    fn take_event(&mut self, w: &mut World, e: WireEvent, now: Instant) {
+        let origin = e.origin.clone();
+        if origin == *w.core.origin() {
+            return;
+        }
+        match self.inbound.receive(&origin, e.seq, e, now) {
+            Received::Deliver(ready) => self.deliver(w, &origin, ready, 0),
+            Received::Duplicate | Received::Held | Received::Overflow => {}
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        w: &mut World,
+        origin: &NodeId,
+        ready: Vec<(NodeId, Seq, WireEvent)>,
+        skipped: u64,
+    ) {
+        if skipped > 0 {
+            let frame = ServerFrame::Error {
+                error: ProtoError::new(
+                    ErrorCode::HistoryGap,
+                    format!("{skipped} events from node {origin} were lost"),
+                ),
+                room: Some(w.place.room.clone()),
+            };
+            w.push_all(&frame, None);
+        }
+        for (_, _, e) in ready {
+            let entry = w.core.append(e.into_sequenced());
+            w.deliver(&entry);
+        }
+    }
+
+    /// Ask origins for the events of gaps that stayed open too long, and for the
+    /// hello of those whose messages wait for one.
+    pub fn poll(&mut self, w: &mut World, ctx: &mut Ctx) {
+        for ask in self.inbound.poll(ctx.now) {
+            match ask {
+                Ask::Repair { origin, from, to } => {
+                    ctx.send(&origin, RoomMsg::Repair { from, to });
+                }
+                Ask::Start { origin } => self.hello(w, &origin, true, ctx),
+            }
+        }
+    }
+
+    /// Members another node says it holds. A member held by two nodes belongs to the
+    /// one that took it on last (its client resumed there): the older claim is ignored
+    /// where it arrives second; a member this node held and lost that way leaves here
+    /// without a word to anyone (it did not leave the room).
+    fn claims(
+        &mut self,
+        w: &mut World,
+        from: &NodeId,
+        members: Vec<(ConnId, RemoteMember)>,
+        ctx: &mut Ctx,
+    ) -> BTreeMap<ConnId, RemoteMember> {
+        let me = w.core.origin().clone();
+        let mut out = BTreeMap::new();
+        for (conn, m) in members {
+            if let Some(local) = w.core.member(&conn) {
+                if (m.claimed_ms, from) <= (local.claimed_ms, &me) {
+                    continue;
+                }
+                w.links.remove(&conn);
+                w.core.leave(&conn);
+                self.member_left(ctx);
+            }
+            let newer_elsewhere = w.remote.iter().any(|(node, others)| {
+                node != from
+                    && others
+                        .get(&conn)
+                        .is_some_and(|o| (o.claimed_ms, node) > (m.claimed_ms, from))
+            });
+            if newer_elsewhere {
+                continue;
+            }
+            for (node, others) in w.remote.iter_mut() {
+                if node != from {
+                    others.remove(&conn);
+                }
+            }
+            w.departed.remove(&conn);
+            out.insert(conn, m);
+        }
+        out
+    }
+
+    /// A client resumed here as a member another node held: ask every live peer for
+    /// the history after its cursor, and hold the member until they all answered.
+    pub fn adopt(&mut self, w: &mut World, mut a: Adoption, ctx: &mut Ctx) {
+        // Counted as interest while it waits, so the peers' messages keep coming.
+        ctx.out.push(Effect::Interest(true));
+        if w.core.members().is_empty() && self.adoptions.is_empty() {
+            for node in ctx.peers.interested() {
+                self.hello(w, &node, true, ctx);
+            }
+        }
+        // Every live peer may hold some of its history (a replica with no members
+        // left keeps its log until it unloads; one without the room says so).
+        let peers = ctx.peers.alive();
+        for node in &peers {
+            ctx.send(node, a.request());
+        }
+        a.waiting = peers.into_iter().collect();
+        a.deadline = ctx.now + self.adopt_patience;
+        self.adoptions.push(a);
+    }
+
+    /// Adoptions whose history is in (or that waited long enough).
+    pub fn adoptions_due(&mut self, ctx: &mut Ctx) -> Vec<Adoption> {
+        let now = ctx.now;
+        if !self.adoptions.is_empty() {
+            // A peer that stopped answering heartbeats is not waited for.
+            let alive: HashSet<NodeId> = ctx.peers.alive().into_iter().collect();
+            for a in &mut self.adoptions {
+                a.waiting.retain(|n| alive.contains(n));
+            }
+        }
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.adoptions)
+            .into_iter()
+            .partition(|a| a.waiting.is_empty() || now >= a.deadline);
+        self.adoptions = waiting;
+        for a in &due {
+            if !a.waiting.is_empty() {
+                tracing::warn!(room = %self.room.1, conn = %a.conn, unanswered = ?a.waiting,
+                    "adopting a member without every peer's history");
+            }
+            ctx.out.push(Effect::Interest(false));
+        }
+        due
+    }
+
+    /// Take on a member whose adoption is due: as the member the other nodes
+    /// described (auth, presence), without calling on-join again (the handler accepted
+    /// it once); it gets everything after its cursor that a replica had, then goes
+    /// live. `Err`: no replica knows the member.
+    pub fn settle(
+        &mut self,
+        w: &mut World,
+        mut a: Adoption,
+        ctx: &mut Ctx,
+    ) -> Result<Settled, Box<Adoption>> {
+        let known = w.remote.values_mut().find_map(|m| m.remove(&a.conn));
+        let departed = w.departed.remove(&a.conn).map(|(m, _)| m);
+        let Some(record) = known.or(a.record.take()).or(departed) else {
+            return Err(Box::new(a));
+        };
+        let conn = a.conn.clone();
+        // Origins this replica has not started with (none said where, or they are
+        // gone) start where the member's history does.
+        let me = w.core.origin().clone();
+        let mut firsts: BTreeMap<NodeId, Seq> = BTreeMap::new();
+        if let Some(c) = &a.cursor {
+            for (origin, seq) in c.iter() {
+                firsts.insert(origin.clone(), seq.next());
+            }
+        }
+        for e in &a.backlog {
+            let first = firsts.entry(e.origin.clone()).or_insert(e.seq);
+            *first = (*first).min(e.seq);
+        }
+        for (origin, first) in firsts {
+            if origin != me && self.inbound.delivered(&origin).is_none() {
+                let ready = self.inbound.start(&origin, first);
+                self.deliver(w, &origin, ready, 0);
+                w.core.mark_start(&origin, first);
+            }
+        }
+        let before = w.core.head().clone();
+        w.core.join(conn.clone(), record.auth.clone(), ctx.now_ms);
+        w.core.set_presence(&conn, record.presence.clone());
+        w.presence_changed(vec![(conn.clone(), record.presence.clone())], vec![]);
+        let cursor = a.cursor.clone().unwrap_or(before);
+        let room = w.place.room.clone();
+        let others = a.backlog.iter().map(|e| e.to_entry(&room)).collect();
+        let heads: Vec<&Cursor> = a.heads.iter().collect();
+        let catch_up = w.core.catch_up(&conn, &cursor, others, &heads);
+        self.member_joined(ctx);
+        // It may have seen more of some origin than this replica has delivered yet:
+        // those come live, and must not come twice.
+        if !w.core.head().dominates(&cursor) {
+            w.floors.insert(conn.clone(), cursor);
+        }
+        w.links.insert(conn.clone(), a.link);
+        w.send_replay(&conn, catch_up);
+        w.send_snapshot(&conn);
+        Ok(Settled {
+            done: a.done,
+            auth: record.auth,
+        })
+    }
+
+    /// `node` just got members in this room (a fresh replica there, or one this node
+    /// had forgotten): what it is owed starts now, and it is greeted.
+    pub fn peer_joined(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
+        self.owed.insert(node.clone(), w.core.next_seq());
+        self.peer_up(w, node, ctx);
+    }
+
+    /// This node's link to `node` came (back) up: start over with it.
+    pub fn peer_up(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
+        self.inbound.revived(node);
+        if ctx.peers.interested().contains(node) {
+            self.hello(w, node, true, ctx);
+        }
+        // A request may have been lost with the old link.
+        for a in &self.adoptions {
+            if a.waiting.contains(node) {
+                ctx.send(node, a.request());
+            }
+        }
+    }
+
+    /// `node` was declared dead: its members vanish here, and what it never sent will
+    /// not come.
+    pub fn peer_down(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
+        self.sync.remove(node);
+        self.owed.remove(node);
+        for a in &mut self.adoptions {
+            a.waiting.remove(node);
+        }
+        if let Some(gone) = w.remote.remove(node) {
+            let left = gone.keys().cloned().collect();
+            let now = ctx.now_ms;
+            w.departed
+                .extend(gone.into_iter().map(|(c, m)| (c, (m, now))));
+            w.push_presence(vec![], left);
+        }
+        let (ready, skipped) = self.inbound.give_up(node);
+        self.deliver(w, node, ready, skipped);
+    }
+}
+
+/// A peer's message for a room that is not loaded here: a repair request gets "nothing
+/// left before now" (the log went with the room), a history request or a hello "I have
+/// nothing", the rest is moot.
+pub(super) fn unloaded(msg: RoomMsg) -> Option<RoomMsg> {
+    match msg {
+        RoomMsg::Repair { to, .. } => Some(RoomMsg::Repaired {
+            events: Vec::new(),
+            first_available: to.next(),
+        }),
+        RoomMsg::Backfill { conn, .. } => Some(RoomMsg::Backfilled {
+            conn,
+            events: Vec::new(),
+            last: true,
+            member: None,
+            head: Cursor::default(),
+        }),
+        RoomMsg::Hello { .. } => Some(RoomMsg::Unloaded),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,442 @@
+//! What a handler sees of its room while it runs: the [`RoomApi`] the sandbox calls.
+//!
+//! Sends and broadcasts are sequenced and queued to members at once, inside the host
+//! call, so a reply that follows a broadcast is always behind it. Kicks wait until the
+//! call returns, because a kicked member's `on-leave` is a handler call of its own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::catchup::CatchUp;
+use super::core::{LogEntry, RoomCore, Target};
+use super::outbox::{Link, Outbound, PushError, Shared};
+use edgeroom_proto::ids::{ConnId, NodeId, RoomId};
+use crate::metrics::Metrics;
+use edgeroom_proto::payload::Payload;
+use edgeroom_proto::native::ServerFrame;
+use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
+use crate::sandbox::RoomApi;
+use crate::state::RoomDoc;
+
+/// The outcome of an emit, remembered for idempotent retries.
+pub type EmitResult = Result<Option<Payload>, ProtoError>;
+
+/// Where the room lives, for `info()` and logs.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub app: String,
+    pub room: RoomId,
+    pub node: String,
+    pub region: String,
+}
+
+pub struct World {
+    pub place: Place,
+    pub core: RoomCore<EmitResult>,
+    pub doc: RoomDoc,
+    /// Live connections of attached members.
+    pub links: HashMap<ConnId, Link>,
+    /// Members that have seen more of some origin than this replica had delivered
+    /// when they came (adopted from a replica that was ahead): events their floor
+    /// covers are not sent to them again. Emptied as the room catches up.
+    pub floors: HashMap<ConnId, Cursor>,
+    /// The connection whose event is being handled (the `from` of what it causes).
+    pub current: Option<ConnId>,
+    /// The connection whose `on-join` is running: its presence is announced with the
+    /// join, once accepted, not before.
+    pub joining: Option<ConnId>,
+    /// Kicks requested during the current call.
+    pub kicks: Vec<(ConnId, String)>,
+    /// Connections that fell behind or vanished while being sent to.
+    /// With the first event that did not reach them, if it was an event.
+    pub lost: Vec<(ConnId, Option<Arc<LogEntry>>)>,
+    /// In a cluster: what peers must hear of, gathered during a call and sent after it.
+    pub outgoing: Option<Outgoing>,
+    /// Members on other nodes, by the node that holds them.
+    pub remote: BTreeMap<NodeId, BTreeMap<ConnId, RemoteMember>>,
+    /// Members of nodes declared dead, since when: gone from presence, but a client
+    /// that resumes here within the resume window is taken back as it was.
+    pub departed: HashMap<ConnId, (RemoteMember, u64)>,
+    /// The document changed since members last got the state.
+    pub state_changed: bool,
+    /// The document changed since it was last saved.
+    pub unsaved: bool,
+    /// `on-timer` requested in this many ms.
+    pub timer: Option<u32>,
+    pub now_ms: u64,
+    pub metrics: Arc<Metrics>,
+}
+
+impl World {
+    pub fn new(
+        place: Place,
+        core: RoomCore<EmitResult>,
+        doc: RoomDoc,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            place,
+            core,
+            doc,
+            links: HashMap::new(),
+            floors: HashMap::new(),
+            current: None,
+            joining: None,
+            kicks: Vec::new(),
+            lost: Vec::new(),
+            outgoing: None,
+            remote: BTreeMap::new(),
+            departed: HashMap::new(),
+            state_changed: false,
+            unsaved: false,
+            timer: None,
+            now_ms: 0,
+            metrics,
+        }
+    }
+
+    /// Queue a frame to one member's connection.
+    pub fn push(&mut self, conn: &ConnId, item: Outbound) {
+        let Some(link) = self.links.get(conn).filter(|l| l.wants(&item)) else {
+            return;
+        };
+        let event = match &item {
+            Outbound::Event(e) => Some(e.clone()),
+            _ => None,
+        };
+        match link.outbox.push(item) {
+            Ok(()) => {
+                self.metrics.deliveries.inc();
+            }
+            Err(PushError::SlowConsumer | PushError::Closed) => {
+                self.lost.push((conn.clone(), event));
+            }
+        }
+    }
+
+    /// Sequence an event and queue it to every attached member it targets.
+    pub fn publish(&mut self, target: Target, event: String, payload: Payload) -> Arc<LogEntry> {
+        let from = self.current.clone();
+        let entry = self.core.publish(self.now_ms, target, event, payload, from);
+        if let Some(out) = &mut self.outgoing {
+            out.events.push(entry.clone());
+        }
+        self.deliver(&entry);
+        entry
+    }
+
+    /// Queue a logged event to every attached member it targets.
+    pub fn deliver(&mut self, entry: &Arc<LogEntry>) {
+        let item = Outbound::Event(entry.clone());
+        let target = &entry.target;
+        self.fan_out(&item, |c| target.includes(c));
+    }
+
+    /// Members joined (with their presence) or left here: tell the members here and,
+    /// in a cluster, the other replicas.
+    pub fn presence_changed(&mut self, joined: Vec<(ConnId, String)>, left: Vec<ConnId>) {
+        if let Some(out) = &mut self.outgoing {
+            out.joined.extend(
+                joined
+                    .iter()
+                    .filter_map(|(c, _)| Some((c.clone(), self.core.member(c)?.into()))),
+            );
+            out.left.extend(left.iter().cloned());
+        }
+        self.push_presence(joined, left);
+    }
+
+    /// Tell the members here who joined or left (nothing if nobody did).
+    pub fn push_presence(&mut self, joined: Vec<(ConnId, String)>, left: Vec<ConnId>) {
+        if joined.is_empty() && left.is_empty() {
+            return;
+        }
+        let frame = ServerFrame::Presence {
+            room: self.place.room.clone(),
+            joined,
+            left,
+            snapshot: false,
+        };
+        self.push_all(&frame, None);
+    }
+
+    /// Every member's presence, here and on other nodes.
+    pub fn all_presence(&self) -> Vec<(ConnId, String)> {
+        let local = self
+            .core
+            .members()
+            .iter()
+            .map(|(c, m)| (c.clone(), m.presence.clone()));
+        let remote = self
+            .remote
+            .values()
+            .flatten()
+            .map(|(c, m)| (c.clone(), m.presence.clone()));
+        local.chain(remote).collect()
+    }
+
+    /// The members here as the other replicas learn of them.
+    pub fn local_records(&self) -> Vec<(ConnId, RemoteMember)> {
+        self.core
+            .members()
+            .iter()
+            .map(|(c, m)| (c.clone(), m.into()))
+            .collect()
+    }
+
+    /// Queue a frame to every attached member, optionally but one. The frame is
+    /// encoded once per wire format, however many members get it.
+    pub fn push_all(&mut self, frame: &ServerFrame, except: Option<&ConnId>) {
+        let item = Outbound::Shared(Shared::new(frame.clone()));
+        self.fan_out(&item, |c| Some(c) != except);
+    }
+
+    /// Queue `item` to the attached members `to` selects, without copying it or the
+    /// member list.
+    fn fan_out(&mut self, item: &Outbound, to: impl Fn(&ConnId) -> bool) {
+        let event = match item {
+            Outbound::Event(e) => Some(e),
+            _ => None,
+        };
+        let World {
+            links,
+            floors,
+            lost,
+            metrics,
+            ..
+        } = self;
+        let seen = |c: &ConnId| match (event, floors.is_empty()) {
+            (Some(e), false) => floors.get(c).is_some_and(|f| f.covers(&e.origin, e.seq)),
+            _ => false,
+        };
+        let mut delivered = 0;
+        for (conn, link) in links
+            .iter()
+            .filter(|(c, l)| to(c) && l.wants(item) && !seen(c))
+        {
+            match link.outbox.push(item.clone()) {
+                Ok(()) => delivered += 1,
+                Err(PushError::SlowConsumer | PushError::Closed) => {
+                    lost.push((conn.clone(), event.cloned()))
+                }
+            }
+        }
+        metrics.deliveries.inc_by(delivered);
+    }
+
+    /// What a returning member missed: a notice with the count of what is lost for
+    /// good, if anything is, then the events.
+    pub fn send_replay(&mut self, conn: &ConnId, replay: CatchUp) {
+        if replay.missing > 0 {
+            let message = format!(
+                "{} events were lost before you came back: no replica has them any more",
+                replay.missing
+            );
+            let frame = ServerFrame::Error {
+                error: ProtoError::new(ErrorCode::HistoryGap, message),
+                room: Some(self.place.room.clone()),
+            };
+            self.push(conn, Outbound::frame(frame));
+        }
+        for e in replay.events {
+            self.push(conn, Outbound::Event(e));
+        }
+    }
+
+    /// Presence and state, for a member that just joined or came back (what it asked
+    /// for: a presence snapshot of a big room is big).
+    pub fn send_snapshot(&mut self, conn: &ConnId) {
+        let Some(interest) = self.links.get(conn).map(|l| l.interest) else {
+            return;
+        };
+        if interest.presence {
+            let snapshot = ServerFrame::Presence {
+                room: self.place.room.clone(),
+                joined: self.all_presence(),
+                left: vec![],
+                snapshot: true,
+            };
+            self.push(conn, Outbound::frame(snapshot));
+        }
+        if interest.state {
+            let state = self.state_frame();
+            self.push(conn, Outbound::frame(state));
+        }
+    }
+
+    /// The room's state as members see it.
+    pub fn state_frame(&self) -> ServerFrame {
+        ServerFrame::State {
+            room: self.place.room.clone(),
+            state: self.doc.to_json().to_string(),
+        }
+    }
+
+    fn is_member(&self, conn: &str) -> Option<ConnId> {
+        let conn = ConnId::from_trusted(conn.to_owned());
+        self.core.member(&conn).map(|_| conn)
+    }
+
+    /// A member here or on another node.
+    fn is_anywhere(&self, conn: &str) -> Option<ConnId> {
+        let conn = ConnId::from_trusted(conn.to_owned());
+        let remote = self.remote.values().any(|m| m.contains_key(&conn));
+        (remote || self.core.member(&conn).is_some()).then_some(conn)
+    }
+
+    fn changed<T>(&mut self, r: Result<T, String>) -> Result<T, String> {
+        if r.is_ok() {
+            self.doc_changed();
+        }
+        r
+    }
+
+    /// The document changed (here or through a peer): members get the state, the disk
+    /// and the other replicas the change.
+    pub fn doc_changed(&mut self) {
+        self.state_changed = true;
+        self.unsaved = true;
+        if let Some(out) = &mut self.outgoing {
+            out.state = true;
+        }
+    }
+}
+
+/// A member held by another node, as that node describes it: enough to show its
+/// presence here and to take it over if its client resumes here.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RemoteMember {
+    pub presence: String,
+    pub auth: String,
+    pub claimed_ms: u64,
+}
+
+impl From<&super::core::Member> for RemoteMember {
+    fn from(m: &super::core::Member) -> Self {
+        Self {
+            presence: m.presence.clone(),
+            auth: m.auth.clone(),
+            claimed_ms: m.claimed_ms,
+        }
+    }
+}
+
+/// What a call produced that the room's other replicas must hear of.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    /// Events this node sequenced.
+    pub events: Vec<Arc<LogEntry>>,
+    pub joined: Vec<(ConnId, RemoteMember)>,
+    pub left: Vec<ConnId>,
+    /// The document changed.
+    pub state: bool,
+    /// Kicks of members another node holds, for that node to carry out.
+    pub kicks: Vec<(NodeId, ConnId, String)>,
+}
+
+fn parse_json(json: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))
+}
+
+impl RoomApi for World {
+    fn broadcast(&mut self, event: String, payload: Payload, except: Option<String>) {
+        let target = match except {
+            Some(c) => Target::AllExcept(ConnId::from_trusted(c)),
+            None => Target::All,
+        };
+        self.publish(target, event, payload);
+    }
+
+    fn send(&mut self, conn: String, event: String, payload: Payload) {
+        // A member on another node gets it there: every replica has every event.
+        if let Some(conn) = self.is_anywhere(&conn) {
+            self.publish(Target::Only(conn), event, payload);
+        }
+    }
+
+    fn kick(&mut self, conn: String, reason: String) {
+        if let Some(conn) = self.is_member(&conn) {
+            self.kicks.push((conn, reason));
+            return;
+        }
+        // A member on another node: that node removes it (and runs its on-leave).
+        let conn = ConnId::from_trusted(conn);
+        let holder = self.remote.iter().find(|(_, m)| m.contains_key(&conn));
+        if let (Some((node, _)), Some(out)) = (holder, &mut self.outgoing) {
+            out.kicks.push((node.clone(), conn, reason));
+        }
+    }
+
+    fn members(&mut self) -> Vec<(String, String)> {
+        self.all_presence()
+            .into_iter()
+            .map(|(c, p)| (c.as_str().to_owned(), p))
+            .collect()
+    }
+
+    fn set_presence(&mut self, conn: String, presence_json: String) -> Result<(), String> {
+        parse_json(&presence_json)?;
+        let conn = self.is_member(&conn).ok_or("no such member")?;
+        self.core.set_presence(&conn, presence_json.clone());
+        if self.joining.as_ref() == Some(&conn) {
+            return Ok(());
+        }
+        self.presence_changed(vec![(conn, presence_json)], vec![]);
+        Ok(())
+    }
+
+    fn state_get(&mut self, path: &str) -> Option<String> {
+        self.doc.get(path).ok().flatten().map(|v| v.to_string())
+    }
+
+    fn state_put(&mut self, path: &str, json: &str) -> Result<(), String> {
+        let v = parse_json(json)?;
+        let r = self.doc.put(path, &v);
+        self.changed(r)
+    }
+
+    fn state_increment(&mut self, path: &str, by: i64) -> Result<i64, String> {
+        let r = self.doc.increment(path, by);
+        self.changed(r)
+    }
+
+    fn state_push(&mut self, path: &str, json: &str) -> Result<u32, String> {
+        let v = parse_json(json)?;
+        let r = self.doc.push(path, &v);
+        self.changed(r)
+    }
+
+    fn state_delete(&mut self, path: &str) -> Result<(), String> {
+        let r = self.doc.delete(path);
+        self.changed(r)
+    }
+
+    fn set_timer(&mut self, ms: u32) {
+        self.timer = Some(ms);
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        self.now_ms
+    }
+
+    fn log(&mut self, level: tracing::Level, msg: &str) {
+        let (app, room) = (&self.place.app, self.place.room.as_str());
+        match level {
+            tracing::Level::ERROR => tracing::error!(app, room, "handler: {msg}"),
+            tracing::Level::WARN => tracing::warn!(app, room, "handler: {msg}"),
+            tracing::Level::INFO => tracing::info!(app, room, "handler: {msg}"),
+            tracing::Level::DEBUG => tracing::debug!(app, room, "handler: {msg}"),
+            _ => tracing::trace!(app, room, "handler: {msg}"),
+        }
+    }
+
+    fn info(&mut self) -> [String; 4] {
+        let p = &self.place;
+        [
+            p.app.clone(),
+            p.room.as_str().to_owned(),
+            p.node.clone(),
+            p.region.clone(),
+        ]
+    }
+}

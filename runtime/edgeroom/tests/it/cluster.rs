@@ -1,0 +1,226 @@
+//! Whole nodes in a cluster, in one process: each with its HTTP gateway, QUIC endpoint
+//! (mutual TLS from a cluster CA), Raft on redb in its own directory, and the example
+//! handlers compiled for real.
+
+use crate::common;
+
+use common::fleet::*;
+
+use std::time::{Duration, Instant};
+
+use edgeroom::RunningNode;
+use edgeroom::session::token::Claims;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_on_any_node_is_served_by_every_node() {
+    let fleet = Fleet::new();
+    let nodes = fleet.start_all().await;
+
+    // Deployed through the third node; the first and second serve it too.
+    let (status, body) = deploy(&nodes[2], "echo", example("echo"), Some(0)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["unchanged"], false);
+    for n in &nodes {
+        wait_version(n, "echo", 1).await;
+    }
+    let mut client = common::Client::connect(nodes[1].addr, "echo", "json").await;
+    assert_eq!(client.join("r", json!({})).await["ok"], true);
+    let reply = client.emit("r", "echo", json!({"hi": 1})).await;
+    assert_eq!(reply["data"], json!({"hi": 1}), "{reply}");
+
+    // Same bytes again: no new version. A stale base: 409 with the live version.
+    let (status, body) = deploy(&nodes[0], "echo", example("echo"), None).await;
+    assert_eq!((status, body["unchanged"].clone()), (200, json!(true)));
+    let (status, body) = deploy(&nodes[1], "echo", example("chat"), Some(0)).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict");
+    // Bad wasm is refused by the node that received it, before anything is committed.
+    let (status, body) = deploy(&nodes[1], "echo", b"not wasm", None).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = deploy(&nodes[1], "echo", example("chat"), Some(1)).await;
+    assert_eq!((status, body["version"].clone()), (200, json!(2)), "{body}");
+    for n in &nodes {
+        wait_version(n, "echo", 2).await;
+    }
+
+    // Every node sees the same leader, three voters and three nodes with their places.
+    let mut leaders = Vec::new();
+    for n in &nodes {
+        let (_, c) = get(n, "/v1/cluster").await;
+        assert_eq!(c["cluster"]["voters"].as_array().unwrap().len(), 3, "{c}");
+        assert_eq!(c["nodes"].as_array().unwrap().len(), 3, "{c}");
+        leaders.push(c["cluster"]["leader"].clone());
+    }
+    assert!(
+        leaders.iter().all(|l| l == &leaders[0] && l.is_string()),
+        "{leaders:?}"
+    );
+
+    // One cluster secret: a resume token one node signs verifies on another.
+    let claims = Claims {
+        s: "c-1".into(),
+        a: "echo".into(),
+        n: "us-east-1".into(),
+    };
+    let token = nodes[0].node.tokens.sign(&claims);
+    assert_eq!(nodes[2].node.tokens.verify(&token).unwrap(), claims);
+
+    for n in nodes {
+        n.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_was_down_serves_what_was_deployed_meanwhile() {
+    let fleet = Fleet::new();
+    let mut nodes = fleet.start_all().await;
+    let (status, _) = deploy(&nodes[0], "counter", example("counter"), None).await;
+    assert_eq!(status, 200);
+    for n in &nodes {
+        wait_version(n, "counter", 1).await;
+    }
+    let down = nodes.pop().unwrap();
+    down.shutdown(Duration::from_secs(2)).await;
+
+    // Two of three voters: still a quorum.
+    let started = Instant::now();
+    let (status, body) = deploy(&nodes[1], "counter", example("echo"), Some(1)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // In one process the stopped node's UDP socket closes once its last task has let go
+    // of it; a restarted process would not wait.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let restarted = loop {
+        match edgeroom::start(fleet.config(2)).await {
+            Ok(node) => break node,
+            Err(e) if Instant::now() < deadline && format!("{e:#}").contains("in use") => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("restart: {e:#}"),
+        }
+    };
+    wait_version(&restarted, "counter", 2).await;
+    nodes.push(restarted);
+    for n in nodes {
+        n.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+fn regions(route: &Value) -> Vec<String> {
+    route["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["region"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_ranks_live_regions_and_drops_a_dead_one_within_the_timeout() {
+    let fleet = Fleet::new();
+    let mut nodes = fleet.start_all().await;
+    // London: Amsterdam, then Virginia, then Pune.
+    let (status, route) = get(&nodes[0], "/v1/route?lat=51.5&lon=-0.12").await;
+    assert_eq!(status, 200, "{route}");
+    assert_eq!(regions(&route), ["eu-west", "us-east", "ap-south"]);
+    let first = &route["regions"][0];
+    assert_eq!(first["urls"][0], format!("http://{}", nodes[1].addr));
+    // 360 km from London to Amsterdam: a few ms over fibre.
+    let rtt = first["estimated_rtt_ms"].as_f64().unwrap();
+    assert!((2.0..20.0).contains(&rtt), "{first}");
+    // Mumbai asks a node on the other side of the world: Pune first all the same.
+    let (_, route) = get(&nodes[0], "/v1/route?lat=19.07&lon=72.88").await;
+    assert_eq!(regions(&route)[0], "ap-south");
+
+    for bad in [
+        "",
+        "?lat=91&lon=0",
+        "?lat=abc&lon=1",
+        "?lat=10",
+        "?lat=NaN&lon=0",
+    ] {
+        let (status, body) = get(&nodes[0], &format!("/v1/route{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "bad_location");
+    }
+
+    // The nodes have been pinging each other: round trips are known.
+    let (_, cluster) = get(&nodes[0], "/v1/cluster").await;
+    let peers: Vec<&Value> = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["node"] != "us-east-1")
+        .collect();
+    assert!(peers.iter().all(|n| n["alive"] == true), "{cluster}");
+
+    // Amsterdam's only node dies: it leaves the ranking within the detection timeout.
+    let dead = nodes.remove(1);
+    dead.shutdown(Duration::from_secs(1)).await;
+    let died = Instant::now();
+    loop {
+        let (_, route) = get(&nodes[0], "/v1/route?lat=51.5&lon=-0.12").await;
+        if regions(&route) == ["us-east", "ap-south"] {
+            break;
+        }
+        assert!(
+            died.elapsed() < Duration::from_secs(5),
+            "eu-west still routed to {:?} after it died: {route}",
+            died.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        died.elapsed() >= Duration::from_secs(2),
+        "declared dead too early"
+    );
+    let (_, cluster) = get(&nodes[0], "/v1/cluster").await;
+    let eu = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "eu-west-1")
+        .unwrap()
+        .clone();
+    assert_eq!(eu["alive"], false, "{cluster}");
+    for n in nodes {
+        n.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_key_configured_on_one_node_works_on_every_node() {
+    let fleet = Fleet::new();
+    let starting = (0..THREE.len()).map(|i| {
+        let mut c = fleet.config(i);
+        c.dev = false;
+        c.admin_key = Some(format!("key-of-{i}"));
+        edgeroom::start(c)
+    });
+    let nodes = futures_util::future::try_join_all(starting).await.unwrap();
+    let put = |node: &RunningNode, key: &str| {
+        reqwest::Client::new()
+            .put(url(node, "/v1/apps/echo/handler"))
+            .bearer_auth(key)
+            .body(example("echo"))
+            .send()
+    };
+    // Node 0's key, used on node 2, once the control plane has shared it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = put(&nodes[2], "key-of-0").await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 401);
+        assert!(Instant::now() < deadline, "key-of-0 never worked on node 2");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(put(&nodes[1], "nobody's key").await.unwrap().status(), 401);
+    for n in nodes {
+        n.shutdown(Duration::from_secs(1)).await;
+    }
+}

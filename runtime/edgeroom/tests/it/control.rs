@@ -1,0 +1,338 @@
+//! The Raft control plane with real parts: in-process nodes, each with its own QUIC
+//! endpoint (mutual TLS), redb storage in its own directory and real openraft.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgeroom::cluster::control::network::WriteError;
+use edgeroom::cluster::control::state::{Command, NodeInfo, Response};
+use edgeroom::cluster::control::{ControlPlane, Member, RaftTiming};
+use edgeroom::cluster::mesh;
+use edgeroom::room::replica::Replicator;
+use edgeroom_proto::ids::{AppName, NodeId};
+use edgeroom_transport::{ClusterCa, Endpoint, NodeTls, Timing};
+
+struct TestNode {
+    name: String,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+    control: Arc<ControlPlane>,
+    endpoint: Arc<Endpoint>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+fn timing() -> RaftTiming {
+    RaftTiming {
+        heartbeat: Duration::from_millis(100),
+        election_min: Duration::from_millis(400),
+        election_max: Duration::from_millis(800),
+        snapshot_every: 20,
+    }
+}
+
+async fn start(ca: &ClusterCa, name: &str, addr: SocketAddr, dir: &std::path::Path) -> TestNode {
+    let node = NodeId::new(name).unwrap();
+    let (cert, key) = ca.issue(&node).unwrap();
+    let tls = NodeTls::from_pem(node.clone(), ca.cert_pem(), &cert, &key).unwrap();
+    // A restarted node takes its old port back; the old socket may take a moment to go.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let endpoint = loop {
+        match Endpoint::bind(addr, &tls, None, Timing::default()) {
+            Ok(e) => break Arc::new(e),
+            Err(e) if Instant::now() > deadline => panic!("rebinding {addr}: {e:#}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let addr = endpoint.local_addr().unwrap();
+    let control = ControlPlane::start(dir, endpoint.clone(), Member::new(&node, addr), timing())
+        .await
+        .unwrap();
+    // Just the control plane: the data plane's replicator has no rooms behind it here.
+    let health = edgeroom::cluster::health::Health::new(node.clone(), Default::default());
+    let (replicator, _deliveries) = Replicator::new(node.clone(), "test".into(), health);
+    let serving = mesh::Serving {
+        control: control.clone(),
+        replicator,
+        forwarded: Default::default(),
+    };
+    let serving = tokio::spawn(mesh::serve(endpoint.clone(), serving));
+    TestNode {
+        name: name.into(),
+        addr,
+        dir: dir.to_owned(),
+        control,
+        endpoint,
+        serving,
+    }
+}
+
+impl TestNode {
+    fn member(&self) -> Member {
+        self.control.me().clone()
+    }
+
+    /// Stop as a crash would, as far as the others can tell: no goodbye, state on disk.
+    async fn stop(self) -> (String, SocketAddr, std::path::PathBuf) {
+        self.control.shutdown().await;
+        self.serving.abort();
+        self.endpoint.close();
+        (self.name, self.addr, self.dir)
+    }
+}
+
+async fn cluster(ca: &ClusterCa, dirs: &tempfile::TempDir, names: &[&str]) -> Vec<TestNode> {
+    let mut nodes = Vec::new();
+    for name in names {
+        let dir = dirs.path().join(name);
+        nodes.push(start(ca, name, "127.0.0.1:0".parse().unwrap(), &dir).await);
+    }
+    let voters: Vec<Member> = nodes.iter().map(TestNode::member).collect();
+    for n in &nodes {
+        n.control.initialize(&voters).await.unwrap();
+    }
+    nodes
+}
+
+async fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn leader_of(nodes: &[TestNode]) -> Option<usize> {
+    nodes
+        .iter()
+        .position(|n| n.control.status().role == "leader")
+}
+
+fn deploy(app: &str, wasm: &[u8], base: Option<u64>) -> Command {
+    Command::Deploy {
+        app: AppName::new(app).unwrap(),
+        wasm: wasm.to_vec(),
+        base,
+    }
+}
+
+fn live(node: &TestNode, app: &str) -> Option<(u64, Vec<u8>)> {
+    let state = node.control.state();
+    let (v, bytes) = state.live_handler(&AppName::new(app).unwrap())?;
+    Some((v.version, bytes.to_vec()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_any_node_is_applied_everywhere() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let nodes = cluster(&ca, &dirs, &["us-east", "eu-west", "ap-south"]).await;
+    let leader = wait_for("a leader", Duration::from_secs(10), || leader_of(&nodes)).await;
+    let follower = (leader + 1) % nodes.len();
+
+    // Written on a follower: forwarded to the leader, applied on the follower on return.
+    let r = nodes[follower]
+        .control
+        .write(deploy("chat", b"v1 bytes", Some(0)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r,
+            Response::Deployed {
+                version: 1,
+                unchanged: false,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert_eq!(live(&nodes[follower], "chat").unwrap().0, 1);
+    for n in &nodes {
+        wait_for("the deploy everywhere", Duration::from_secs(5), || {
+            live(n, "chat").filter(|(v, b)| *v == 1 && b == b"v1 bytes")
+        })
+        .await;
+    }
+
+    // A racing deploy from a stale base reports the conflict.
+    let r = nodes[leader]
+        .control
+        .write(deploy("chat", b"v2 bytes", Some(0)))
+        .await
+        .unwrap();
+    assert_eq!(r, Response::Conflict { current: 1 });
+
+    // Leadership may move while a loaded machine runs this; once it settles, a
+    // follower names the node that says it leads, and the leader tracks every voter.
+    let leader = wait_for(
+        "a follower and its leader to agree",
+        Duration::from_secs(10),
+        || {
+            let leader = leader_of(&nodes)?;
+            let status = nodes[(leader + 1) % nodes.len()].control.status();
+            (status.role == "follower"
+                && status.voters.len() == 3
+                && status.leader.as_deref() == Some(nodes[leader].name.as_str()))
+            .then_some(leader)
+        },
+    )
+    .await;
+    let status = nodes[leader].control.status();
+    assert_eq!(status.lag.len(), 3, "{status:?}");
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_leader_elects_another_and_writes_go_on() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(&ca, &dirs, &["a", "b", "c"]).await;
+    let leader = wait_for("a leader", Duration::from_secs(10), || leader_of(&nodes)).await;
+    nodes[0]
+        .control
+        .write(deploy("counter", b"one", None))
+        .await
+        .unwrap();
+
+    let old = nodes.remove(leader);
+    let old_name = old.name.clone();
+    old.stop().await;
+    let lost = Instant::now();
+    let new = wait_for("a new leader", Duration::from_secs(10), || {
+        leader_of(&nodes)
+    })
+    .await;
+    assert_ne!(nodes[new].name, old_name);
+    assert!(
+        lost.elapsed() < Duration::from_secs(5),
+        "election took {:?}",
+        lost.elapsed()
+    );
+
+    let other = (new + 1) % nodes.len();
+    let r = nodes[other]
+        .control
+        .write(deploy("counter", b"two", None))
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Deployed { version: 2, .. }), "{r:?}");
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_during_deploys_catches_up_from_its_disk_and_the_leader() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(&ca, &dirs, &["a", "b", "c"]).await;
+    let leader = wait_for("a leader", Duration::from_secs(10), || leader_of(&nodes)).await;
+    nodes[leader]
+        .control
+        .write(deploy("echo", b"before", None))
+        .await
+        .unwrap();
+    let down = (leader + 1) % 3;
+    let stopped = nodes.remove(down);
+    wait_for(
+        "the deploy on the node about to stop",
+        Duration::from_secs(5),
+        || live(&stopped, "echo"),
+    )
+    .await;
+    let (name, addr, dir) = stopped.stop().await;
+
+    // More than a snapshot's worth of writes while it is down: the log it missed is
+    // partly purged, so it must catch up through a snapshot.
+    for i in 0..30 {
+        let wasm = format!("version {i}");
+        nodes[0]
+            .control
+            .write(deploy("echo", wasm.as_bytes(), None))
+            .await
+            .unwrap();
+    }
+    let restarted = start(&ca, &name, addr, &dir).await;
+    // It still has what it applied before going down.
+    assert!(live(&restarted, "echo").is_some());
+    let (version, bytes) = wait_for("catch-up", Duration::from_secs(10), || {
+        live(&restarted, "echo").filter(|(v, _)| *v == 31)
+    })
+    .await;
+    assert_eq!(version, 31);
+    assert_eq!(bytes, b"version 29");
+    nodes.push(restarted);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_joins_as_a_learner_and_receives_the_state() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let nodes = cluster(&ca, &dirs, &["a", "b", "c"]).await;
+    wait_for("a leader", Duration::from_secs(10), || leader_of(&nodes)).await;
+    for i in 0..25 {
+        nodes[1]
+            .control
+            .write(deploy("chat", format!("v{i}").as_bytes(), None))
+            .await
+            .unwrap();
+    }
+    let joiner = start(
+        &ca,
+        "d",
+        "127.0.0.1:0".parse().unwrap(),
+        &dirs.path().join("d"),
+    )
+    .await;
+    let info = NodeInfo {
+        region: "sa-east".into(),
+        peer_addr: joiner.addr,
+        client_urls: vec!["http://127.0.0.1:1".into()],
+        lat: -23.55,
+        lon: -46.63,
+    };
+    // Through a node that may not be the leader.
+    joiner
+        .control
+        .join(&nodes[2].member(), info.clone(), false)
+        .await
+        .unwrap();
+    wait_for("the state on the learner", Duration::from_secs(10), || {
+        live(&joiner, "chat").filter(|(v, _)| *v == 25)
+    })
+    .await;
+    let status = joiner.control.status();
+    assert_eq!(status.role, "learner");
+    assert_eq!(status.learners, vec!["d".to_string()]);
+    assert_eq!(
+        joiner.control.state().nodes.get(&NodeId::new("d").unwrap()),
+        Some(&info)
+    );
+    // Learners accept writes too (forwarded).
+    let r = joiner.control.write(deploy("chat", b"from d", None)).await;
+    assert!(
+        matches!(r, Ok(Response::Deployed { version: 26, .. })),
+        "{r:?}"
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+    // With every voter gone, a write fails with a clear error rather than hanging.
+    let started = Instant::now();
+    let r = joiner.control.write(deploy("chat", b"nobody", None)).await;
+    assert!(
+        matches!(r, Err(WriteError::NoLeader) | Err(WriteError::Failed(_))),
+        "{r:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    joiner.stop().await;
+}

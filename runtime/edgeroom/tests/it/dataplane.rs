@@ -1,0 +1,668 @@
+//! Rooms that span nodes: three in-process nodes with real QUIC and Raft, native
+//! clients on different nodes in one room, the example handlers compiled for real.
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::Client;
+use common::fleet::*;
+use edgeroom::RunningNode;
+use serde_json::{Value, json};
+
+/// A fleet with `echo` and `counter` deployed and live on every node.
+async fn fleet_with_apps() -> (Fleet, Vec<RunningNode>) {
+    let fleet = Fleet::new();
+    let nodes = fleet.start_all().await;
+    for app in ["echo", "counter"] {
+        let (status, body) = deploy(&nodes[0], app, example(app), None).await;
+        assert_eq!(status, 200, "{body}");
+        for n in &nodes {
+            wait_version(n, app, 1).await;
+        }
+    }
+    (fleet, nodes)
+}
+
+async fn shutdown(nodes: Vec<RunningNode>) {
+    for n in nodes {
+        n.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+/// Poll `GET /v1/apps/{app}/rooms/{room}` on `node` until `check` holds.
+async fn wait_room(
+    node: &RunningNode,
+    app: &str,
+    room: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, view) = get(node, &format!("/v1/apps/{app}/rooms/{room}")).await;
+        if check(&view) {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} (node at {}): {view}",
+            node.addr
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn member_count(view: &Value) -> usize {
+    view["members"].as_array().map_or(0, Vec::len)
+}
+
+/// Joins `room` on each node, one client per node, and waits until every node sees
+/// all of them (interest and presence have propagated).
+async fn clients_in(nodes: &[RunningNode], app: &str, room: &str) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for n in nodes {
+        let mut c = Client::connect(n.addr, app, "json").await;
+        let r = c.join(room, json!({})).await;
+        assert!(r["error"].is_null(), "{r}");
+        clients.push(c);
+    }
+    for n in nodes {
+        wait_room(n, app, room, "members on every node", |v| {
+            member_count(v) == nodes.len()
+        })
+        .await;
+    }
+    clients
+}
+
+/// The `i` of the next `broadcast` events `c` receives, `n` of them.
+async fn broadcasts(c: &mut Client, n: usize) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let f = c.next_of("event").await;
+        if f["event"] == "broadcast" {
+            let d = &f["data"];
+            out.push((
+                d["from"].as_str().unwrap().to_owned(),
+                d["i"].as_i64().unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_reach_members_on_every_node_in_per_origin_order() {
+    let (_fleet, nodes) = fleet_with_apps().await;
+    let mut clients = clients_in(&nodes, "echo", "lobby").await;
+
+    // Every client broadcasts 300 events at once; each receives the other 600, each
+    // origin's in order, none twice, none of its own.
+    const N: i64 = 300;
+    let names = ["a", "b", "c"];
+    let mut senders = Vec::new();
+    for (i, mut c) in clients.drain(..).enumerate() {
+        let name = names[i];
+        senders.push(tokio::spawn(async move {
+            for k in 0..N {
+                let frame = json!({"type": "emit", "room": "lobby", "event": "broadcast",
+                    "data": {"from": name, "i": k}});
+                c.send(frame).await;
+            }
+            let got = broadcasts(&mut c, 2 * N as usize).await;
+            (name, got, c)
+        }));
+    }
+    for s in senders {
+        let (me, got, c) = s.await.unwrap();
+        for from in names.iter().filter(|n| **n != me) {
+            let seq: Vec<i64> = got
+                .iter()
+                .filter(|(f, _)| f == from)
+                .map(|(_, i)| *i)
+                .collect();
+            assert_eq!(seq, (0..N).collect::<Vec<_>>(), "{me} got from {from}");
+        }
+        assert!(
+            got.iter().all(|(f, _)| f != me),
+            "{me} got its own broadcast"
+        );
+        c.close().await;
+    }
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_nodes_and_a_dead_nodes_members_vanish() {
+    let (_fleet, mut nodes) = fleet_with_apps().await;
+    let mut clients = clients_in(&nodes, "echo", "hall").await;
+    // The room view on any node lists every member with the node it is on.
+    let (_, view) = get(&nodes[2], "/v1/apps/echo/rooms/hall").await;
+    let mut on: Vec<&str> = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node"].as_str().unwrap())
+        .collect();
+    on.sort();
+    assert_eq!(on, ["ap-south-1", "eu-west-1", "us-east-1"], "{view}");
+    let on_eu = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node"] == "eu-west-1")
+        .map(|m| m["conn"].clone())
+        .unwrap();
+
+    // Amsterdam goes away without its members leaving: once it is declared dead,
+    // the others no longer list them, and members elsewhere are told they left.
+    let dead = nodes.remove(1);
+    dead.shutdown(Duration::from_millis(100)).await;
+    let died = Instant::now();
+    let mut first = clients.remove(0);
+    let f = loop {
+        let f = first.next_of("presence").await;
+        if f["left"].as_array().is_some_and(|l| !l.is_empty()) {
+            break f;
+        }
+    };
+    assert_eq!(f["left"], json!([on_eu]), "{f}");
+    assert!(
+        died.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        died.elapsed()
+    );
+    for n in &nodes {
+        wait_room(n, "echo", "hall", "no ghost of the dead node", |v| {
+            member_count(v) == 2
+                && v["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|m| m["node"] != "eu-west-1")
+        })
+        .await;
+    }
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_increments_on_three_nodes_at_once_sum_everywhere() {
+    let (_fleet, nodes) = fleet_with_apps().await;
+    let clients = clients_in(&nodes, "counter", "tally").await;
+    const N: i64 = 100;
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..N {
+                let r = c.emit("tally", "incr", json!({"by": 1})).await;
+                assert!(r["error"].is_null(), "{r}");
+            }
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    for n in &nodes {
+        wait_room(n, "counter", "tally", "the counter converges to 300", |v| {
+            v["state"]["count"] == 3 * N
+        })
+        .await;
+    }
+    // And members are pushed the converged state.
+    let c = &mut clients[0];
+    loop {
+        let f = c.next_of("state").await;
+        if f["state"]["count"] == 3 * N {
+            break;
+        }
+    }
+    shutdown(nodes).await;
+}
+
+async fn broadcast_range(c: &mut Client, room: &str, range: std::ops::Range<i64>) {
+    for i in range {
+        let r = c.emit(room, "broadcast", json!({"i": i})).await;
+        assert!(r["error"].is_null(), "{r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_node_died_resumes_on_another_with_nothing_lost() {
+    let (_fleet, mut nodes) = fleet_with_apps().await;
+    let mut sender = Client::connect(nodes[0].addr, "echo", "json").await;
+    sender.join("feed", json!({})).await;
+    let mut reader = Client::connect(nodes[1].addr, "echo", "json").await;
+    let r = reader.join("feed", json!({})).await;
+    assert!(r["error"].is_null(), "{r}");
+    let token = reader.token();
+    let session = reader.session();
+    wait_room(
+        &nodes[0],
+        "echo",
+        "feed",
+        "the reader is known on the sender's node",
+        |v| member_count(v) == 2,
+    )
+    .await;
+
+    broadcast_range(&mut sender, "feed", 0..50).await;
+    let (got, cursor) = reader.numbered(50).await;
+    assert_eq!(got, (0..50).collect::<Vec<_>>());
+
+    // The reader's node dies; the room goes on without it.
+    let dead = nodes.remove(1);
+    dead.shutdown(Duration::from_millis(100)).await;
+    let died = Instant::now();
+    reader.abort();
+    broadcast_range(&mut sender, "feed", 50..150).await;
+
+    // It comes back on the third node with its token and cursor: the 100 it missed,
+    // once each and in order, then live traffic.
+    let mut back = Client::connect(nodes[1].addr, "echo", "json").await;
+    let r = back
+        .request(json!({"type": "resume", "token": token, "cursors": {"feed": cursor}}))
+        .await;
+    assert!(r["error"].is_null(), "{r}");
+    let welcome = back.next_of("welcome").await;
+    assert_eq!(welcome["session"], session.as_str(), "{welcome}");
+    assert_eq!(welcome["resumed"], true);
+    let (got, _) = back.numbered(100).await;
+    assert_eq!(got, (50..150).collect::<Vec<_>>());
+    broadcast_range(&mut sender, "feed", 150..160).await;
+    let (got, _) = back.numbered(10).await;
+    assert_eq!(got, (150..160).collect::<Vec<_>>());
+    assert!(
+        back.try_recv(Duration::from_millis(300))
+            .await
+            .is_none_or(|f| f["type"] != "event"),
+        "an event came twice"
+    );
+    // Every node lists the reader once, on its new node, also once the dead node's
+    // members were dropped.
+    let moved = |v: &Value| {
+        member_count(v) == 2
+            && v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["conn"] == session.as_str() && m["node"] == "ap-south-1")
+    };
+    for n in &nodes {
+        wait_room(n, "echo", "feed", "the reader moved", moved).await;
+    }
+    tokio::time::sleep_until((died + Duration::from_millis(3500)).into()).await;
+    for n in &nodes {
+        let (_, view) = get(n, "/v1/apps/echo/rooms/feed").await;
+        assert!(moved(&view), "after the dead node's members went: {view}");
+    }
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_clients_through_a_round_robin_balancer() {
+    let (_fleet, nodes) = fleet_with_apps().await;
+    let dir = common::tests_dir("socketio-js");
+    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.addr)).collect();
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.current_dir(&dir)
+        .args(["--test", "--test-reporter=spec", "cluster.test.mjs"])
+        .env("EDGEROOM_URLS", urls.join(","));
+    common::run_client(cmd, "socket.io-client behind a round-robin balancer").await;
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_heals_without_losing_either_sides_events_or_changes() {
+    let (fleet, nodes) = fleet_with_apps().await;
+    let mut counters = clients_in(&nodes, "counter", "split").await;
+    let mut feed = clients_in(&nodes, "echo", "split-feed").await;
+    let (majority, cut_off) = (&fleet.peers[..2], &fleet.peers[2..]);
+
+    // Pune is cut off for longer than the failure timeout: each side declares the other
+    // dead; Pune, the minority, then sends its clients away.
+    fleet.wan.partition(majority, cut_off);
+    let cut = Instant::now();
+    for _ in 0..10 {
+        let r = counters[0].emit("split", "incr", json!({"by": 1})).await;
+        assert!(r["error"].is_null(), "{r}");
+    }
+    for _ in 0..7 {
+        let r = counters[2].emit("split", "incr", json!({"by": 1})).await;
+        assert!(r["error"].is_null(), "{r}");
+    }
+    broadcast_range(&mut feed[0], "split-feed", 0..20).await;
+    // Virginia's side no longer lists Pune's members.
+    wait_room(&nodes[0], "echo", "split-feed", "Pune's member gone", |v| {
+        member_count(v) == 2
+    })
+    .await;
+    assert!(
+        cut.elapsed() >= Duration::from_secs(2),
+        "declared dead too early"
+    );
+    broadcast_range(&mut feed[0], "split-feed", 20..30).await;
+    // Pune's reader: what it got before it was sent away, and where it was.
+    let token = feed[2].token();
+    let (mut got, cursor) = feed[2].numbered_until_closed().await;
+
+    fleet.wan.heal(majority, cut_off);
+    broadcast_range(&mut feed[0], "split-feed", 30..35).await;
+    // Both sides' increments count everywhere.
+    for n in &nodes {
+        wait_room(
+            n,
+            "counter",
+            "split",
+            "the counter has both sides' increments",
+            |v| v["state"]["count"] == 17,
+        )
+        .await;
+    }
+    // Pune takes clients again; its reader comes back there and gets every event it
+    // missed (Pune's replica repaired what the partition kept from it), once, in order.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut back = loop {
+        let url = format!("http://{}/v1/ws?app=echo", nodes[2].addr);
+        if reqwest::get(url).await.unwrap().status() == 400 {
+            break Client::connect(nodes[2].addr, "echo", "json").await;
+        }
+        assert!(Instant::now() < deadline, "Pune never took clients again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let r = back
+        .request(json!({"type": "resume", "token": token, "cursors": {"split-feed": cursor}}))
+        .await;
+    assert!(r["error"].is_null(), "{r}");
+    let missed = 35 - got.len();
+    got.extend(back.numbered(missed).await.0);
+    assert_eq!(got, (0..35).collect::<Vec<_>>());
+    let extra = back.try_recv(Duration::from_millis(500)).await;
+    assert!(
+        extra.as_ref().is_none_or(|f| f["type"] != "event"),
+        "an event came twice: {extra:?}"
+    );
+    for n in &nodes {
+        wait_room(n, "echo", "split-feed", "members back", |v| {
+            member_count(v) == 3
+        })
+        .await;
+    }
+    // The counter's member on the majority side was pushed the merged state.
+    loop {
+        let f = counters[0].next_of("state").await;
+        if f["state"]["count"] == 17 {
+            break;
+        }
+    }
+    shutdown(nodes).await;
+}
+
+/// A handler's kick of a member another node holds: that node removes it (its client
+/// is told why, on-leave runs there) and no node lists it any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_removes_members_that_other_nodes_hold() {
+    let (_fleet, nodes) = fleet_with_apps().await;
+    let (status, body) = deploy(&nodes[0], "chat", example("chat"), None).await;
+    assert_eq!(status, 200, "{body}");
+    for n in &nodes {
+        wait_version(n, "chat", 1).await;
+    }
+    // ann joins on every node first, so each node's first join names her the owner
+    // (concurrent first joins on different nodes would each claim the room).
+    let mut anns = Vec::new();
+    for n in &nodes {
+        let mut ann = Client::connect(n.addr, "chat", "json").await;
+        assert!(ann.join("mods", json!({"user": "ann"})).await["error"].is_null());
+        anns.push(ann);
+    }
+    let mut bobs = Vec::new();
+    for n in &nodes[1..] {
+        let mut bob = Client::connect(n.addr, "chat", "json").await;
+        assert!(bob.join("mods", json!({"user": "bob"})).await["error"].is_null());
+        bobs.push(bob);
+    }
+    for n in &nodes {
+        wait_room(n, "chat", "mods", "everyone listed everywhere", |v| {
+            member_count(v) == 5
+        })
+        .await;
+    }
+    let r = anns[0]
+        .emit("mods", "kick", json!({"user": "bob", "reason": "spam"}))
+        .await;
+    assert_eq!(r["data"], json!({"kicked": 2}), "{r}");
+    for bob in &mut bobs {
+        let k = bob.next_of("kicked").await;
+        assert_eq!(k["reason"], "spam", "{k}");
+        let r = bob.emit("mods", "message", json!({"text": "hi"})).await;
+        assert_eq!(r["error"]["code"], "not_joined", "{r}");
+    }
+    for n in &nodes {
+        wait_room(n, "chat", "mods", "bob gone everywhere", |v| {
+            member_count(v) == 3
+        })
+        .await;
+    }
+    shutdown(nodes).await;
+}
+
+/// Two readers that saw different amounts resume on a node that had no replica of the
+/// room: the second's older cursor is behind where the new replica's log starts, and
+/// it still gets everything after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_with_different_cursors_resume_on_one_fresh_node() {
+    let (_fleet, mut nodes) = fleet_with_apps().await;
+    let mut sender = Client::connect(nodes[0].addr, "echo", "json").await;
+    sender.join("news", json!({})).await;
+    let mut ahead = Client::connect(nodes[1].addr, "echo", "json").await;
+    let mut behind = Client::connect(nodes[1].addr, "echo", "json").await;
+    for c in [&mut ahead, &mut behind] {
+        assert!(c.join("news", json!({})).await["error"].is_null());
+    }
+    wait_room(&nodes[0], "echo", "news", "readers known", |v| {
+        member_count(v) == 3
+    })
+    .await;
+    broadcast_range(&mut sender, "news", 0..40).await;
+    let (_, ahead_cursor) = ahead.numbered(40).await;
+    // `behind` says it saw only the first 10.
+    let (_, behind_cursor) = behind.numbered(10).await;
+    let tokens = (ahead.token(), behind.token());
+    nodes.remove(1).shutdown(Duration::from_millis(100)).await;
+    ahead.abort();
+    behind.abort();
+    broadcast_range(&mut sender, "news", 40..60).await;
+
+    let resume = |token: String, cursor: String| json!({"type": "resume", "token": token, "cursors": {"news": cursor}});
+    let mut ahead = Client::connect(nodes[1].addr, "echo", "json").await;
+    assert!(ahead.request(resume(tokens.0, ahead_cursor)).await["error"].is_null());
+    let (got, _) = ahead.numbered(20).await;
+    assert_eq!(got, (40..60).collect::<Vec<_>>());
+    let mut behind = Client::connect(nodes[1].addr, "echo", "json").await;
+    assert!(behind.request(resume(tokens.1, behind_cursor)).await["error"].is_null());
+    let (got, _) = behind.numbered(50).await;
+    assert_eq!(got, (10..60).collect::<Vec<_>>());
+    broadcast_range(&mut sender, "news", 60..65).await;
+    for c in [&mut ahead, &mut behind] {
+        let (got, _) = c.numbered(5).await;
+        assert_eq!(got, (60..65).collect::<Vec<_>>());
+    }
+    shutdown(nodes).await;
+}
+
+/// A node cut off from the rest sends its clients away; they resume on the majority's
+/// nodes with what the room did meanwhile; once the partition heals it takes clients
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_node_sends_its_clients_elsewhere_and_takes_them_again_after() {
+    let (fleet, nodes) = fleet_with_apps().await;
+    let mut sender = Client::connect(nodes[0].addr, "echo", "json").await;
+    sender.join("watch", json!({})).await;
+    let mut reader = Client::connect(nodes[2].addr, "echo", "json").await;
+    assert!(reader.join("watch", json!({})).await["error"].is_null());
+    wait_room(&nodes[0], "echo", "watch", "reader known", |v| {
+        member_count(v) == 2
+    })
+    .await;
+    broadcast_range(&mut sender, "watch", 0..10).await;
+    let (_, cursor) = reader.numbered(10).await;
+    let token = reader.token();
+
+    let (majority, cut_off) = (&fleet.peers[..2], &fleet.peers[2..]);
+    fleet.wan.partition(majority, cut_off);
+    let cut = Instant::now();
+    broadcast_range(&mut sender, "watch", 10..20).await;
+    // Pune notices it hears nobody and closes its clients with the reason.
+    let closed = loop {
+        let f = reader.recv().await;
+        if f["type"] == "closed" {
+            break f;
+        }
+    };
+    assert!(
+        closed["reason"].as_str().unwrap_or("").contains("cut off"),
+        "{closed}"
+    );
+    assert!(
+        cut.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        cut.elapsed()
+    );
+    // New clients are refused there meanwhile.
+    let ws = |n: &RunningNode| format!("http://{}/v1/ws?app=echo", n.addr);
+    let refused = reqwest::get(ws(&nodes[2])).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    // And its health check says so, for a load balancer; the majority's stay healthy.
+    let health = |n: &RunningNode| format!("http://{}/healthz", n.addr);
+    let h = reqwest::get(health(&nodes[2])).await.unwrap();
+    assert_eq!(h.status(), 503);
+    assert_eq!(h.json::<Value>().await.unwrap()["status"], "cut_off");
+    assert_eq!(reqwest::get(health(&nodes[1])).await.unwrap().status(), 200);
+    // The client resumes on Amsterdam with everything it missed.
+    let mut back = Client::connect(nodes[1].addr, "echo", "json").await;
+    let r = back
+        .request(json!({"type": "resume", "token": token, "cursors": {"watch": cursor}}))
+        .await;
+    assert!(r["error"].is_null(), "{r}");
+    let (got, _) = back.numbered(10).await;
+    assert_eq!(got, (10..20).collect::<Vec<_>>());
+
+    fleet.wan.heal(majority, cut_off);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // A plain GET: 400 (not a WebSocket) once it takes clients again.
+        let status = reqwest::get(ws(&nodes[2])).await.unwrap().status();
+        if status == 400 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Pune never took clients again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let h = reqwest::get(health(&nodes[2])).await.unwrap();
+    assert_eq!(h.status(), 200);
+    broadcast_range(&mut sender, "watch", 20..25).await;
+    let (got, _) = back.numbered(5).await;
+    assert_eq!(got, (20..25).collect::<Vec<_>>());
+    shutdown(nodes).await;
+}
+
+/// socket.io-client behind a round-robin balancer whose session's node goes away: it
+/// recovers on a surviving node (the node to stop is the one the client's session id
+/// names, which the client prints).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_recovers_on_another_node_when_its_node_goes_away() {
+    use tokio::io::AsyncBufReadExt;
+
+    let (_fleet, mut nodes) = fleet_with_apps().await;
+    let signals = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.addr)).collect();
+    let names: Vec<String> = nodes
+        .iter()
+        .map(|n| n.node.config.node_id.to_string())
+        .collect();
+    let mut child = tokio::process::Command::new("node")
+        .current_dir(common::tests_dir("socketio-js"))
+        .args(["--test", "--test-reporter=spec", "failover.test.mjs"])
+        .env("EDGEROOM_URLS", urls.join(","))
+        .env("EDGEROOM_NAMES", names.join(","))
+        .env("FAILOVER_DIR", signals.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is needed for the socket.io-client tests");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut output = Vec::new();
+    let run = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(owner) = line.trim().strip_prefix("OWNER ") {
+                let i = names.iter().position(|n| n == owner).expect("a known node");
+                nodes.remove(i).shutdown(Duration::from_secs(2)).await;
+                std::fs::write(signals.path().join("gone"), b"").unwrap();
+            }
+            output.push(line);
+        }
+        child.wait().await.unwrap()
+    };
+    let status = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the failover client did not finish");
+    let output = output.join("\n");
+    println!("{output}");
+    assert!(
+        status.success(),
+        "socket.io-client failover failed:\n{output}"
+    );
+    shutdown(nodes).await;
+}
+
+/// Two nodes in one region: an event from another region crosses the WAN once per
+/// region, to one of them, which passes it on to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_crosses_to_each_region_once_and_fans_out_inside_it() {
+    let specs = [
+        THREE[0],
+        ("us-east-2", "us-east", (39.04, -77.49)),
+        THREE[1],
+        THREE[2],
+    ];
+    let fleet = Fleet::of(&specs);
+    let nodes = fleet.start_all().await;
+    let (status, body) = deploy(&nodes[0], "echo", example("echo"), None).await;
+    assert_eq!(status, 200, "{body}");
+    for n in &nodes {
+        wait_version(n, "echo", 1).await;
+    }
+    let mut clients = clients_in(&nodes, "echo", "wide").await;
+    let sent = |i: usize| {
+        nodes[i]
+            .node
+            .cluster
+            .as_ref()
+            .unwrap()
+            .replicator
+            .relayed_sent()
+    };
+    let before: Vec<u64> = (0..nodes.len()).map(sent).collect();
+    // Amsterdam publishes: one copy to us-east (one of its two nodes), one to ap-south.
+    const N: i64 = 50;
+    broadcast_range(&mut clients[2], "wide", 0..N).await;
+    for (k, c) in clients.iter_mut().enumerate().filter(|(k, _)| *k != 2) {
+        let (got, _) = c.numbered(N as usize).await;
+        assert_eq!(got, (0..N).collect::<Vec<_>>(), "member on node {k}");
+    }
+    let delta: Vec<u64> = (0..nodes.len()).map(|i| sent(i) - before[i]).collect();
+    assert_eq!(
+        delta[2],
+        2 * N as u64,
+        "Amsterdam sends once per other region"
+    );
+    // The us-east node it chose relays each event once to its neighbour; nobody else
+    // sends anything.
+    assert_eq!(delta[0] + delta[1], N as u64, "{delta:?}");
+    assert_eq!(delta[3], 0, "{delta:?}");
+    shutdown(nodes).await;
+}

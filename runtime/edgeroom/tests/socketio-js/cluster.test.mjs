@@ -1,0 +1,111 @@
+// Unmodified socket.io-client@4 against three Edgeroom nodes behind a plain round-robin
+// load balancer with no stickiness (runtime/edgeroom/tests/it/dataplane.rs starts the nodes and
+// passes their URLs in EDGEROOM_URLS). Every HTTP request and every WebSocket upgrade
+// goes to the next node in turn, so an Engine.IO session's polls, posts and upgrade
+// land on nodes that do not own it: they must be forwarded to the owner.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { WAIT, within, once, connected, balancer } from "./helpers.mjs";
+import { io } from "socket.io-client";
+
+const NODES = (process.env.EDGEROOM_URLS ?? "").split(",").filter(Boolean);
+assert.equal(NODES.length, 3, "EDGEROOM_URLS must name three nodes");
+const PATH = "/apps/echo/socket.io/";
+
+const lb = await balancer(NODES);
+after(() => lb.server.close());
+
+let unique = 0;
+const fresh = (prefix) => `${prefix}-${process.pid}-${++unique}`;
+
+
+async function until(check, what) {
+  await within(
+    (async () => {
+      while (!check()) await new Promise((r) => setTimeout(r, 20));
+    })(),
+    what,
+  );
+}
+
+/** The first argument of each `broadcast` event (the offset the server appends is dropped). */
+function broadcasts(socket) {
+  const got = [];
+  socket.on("broadcast", (...args) => got.push(args[0]));
+  return got;
+}
+
+test("polling through the balancer: connect, emit with ack, receive, from every node", async () => {
+  const room = fresh("rr-poll");
+  const a = io(lb.url, { path: PATH, forceNew: true, reconnection: false, transports: ["polling"], auth: { room } });
+  // The other member sits on one node directly.
+  const b = io(NODES[2], { path: PATH, forceNew: true, reconnection: false, transports: ["websocket"], auth: { room } });
+  try {
+    const before = [...lb.hits];
+    await Promise.all([connected(a), connected(b)]);
+    const got = broadcasts(a);
+    for (let i = 0; i < 30; i++) {
+      assert.deepEqual(await a.timeout(WAIT).emitWithAck("echo", { i, text: "héllo" }), { i, text: "héllo" });
+    }
+    for (let i = 0; i < 30; i++) await b.timeout(WAIT).emitWithAck("broadcast", i);
+    await until(() => got.length === 30, "30 broadcasts");
+    assert.deepEqual(got, [...Array(30).keys()]);
+    // Its requests went to every node, not just the one that owns the session.
+    assert.ok(lb.hits.every((h, i) => h - before[i] >= 5), `hits per node: ${lb.hits}`);
+  } finally {
+    a.disconnect();
+    b.disconnect();
+  }
+});
+
+test("the websocket upgrade lands on another node and the session goes on over it", async () => {
+  const room = fresh("rr-upgrade");
+  const a = io(lb.url, { path: PATH, forceNew: true, reconnection: false, auth: { room } });
+  try {
+    await connected(a);
+    await until(() => a.io.engine.transport.name === "websocket", "the upgrade");
+    const acks = [];
+    for (let i = 0; i < 200; i++) acks.push(a.timeout(WAIT).emitWithAck("echo", i));
+    assert.deepEqual(await within(Promise.all(acks), "200 acks"), [...Array(200).keys()]);
+    assert.equal(a.io.engine.transport.name, "websocket");
+  } finally {
+    a.disconnect();
+  }
+});
+
+test("connection state recovery through the balancer, on whichever node it lands", async () => {
+  const room = fresh("rr-recover");
+  const a = io(lb.url, {
+    path: PATH,
+    forceNew: true,
+    transports: ["polling"],
+    auth: { room },
+    reconnectionDelay: 300,
+    reconnectionDelayMax: 300,
+    randomizationFactor: 0,
+  });
+  const b = io(NODES[0], { path: PATH, forceNew: true, reconnection: false, transports: ["websocket"], auth: { room } });
+  try {
+    await Promise.all([connected(a), connected(b)]);
+    const got = broadcasts(a);
+    await b.timeout(WAIT).emitWithAck("broadcast", 0);
+    await until(() => got.length === 1, "the first broadcast");
+    const id = a.id;
+    for (let round = 1; round <= 3; round++) {
+      const gone = once(a, "disconnect");
+      a.io.engine.close(); // the transport drops; the client did not leave
+      await gone;
+      for (let i = round * 10 - 9; i <= round * 10; i++) await b.timeout(WAIT).emitWithAck("broadcast", i);
+      await once(a, "connect");
+      assert.equal(a.recovered, true, `socket.recovered after drop ${round}`);
+      assert.equal(a.id, id, "same socket id");
+    }
+    await b.timeout(WAIT).emitWithAck("broadcast", 31); // live again
+    await until(() => got.length === 32, "32 broadcasts");
+    await a.timeout(WAIT).emitWithAck("echo", "sync");
+    assert.deepEqual(got, [...Array(32).keys()]);
+  } finally {
+    a.disconnect();
+    b.disconnect();
+  }
+});
