@@ -11,10 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use edgeroom_proto::ids::AppName;
 use crate::metrics::Metrics;
 use crate::sandbox::{CompiledHandler, RoomApi, Sandbox, sha256_hex};
 use crate::store::{AppConfig, AppRecord, Store, VersionRecord};
+use edgeroom_proto::ids::AppName;
 
 /// The version of an app's handler that rooms run now.
 pub struct LiveHandler<W: 'static> {

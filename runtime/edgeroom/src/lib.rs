@@ -7,7 +7,7 @@
 //!
 //! Layering, top to bottom: `gateway` → `session` → `room` → `sandbox` / `state`,
 //! with `store`, `apps` and `metrics` beside them; ids and wire codecs are the
-`edgeroom-proto` crate below them all.
+//! `edgeroom-proto` crate below them all.
 
 pub mod apps;
 pub mod cluster;

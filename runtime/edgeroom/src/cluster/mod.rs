@@ -34,13 +34,13 @@ use tokio::task::JoinHandle;
 
 use crate::apps::{AppSettings, Apps, DeployError, Deployed};
 use crate::config::{ClusterConfig, NodeConfig, parse_peer};
-use edgeroom_proto::ids::AppName;
 use crate::room::World;
 use crate::room::replica::{Replicator, RoomMsg};
 use crate::store::AppConfig;
-use edgeroom_transport::{Endpoint, NodeTls, Peer, Timing};
 use control::state::{Command, NodeInfo, Response};
 use control::{ControlPlane, Member, RaftTiming};
+use edgeroom_proto::ids::AppName;
+use edgeroom_transport::{Endpoint, NodeTls, Peer, Timing};
 use health::{Health, HealthTiming};
 
 /// A node's membership in its cluster.

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use crate::apps::Apps;
-use edgeroom_proto::ids::AppName;
 use crate::room::World;
 use crate::store::AppConfig;
+use edgeroom_proto::ids::AppName;
 
 use super::control::ControlPlane;
 

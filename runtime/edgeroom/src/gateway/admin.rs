@@ -13,10 +13,10 @@ use axum::routing::{get, put};
 
 use super::http_error;
 use crate::apps::DeployError;
-use edgeroom_proto::ids::{AppName, RoomId};
 use crate::node::Node;
 use crate::room::RoomKey;
 use crate::store::AppConfig;
+use edgeroom_proto::ids::{AppName, RoomId};
 
 pub fn routes(node: Arc<Node>) -> Router<Arc<Node>> {
     let limit = node.config.limits.max_handler_bytes;

@@ -21,14 +21,14 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use super::socketio::SocketIo;
-use edgeroom_proto::ids::AppName;
 use crate::node::Node;
+use crate::room::{KillSwitch, Outbound, Outbox};
 use edgeroom_proto::engineio::session::{
     CloseReason, Inbound, PollAnswer, PostError, ProbeAnswer, Session, Timing, Transport,
 };
 use edgeroom_proto::engineio::{self, Handshake, Packet};
+use edgeroom_proto::ids::AppName;
 use edgeroom_proto::native::Format;
-use crate::room::{KillSwitch, Outbound, Outbox};
 
 /// Packets held for a client that is not polling; beyond it the session stops taking
 /// from its outbox, which then fills and drops the client as a slow consumer.

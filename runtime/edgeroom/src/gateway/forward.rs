@@ -19,8 +19,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 
-use edgeroom_proto::ids::NodeId;
 use crate::node::Node;
+use edgeroom_proto::ids::NodeId;
 use edgeroom_transport::{Incoming, Purpose};
 
 /// The session id of a new Engine.IO session on `node`.

@@ -18,8 +18,8 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
-use edgeroom_proto::ids::AppName;
 use crate::node::Node;
+use edgeroom_proto::ids::AppName;
 use edgeroom_proto::native::Format;
 
 /// An HTTP error as JSON: `{"error": {"code", "message"}}`.

@@ -15,18 +15,16 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::apps::now_ms;
-use edgeroom_proto::ids::{AppName, ConnId, RoomId};
 use crate::node::Node;
-use edgeroom_proto::native::{
-    self, ClientFrame, DecodeError, EventView, Format, Ref, ServerFrame,
-};
-use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 use crate::room::{
     AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
     RoomHandle, RoomKey,
 };
 use crate::session::token::Claims;
 use crate::session::{ResumeError, SessionRooms};
+use edgeroom_proto::ids::{AppName, ConnId, RoomId};
+use edgeroom_proto::native::{self, ClientFrame, DecodeError, EventView, Format, Ref, ServerFrame};
+use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 
 /// Close codes (RFC 6455 and the private range).
 const CLOSE_NORMAL: u16 = 1000;

@@ -16,14 +16,7 @@ use serde_json::{Value, json};
 
 use crate::apps::AppSettings;
 use crate::apps::now_ms;
-use edgeroom_proto::ids::{AppName, ConnId, RoomId};
 use crate::node::Node;
-use edgeroom_proto::payload::Payload;
-use edgeroom_proto::engineio::session::{CloseReason, Session};
-use edgeroom_proto::engineio::{self, Packet as EioPacket};
-use edgeroom_proto::native::ServerFrame;
-use edgeroom_proto::socketio::{self, Kind, Packet, Reassembly};
-use edgeroom_proto::{Cursor, ProtoError};
 use crate::room::core::LogEntry;
 use crate::room::{
     AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
@@ -31,6 +24,13 @@ use crate::room::{
 };
 use crate::session::token::Claims;
 use crate::session::{ResumeError, SessionRooms};
+use edgeroom_proto::engineio::session::{CloseReason, Session};
+use edgeroom_proto::engineio::{self, Packet as EioPacket};
+use edgeroom_proto::ids::{AppName, ConnId, RoomId};
+use edgeroom_proto::native::ServerFrame;
+use edgeroom_proto::payload::Payload;
+use edgeroom_proto::socketio::{self, Kind, Packet, Reassembly};
+use edgeroom_proto::{Cursor, ProtoError};
 
 /// Where a recovering member was found.
 enum Recovered {

@@ -16,12 +16,12 @@ use super::{
 use crate::apps::{LiveRx, now_ms};
 use crate::cluster::interest::RoomRef;
 use crate::cluster::replicate::PeerMsg;
-use edgeroom_proto::ids::{ConnId, NodeId};
-use edgeroom_proto::native::{Ref, ServerFrame};
-use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 use crate::room::core::LogEntry;
 use crate::sandbox::{Call, Failure, Returned, Slot};
 use crate::state::RoomDoc;
+use edgeroom_proto::ids::{ConnId, NodeId};
+use edgeroom_proto::native::{Ref, ServerFrame};
+use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 
 /// Kicks that cause kicks are followed this many rounds deep, no more.
 const MAX_KICK_ROUNDS: usize = 8;

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::core::LogEntry;
-use edgeroom_proto::ids::{ConnId, NodeId, Seq};
 use edgeroom_proto::Cursor;
+use edgeroom_proto::ids::{ConnId, NodeId, Seq};
 
 /// The catch-up for one member.
 #[derive(Debug, Default)]
@@ -189,9 +189,9 @@ fn interleave(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::room::core::{Sequenced, Target};
     use edgeroom_proto::ids::RoomId;
     use edgeroom_proto::payload::Payload;
-    use crate::room::core::{Sequenced, Target};
 
     fn node(n: &str) -> NodeId {
         NodeId::new(n).unwrap()

@@ -10,10 +10,10 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 
 use super::catchup::{CatchUp, catch_up};
-use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq};
-use edgeroom_proto::payload::Payload;
 use edgeroom_proto::Cursor;
+use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq};
 use edgeroom_proto::native::Format;
+use edgeroom_proto::payload::Payload;
 
 /// Who an event is for.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -43,8 +43,8 @@ use crate::cluster::interest::RoomRef;
 use crate::cluster::order::{Ask, Inbound, Received};
 use crate::cluster::replicate::{self, Relay};
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq};
-use edgeroom_proto::payload::Payload;
 use edgeroom_proto::native::ServerFrame;
+use edgeroom_proto::payload::Payload;
 use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 
 pub type Replicator = replicate::Replicator<RoomMsg>;

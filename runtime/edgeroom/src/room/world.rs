@@ -10,13 +10,13 @@ use std::sync::Arc;
 use super::catchup::CatchUp;
 use super::core::{LogEntry, RoomCore, Target};
 use super::outbox::{Link, Outbound, PushError, Shared};
-use edgeroom_proto::ids::{ConnId, NodeId, RoomId};
 use crate::metrics::Metrics;
-use edgeroom_proto::payload::Payload;
-use edgeroom_proto::native::ServerFrame;
-use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 use crate::sandbox::RoomApi;
 use crate::state::RoomDoc;
+use edgeroom_proto::ids::{ConnId, NodeId, RoomId};
+use edgeroom_proto::native::ServerFrame;
+use edgeroom_proto::payload::Payload;
+use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 
 /// The outcome of an emit, remembered for idempotent retries.
 pub type EmitResult = Result<Option<Payload>, ProtoError>;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use edgeroom_proto::ids::{AppName, ConnId, RoomId};
 use crate::room::KillSwitch;
+use edgeroom_proto::ids::{AppName, ConnId, RoomId};
 
 /// What a detached session keeps: per room, the auth it joined with.
 pub type SessionRooms = BTreeMap<RoomId, String>;

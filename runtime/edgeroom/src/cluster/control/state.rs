@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use edgeroom_proto::ids::{AppName, NodeId};
 use crate::store::AppConfig;
+use edgeroom_proto::ids::{AppName, NodeId};
 
 /// A node as the cluster knows it: where it is and how to reach it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,14 +14,14 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
-use edgeroom_proto::ids::{ConnId, NodeId, RoomId};
 use crate::metrics::Metrics;
-use edgeroom_proto::native::Format;
 use crate::room::AdoptOutcome;
 use crate::room::core::{LogLimits, RoomCore, Target};
 use crate::room::outbox::{Interest, Outbound, Outbox};
 use crate::room::world::{Outgoing, Place};
 use crate::state::RoomDoc;
+use edgeroom_proto::ids::{ConnId, NodeId, RoomId};
+use edgeroom_proto::native::Format;
 
 const PATIENCE: Duration = Duration::from_secs(2);
 
