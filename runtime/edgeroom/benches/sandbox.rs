@@ -9,7 +9,7 @@ use std::time::Instant;
 use edgeroom::config::SandboxConfig;
 use edgeroom::metrics::Metrics;
 use edgeroom::room::World;
-use edgeroom::room::core::{LogLimits, RoomCore};
+use edgeroom_room::core::{LogLimits, RoomCore};
 use edgeroom::room::world::Place;
 use edgeroom::sandbox::{Call, Sandbox, Slot};
 use edgeroom::state::RoomDoc;

@@ -19,7 +19,6 @@ pub mod node;
 pub mod room;
 pub mod sandbox;
 pub mod session;
-pub mod state;
 pub mod store;
 
 pub use config::NodeConfig;

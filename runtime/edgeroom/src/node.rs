@@ -89,9 +89,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let runs = {
         let store = store.clone();
         let reserved = store.counter(RUNS)?;
-        let persist: crate::room::runs::Persist =
+        let persist: edgeroom_room::runs::Persist =
             Box::new(move |upto| store.raise_counter(RUNS, upto));
-        Arc::new(crate::room::runs::Runs::durable(reserved, persist)?)
+        Arc::new(edgeroom_room::runs::Runs::durable(reserved, persist)?)
     };
     let sandbox = Sandbox::new(
         config.sandbox.clone(),

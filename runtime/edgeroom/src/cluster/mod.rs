@@ -17,9 +17,7 @@
 
 pub mod control;
 pub mod health;
-pub mod interest;
 pub mod mesh;
-pub mod order;
 pub mod registry;
 pub mod replicate;
 pub mod route;

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 
 use super::control::ControlPlane;
 use super::health::Health;
-use super::interest::{Announce, Interest, RoomRef};
+use edgeroom_room::interest::{Announce, Interest, RoomRef};
 use edgeroom_proto::ids::NodeId;
 use edgeroom_transport::{Endpoint, Incoming, Purpose};
 use tokio::sync::watch;

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::apps::AppSettings;
 use crate::apps::now_ms;
 use crate::node::Node;
-use crate::room::core::LogEntry;
+use edgeroom_room::core::LogEntry;
 use crate::room::{
     AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
     RoomHandle, RoomKey,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::core::{LogLimits, RoomCore};
+use edgeroom_room::core::{LogLimits, RoomCore};
 use super::outbox::{Link, Outbound};
 use super::replica::{Adoption, Ctx, Effect, Peers, Replica, Replicator, Settled};
 use super::world::{EmitResult, Outgoing, Place, World};
@@ -14,11 +14,11 @@ use super::{
     AdoptOutcome, JoinOutcome, MemberView, ReattachOutcome, RoomCmd, RoomKey, RoomView, Rooms,
 };
 use crate::apps::{LiveRx, now_ms};
-use crate::cluster::interest::RoomRef;
+use edgeroom_room::interest::RoomRef;
 use crate::cluster::replicate::PeerMsg;
-use crate::room::core::LogEntry;
+use edgeroom_room::core::LogEntry;
 use crate::sandbox::{Call, Failure, Returned, Slot};
-use crate::state::RoomDoc;
+use edgeroom_room::state::RoomDoc;
 use edgeroom_proto::ids::{ConnId, NodeId};
 use edgeroom_proto::native::{Ref, ServerFrame};
 use edgeroom_proto::{Cursor, ErrorCode, ProtoError};

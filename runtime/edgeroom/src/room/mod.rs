@@ -6,11 +6,8 @@
 //! it stops is answered with `Retry`, and the caller starts a fresh one.
 
 mod actor;
-pub mod catchup;
-pub mod core;
 pub mod outbox;
 pub mod replica;
-pub mod runs;
 pub mod world;
 
 use std::collections::HashMap;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
-use super::core::LogEntry;
+use edgeroom_room::core::LogEntry;
 use crate::metrics::Metrics;
 use edgeroom_proto::native::{Format, ServerFrame};
 

@@ -36,11 +36,11 @@ use std::time::{Duration, Instant};
 use automerge::sync;
 use tokio::sync::oneshot;
 
-use super::core::{LogEntry, Sequenced, Target};
+use edgeroom_room::core::{LogEntry, Sequenced, Target};
 use super::outbox::Link;
 use super::world::{Outgoing, RemoteMember, World};
-use crate::cluster::interest::RoomRef;
-use crate::cluster::order::{Ask, Inbound, Received};
+use edgeroom_room::interest::RoomRef;
+use edgeroom_room::order::{Ask, Inbound, Received};
 use crate::cluster::replicate::{self, Relay};
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq};
 use edgeroom_proto::native::ServerFrame;

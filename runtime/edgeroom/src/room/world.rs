@@ -7,12 +7,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::catchup::CatchUp;
-use super::core::{LogEntry, RoomCore, Target};
+use edgeroom_room::catchup::CatchUp;
+use edgeroom_room::core::{LogEntry, RoomCore, Target};
 use super::outbox::{Link, Outbound, PushError, Shared};
 use crate::metrics::Metrics;
 use crate::sandbox::RoomApi;
-use crate::state::RoomDoc;
+use edgeroom_room::state::RoomDoc;
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId};
 use edgeroom_proto::native::ServerFrame;
 use edgeroom_proto::payload::Payload;
@@ -311,8 +311,8 @@ pub struct RemoteMember {
     pub claimed_ms: u64,
 }
 
-impl From<&super::core::Member> for RemoteMember {
-    fn from(m: &super::core::Member) -> Self {
+impl From<&edgeroom_room::core::Member> for RemoteMember {
+    fn from(m: &edgeroom_room::core::Member) -> Self {
         Self {
             presence: m.presence.clone(),
             auth: m.auth.clone(),

@@ -16,10 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::*;
 use crate::metrics::Metrics;
 use crate::room::AdoptOutcome;
-use crate::room::core::{LogLimits, RoomCore, Target};
+use edgeroom_room::core::{LogLimits, RoomCore, Target};
 use crate::room::outbox::{Interest, Outbound, Outbox};
 use crate::room::world::{Outgoing, Place};
-use crate::state::RoomDoc;
+use edgeroom_room::state::RoomDoc;
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId};
 use edgeroom_proto::native::Format;
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-use super::catchup::{CatchUp, catch_up};
+use crate::catchup::{CatchUp, catch_up};
 use edgeroom_proto::Cursor;
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq};
 use edgeroom_proto::native::Format;

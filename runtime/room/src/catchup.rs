@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::core::LogEntry;
+use crate::core::LogEntry;
 use edgeroom_proto::Cursor;
 use edgeroom_proto::ids::{ConnId, NodeId, Seq};
 
@@ -189,7 +189,7 @@ fn interleave(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::room::core::{Sequenced, Target};
+    use crate::core::{Sequenced, Target};
     use edgeroom_proto::ids::RoomId;
     use edgeroom_proto::payload::Payload;
 
