@@ -13,6 +13,7 @@ use crate::apps::{Apps, now_ms};
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
+use edgeroom_proto::close::Going;
 use crate::room::{RoomCmd, RoomEnv, RoomKey, Rooms, World};
 use crate::sandbox::Sandbox;
 use crate::session::Sessions;
@@ -37,21 +38,17 @@ pub struct Node {
     /// Why clients must go elsewhere now, if they must: the node is stopping, or it is
     /// cut off from most of its cluster. Gateways close their connections with it and
     /// refuse new ones while it is set.
-    clients_go: watch::Sender<Option<&'static str>>,
+    clients_go: watch::Sender<Option<Going>>,
 }
 
 /// The store's counter of sequence runs handed out (see `room::runs`).
 const RUNS: &str = "runs";
 
-/// Why a node sends its clients away.
-pub const STOPPING: &str = "server shutting down; resume on another node";
-pub const CUT_OFF: &str = "this node is cut off from its cluster; resume on another node";
-
 /// Resolves when clients must go, with why (see [`Node::clients_go_rx`]).
-pub async fn gone(go: &mut watch::Receiver<Option<&'static str>>) -> &'static str {
+pub async fn gone(go: &mut watch::Receiver<Option<Going>>) -> Going {
     match go.wait_for(Option::is_some).await {
-        Ok(why) => why.unwrap_or(STOPPING),
-        Err(_) => STOPPING,
+        Ok(why) => why.unwrap_or(Going::Stopping),
+        Err(_) => Going::Stopping,
     }
 }
 
@@ -62,12 +59,12 @@ impl Node {
     }
 
     /// See `clients_go`: wait on it with `wait_for(Option::is_some)`.
-    pub fn clients_go_rx(&self) -> watch::Receiver<Option<&'static str>> {
+    pub fn clients_go_rx(&self) -> watch::Receiver<Option<Going>> {
         self.clients_go.subscribe()
     }
 
     /// Why new clients are refused now, if they are.
-    pub fn refusing(&self) -> Option<&'static str> {
+    pub fn refusing(&self) -> Option<Going> {
         *self.clients_go.borrow()
     }
 }
@@ -205,10 +202,10 @@ async fn fence(node: Arc<Node>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         let cut_off = cluster.cut_off();
-        let fenced = node.refusing() == Some(CUT_OFF);
+        let fenced = node.refusing() == Some(Going::CutOff);
         if cut_off && !fenced && node.refusing().is_none() {
             tracing::warn!("cut off from most of the cluster: sending clients elsewhere");
-            node.clients_go.send_replace(Some(CUT_OFF));
+            node.clients_go.send_replace(Some(Going::CutOff));
         } else if !cut_off && fenced {
             tracing::info!("back in touch with the cluster: accepting clients");
             node.clients_go.send_replace(None);
@@ -253,7 +250,7 @@ impl RunningNode {
     /// has, wait until the peers have received it, then release storage. Waits up to
     /// `grace` for rooms, connections and peers.
     pub async fn shutdown(self, grace: Duration) {
-        self.node.clients_go.send_replace(Some(STOPPING));
+        self.node.clients_go.send_replace(Some(Going::Stopping));
         let _ = self.node.shutdown.send(true);
         let deadline = Instant::now() + grace;
         while (self.node.metrics.rooms.get() > 0 || self.node.metrics.connections.get() > 0)

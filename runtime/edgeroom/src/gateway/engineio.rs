@@ -23,10 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::socketio::SocketIo;
 use crate::node::Node;
 use crate::room::{KillSwitch, Outbound, Outbox};
+use edgeroom_proto::close::Disconnect;
 use edgeroom_proto::engineio::session::{
     CloseReason, Inbound, PollAnswer, PostError, ProbeAnswer, Session, Timing, Transport,
 };
-use edgeroom_proto::engineio::{self, Handshake, Packet};
+use edgeroom_proto::engineio::{self, Handshake, Packet, RequestError};
 use edgeroom_proto::ids::AppName;
 use edgeroom_proto::native::Format;
 
@@ -114,7 +115,18 @@ pub struct Engine {
 }
 
 /// Engine.IO's error body: `{"code": N, "message": ...}`.
-fn eio_error(node: &Node, status: StatusCode, code: u8, message: &str) -> Response {
+/// An Engine.IO request error with the reference server's message.
+fn eio_error(node: &Node, status: StatusCode, error: RequestError) -> Response {
+    eio_answer(node, status, error, error.message())
+}
+
+/// A request the server refuses (Engine.IO's `Forbidden`), saying why.
+fn eio_refuse(node: &Node, status: StatusCode, message: &str) -> Response {
+    eio_answer(node, status, RequestError::Forbidden, message)
+}
+
+fn eio_answer(node: &Node, status: StatusCode, error: RequestError, message: &str) -> Response {
+    let code = error.code();
     node.metrics.bad_frame(&format!("engineio_{code}"));
     let body = serde_json::json!({"code": code, "message": message}).to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
@@ -173,12 +185,12 @@ async fn route(
         return empty(StatusCode::NO_CONTENT);
     }
     let Some(q) = query else {
-        return eio_error(node, StatusCode::BAD_REQUEST, 3, "Bad request");
+        return eio_error(node, StatusCode::BAD_REQUEST, RequestError::BadRequest);
     };
     let websocket = match q.transport.as_deref() {
         Some("polling") => false,
         Some("websocket") => true,
-        _ => return eio_error(node, StatusCode::BAD_REQUEST, 0, "Transport unknown"),
+        _ => return eio_error(node, StatusCode::BAD_REQUEST, RequestError::UnknownTransport),
     };
     if let Some(sid) = q.sid {
         let link = {
@@ -189,11 +201,11 @@ async fn route(
                 .map(|l| l.inbox.clone())
         };
         let Some(inbox) = link else {
-            return eio_error(node, StatusCode::BAD_REQUEST, 1, "Session ID unknown");
+            return eio_error(node, StatusCode::BAD_REQUEST, RequestError::UnknownSid);
         };
         if websocket {
             let Some(ws) = ws else {
-                return eio_error(node, StatusCode::BAD_REQUEST, 3, "Bad request");
+                return eio_error(node, StatusCode::BAD_REQUEST, RequestError::BadRequest);
             };
             let max = node.config.socketio.max_payload;
             return sized(ws, max).on_upgrade(move |socket| async move {
@@ -218,43 +230,28 @@ async fn route(
                 };
                 ask(&inbox, |r| Input::Post(Box::new((body, r)))).await
             }
-            _ => eio_error(node, StatusCode::BAD_REQUEST, 2, "Bad handshake method"),
+            _ => eio_error(node, StatusCode::BAD_REQUEST, RequestError::BadHandshakeMethod),
         };
     }
     if *method != Method::GET {
-        return eio_error(node, StatusCode::BAD_REQUEST, 2, "Bad handshake method");
+        return eio_error(node, StatusCode::BAD_REQUEST, RequestError::BadHandshakeMethod);
     }
     if let Some(why) = node.refusing() {
-        return eio_error(node, StatusCode::SERVICE_UNAVAILABLE, 4, why);
+        return eio_refuse(node, StatusCode::SERVICE_UNAVAILABLE, why.message());
     }
     if websocket && ws.is_none() {
-        return eio_error(node, StatusCode::BAD_REQUEST, 3, "Bad request");
+        return eio_error(node, StatusCode::BAD_REQUEST, RequestError::BadRequest);
     }
     if q.eio.as_deref() != Some("4") {
-        return eio_error(
-            node,
-            StatusCode::BAD_REQUEST,
-            5,
-            "Unsupported protocol version",
-        );
+        return eio_error(node, StatusCode::BAD_REQUEST, RequestError::UnsupportedProtocolVersion);
     }
     if let Service::SocketIo(app) = &service
         && !node.apps.exists(app)
     {
-        return eio_error(
-            node,
-            StatusCode::NOT_FOUND,
-            4,
-            &format!("app {app} does not exist"),
-        );
+        return eio_refuse(node, StatusCode::NOT_FOUND, &format!("app {app} does not exist"));
     }
     if node.metrics.connections.get() >= node.config.limits.max_connections as i64 {
-        return eio_error(
-            node,
-            StatusCode::SERVICE_UNAVAILABLE,
-            4,
-            "this node is at its connection limit; try another",
-        );
+        return eio_refuse(node, StatusCode::SERVICE_UNAVAILABLE, "this node is at its connection limit; try another");
     }
     let sid = super::forward::new_sid(node);
     let transport = if websocket {
@@ -467,11 +464,11 @@ impl Driver {
             tokio::select! {
                 biased;
                 reason = self.kill.killed() => {
-                    self.session.close(CloseReason::Server(reason));
+                    self.session.close(CloseReason::Server(reason.to_string()));
                 }
                 // The client is told to go (a close packet) and may recover elsewhere.
                 why = crate::node::gone(&mut go) => {
-                    self.session.close(CloseReason::Server(why.into()));
+                    self.session.close(CloseReason::Server(why.to_string()));
                 }
                 _ = &mut timer => self.on_timeout(),
                 // Boxed: upgrades are rare and this future holds a whole WebSocket.
@@ -536,12 +533,7 @@ impl Driver {
                     let _ = reply.send(empty(StatusCode::BAD_REQUEST));
                 }
                 PollAnswer::WrongTransport => {
-                    let _ = reply.send(eio_error(
-                        &self.node,
-                        StatusCode::BAD_REQUEST,
-                        3,
-                        "Bad request",
-                    ));
+                    let _ = reply.send(eio_error(&self.node, StatusCode::BAD_REQUEST, RequestError::BadRequest));
                 }
             },
             Input::Post(post) => {
@@ -568,12 +560,7 @@ impl Driver {
                 let _ = reply.send(([(header::CONTENT_TYPE, "text/html")], "ok").into_response());
             }
             Err(PostError::WrongTransport) => {
-                let _ = reply.send(eio_error(
-                    &self.node,
-                    StatusCode::BAD_REQUEST,
-                    3,
-                    "Bad request",
-                ));
+                let _ = reply.send(eio_error(&self.node, StatusCode::BAD_REQUEST, RequestError::BadRequest));
             }
             Err(PostError::Invalid(_)) => {
                 self.node.metrics.bad_frame("engineio_bad_payload");
@@ -707,7 +694,7 @@ impl Driver {
         match outcome {
             Ok(written) => written,
             Err(reason) => {
-                self.session.close(CloseReason::Server(reason));
+                self.session.close(CloseReason::Server(reason.to_string()));
                 false
             }
         }
@@ -735,12 +722,7 @@ impl Driver {
                 Input::WebSocket(_) => None,
             };
             if let Some(r) = reply {
-                let _ = r.send(eio_error(
-                    &self.node,
-                    StatusCode::BAD_REQUEST,
-                    1,
-                    "Session ID unknown",
-                ));
+                let _ = r.send(eio_error(&self.node, StatusCode::BAD_REQUEST, RequestError::UnknownSid));
             }
         }
         let reason = self
@@ -770,7 +752,7 @@ impl Driver {
         if let Upper::SocketIo(sio) = &mut self.upper {
             sio.on_close(&reason).await;
         }
-        self.kill.kill("session closed");
+        self.kill.kill(Disconnect::SessionClosed);
         self.node.metrics.connections.dec();
         tracing::debug!(sid = %self.sid, %reason, "engine.io session closed");
     }

@@ -184,8 +184,7 @@ async fn engineio_echo(State(node): State<Arc<Node>>, req: EioRequest) -> Respon
 async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let (code, status) = match node.refusing() {
         None => (StatusCode::OK, "ok"),
-        Some(crate::node::CUT_OFF) => (StatusCode::SERVICE_UNAVAILABLE, "cut_off"),
-        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+        Some(going) => (StatusCode::SERVICE_UNAVAILABLE, going.status()),
     };
     let body = serde_json::json!({
         "status": status,

@@ -22,14 +22,12 @@ use crate::room::{
 };
 use crate::session::token::Claims;
 use crate::session::{ResumeError, SessionRooms};
+use edgeroom_proto::close::Disconnect;
 use edgeroom_proto::ids::{AppName, ConnId, RoomId};
 use edgeroom_proto::native::{self, ClientFrame, DecodeError, EventView, Format, Ref, ServerFrame};
 use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 
 /// Close codes (RFC 6455 and the private range).
-const CLOSE_NORMAL: u16 = 1000;
-const CLOSE_POLICY: u16 = 1008;
-const CLOSE_GOING_AWAY: u16 = 1001;
 /// A client sending only bad frames is cut off after this many in a row.
 const MAX_BAD_FRAMES_IN_A_ROW: u32 = 100;
 /// Server pings this often; a client silent for three intervals is gone.
@@ -105,13 +103,13 @@ pub async fn serve(socket: WebSocket, node: Arc<Node>, app: AppName, format: For
         };
         let msg = match next {
             Err(_) => {
-                kill.kill("no traffic from client");
+                kill.kill(Disconnect::NoTraffic);
                 break;
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
                 // Over the hard frame limit, bad UTF-8, broken framing: protocol-fatal.
-                kill.kill(format!("protocol error: {e}"));
+                kill.kill(Disconnect::ProtocolError(e.to_string()));
                 break;
             }
             Ok(Some(Ok(m))) => m,
@@ -152,7 +150,7 @@ pub async fn serve(socket: WebSocket, node: Arc<Node>, app: AppName, format: For
     } else {
         node.sessions.detach(c.conn.clone(), app, rooms, now_ms());
     }
-    kill.kill("connection closed");
+    kill.kill(Disconnect::ConnectionClosed);
     let _ = writer.await;
     metrics.connections.dec();
 }
@@ -196,19 +194,9 @@ async fn write_loop(
         }
     }
     if let Some(reason) = kill.reason() {
-        let code = if reason.starts_with("slow consumer")
-            || reason.starts_with("too many")
-            || reason.starts_with("protocol error")
-        {
-            CLOSE_POLICY
-        } else if reason == "connection closed" {
-            CLOSE_NORMAL
-        } else {
-            CLOSE_GOING_AWAY
-        };
         let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from(truncate_reason(&reason)),
+            code: reason.ws_code(),
+            reason: Utf8Bytes::from(truncate_reason(&reason.to_string())),
         };
         // Whatever is still queued in the socket goes first; give a slow reader a while.
         let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(Message::Close(Some(frame)))).await;
@@ -288,7 +276,7 @@ impl Conn {
                 self.answer(r#ref, error, None);
                 self.bad_in_a_row += 1;
                 if self.bad_in_a_row >= MAX_BAD_FRAMES_IN_A_ROW {
-                    self.outbox.kill("too many bad frames");
+                    self.outbox.kill(Disconnect::TooManyBadFrames);
                     return false;
                 }
                 return true;

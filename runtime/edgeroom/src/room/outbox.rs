@@ -13,6 +13,7 @@ use tokio::sync::{Notify, mpsc};
 
 use edgeroom_room::core::LogEntry;
 use crate::metrics::Metrics;
+use edgeroom_proto::close::Disconnect;
 use edgeroom_proto::native::{Format, ServerFrame};
 
 /// Something for a connection to write.
@@ -103,13 +104,13 @@ impl Link {
 /// Ends a connection from outside its task, with a reason for the close frame.
 #[derive(Debug, Default)]
 pub struct KillSwitch {
-    reason: Mutex<Option<String>>,
+    reason: Mutex<Option<Disconnect>>,
     notify: Notify,
 }
 
 impl KillSwitch {
     /// Ask the connection to close. The first reason wins.
-    pub fn kill(&self, reason: impl Into<String>) {
+    pub fn kill(&self, reason: impl Into<Disconnect>) {
         let mut r = self.reason.lock();
         if r.is_none() {
             *r = Some(reason.into());
@@ -118,12 +119,12 @@ impl KillSwitch {
         self.notify.notify_one();
     }
 
-    pub fn reason(&self) -> Option<String> {
+    pub fn reason(&self) -> Option<Disconnect> {
         self.reason.lock().clone()
     }
 
     /// Resolves once `kill` was called.
-    pub async fn killed(&self) -> String {
+    pub async fn killed(&self) -> Disconnect {
         loop {
             let notified = self.notify.notified();
             if let Some(r) = self.reason() {
@@ -179,10 +180,9 @@ impl Outbox {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if self.kill.reason().is_none() {
                     self.metrics.slow_consumers.inc();
-                    self.kill.kill(format!(
-                        "slow consumer: more than {} frames waiting",
-                        self.tx.max_capacity()
-                    ));
+                    self.kill.kill(Disconnect::SlowConsumer {
+                        limit: self.tx.max_capacity(),
+                    });
                 }
                 Err(PushError::SlowConsumer)
             }
@@ -199,7 +199,7 @@ impl Outbox {
         self.tx.same_channel(&other.tx)
     }
 
-    pub fn kill(&self, reason: impl Into<String>) {
+    pub fn kill(&self, reason: impl Into<Disconnect>) {
         self.kill.kill(reason);
     }
 

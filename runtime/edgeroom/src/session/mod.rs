@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::room::KillSwitch;
+use edgeroom_proto::close::Disconnect;
 use edgeroom_proto::ids::{AppName, ConnId, RoomId};
 
 /// What a detached session keeps: per room, the auth it joined with.
@@ -96,7 +97,7 @@ impl Sessions {
                         }
                     }
                     Some(Entry::Attached { kill }) => {
-                        kill.kill("session resumed on another connection")
+                        kill.kill(Disconnect::ResumedElsewhere)
                     }
                 }
             }

@@ -13,6 +13,44 @@ use base64::engine::general_purpose::STANDARD as B64;
 /// The record separator between packets of a polling payload.
 pub const SEPARATOR: char = '\x1e';
 
+/// What an Engine.IO server answers a bad HTTP request with: a JSON body
+/// `{"code", "message"}`, numbered and worded as the reference server does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestError {
+    UnknownTransport,
+    UnknownSid,
+    BadHandshakeMethod,
+    BadRequest,
+    /// Refused by the server (a message says why).
+    Forbidden,
+    UnsupportedProtocolVersion,
+}
+
+impl RequestError {
+    pub fn code(self) -> u8 {
+        match self {
+            RequestError::UnknownTransport => 0,
+            RequestError::UnknownSid => 1,
+            RequestError::BadHandshakeMethod => 2,
+            RequestError::BadRequest => 3,
+            RequestError::Forbidden => 4,
+            RequestError::UnsupportedProtocolVersion => 5,
+        }
+    }
+
+    /// The reference server's message for it.
+    pub fn message(self) -> &'static str {
+        match self {
+            RequestError::UnknownTransport => "Transport unknown",
+            RequestError::UnknownSid => "Session ID unknown",
+            RequestError::BadHandshakeMethod => "Bad handshake method",
+            RequestError::BadRequest => "Bad request",
+            RequestError::Forbidden => "Forbidden",
+            RequestError::UnsupportedProtocolVersion => "Unsupported protocol version",
+        }
+    }
+}
+
 /// One Engine.IO packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
