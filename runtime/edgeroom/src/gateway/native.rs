@@ -62,9 +62,9 @@ pub async fn serve(socket: WebSocket, node: Arc<Node>, app: AppName, format: For
     let (outbox, rx, kill) = Outbox::new(limits.outbound_queue, format, metrics.clone());
     let conn_id = ConnId::random();
     let token = node.tokens.sign(&Claims {
-        s: conn_id.to_string(),
-        a: app.to_string(),
-        n: node.config.node_id.to_string(),
+        session: conn_id.clone(),
+        app: app.clone(),
+        node: Some(node.config.node_id.clone()),
     });
     node.sessions.attach(conn_id.clone(), kill.clone());
 
@@ -435,7 +435,7 @@ impl Conn {
             );
             return;
         }
-        let old = claims.conn();
+        let old = claims.session;
         if old == self.conn {
             self.answer(
                 r#ref,

@@ -410,10 +410,10 @@ impl SocketIo {
     /// session of another room is left as it was.
     async fn recover(&self, pid: &str, room: &RoomId) -> Option<Recovered> {
         let claims = self.node.tokens.verify(pid).ok()?;
-        if claims.a != self.app.as_str() {
+        if claims.app != self.app {
             return None;
         }
-        let member = claims.conn();
+        let member = claims.session;
         let rooms = match self
             .node
             .sessions
@@ -452,9 +452,9 @@ impl SocketIo {
             // one, on whichever node (the client checks it is unchanged to know it
             // recovered), so it is made when needed rather than kept, and names no node.
             let pid = self.node.tokens.sign(&Claims {
-                s: socket.member.to_string(),
-                a: self.app.to_string(),
-                n: String::new(),
+                session: socket.member.clone(),
+                app: self.app.clone(),
+                node: None,
             });
             format!("{{\"sid\":{sid},\"pid\":{}}}", Value::from(pid))
         } else {

@@ -10,16 +10,39 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use edgeroom_proto::ids::ConnId;
+use edgeroom_proto::ids::{AppName, ConnId, NodeId};
 
+/// What a token says. On the wire the fields are one letter (`s`, `a`, `n`) to keep
+/// tokens short; a token whose app or node is not a valid name is malformed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// The session.
-    pub s: String,
+    #[serde(rename = "s")]
+    pub session: ConnId,
     /// The app it belongs to.
-    pub a: String,
-    /// Issuing node.
-    pub n: String,
+    #[serde(rename = "a")]
+    pub app: AppName,
+    /// The node that issued it; Socket.IO's `pid`s name none (written `""`).
+    #[serde(rename = "n", with = "node_or_empty")]
+    pub node: Option<NodeId>,
+}
+
+/// `Option<NodeId>` as a string that is empty for `None`, as tokens always wrote it.
+mod node_or_empty {
+    use edgeroom_proto::ids::NodeId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(node: &Option<NodeId>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(node.as_ref().map_or("", |n| n.as_str()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NodeId>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Ok(None);
+        }
+        NodeId::new(&s).map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Signs and checks tokens.
@@ -79,12 +102,6 @@ impl TokenKey {
     }
 }
 
-impl Claims {
-    pub fn conn(&self) -> ConnId {
-        ConnId::from_trusted(self.s.clone())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,9 +110,9 @@ mod tests {
     fn signs_and_refuses_forgeries() {
         let k = TokenKey::new(b"secret".to_vec());
         let c = Claims {
-            s: "abc".into(),
-            a: "chat".into(),
-            n: "n1".into(),
+            session: ConnId::from_trusted("abc".into()),
+            app: AppName::new("chat").unwrap(),
+            node: Some(NodeId::new("n1").unwrap()),
         };
         let t = k.sign(&c);
         assert_eq!(k.verify(&t).unwrap(), c);
@@ -107,5 +124,24 @@ mod tests {
         let (body, sig) = t.split_once('.').unwrap();
         let forged = format!("{}x.{sig}", body);
         assert!(k.verify(&forged).is_err());
+    }
+
+    #[test]
+    fn reads_the_one_letter_form_and_refuses_bad_names() {
+        let k = TokenKey::new(b"secret".to_vec());
+        let signed = |json: &str| {
+            let body = B64.encode(json);
+            let mut mac = k.mac();
+            mac.update(body.as_bytes());
+            format!("{body}.{}", B64.encode(mac.finalize().into_bytes()))
+        };
+        let c = k.verify(&signed(r#"{"s":"abc","a":"chat","n":""}"#)).unwrap();
+        assert_eq!(c.session.as_str(), "abc");
+        assert_eq!(c.node, None);
+        assert_eq!(k.sign(&c), signed(r#"{"s":"abc","a":"chat","n":""}"#));
+        assert_eq!(
+            k.verify(&signed(r#"{"s":"abc","a":"no such app!","n":""}"#)),
+            Err(BadToken::Malformed)
+        );
     }
 }

@@ -60,9 +60,9 @@ async fn a_deploy_on_any_node_is_served_by_every_node() {
 
     // One cluster secret: a resume token one node signs verifies on another.
     let claims = Claims {
-        s: "c-1".into(),
-        a: "echo".into(),
-        n: "us-east-1".into(),
+        session: edgeroom_proto::ids::ConnId::from_trusted("c-1".into()),
+        app: edgeroom_proto::ids::AppName::new("echo").unwrap(),
+        node: Some(edgeroom_proto::ids::NodeId::new("us-east-1").unwrap()),
     };
     let token = nodes[0].node.tokens.sign(&claims);
     assert_eq!(nodes[2].node.tokens.verify(&token).unwrap(), claims);
