@@ -143,9 +143,10 @@ impl Seq {
         Seq { run, n: 1 }
     }
 
-    /// The number after this one, in the same run.
+    /// The number after this one, in the same run. Saturates: a peer's number may be
+    /// anything, and must not overflow here (a room's own numbering asserts it never
+    /// gets near).
     pub fn next(self) -> Seq {
-        debug_assert!(self.n < u64::MAX, "a run never holds 2^64 events");
         Seq {
             run: self.run,
             n: self.n.saturating_add(1),
@@ -246,5 +247,19 @@ mod tests {
     #[test]
     fn conn_ids_are_unique() {
         assert_ne!(ConnId::random(), ConnId::random());
+    }
+
+    #[test]
+    fn sequence_arithmetic_on_any_peer_number_saturates() {
+        let top = Seq::new(3, u64::MAX);
+        assert_eq!(top.next(), top);
+        assert_eq!(Seq::new(3, 0).prev(), Seq::new(3, 0));
+        assert_eq!(top.used_since(Seq::new(3, 0)), u64::MAX - 1);
+        assert_eq!(Seq::new(2, 5).used_since(top), 0);
+        assert_eq!(Seq::new(4, 9).used_since(Seq::new(3, 2)), 8);
+        assert_eq!("3.18446744073709551615".parse::<Seq>(), Ok(top));
+        assert!("3.18446744073709551616".parse::<Seq>().is_err());
+        assert!("3.-1".parse::<Seq>().is_err());
+        assert!("31".parse::<Seq>().is_err());
     }
 }

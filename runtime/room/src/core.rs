@@ -343,6 +343,7 @@ impl<R: Clone> RoomCore<R> {
     ) -> Arc<LogEntry> {
         let seq = self.next_seq;
         debug_assert_eq!(seq.run, self.first_seq.run, "one run per loaded room");
+        debug_assert!(seq.n < u64::MAX, "a run never holds 2^64 events");
         self.next_seq = seq.next();
         let origin = self.origin.clone();
         self.append(Sequenced {
