@@ -224,6 +224,10 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Commands queued per room before senders wait.
     pub room_inbox: usize,
+    /// Messages from peers held per room while its inbox is full (other rooms go on
+    /// being served). Past it new events are shed and repaired from their origin; past
+    /// twice it anything is. Counted in `edgeroom_peer_messages_shed`.
+    pub peer_backlog: usize,
     /// How long a room keeps its events for resume.
     pub history_ms: u64,
     /// Most events a room keeps, whatever their age.
@@ -256,6 +260,7 @@ impl Default for Limits {
             max_frame_hard_bytes: 16 * 1024 * 1024,
             outbound_queue: 1024,
             room_inbox: 1024,
+            peer_backlog: 4096,
             history_ms: 120_000,
             history_max_events: 100_000,
             resume_window_ms: 120_000,
@@ -340,7 +345,9 @@ impl NodeConfig {
             "max_frame_bytes exceeds max_frame_hard_bytes"
         );
         anyhow::ensure!(
-            self.limits.outbound_queue > 0 && self.limits.room_inbox > 0,
+            self.limits.outbound_queue > 0
+                && self.limits.room_inbox > 0
+                && self.limits.peer_backlog > 0,
             "queues must hold at least one item"
         );
         anyhow::ensure!(

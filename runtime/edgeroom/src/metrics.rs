@@ -28,6 +28,9 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     pub bad_frames: Family<KindLabel, Counter>,
     pub deploys: Counter,
+    /// Peer messages waiting for a busy room (see `room::post`).
+    pub peer_backlog: Gauge,
+    pub peer_messages_shed: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -53,6 +56,8 @@ impl Metrics {
         let slow_consumers = Counter::default();
         let bad_frames = Family::default();
         let deploys = Counter::default();
+        let peer_backlog = Gauge::default();
+        let peer_messages_shed = Family::default();
         registry.register(
             "connections",
             "Client connections open now",
@@ -96,6 +101,16 @@ impl Metrics {
             bad_frames.clone(),
         );
         registry.register("deploys", "Handler versions deployed", deploys.clone());
+        registry.register(
+            "peer_backlog",
+            "Messages from peers waiting for a room whose inbox is full",
+            peer_backlog.clone(),
+        );
+        registry.register(
+            "peer_messages_shed",
+            "Messages from peers dropped because their room's backlog was full, by kind",
+            peer_messages_shed.clone(),
+        );
         Self {
             registry,
             connections,
@@ -109,11 +124,19 @@ impl Metrics {
             slow_consumers,
             bad_frames,
             deploys,
+            peer_backlog,
+            peer_messages_shed,
         }
     }
 
     pub fn handler_error(&self, kind: &str) {
         self.handler_errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn peer_shed(&self, kind: &str) {
+        self.peer_messages_shed
             .get_or_create(&KindLabel { kind: kind.into() })
             .inc();
     }

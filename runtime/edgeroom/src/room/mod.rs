@@ -7,6 +7,7 @@
 
 mod actor;
 pub mod outbox;
+mod post;
 pub mod replica;
 pub mod world;
 
@@ -325,25 +326,28 @@ impl Rooms {
             .map(|(v, _)| v)
     }
 
-    /// Every loaded room.
-    pub fn all_loaded(&self) -> Vec<RoomHandle> {
+    /// Every loaded room, with its key.
+    fn all_loaded_keyed(&self) -> Vec<(RoomKey, RoomHandle)> {
         self.map
             .lock()
-            .values()
-            .filter(|h| !h.tx.is_closed())
-            .cloned()
+            .iter()
+            .filter(|(_, h)| !h.tx.is_closed())
+            .map(|(k, h)| (k.clone(), h.clone()))
             .collect()
     }
 
-    /// Hand what peers send to the rooms it is for, in arrival order, until the
-    /// node stops. A message for a room not loaded here is dropped (this node has no
-    /// members there any more), except questions, which are answered with "nothing
-    /// here" (see `replica::unloaded`).
+    /// Hand what peers send to the rooms it is for, in arrival order per room, until
+    /// the node stops; a room whose inbox is full holds up nobody else (`post`). A
+    /// message for a room not loaded here is dropped (this node has no members there
+    /// any more), except questions, which are answered with "nothing here" (see
+    /// `replica::unloaded`).
     pub async fn serve_peers(
         self: Arc<Self>,
         mut deliveries: mpsc::Receiver<crate::cluster::replicate::Delivery<replica::RoomMsg>>,
     ) {
         use crate::cluster::replicate::Delivery;
+        let metrics = self.env.metrics.clone();
+        let mut post = post::Post::new(self.env.limits.peer_backlog);
         // Ends with the node: the rooms hold the replicator, which holds the sender.
         let mut shutdown = self.env.shutdown.clone();
         loop {
@@ -352,6 +356,7 @@ impl Rooms {
                     Some(d) => d,
                     None => return,
                 },
+                () = post.drain_one(&metrics) => continue,
                 _ = shutdown.wait_for(|s| *s) => return,
             };
             match d {
@@ -361,9 +366,7 @@ impl Rooms {
                         room: room.1,
                     };
                     match self.loaded(&key) {
-                        Some(h) => {
-                            h.send(RoomCmd::Peer { from, msg }).await;
-                        }
+                        Some(h) => post.post(&key, &h, RoomCmd::Peer { from, msg }, &metrics),
                         None => {
                             if let (Some(rep), Some(reply)) =
                                 (&self.env.replicator, replica::unloaded(msg))
@@ -376,8 +379,8 @@ impl Rooms {
                     }
                 }
                 Delivery::PeerUp(node) => {
-                    for h in self.all_loaded() {
-                        h.send(RoomCmd::PeerUp(node.clone())).await;
+                    for (key, h) in self.all_loaded_keyed() {
+                        post.post(&key, &h, RoomCmd::PeerUp(node.clone()), &metrics);
                     }
                 }
                 Delivery::Joined { node, room } => {
@@ -386,12 +389,12 @@ impl Rooms {
                         room: room.1,
                     };
                     if let Some(h) = self.loaded(&key) {
-                        h.send(RoomCmd::PeerJoined(node)).await;
+                        post.post(&key, &h, RoomCmd::PeerJoined(node), &metrics);
                     }
                 }
                 Delivery::PeerDown(node) => {
-                    for h in self.all_loaded() {
-                        h.send(RoomCmd::PeerDown(node.clone())).await;
+                    for (key, h) in self.all_loaded_keyed() {
+                        post.post(&key, &h, RoomCmd::PeerDown(node.clone()), &metrics);
                     }
                 }
             }
