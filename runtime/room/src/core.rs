@@ -119,9 +119,11 @@ pub struct Member {
     pub presence: String,
     /// The auth JSON the member joined with (kept to re-join after a long absence).
     pub auth: String,
-    /// When this node took the member on (joined, or adopted from another node): of two
-    /// nodes that both think they hold a member, the later claim wins.
-    pub claimed_ms: u64,
+    /// The member's claim: 1 when it joined, and each time its client resumes on
+    /// another node, one more than the highest claim that node heard of. Of two nodes
+    /// that both think they hold a member, the higher claim wins, a tie going to the
+    /// greater node id: no two nodes' clocks are ever compared.
+    pub claim: u64,
     /// `Some(t)` while the member's connection is gone: since when.
     pub detached_since_ms: Option<u64>,
     /// Everything queued to the member, per origin, as of its detach (the resume point
@@ -204,8 +206,9 @@ impl<R: Clone> RoomCore<R> {
         self.log.len()
     }
 
-    /// Add a member. False if it already is one.
-    pub fn join(&mut self, conn: ConnId, auth: String, now_ms: u64) -> bool {
+    /// Add a member with its claim (1 for a fresh join). False if it already is one.
+    pub fn join(&mut self, conn: ConnId, auth: String, claim: u64) -> bool {
+        debug_assert!(claim > 0, "claims start at 1");
         if self.members.contains_key(&conn) {
             return false;
         }
@@ -214,7 +217,7 @@ impl<R: Clone> RoomCore<R> {
             Member {
                 presence: "null".into(),
                 auth,
-                claimed_ms: now_ms,
+                claim,
                 detached_since_ms: None,
                 last_queued: Cursor::default(),
             },
@@ -474,8 +477,8 @@ mod tests {
     #[test]
     fn sequences_and_targets() {
         let mut c = core();
-        assert!(c.join(conn("a"), "null".into(), 0));
-        assert!(!c.join(conn("a"), "null".into(), 0));
+        assert!(c.join(conn("a"), "null".into(), 1));
+        assert!(!c.join(conn("a"), "null".into(), 1));
         let e1 = c.publish(0, Target::All, "x".into(), Payload::empty(), None);
         let e2 = c.publish(
             0,
@@ -492,7 +495,7 @@ mod tests {
     #[test]
     fn replay_gives_missed_events_once_in_order() {
         let mut c = core();
-        c.join(conn("a"), "null".into(), 0);
+        c.join(conn("a"), "null".into(), 1);
         c.publish(0, Target::All, "1".into(), Payload::empty(), None);
         c.detach(&conn("a"), 10, None);
         c.publish(20, Target::All, "2".into(), Payload::empty(), None);
@@ -524,7 +527,7 @@ mod tests {
     #[test]
     fn eviction_makes_a_replay_incomplete() {
         let mut c = core();
-        c.join(conn("a"), "null".into(), 0);
+        c.join(conn("a"), "null".into(), 1);
         for i in 0..5 {
             c.publish(i, Target::All, i.to_string(), Payload::empty(), None);
         }
@@ -548,7 +551,7 @@ mod tests {
         let mut c = core();
         let b = NodeId::new("b").unwrap();
         c.mark_start(&b, Seq::new(4, 20));
-        c.join(conn("a"), "null".into(), 0);
+        c.join(conn("a"), "null".into(), 1);
         let joined_at = c.head().clone();
         c.append(Sequenced {
             origin: b.clone(),
@@ -570,8 +573,8 @@ mod tests {
     #[test]
     fn detached_members_leave_after_grace() {
         let mut c = core();
-        c.join(conn("a"), "null".into(), 0);
-        c.join(conn("b"), "null".into(), 0);
+        c.join(conn("a"), "null".into(), 1);
+        c.join(conn("b"), "null".into(), 1);
         c.detach(&conn("a"), 100, None);
         assert!(c.expire(150, 100).is_empty());
         assert_eq!(c.expire(200, 100), vec![conn("a")]);

@@ -384,7 +384,7 @@ impl Actor {
         }
         // A member before on-join runs, so the handler can set its presence; told to
         // others only once the join is accepted.
-        self.world().core.join(conn.clone(), auth.clone(), now_ms());
+        self.world().core.join(conn.clone(), auth.clone(), 1);
         let before = self.world().core.head().clone();
         self.world().current = Some(conn.clone());
         self.world().joining = Some(conn.clone());

@@ -441,7 +441,7 @@ impl Replica {
                     if let Some(m) = member
                         && a.record
                             .as_ref()
-                            .is_none_or(|r| r.claimed_ms < m.claimed_ms)
+                            .is_none_or(|r| r.claim < m.claim)
                     {
                         a.record = Some(m);
                     }
@@ -608,7 +608,7 @@ impl Replica {
     }
 
     /// Members another node says it holds. A member held by two nodes belongs to the
-    /// one that took it on last (its client resumed there): the older claim is ignored
+    /// one with the higher claim (its client resumed there last): the lower is ignored
     /// where it arrives second; a member this node held and lost that way leaves here
     /// without a word to anyone (it did not leave the room).
     fn claims(
@@ -622,7 +622,7 @@ impl Replica {
         let mut out = BTreeMap::new();
         for (conn, m) in members {
             if let Some(local) = w.core.member(&conn) {
-                if (m.claimed_ms, from) <= (local.claimed_ms, &me) {
+                if (m.claim, from) <= (local.claim, &me) {
                     continue;
                 }
                 w.links.remove(&conn);
@@ -633,7 +633,7 @@ impl Replica {
                 node != from
                     && others
                         .get(&conn)
-                        .is_some_and(|o| (o.claimed_ms, node) > (m.claimed_ms, from))
+                        .is_some_and(|o| (o.claim, node) > (m.claim, from))
             });
             if newer_elsewhere {
                 continue;
@@ -704,9 +704,16 @@ impl Replica {
         mut a: Adoption,
         ctx: &mut Ctx,
     ) -> Result<Settled, Box<Adoption>> {
-        let known = w.remote.values_mut().find_map(|m| m.remove(&a.conn));
-        let departed = w.departed.remove(&a.conn).map(|(m, _)| m);
-        let Some(record) = known.or(a.record.take()).or(departed) else {
+        // Every record of the member anyone gave: the newest claim describes it, and
+        // this node's claim goes one past it.
+        let mut records: Vec<RemoteMember> = w
+            .remote
+            .values_mut()
+            .filter_map(|m| m.remove(&a.conn))
+            .collect();
+        records.extend(a.record.take());
+        records.extend(w.departed.remove(&a.conn).map(|(m, _)| m));
+        let Some(record) = records.into_iter().max_by_key(|r| r.claim) else {
             return Err(Box::new(a));
         };
         let conn = a.conn.clone();
@@ -731,7 +738,8 @@ impl Replica {
             }
         }
         let before = w.core.head().clone();
-        w.core.join(conn.clone(), record.auth.clone(), ctx.now_ms);
+        w.core
+            .join(conn.clone(), record.auth.clone(), record.claim.saturating_add(1));
         w.core.set_presence(&conn, record.presence.clone());
         w.presence_changed(vec![(conn.clone(), record.presence.clone())], vec![]);
         let cursor = a.cursor.clone().unwrap_or(before);

@@ -308,7 +308,8 @@ impl World {
 pub struct RemoteMember {
     pub presence: String,
     pub auth: String,
-    pub claimed_ms: u64,
+    /// See `Member::claim`.
+    pub claim: u64,
 }
 
 impl From<&edgeroom_room::core::Member> for RemoteMember {
@@ -316,7 +317,7 @@ impl From<&edgeroom_room::core::Member> for RemoteMember {
         Self {
             presence: m.presence.clone(),
             auth: m.auth.clone(),
-            claimed_ms: m.claimed_ms,
+            claim: m.claim,
         }
     }
 }

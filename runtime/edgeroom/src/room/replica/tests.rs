@@ -344,9 +344,8 @@ impl Sim {
         let conn = ConnId::from_trusted(name.into());
         let metrics = std::sync::Arc::new(Metrics::new());
         let (outbox, rx, _) = Outbox::new(100_000, Format::Json, metrics);
-        let now_ms = self.now.as_millis() as u64;
         let node = &mut self.nodes[i];
-        node.world.core.join(conn.clone(), "null".into(), now_ms);
+        node.world.core.join(conn.clone(), "null".into(), 1);
         node.world
             .presence_changed(vec![(conn.clone(), "null".into())], vec![]);
         node.world
