@@ -790,3 +790,64 @@ fn a_dead_nodes_members_vanish_and_its_held_events_go_out() {
         seen.gaps
     );
 }
+
+/// The nodes that hold `conn` as a local member, and whether every other live node
+/// sees it as held by exactly those.
+fn holders(sim: &Sim, conn: &ConnId) -> (Vec<usize>, bool) {
+    let held: Vec<usize> = (0..sim.nodes.len())
+        .filter(|&i| sim.nodes[i].alive && sim.nodes[i].world.core.member(conn).is_some())
+        .collect();
+    let agreed = (0..sim.nodes.len())
+        .filter(|&i| sim.nodes[i].alive && !held.contains(&i))
+        .all(|i| {
+            let seen: Vec<&NodeId> = sim.nodes[i]
+                .world
+                .remote
+                .iter()
+                .filter(|(_, ms)| ms.contains_key(conn))
+                .map(|(n, _)| n)
+                .collect();
+            seen.len() == 1 && held.iter().any(|&h| &sim.nodes[h].id == seen[0])
+        });
+    (held, agreed)
+}
+
+/// A client resumes on two nodes at once (a retry racing the first attempt): both
+/// adopt it with the same claim, and every node settles on the same one holder — the
+/// greater node id — with no clock consulted. Resumed once more, the member moves
+/// again: the new claim is one past the highest anyone heard of.
+#[test]
+fn concurrent_claims_settle_on_one_holder_everywhere() {
+    for seed in 0..10 {
+        let mut sim = Sim::new(3, seed);
+        let m = sim.join(0, "m");
+        sim.join(1, "b");
+        sim.join(2, "c");
+        sim.settle();
+        for _ in 0..5 {
+            sim.publish(0);
+        }
+        sim.settle();
+        let cursor = sim.cursor_of(0, &m);
+        sim.adopt(1, "m", cursor.clone());
+        sim.adopt(2, "m", cursor.clone());
+        sim.settle();
+        for _ in 0..30 {
+            sim.tick(100);
+        }
+        let (held, agreed) = holders(&sim, &m);
+        assert_eq!(held, [2], "seed {seed}: one holder, the greater node id");
+        assert!(agreed, "seed {seed}: every node sees n2 holding m");
+        assert_eq!(sim.nodes[2].world.core.member(&m).map(|x| x.claim), Some(2));
+
+        sim.adopt(1, "m", cursor);
+        sim.settle();
+        for _ in 0..30 {
+            sim.tick(100);
+        }
+        let (held, agreed) = holders(&sim, &m);
+        assert_eq!(held, [1], "seed {seed}: the later resume wins");
+        assert!(agreed, "seed {seed}");
+        assert_eq!(sim.nodes[1].world.core.member(&m).map(|x| x.claim), Some(3));
+    }
+}
