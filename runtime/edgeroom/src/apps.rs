@@ -6,11 +6,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::sandbox::{CompiledHandler, RoomApi, Sandbox, sha256_hex};
 use crate::store::{AppConfig, AppRecord, Store, VersionRecord};
@@ -105,13 +105,8 @@ pub struct Apps<W: 'static> {
     deploying: tokio::sync::Mutex<()>,
     max_bytes: usize,
     metrics: Arc<Metrics>,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    /// For deploy dates.
+    clock: Clock,
 }
 
 impl<W: RoomApi> Apps<W> {
@@ -121,6 +116,7 @@ impl<W: RoomApi> Apps<W> {
         store: Arc<Store>,
         max_bytes: usize,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> anyhow::Result<Self> {
         let mut apps = HashMap::new();
         for (name, record) in store.apps()? {
@@ -157,6 +153,7 @@ impl<W: RoomApi> Apps<W> {
             deploying: tokio::sync::Mutex::new(()),
             max_bytes,
             metrics,
+            clock,
         })
     }
 
@@ -235,7 +232,7 @@ impl<W: RoomApi> Apps<W> {
             version,
             sha256: sha256.clone(),
             size: wasm.len() as u64,
-            deployed_at_ms: now_ms(),
+            deployed_at_ms: self.clock.wall_ms(),
         };
         let store = self.store.clone();
         let (app2, record2) = (app.clone(), record.clone());

@@ -10,6 +10,7 @@
 //! `edgeroom-proto` crate below them all.
 
 pub mod apps;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod examples;
@@ -22,4 +23,5 @@ pub mod session;
 pub mod store;
 
 pub use config::NodeConfig;
-pub use node::{Node, RunningNode, start};
+pub use clock::Clock;
+pub use node::{Node, RunningNode, start, start_with_clock};

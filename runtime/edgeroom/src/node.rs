@@ -4,12 +4,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::apps::{Apps, now_ms};
+use crate::apps::Apps;
+use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
@@ -22,6 +25,8 @@ use crate::store::Store;
 
 pub struct Node {
     pub config: NodeConfig,
+    /// The node's one clock (see `clock`).
+    pub clock: Clock,
     /// Where the gateway listens (the bound address when the config asked for port 0).
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
@@ -80,6 +85,12 @@ pub struct RunningNode {
 /// Open the node's storage, load its handlers and start serving on `config.listen`
 /// (port 0 picks a free port; see [`RunningNode::addr`]).
 pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    start_with_clock(config, Clock::system()).await
+}
+
+/// [`start`] with the clock the node is to keep its time by (skewed, stepped, or
+/// tokio's paused time in a simulation).
+pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Result<RunningNode> {
     config.check()?;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(Store::open(&config.data_dir)?);
@@ -98,8 +109,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let apps = {
         let (sandbox, store, metrics) = (sandbox.clone(), store.clone(), metrics.clone());
         let max = config.limits.max_handler_bytes;
+        let clock = clock.clone();
         Arc::new(
-            tokio::task::spawn_blocking(move || Apps::open(sandbox, store, max, metrics)).await??,
+            tokio::task::spawn_blocking(move || Apps::open(sandbox, store, max, metrics, clock))
+                .await??,
         )
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
@@ -131,6 +144,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         metrics: metrics.clone(),
         shutdown: shutdown_rx,
         replicator: cluster.as_ref().map(|c| c.replicator.clone()),
+        clock: clock.clone(),
     });
     if let Some(deliveries) = cluster.as_ref().and_then(|c| c.take_deliveries()) {
         tokio::spawn(rooms.clone().serve_peers(deliveries));
@@ -148,6 +162,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         cluster,
         shutdown,
         clients_go: watch::channel(None).0,
+        clock,
     });
     if let Some(cluster) = &node.cluster {
         tokio::spawn(crate::cluster::registry::follow(
@@ -230,7 +245,7 @@ async fn upkeep(node: Arc<Node>) {
         last = now;
         for (conn, app, rooms) in node
             .sessions
-            .expire(now_ms(), node.config.limits.resume_window_ms)
+            .expire(node.clock.mono_ms(), node.config.limits.resume_window_ms)
         {
             for room in rooms.into_keys() {
                 if let Some(h) = node.rooms.loaded(&RoomKey {

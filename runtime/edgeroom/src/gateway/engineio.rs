@@ -416,7 +416,7 @@ impl Driver {
         };
         node.metrics.connections.inc();
         Self {
-            session: Session::new(Instant::now(), timing, transport),
+            session: Session::new(node.clock.now().into_std(), timing, transport),
             node,
             sid,
             upper,
@@ -508,7 +508,7 @@ impl Driver {
     }
 
     fn on_timeout(&mut self) {
-        let now = Instant::now();
+        let now = self.node.clock.now().into_std();
         self.session.on_timeout(now);
         if let Upper::SocketIo(sio) = &mut self.upper {
             sio.on_timeout(now, &mut self.session);
@@ -542,7 +542,7 @@ impl Driver {
             }
             Input::WebSocket(mut socket) => {
                 if self.session.may_upgrade() && self.probe.is_none() {
-                    self.probe = Some(Box::new((*socket, Instant::now())));
+                    self.probe = Some(Box::new((*socket, self.node.clock.now().into_std())));
                 } else {
                     // Already upgraded (or upgrading): this socket is not needed.
                     let _ = socket.send(Message::Close(None)).await;
@@ -552,7 +552,7 @@ impl Driver {
     }
 
     async fn on_post(&mut self, body: &str, reply: oneshot::Sender<Response>) {
-        match self.session.on_post(body, Instant::now()) {
+        match self.session.on_post(body, self.node.clock.now().into_std()) {
             Ok(messages) => {
                 for m in messages {
                     self.deliver(m).await;
@@ -570,7 +570,7 @@ impl Driver {
     }
 
     async fn on_ws(&mut self, m: Option<Result<Message, axum::Error>>) {
-        let now = Instant::now();
+        let now = self.node.clock.now().into_std();
         match m {
             Some(Ok(Message::Text(t))) => {
                 if let Some(m) = self.session.on_ws_text(t.as_str(), now) {

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::apps::now_ms;
 use crate::node::Node;
 use crate::room::{
     AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
@@ -148,7 +147,7 @@ pub async fn serve(socket: WebSocket, node: Arc<Node>, app: AppName, format: For
     if explicit_close {
         node.sessions.end(&c.conn);
     } else {
-        node.sessions.detach(c.conn.clone(), app, rooms, now_ms());
+        node.sessions.detach(c.conn.clone(), app, rooms, node.clock.mono_ms());
     }
     kill.kill(Disconnect::ConnectionClosed);
     let _ = writer.await;

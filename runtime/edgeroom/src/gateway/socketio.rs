@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::apps::AppSettings;
-use crate::apps::now_ms;
 use crate::node::Node;
 use edgeroom_room::core::LogEntry;
 use crate::room::{
@@ -116,7 +115,7 @@ type Fatal = String;
 impl SocketIo {
     pub fn new(node: Arc<Node>, app: AppName, settings: Arc<AppSettings>, outbox: Outbox) -> Self {
         let connect_by =
-            Instant::now() + Duration::from_millis(node.config.socketio.connect_timeout_ms);
+            node.clock.now().into_std() + Duration::from_millis(node.config.socketio.connect_timeout_ms);
         Self {
             node,
             app,
@@ -431,7 +430,7 @@ impl SocketIo {
             None => {
                 self.node
                     .sessions
-                    .detach(member, self.app.clone(), rooms, now_ms());
+                    .detach(member, self.app.clone(), rooms, self.node.clock.mono_ms());
                 None
             }
         }
@@ -514,7 +513,7 @@ impl SocketIo {
             rooms.insert(socket.room.clone(), socket.auth.clone());
             self.node
                 .sessions
-                .detach(socket.member, self.app.clone(), rooms, now_ms());
+                .detach(socket.member, self.app.clone(), rooms, self.node.clock.mono_ms());
         }
     }
 

@@ -13,7 +13,7 @@ use super::world::{EmitResult, Outgoing, Place, World};
 use super::{
     AdoptOutcome, JoinOutcome, MemberView, ReattachOutcome, RoomCmd, RoomKey, RoomView, Rooms,
 };
-use crate::apps::{LiveRx, now_ms};
+use crate::apps::LiveRx;
 use edgeroom_room::interest::RoomRef;
 use crate::cluster::replicate::PeerMsg;
 use edgeroom_room::core::LogEntry;
@@ -110,7 +110,7 @@ pub(super) fn spawn(
             slot,
             timer_at: None,
             empty_since_ms: None,
-            last_save_ms: now_ms(),
+            last_save_ms: env.clock.mono_ms(),
             replica,
         };
         actor.run(rx).await;
@@ -194,7 +194,9 @@ impl Actor {
         let Some(live) = self.live.borrow_and_update().clone() else {
             return Ok(None);
         };
-        self.world().now_ms = now_ms();
+        let clock = self.rooms.env().clock.clone();
+        self.world().now_ms = clock.mono_ms();
+        self.world().wall_ms = clock.wall_ms();
         let sandbox = self.rooms.env().sandbox.clone();
         let result = self.slot.call(&sandbox, &live.compiled, call).await;
         if let Err(f) = &result {
@@ -275,7 +277,7 @@ impl Actor {
                 self.after_call().await;
             }
             RoomCmd::Detach { conn, outbox } => {
-                let now = now_ms();
+                let now = self.rooms.env().clock.mono_ms();
                 let w = self.world();
                 if w.links.get(&conn).is_some_and(|l| l.outbox.same(&outbox)) {
                     w.links.remove(&conn);
@@ -462,7 +464,8 @@ impl Actor {
             rep: &rep,
             room: &room,
         };
-        let mut ctx = Ctx::new(std::time::Instant::now(), now_ms(), &view);
+        let clock = &self.rooms.env().clock;
+        let mut ctx = Ctx::new(clock.now().into_std(), clock.mono_ms(), &view);
         let out = f(&mut r, self.slot.world(), &mut ctx);
         let effects = std::mem::take(&mut ctx.out);
         self.replica = Some(r);
@@ -583,7 +586,7 @@ impl Actor {
             }
         }
         self.world().kicks.clear();
-        let now = now_ms();
+        let now = self.rooms.env().clock.mono_ms();
         let w = self.world();
         // The first event each lost connection missed bounds what it was queued
         // (pushes happen in log order; the sort is stable).
@@ -599,7 +602,7 @@ impl Actor {
             w.push_all(&frame, None);
         }
         if let Some(ms) = w.timer.take() {
-            self.timer_at = Some(Instant::now() + Duration::from_millis(u64::from(ms)));
+            self.timer_at = Some(self.rooms.env().clock.now() + Duration::from_millis(u64::from(ms)));
         }
         self.replicate(|r, w, ctx| r.flush(w, ctx));
         let w = self.world();
@@ -611,7 +614,7 @@ impl Actor {
 
     /// Periodic upkeep. True when the room has been empty long enough to stop.
     async fn housekeep(&mut self) -> bool {
-        let now = now_ms();
+        let now = self.rooms.env().clock.mono_ms();
         let limits = self.rooms.env().limits.clone();
         let gone = self.world().core.expire(now, limits.presence_grace_ms);
         let window = limits.resume_window_ms;
@@ -648,7 +651,7 @@ impl Actor {
         }
         let bytes = self.world().doc.save();
         self.world().unsaved = false;
-        self.last_save_ms = now_ms();
+        self.last_save_ms = self.rooms.env().clock.mono_ms();
         let store = self.rooms.env().store.clone();
         let key = self.key.clone();
         match tokio::task::spawn_blocking(move || store.save_room(&key.app, &key.room, &bytes))

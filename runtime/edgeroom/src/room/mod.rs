@@ -184,6 +184,7 @@ pub struct RoomEnv {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// In a cluster: the links to the rooms' replicas on other nodes.
     pub replicator: Option<Arc<replica::Replicator>>,
+    pub clock: crate::clock::Clock,
 }
 
 /// The loaded rooms of this node.

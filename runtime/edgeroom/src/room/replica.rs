@@ -62,7 +62,6 @@ const BACKFILL_PART: usize = 1 << 20;
 pub struct WireEvent {
     pub origin: NodeId,
     pub seq: Seq,
-    pub at_ms: u64,
     pub target: Target,
     pub event: String,
     pub json: String,
@@ -75,7 +74,6 @@ impl WireEvent {
         Self {
             origin: e.origin.clone(),
             seq: e.seq,
-            at_ms: e.at_ms,
             target: e.target.clone(),
             event: e.event.clone(),
             json: e.payload.json.clone(),
@@ -84,11 +82,14 @@ impl WireEvent {
         }
     }
 
-    pub fn into_sequenced(self) -> Sequenced {
+    /// As this replica logs it, stamped with this node's time: a log's age is always
+    /// reckoned by the clock of the node that keeps it, so skewed clocks cannot make a
+    /// replica expire history early.
+    pub fn into_sequenced(self, at_ms: u64) -> Sequenced {
         Sequenced {
             origin: self.origin,
             seq: self.seq,
-            at_ms: self.at_ms,
+            at_ms,
             target: self.target,
             event: self.event,
             payload: Payload {
@@ -99,10 +100,10 @@ impl WireEvent {
         }
     }
 
-    fn to_entry(&self, room: &RoomId) -> Arc<LogEntry> {
+    fn to_entry(&self, room: &RoomId, at_ms: u64) -> Arc<LogEntry> {
         Arc::new(LogEntry::new(
             room.clone(),
-            self.clone().into_sequenced(),
+            self.clone().into_sequenced(at_ms),
             String::new(),
         ))
     }
@@ -366,7 +367,7 @@ impl Replica {
     /// A message from another replica.
     pub fn receive(&mut self, w: &mut World, from: NodeId, msg: RoomMsg, ctx: &mut Ctx) {
         match msg {
-            RoomMsg::Event(e) => self.take_event(w, e, ctx.now),
+            RoomMsg::Event(e) => self.take_event(w, e, ctx),
             RoomMsg::Hello {
                 members,
                 first,
@@ -447,7 +448,7 @@ impl Replica {
                     }
                 }
                 for e in events {
-                    self.take_event(w, e, ctx.now);
+                    self.take_event(w, e, ctx);
                 }
             }
             RoomMsg::Sync(bytes) => {
@@ -484,15 +485,15 @@ impl Replica {
                 first_available,
             } => {
                 let (ready, skipped) = self.inbound.skip_to(&from, first_available);
-                self.deliver(w, &from, ready, skipped);
+                self.deliver(w, &from, ready, skipped, ctx.now_ms);
                 for e in events {
-                    self.take_event(w, e, ctx.now);
+                    self.take_event(w, e, ctx);
                 }
             }
             RoomMsg::Unloaded => {
                 // It has nothing more to say: what is held from it goes out.
                 let (ready, skipped) = self.inbound.give_up(&from);
-                self.deliver(w, &from, ready, skipped);
+                self.deliver(w, &from, ready, skipped, ctx.now_ms);
             }
         }
     }
@@ -504,7 +505,7 @@ impl Replica {
         let lacking = match self.inbound.delivered(from) {
             None => {
                 let ready = self.inbound.start(from, first);
-                self.deliver(w, from, ready, 0);
+                self.deliver(w, from, ready, 0, ctx.now_ms);
                 w.core.mark_start(from, first);
                 self.inbound.delivered(from).map_or(first, Seq::next)
             }
@@ -560,13 +561,13 @@ impl Replica {
         }
     }
 
-    fn take_event(&mut self, w: &mut World, e: WireEvent, now: Instant) {
+    fn take_event(&mut self, w: &mut World, e: WireEvent, ctx: &Ctx) {
         let origin = e.origin.clone();
         if origin == *w.core.origin() {
             return;
         }
-        match self.inbound.receive(&origin, e.seq, e, now) {
-            Received::Deliver(ready) => self.deliver(w, &origin, ready, 0),
+        match self.inbound.receive(&origin, e.seq, e, ctx.now) {
+            Received::Deliver(ready) => self.deliver(w, &origin, ready, 0, ctx.now_ms),
             Received::Duplicate | Received::Held | Received::Overflow => {}
         }
     }
@@ -577,6 +578,7 @@ impl Replica {
         origin: &NodeId,
         ready: Vec<(NodeId, Seq, WireEvent)>,
         skipped: u64,
+        now_ms: u64,
     ) {
         if skipped > 0 {
             let frame = ServerFrame::Error {
@@ -589,7 +591,7 @@ impl Replica {
             w.push_all(&frame, None);
         }
         for (_, _, e) in ready {
-            let entry = w.core.append(e.into_sequenced());
+            let entry = w.core.append(e.into_sequenced(now_ms));
             w.deliver(&entry);
         }
     }
@@ -733,7 +735,7 @@ impl Replica {
         for (origin, first) in firsts {
             if origin != me && self.inbound.delivered(&origin).is_none() {
                 let ready = self.inbound.start(&origin, first);
-                self.deliver(w, &origin, ready, 0);
+                self.deliver(w, &origin, ready, 0, ctx.now_ms);
                 w.core.mark_start(&origin, first);
             }
         }
@@ -744,7 +746,7 @@ impl Replica {
         w.presence_changed(vec![(conn.clone(), record.presence.clone())], vec![]);
         let cursor = a.cursor.clone().unwrap_or(before);
         let room = w.place.room.clone();
-        let others = a.backlog.iter().map(|e| e.to_entry(&room)).collect();
+        let others = a.backlog.iter().map(|e| e.to_entry(&room, ctx.now_ms)).collect();
         let heads: Vec<&Cursor> = a.heads.iter().collect();
         let catch_up = w.core.catch_up(&conn, &cursor, others, &heads);
         self.member_joined(ctx);
@@ -799,7 +801,7 @@ impl Replica {
             w.push_presence(vec![], left);
         }
         let (ready, skipped) = self.inbound.give_up(node);
-        self.deliver(w, node, ready, skipped);
+        self.deliver(w, node, ready, skipped, ctx.now_ms);
     }
 }
 

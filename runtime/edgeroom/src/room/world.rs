@@ -63,7 +63,11 @@ pub struct World {
     pub unsaved: bool,
     /// `on-timer` requested in this many ms.
     pub timer: Option<u32>,
+    /// This node's monotonic milliseconds (`Clock::mono_ms`): what log entries are
+    /// stamped with.
     pub now_ms: u64,
+    /// Wall time for the handler's `now-ms`, shown, never compared across nodes.
+    pub wall_ms: u64,
     pub metrics: Arc<Metrics>,
 }
 
@@ -91,6 +95,7 @@ impl World {
             unsaved: false,
             timer: None,
             now_ms: 0,
+            wall_ms: 0,
             metrics,
         }
     }
@@ -417,7 +422,7 @@ impl RoomApi for World {
     }
 
     fn now_ms(&mut self) -> u64 {
-        self.now_ms
+        self.wall_ms
     }
 
     fn log(&mut self, level: tracing::Level, msg: &str) {
