@@ -1,6 +1,7 @@
 //! Replicas of one room on several simulated nodes: the real [`Replica`] and
 //! [`World`], an in-memory network with per-link FIFO (as a QUIC stream is) that can
-//! drop, duplicate, delay and cut, and a fake clock. Seeded, so a failure replays.
+//! drop, duplicate, delay and cut, and a fake clock per node (each hours off the
+//! others, so nothing may depend on clocks agreeing). Seeded, so a failure replays.
 //!
 //! The harness plays the parts the room actor and the mesh play in a node: it carries
 //! out effects, tells replicas when a peer newly has members (`peer_joined`), when a
@@ -117,6 +118,9 @@ struct Sim {
     rng: StdRng,
     t0: Instant,
     now: Duration,
+    /// Each node's clock is this far ahead of the simulation's: clocks of different
+    /// nodes never agree, and nothing may depend on them agreeing.
+    skew: Vec<Duration>,
     next_run: u64,
     /// Chance in [0, 1) that a message is lost, and that one is sent twice.
     loss: f64,
@@ -145,6 +149,7 @@ impl Sim {
             rng: StdRng::seed_from_u64(seed),
             t0: Instant::now(),
             now: Duration::ZERO,
+            skew: Vec::new(),
             next_run: 1,
             loss: 0.0,
             dup: 0.0,
@@ -154,6 +159,8 @@ impl Sim {
         for i in 0..n {
             let id = NodeId::new(&format!("n{i}")).unwrap();
             let run = sim.take_run();
+            let skew = Duration::from_millis(sim.rng.random_range(0..10 * 3_600_000));
+            sim.skew.push(skew);
             sim.nodes.push(Node {
                 replica: Replica::new(
                     (
@@ -198,8 +205,9 @@ impl Sim {
             .map(|j| self.nodes[j].id.clone())
             .collect();
         let view = View { interested, alive };
-        let now = self.t0 + self.now;
-        let now_ms = self.now.as_millis() as u64;
+        let local = self.now + self.skew[i];
+        let now = self.t0 + local;
+        let now_ms = local.as_millis() as u64;
         let node = &mut self.nodes[i];
         let mut ctx = Ctx::new(now, now_ms, &view);
         let out = f(&mut node.replica, &mut node.world, &mut ctx);
