@@ -9,12 +9,12 @@ use std::time::Instant;
 use edgeroom::config::SandboxConfig;
 use edgeroom::metrics::Metrics;
 use edgeroom::room::World;
-use edgeroom_room::core::{LogLimits, RoomCore};
 use edgeroom::room::world::Place;
 use edgeroom::sandbox::{Call, Sandbox, Slot};
-use edgeroom::state::RoomDoc;
 use edgeroom_proto::ids::{NodeId, RoomId, Seq};
 use edgeroom_proto::payload::Payload;
+use edgeroom_room::core::{LogLimits, RoomCore};
+use edgeroom_room::state::RoomDoc;
 
 fn world(metrics: &Arc<Metrics>) -> World {
     let room = RoomId::new("bench").unwrap();

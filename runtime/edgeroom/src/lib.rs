@@ -22,6 +22,6 @@ pub mod sandbox;
 pub mod session;
 pub mod store;
 
-pub use config::NodeConfig;
 pub use clock::Clock;
+pub use config::NodeConfig;
 pub use node::{Node, RunningNode, start, start_with_clock};

@@ -16,12 +16,12 @@ use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
-use edgeroom_proto::close::Going;
 use crate::room::{RoomCmd, RoomEnv, RoomKey, Rooms, World};
 use crate::sandbox::Sandbox;
 use crate::session::Sessions;
 use crate::session::token::TokenKey;
 use crate::store::Store;
+use edgeroom_proto::close::Going;
 
 pub struct Node {
     pub config: NodeConfig,

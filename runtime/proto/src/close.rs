@@ -115,14 +115,26 @@ mod tests {
 
     #[test]
     fn what_the_client_did_is_a_policy_close_and_the_rest_goes_away() {
-        assert_eq!(Disconnect::SlowConsumer { limit: 8 }.ws_code(), ws_code::POLICY);
+        assert_eq!(
+            Disconnect::SlowConsumer { limit: 8 }.ws_code(),
+            ws_code::POLICY
+        );
         assert_eq!(
             Disconnect::SlowConsumer { limit: 8 }.to_string(),
             "slow consumer: more than 8 frames waiting"
         );
-        assert_eq!(Disconnect::ProtocolError("x".into()).ws_code(), ws_code::POLICY);
+        assert_eq!(
+            Disconnect::ProtocolError("x".into()).ws_code(),
+            ws_code::POLICY
+        );
         assert_eq!(Disconnect::ConnectionClosed.ws_code(), ws_code::NORMAL);
-        assert_eq!(Disconnect::from(Going::CutOff).ws_code(), ws_code::GOING_AWAY);
-        assert_eq!(Disconnect::from(Going::Stopping).to_string(), Going::Stopping.message());
+        assert_eq!(
+            Disconnect::from(Going::CutOff).ws_code(),
+            ws_code::GOING_AWAY
+        );
+        assert_eq!(
+            Disconnect::from(Going::Stopping).to_string(),
+            Going::Stopping.message()
+        );
     }
 }

@@ -37,8 +37,8 @@ use tokio::sync::mpsc;
 
 use super::control::ControlPlane;
 use super::health::Health;
-use edgeroom_room::interest::{Announce, Interest, RoomRef};
 use edgeroom_proto::ids::NodeId;
+use edgeroom_room::interest::{Announce, Interest, RoomRef};
 use edgeroom_transport::{Endpoint, Incoming, Purpose};
 use tokio::sync::watch;
 

@@ -190,7 +190,13 @@ async fn route(
     let websocket = match q.transport.as_deref() {
         Some("polling") => false,
         Some("websocket") => true,
-        _ => return eio_error(node, StatusCode::BAD_REQUEST, RequestError::UnknownTransport),
+        _ => {
+            return eio_error(
+                node,
+                StatusCode::BAD_REQUEST,
+                RequestError::UnknownTransport,
+            );
+        }
     };
     if let Some(sid) = q.sid {
         let link = {
@@ -230,11 +236,19 @@ async fn route(
                 };
                 ask(&inbox, |r| Input::Post(Box::new((body, r)))).await
             }
-            _ => eio_error(node, StatusCode::BAD_REQUEST, RequestError::BadHandshakeMethod),
+            _ => eio_error(
+                node,
+                StatusCode::BAD_REQUEST,
+                RequestError::BadHandshakeMethod,
+            ),
         };
     }
     if *method != Method::GET {
-        return eio_error(node, StatusCode::BAD_REQUEST, RequestError::BadHandshakeMethod);
+        return eio_error(
+            node,
+            StatusCode::BAD_REQUEST,
+            RequestError::BadHandshakeMethod,
+        );
     }
     if let Some(why) = node.refusing() {
         return eio_refuse(node, StatusCode::SERVICE_UNAVAILABLE, why.message());
@@ -243,15 +257,27 @@ async fn route(
         return eio_error(node, StatusCode::BAD_REQUEST, RequestError::BadRequest);
     }
     if q.eio.as_deref() != Some("4") {
-        return eio_error(node, StatusCode::BAD_REQUEST, RequestError::UnsupportedProtocolVersion);
+        return eio_error(
+            node,
+            StatusCode::BAD_REQUEST,
+            RequestError::UnsupportedProtocolVersion,
+        );
     }
     if let Service::SocketIo(app) = &service
         && !node.apps.exists(app)
     {
-        return eio_refuse(node, StatusCode::NOT_FOUND, &format!("app {app} does not exist"));
+        return eio_refuse(
+            node,
+            StatusCode::NOT_FOUND,
+            &format!("app {app} does not exist"),
+        );
     }
     if node.metrics.connections.get() >= node.config.limits.max_connections as i64 {
-        return eio_refuse(node, StatusCode::SERVICE_UNAVAILABLE, "this node is at its connection limit; try another");
+        return eio_refuse(
+            node,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is at its connection limit; try another",
+        );
     }
     let sid = super::forward::new_sid(node);
     let transport = if websocket {
@@ -533,7 +559,11 @@ impl Driver {
                     let _ = reply.send(empty(StatusCode::BAD_REQUEST));
                 }
                 PollAnswer::WrongTransport => {
-                    let _ = reply.send(eio_error(&self.node, StatusCode::BAD_REQUEST, RequestError::BadRequest));
+                    let _ = reply.send(eio_error(
+                        &self.node,
+                        StatusCode::BAD_REQUEST,
+                        RequestError::BadRequest,
+                    ));
                 }
             },
             Input::Post(post) => {
@@ -560,7 +590,11 @@ impl Driver {
                 let _ = reply.send(([(header::CONTENT_TYPE, "text/html")], "ok").into_response());
             }
             Err(PostError::WrongTransport) => {
-                let _ = reply.send(eio_error(&self.node, StatusCode::BAD_REQUEST, RequestError::BadRequest));
+                let _ = reply.send(eio_error(
+                    &self.node,
+                    StatusCode::BAD_REQUEST,
+                    RequestError::BadRequest,
+                ));
             }
             Err(PostError::Invalid(_)) => {
                 self.node.metrics.bad_frame("engineio_bad_payload");
@@ -722,7 +756,11 @@ impl Driver {
                 Input::WebSocket(_) => None,
             };
             if let Some(r) = reply {
-                let _ = r.send(eio_error(&self.node, StatusCode::BAD_REQUEST, RequestError::UnknownSid));
+                let _ = r.send(eio_error(
+                    &self.node,
+                    StatusCode::BAD_REQUEST,
+                    RequestError::UnknownSid,
+                ));
             }
         }
         let reason = self

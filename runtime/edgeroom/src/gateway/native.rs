@@ -118,7 +118,9 @@ pub async fn serve(socket: WebSocket, node: Arc<Node>, app: AppName, format: For
             Message::Text(t) => native::decode_text(t.as_str(), max),
             Message::Binary(b) => native::decode_binary(&b, max),
             Message::Close(f) => {
-                explicit_close = f.as_ref().is_some_and(|f| f.code == CLOSE_NORMAL);
+                explicit_close = f
+                    .as_ref()
+                    .is_some_and(|f| f.code == edgeroom_proto::close::ws_code::NORMAL);
                 break;
             }
             Message::Ping(_) | Message::Pong(_) => continue,
@@ -147,7 +149,8 @@ pub async fn serve(socket: WebSocket, node: Arc<Node>, app: AppName, format: For
     if explicit_close {
         node.sessions.end(&c.conn);
     } else {
-        node.sessions.detach(c.conn.clone(), app, rooms, node.clock.mono_ms());
+        node.sessions
+            .detach(c.conn.clone(), app, rooms, node.clock.mono_ms());
     }
     kill.kill(Disconnect::ConnectionClosed);
     let _ = writer.await;
@@ -408,7 +411,7 @@ impl Conn {
         r#ref: Option<Ref>,
     ) {
         let claims = match self.node.tokens.verify(&token) {
-            Ok(c) if c.a == self.app.as_str() => c,
+            Ok(c) if c.app == self.app => c,
             Ok(_) => {
                 self.answer(
                     r#ref,

@@ -16,7 +16,6 @@ use serde_json::{Value, json};
 
 use crate::apps::AppSettings;
 use crate::node::Node;
-use edgeroom_room::core::LogEntry;
 use crate::room::{
     AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
     RoomHandle, RoomKey,
@@ -30,6 +29,7 @@ use edgeroom_proto::native::ServerFrame;
 use edgeroom_proto::payload::Payload;
 use edgeroom_proto::socketio::{self, Kind, Packet, Reassembly};
 use edgeroom_proto::{Cursor, ProtoError};
+use edgeroom_room::core::LogEntry;
 
 /// Where a recovering member was found.
 enum Recovered {
@@ -114,8 +114,8 @@ type Fatal = String;
 
 impl SocketIo {
     pub fn new(node: Arc<Node>, app: AppName, settings: Arc<AppSettings>, outbox: Outbox) -> Self {
-        let connect_by =
-            node.clock.now().into_std() + Duration::from_millis(node.config.socketio.connect_timeout_ms);
+        let connect_by = node.clock.now().into_std()
+            + Duration::from_millis(node.config.socketio.connect_timeout_ms);
         Self {
             node,
             app,
@@ -428,9 +428,12 @@ impl SocketIo {
         match rooms.get(room).cloned() {
             Some(auth) => Some(Recovered::Here(member, auth)),
             None => {
-                self.node
-                    .sessions
-                    .detach(member, self.app.clone(), rooms, self.node.clock.mono_ms());
+                self.node.sessions.detach(
+                    member,
+                    self.app.clone(),
+                    rooms,
+                    self.node.clock.mono_ms(),
+                );
                 None
             }
         }
@@ -511,9 +514,12 @@ impl SocketIo {
             }
             let mut rooms = SessionRooms::new();
             rooms.insert(socket.room.clone(), socket.auth.clone());
-            self.node
-                .sessions
-                .detach(socket.member, self.app.clone(), rooms, self.node.clock.mono_ms());
+            self.node.sessions.detach(
+                socket.member,
+                self.app.clone(),
+                rooms,
+                self.node.clock.mono_ms(),
+            );
         }
     }
 

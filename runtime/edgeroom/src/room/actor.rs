@@ -6,7 +6,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use edgeroom_room::core::{LogLimits, RoomCore};
 use super::outbox::{Link, Outbound};
 use super::replica::{Adoption, Ctx, Effect, Peers, Replica, Replicator, Settled};
 use super::world::{EmitResult, Outgoing, Place, World};
@@ -14,14 +13,15 @@ use super::{
     AdoptOutcome, JoinOutcome, MemberView, ReattachOutcome, RoomCmd, RoomKey, RoomView, Rooms,
 };
 use crate::apps::LiveRx;
-use edgeroom_room::interest::RoomRef;
 use crate::cluster::replicate::PeerMsg;
-use edgeroom_room::core::LogEntry;
 use crate::sandbox::{Call, Failure, Returned, Slot};
-use edgeroom_room::state::RoomDoc;
 use edgeroom_proto::ids::{ConnId, NodeId};
 use edgeroom_proto::native::{Ref, ServerFrame};
 use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
+use edgeroom_room::core::LogEntry;
+use edgeroom_room::core::{LogLimits, RoomCore};
+use edgeroom_room::interest::RoomRef;
+use edgeroom_room::state::RoomDoc;
 
 /// Kicks that cause kicks are followed this many rounds deep, no more.
 const MAX_KICK_ROUNDS: usize = 8;
@@ -602,7 +602,8 @@ impl Actor {
             w.push_all(&frame, None);
         }
         if let Some(ms) = w.timer.take() {
-            self.timer_at = Some(self.rooms.env().clock.now() + Duration::from_millis(u64::from(ms)));
+            self.timer_at =
+                Some(self.rooms.env().clock.now() + Duration::from_millis(u64::from(ms)));
         }
         self.replicate(|r, w, ctx| r.flush(w, ctx));
         let w = self.world();

@@ -178,7 +178,7 @@ pub struct RoomEnv {
     pub apps: Arc<Apps<World>>,
     pub store: Arc<Store>,
     /// Where rooms take their runs of sequence numbers.
-    pub runs: Arc<runs::Runs>,
+    pub runs: Arc<edgeroom_room::runs::Runs>,
     pub metrics: Arc<Metrics>,
     /// Turns true when the node shuts down: rooms save and stop.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

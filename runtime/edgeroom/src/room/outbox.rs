@@ -11,10 +11,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
-use edgeroom_room::core::LogEntry;
 use crate::metrics::Metrics;
 use edgeroom_proto::close::Disconnect;
 use edgeroom_proto::native::{Format, ServerFrame};
+use edgeroom_room::core::LogEntry;
 
 /// Something for a connection to write.
 #[derive(Debug, Clone)]

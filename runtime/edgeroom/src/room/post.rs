@@ -44,7 +44,13 @@ impl Post {
     /// of it is waiting, else behind what is.
     pub fn post(&mut self, key: &RoomKey, to: &RoomHandle, cmd: RoomCmd, metrics: &Metrics) {
         if let Some(queue) = self.waiting.get_mut(key) {
-            let event = matches!(cmd, RoomCmd::Peer { msg: RoomMsg::Event(_), .. });
+            let event = matches!(
+                cmd,
+                RoomCmd::Peer {
+                    msg: RoomMsg::Event(_),
+                    ..
+                }
+            );
             if queue.len() >= self.bound * 2 || (event && queue.len() >= self.bound) {
                 metrics.peer_shed(if event { "event" } else { "other" });
                 return;

@@ -36,16 +36,16 @@ use std::time::{Duration, Instant};
 use automerge::sync;
 use tokio::sync::oneshot;
 
-use edgeroom_room::core::{LogEntry, Sequenced, Target};
 use super::outbox::Link;
 use super::world::{Outgoing, RemoteMember, World};
-use edgeroom_room::interest::RoomRef;
-use edgeroom_room::order::{Ask, Inbound, Received};
 use crate::cluster::replicate::{self, Relay};
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq};
 use edgeroom_proto::native::ServerFrame;
 use edgeroom_proto::payload::Payload;
 use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
+use edgeroom_room::core::{LogEntry, Sequenced, Target};
+use edgeroom_room::interest::RoomRef;
+use edgeroom_room::order::{Ask, Inbound, Received};
 
 pub type Replicator = replicate::Replicator<RoomMsg>;
 
@@ -440,9 +440,7 @@ impl Replica {
                         a.heads.push(head);
                     }
                     if let Some(m) = member
-                        && a.record
-                            .as_ref()
-                            .is_none_or(|r| r.claim < m.claim)
+                        && a.record.as_ref().is_none_or(|r| r.claim < m.claim)
                     {
                         a.record = Some(m);
                     }
@@ -740,13 +738,20 @@ impl Replica {
             }
         }
         let before = w.core.head().clone();
-        w.core
-            .join(conn.clone(), record.auth.clone(), record.claim.saturating_add(1));
+        w.core.join(
+            conn.clone(),
+            record.auth.clone(),
+            record.claim.saturating_add(1),
+        );
         w.core.set_presence(&conn, record.presence.clone());
         w.presence_changed(vec![(conn.clone(), record.presence.clone())], vec![]);
         let cursor = a.cursor.clone().unwrap_or(before);
         let room = w.place.room.clone();
-        let others = a.backlog.iter().map(|e| e.to_entry(&room, ctx.now_ms)).collect();
+        let others = a
+            .backlog
+            .iter()
+            .map(|e| e.to_entry(&room, ctx.now_ms))
+            .collect();
         let heads: Vec<&Cursor> = a.heads.iter().collect();
         let catch_up = w.core.catch_up(&conn, &cursor, others, &heads);
         self.member_joined(ctx);

@@ -96,9 +96,7 @@ impl Sessions {
                             return Ok(rooms);
                         }
                     }
-                    Some(Entry::Attached { kill }) => {
-                        kill.kill(Disconnect::ResumedElsewhere)
-                    }
+                    Some(Entry::Attached { kill }) => kill.kill(Disconnect::ResumedElsewhere),
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {

@@ -135,7 +135,9 @@ mod tests {
             mac.update(body.as_bytes());
             format!("{body}.{}", B64.encode(mac.finalize().into_bytes()))
         };
-        let c = k.verify(&signed(r#"{"s":"abc","a":"chat","n":""}"#)).unwrap();
+        let c = k
+            .verify(&signed(r#"{"s":"abc","a":"chat","n":""}"#))
+            .unwrap();
         assert_eq!(c.session.as_str(), "abc");
         assert_eq!(c.node, None);
         assert_eq!(k.sign(&c), signed(r#"{"s":"abc","a":"chat","n":""}"#));

@@ -17,12 +17,12 @@ use tokio::sync::{mpsc, oneshot};
 use super::*;
 use crate::metrics::Metrics;
 use crate::room::AdoptOutcome;
-use edgeroom_room::core::{LogLimits, RoomCore, Target};
 use crate::room::outbox::{Interest, Outbound, Outbox};
 use crate::room::world::{Outgoing, Place};
-use edgeroom_room::state::RoomDoc;
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId};
 use edgeroom_proto::native::Format;
+use edgeroom_room::core::{LogLimits, RoomCore, Target};
+use edgeroom_room::state::RoomDoc;
 
 const PATIENCE: Duration = Duration::from_secs(2);
 
