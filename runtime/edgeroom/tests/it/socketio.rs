@@ -38,7 +38,13 @@ async fn socket_io_client_suite() {
     );
     let mut cmd = tokio::process::Command::new("node");
     cmd.current_dir(&dir)
-        .args(["--test", "--test-reporter=spec", "client.test.mjs"])
+        // A test that hangs fails alone, naming itself, instead of stalling the suite.
+        .args([
+            "--test",
+            "--test-reporter=spec",
+            "--test-timeout=60000",
+            "client.test.mjs",
+        ])
         .env("EDGEROOM_URL", node.url(""));
     run_client(cmd, "the socket.io-client suite").await;
     node.stop().await;

@@ -388,15 +388,40 @@ pub fn tests_dir(sub: &str) -> PathBuf {
         .join(sub)
 }
 
-/// Run a third-party client's test program; its output is shown, and it must succeed.
+/// Run a third-party client's test program; its output is shown (also when it hangs
+/// and is killed), and it must succeed.
 pub async fn run_client(mut cmd: tokio::process::Command, what: &str) {
-    let out = tokio::time::timeout(CLIENT_TIMEOUT, cmd.kill_on_drop(true).output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish in {CLIENT_TIMEOUT:?}"))
+    use tokio::io::AsyncReadExt;
+    cmd.kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
         .unwrap_or_else(|e| panic!("could not start {what}: {e} (./test.sh installs it)"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (mut out, mut err) = (
+        child.stdout.take().expect("piped"),
+        child.stderr.take().expect("piped"),
+    );
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let status = {
+        let run = async {
+            let (_, _, status) = tokio::join!(
+                out.read_to_end(&mut stdout),
+                err.read_to_end(&mut stderr),
+                child.wait()
+            );
+            status
+        };
+        tokio::time::timeout(CLIENT_TIMEOUT, run).await
+    };
+    let stdout = String::from_utf8_lossy(&stdout);
+    let stderr = String::from_utf8_lossy(&stderr);
     println!("{stdout}");
     eprintln!("{stderr}");
-    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
+    let status = status
+        .unwrap_or_else(|_| {
+            panic!("{what} did not finish in {CLIENT_TIMEOUT:?} (its output so far is above)")
+        })
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(status.success(), "{what} failed:\n{stdout}\n{stderr}");
 }
