@@ -10,6 +10,7 @@
 //! `edgeroom-proto` crate below them all.
 
 pub mod apps;
+pub mod builder;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod sandbox;
 pub mod session;
 pub mod store;
 
+pub use builder::{NodeBuilder, NodeHandle};
 pub use clock::Clock;
 pub use config::NodeConfig;
 pub use node::{Node, RunningNode, start, start_with_clock};

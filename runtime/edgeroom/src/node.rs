@@ -260,6 +260,15 @@ async fn upkeep(node: Arc<Node>) {
 }
 
 impl RunningNode {
+    /// Let go of the node with no drain (a kill): break the one reference cycle that
+    /// would keep it alive past its tasks — the cluster serves forwarded requests with
+    /// the gateway's router, which holds the node.
+    pub(crate) fn abandon(self) {
+        if let Some(cluster) = &self.node.cluster {
+            cluster.forwarded.lock().take();
+        }
+    }
+
     /// Stop (a drain): stop accepting, close client connections (they resume elsewhere
     /// with their tokens and cursors), let every room save and send its replicas what it
     /// has, wait until the peers have received it, then release storage. Waits up to

@@ -666,3 +666,89 @@ async fn an_event_crosses_to_each_region_once_and_fans_out_inside_it() {
     assert_eq!(delta[3], 0, "{delta:?}");
     shutdown(nodes).await;
 }
+
+/// The `i` of the next `n` events `c` gets, and every error frame that came with them.
+async fn numbered_and_errors(c: &mut Client, n: usize) -> (Vec<i64>, Vec<Value>) {
+    let (mut got, mut errors) = (Vec::new(), Vec::new());
+    while got.len() < n {
+        let f = c.recv().await;
+        match f["type"].as_str() {
+            Some("event") => got.push(f["data"]["i"].as_i64().unwrap()),
+            Some("error") => errors.push(f),
+            _ => {}
+        }
+    }
+    (got, errors)
+}
+
+/// A node killed in-process — every task of it stopped at once, nothing drained, as
+/// kill -9 would — and started again from its data directory after its peers declared
+/// it dead rejoins at once: as soon as every node shows it alive, a member that joins it
+/// gets the others' broadcasts and its own reach them, and nobody hears of a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_in_process_restarts_from_its_data_and_rejoins_at_once() {
+    let fleet = Fleet::new();
+    // Voters start together: each waits for the cluster to agree on its secret.
+    let (n0, n1, h2) = tokio::join!(
+        edgeroom::start(fleet.config(0)),
+        edgeroom::start(fleet.config(1)),
+        edgeroom::NodeBuilder::new(fleet.config(2)).start(),
+    );
+    let (n0, n1, h2) = (n0.unwrap(), n1.unwrap(), h2.unwrap());
+    for n in [&n0, &n1, h2.running()] {
+        wait_all_alive(n, 3).await;
+    }
+    let (status, body) = deploy(&n0, "echo", example("echo"), None).await;
+    assert_eq!(status, 200, "{body}");
+    for n in [&n0, &n1, h2.running()] {
+        wait_version(n, "echo", 1).await;
+    }
+    let mut a = Client::connect(n0.addr, "echo", "json").await;
+    a.join("feed", json!({})).await;
+    let mut c = Client::connect(h2.running().addr, "echo", "json").await;
+    c.join("feed", json!({})).await;
+    wait_room(&n0, "echo", "feed", "both members", |v| {
+        member_count(v) == 2
+    })
+    .await;
+    broadcast_range(&mut a, "feed", 0..20).await;
+    assert_eq!(c.numbered(20).await.0, (0..20).collect::<Vec<_>>());
+
+    c.abort();
+    let builder = h2.kill().await;
+    broadcast_range(&mut a, "feed", 20..40).await;
+    // Past the failure timeout: the others declare it dead.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_room(&n0, "echo", "feed", "the dead node's member gone", |v| {
+        member_count(v) == 1
+    })
+    .await;
+
+    let h2 = builder.start().await.expect("restarts from its data dir");
+    for n in [&n0, &n1, h2.running()] {
+        wait_all_alive(n, 3).await;
+    }
+    let alive = Instant::now();
+    let mut c2 = Client::connect(h2.running().addr, "echo", "json").await;
+    let r = c2.join("feed", json!({})).await;
+    assert!(r["error"].is_null(), "{r}");
+    wait_room(&n0, "echo", "feed", "the new member", |v| {
+        member_count(v) == 2
+    })
+    .await;
+    broadcast_range(&mut a, "feed", 40..50).await;
+    let (got, errors) = numbered_and_errors(&mut c2, 10).await;
+    assert_eq!(got, (40..50).collect::<Vec<_>>());
+    assert!(errors.is_empty(), "{errors:?}");
+    broadcast_range(&mut c2, "feed", 100..110).await;
+    let (got, errors) = numbered_and_errors(&mut a, 10).await;
+    assert_eq!(got, (100..110).collect::<Vec<_>>());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        alive.elapsed() < Duration::from_secs(3),
+        "traffic both ways took {:?} after every node showed the restarted one alive",
+        alive.elapsed()
+    );
+    h2.shutdown(Duration::from_secs(1)).await;
+    shutdown(vec![n0, n1]).await;
+}
