@@ -228,6 +228,16 @@ pub struct Limits {
     /// being served). Past it new events are shed and repaired from their origin; past
     /// twice it anything is. Counted in `edgeroom_peer_messages_shed`.
     pub peer_backlog: usize,
+    /// Events from one origin a room's replica holds while a gap before them is being
+    /// repaired; later ones are dropped and repaired in order afterwards.
+    pub held_per_origin: usize,
+    /// Messages queued to one peer; beyond it new ones are dropped (events come back
+    /// through gap repair, state through the next sync, presence with the next hello).
+    pub peer_queue: usize,
+    /// Engine.IO packets held for a client that is not polling; beyond it the session
+    /// stops taking from its outbox, which then fills and drops the client as a slow
+    /// consumer.
+    pub engineio_queue: usize,
     /// How long a room keeps its events for resume.
     pub history_ms: u64,
     /// Most events a room keeps, whatever their age.
@@ -261,6 +271,9 @@ impl Default for Limits {
             outbound_queue: 1024,
             room_inbox: 1024,
             peer_backlog: 4096,
+            held_per_origin: 10_000,
+            peer_queue: 65_536,
+            engineio_queue: 4096,
             history_ms: 120_000,
             history_max_events: 100_000,
             resume_window_ms: 120_000,
@@ -347,7 +360,10 @@ impl NodeConfig {
         anyhow::ensure!(
             self.limits.outbound_queue > 0
                 && self.limits.room_inbox > 0
-                && self.limits.peer_backlog > 0,
+                && self.limits.peer_backlog > 0
+                && self.limits.held_per_origin > 0
+                && self.limits.peer_queue > 0
+                && self.limits.engineio_queue > 0,
             "queues must hold at least one item"
         );
         anyhow::ensure!(

@@ -108,6 +108,7 @@ impl Cluster {
             config.node_id.clone(),
             config.region.clone(),
             health.clone(),
+            config.limits.peer_queue,
         );
         let forwarded = Arc::new(parking_lot::Mutex::new(None));
         let serving = mesh::Serving {

@@ -42,9 +42,6 @@ use edgeroom_room::interest::{Announce, Interest, RoomRef};
 use edgeroom_transport::{Endpoint, Incoming, Purpose};
 use tokio::sync::watch;
 
-/// Messages queued to one peer at most; beyond, new ones are dropped (events come back
-/// through gap repair, state through the next sync, presence with the next hello).
-const PEER_QUEUE: usize = 65_536;
 /// Deliveries waiting for the node's rooms at most (the peer readers wait beyond it).
 const ROOMS_QUEUE: usize = 4096;
 /// How often the failure detector's verdicts are read.
@@ -126,6 +123,7 @@ pub struct Replicator<M> {
     /// This process's incarnation: a fresh random number at every start.
     incarnation: u64,
     health: Arc<Health>,
+    peer_queue: usize,
     interest: Mutex<Interest>,
     links: Mutex<HashMap<NodeId, Link<M>>>,
     /// The incarnation each peer's streams last came from.
@@ -143,10 +141,12 @@ where
     M: Relay + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// A replicator and the channel its deliveries come out of.
+    /// `peer_queue`: messages queued to one peer at most (`Limits::peer_queue`).
     pub fn new(
         me: NodeId,
         region: String,
         health: Arc<Health>,
+        peer_queue: usize,
     ) -> (Arc<Self>, mpsc::Receiver<Delivery<M>>) {
         let (to_rooms, rx) = mpsc::channel(ROOMS_QUEUE);
         let this = Arc::new(Self {
@@ -154,6 +154,7 @@ where
             region,
             incarnation: rand::random::<u64>().max(1),
             health,
+            peer_queue,
             interest: Mutex::new(Interest::new()),
             links: Mutex::new(HashMap::new()),
             peers_seen: Mutex::new(HashMap::new()),
@@ -422,7 +423,7 @@ where
                 if tasks.contains_key(&node) {
                     continue;
                 }
-                let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                let (tx, rx) = mpsc::channel(self.peer_queue);
                 let (reset, reset_rx) = watch::channel(0);
                 let connected_to = Arc::new(std::sync::atomic::AtomicU64::new(0));
                 let sessions = Arc::new(std::sync::atomic::AtomicU64::new(0));

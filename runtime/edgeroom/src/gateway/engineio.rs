@@ -31,9 +31,6 @@ use edgeroom_proto::engineio::{self, Handshake, Packet, RequestError};
 use edgeroom_proto::ids::AppName;
 use edgeroom_proto::native::Format;
 
-/// Packets held for a client that is not polling; beyond it the session stops taking
-/// from its outbox, which then fills and drops the client as a slow consumer.
-const MAX_QUEUED: usize = 4096;
 /// Requests waiting for a session's task; more are refused (a client has at most a
 /// poll, a post and an upgrade in flight).
 const INPUT_QUEUE: usize = 16;
@@ -484,7 +481,7 @@ impl Driver {
             if timer.deadline() != deadline.into() {
                 timer.as_mut().reset(deadline.into());
             }
-            let room_for_more = self.session.queued() < MAX_QUEUED;
+            let room_for_more = self.session.queued() < self.node.config.limits.engineio_queue;
             // In this order when several are ready: an upgrade's `5` before a poll that
             // came after it, and queued output before more input.
             tokio::select! {
@@ -685,7 +682,7 @@ impl Driver {
         if let Upper::SocketIo(sio) = &mut self.upper {
             sio.on_outbound(item, &mut self.session);
             // Whatever else is queued joins the same write.
-            while self.session.queued() < MAX_QUEUED {
+            while self.session.queued() < self.node.config.limits.engineio_queue {
                 match self.outbox_rx.try_recv() {
                     Ok(item) => sio.on_outbound(item, &mut self.session),
                     Err(_) => break,

@@ -89,7 +89,10 @@ pub(super) fn spawn(
         let replica = env
             .replicator
             .as_ref()
-            .map(|_| Replica::new((key.app.clone(), key.room.clone()), patience));
+            .map(|_| {
+                let room = (key.app.clone(), key.room.clone());
+                Replica::new(room, patience, env.limits.held_per_origin)
+            });
         let core = RoomCore::new(env.node.clone(), key.room.clone(), first_seq, limits);
         let place = Place {
             app: key.app.to_string(),

@@ -52,8 +52,6 @@ pub type Replicator = replicate::Replicator<RoomMsg>;
 /// How long a gap waits for the missing events before the origin is asked for them
 /// (and how often an origin whose start is unknown is asked for its hello).
 const REPAIR_PATIENCE: Duration = Duration::from_millis(300);
-/// Events held per origin while a gap is open, at most.
-const MAX_HELD: usize = 10_000;
 /// Payload bytes per backfill message, at most (well below the frame limit).
 const BACKFILL_PART: usize = 1 << 20;
 
@@ -280,10 +278,11 @@ pub struct Replica {
 }
 
 impl Replica {
-    pub fn new(room: RoomRef, adopt_patience: Duration) -> Self {
+    /// `held_per_origin`: see `Limits::held_per_origin`.
+    pub fn new(room: RoomRef, adopt_patience: Duration, held_per_origin: usize) -> Self {
         Self {
             room,
-            inbound: Inbound::new(REPAIR_PATIENCE, MAX_HELD),
+            inbound: Inbound::new(REPAIR_PATIENCE, held_per_origin),
             sync: HashMap::new(),
             adoptions: Vec::new(),
             adopt_patience,

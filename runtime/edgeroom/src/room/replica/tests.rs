@@ -25,6 +25,7 @@ use edgeroom_room::core::{LogLimits, RoomCore, Target};
 use edgeroom_room::state::RoomDoc;
 
 const PATIENCE: Duration = Duration::from_secs(2);
+const HELD: usize = 10_000;
 
 /// What one simulated client received.
 #[derive(Debug, Default)]
@@ -168,6 +169,7 @@ impl Sim {
                         RoomId::new("r").unwrap(),
                     ),
                     PATIENCE,
+                    HELD,
                 ),
                 world: world(&id, run, limits),
                 id,
@@ -417,7 +419,7 @@ impl Sim {
             edgeroom_proto::ids::AppName::new("app").unwrap(),
             RoomId::new("r").unwrap(),
         );
-        self.nodes[i].replica = Replica::new(room, PATIENCE);
+        self.nodes[i].replica = Replica::new(room, PATIENCE, HELD);
         self.nodes[i].world = world(&id, run, self.limits);
         self.nodes[i].clients.clear();
         self.nodes[i].interest = 0;
