@@ -86,13 +86,10 @@ pub(super) fn spawn(
             return;
         }
         let patience = Duration::from_millis(env.limits.adopt_patience_ms);
-        let replica = env
-            .replicator
-            .as_ref()
-            .map(|_| {
-                let room = (key.app.clone(), key.room.clone());
-                Replica::new(room, patience, env.limits.held_per_origin)
-            });
+        let replica = env.replicator.as_ref().map(|_| {
+            let room = (key.app.clone(), key.room.clone());
+            Replica::new(room, patience, env.limits.held_per_origin)
+        });
         let core = RoomCore::new(env.node.clone(), key.room.clone(), first_seq, limits);
         let place = Place {
             app: key.app.to_string(),
