@@ -10,11 +10,11 @@ use edgeroom::config::SandboxConfig;
 use edgeroom::metrics::Metrics;
 use edgeroom::room::World;
 use edgeroom::room::world::Place;
-use edgeroom::sandbox::{Call, Sandbox, Slot};
 use edgeroom_proto::ids::{NodeId, RoomId, Seq};
 use edgeroom_proto::payload::Payload;
 use edgeroom_room::core::{LogLimits, RoomCore};
 use edgeroom_room::state::RoomDoc;
+use edgeroom_sandbox::{Call, Sandbox, Slot};
 
 fn world(metrics: &Arc<Metrics>) -> World {
     let room = RoomId::new("bench").unwrap();

@@ -12,9 +12,9 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::sandbox::{CompiledHandler, RoomApi, Sandbox, sha256_hex};
 use crate::store::{AppConfig, AppRecord, Store, VersionRecord};
 use edgeroom_proto::ids::AppName;
+use edgeroom_sandbox::{CompiledHandler, RoomApi, Sandbox, sha256_hex};
 
 /// The version of an app's handler that rooms run now.
 pub struct LiveHandler<W: 'static> {

@@ -2,6 +2,7 @@
 //!
 //! Every limit the node enforces is named here, so an operator can see and change it.
 
+pub use edgeroom_sandbox::SandboxConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -284,31 +285,6 @@ impl Default for Limits {
             max_handler_bytes: 16 * 1024 * 1024,
             max_rooms_per_conn: 100,
             max_connections: 19_000,
-        }
-    }
-}
-
-/// The WebAssembly sandbox.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SandboxConfig {
-    /// CPU budget of one handler call.
-    pub call_deadline_ms: u64,
-    /// Memory one handler instance may use.
-    pub max_memory_bytes: usize,
-    /// Handler instances (rooms with a live handler) per node: slots of the pooling allocator.
-    pub max_instances: u32,
-    /// Epoch tick: the granularity of deadlines and of yielding to other rooms.
-    pub tick_ms: u64,
-}
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        Self {
-            call_deadline_ms: 50,
-            max_memory_bytes: 32 * 1024 * 1024,
-            max_instances: 1000,
-            tick_ms: 5,
         }
     }
 }

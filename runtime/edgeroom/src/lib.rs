@@ -19,7 +19,6 @@ pub mod gateway;
 pub mod metrics;
 pub mod node;
 pub mod room;
-pub mod sandbox;
 pub mod session;
 pub mod store;
 

@@ -165,3 +165,17 @@ impl Metrics {
         }
     }
 }
+
+impl edgeroom_sandbox::Meter for Metrics {
+    fn instances(&self, delta: i64) {
+        self.handler_instances.inc_by(delta);
+    }
+
+    fn call_seconds(&self, seconds: f64) {
+        self.handler_call_seconds.observe(seconds);
+    }
+
+    fn failed(&self, kind: &str) {
+        self.handler_error(kind);
+    }
+}

@@ -17,11 +17,11 @@ use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 use crate::room::{RoomCmd, RoomEnv, RoomKey, Rooms, World};
-use crate::sandbox::Sandbox;
 use crate::session::Sessions;
 use crate::session::token::TokenKey;
 use crate::store::Store;
 use edgeroom_proto::close::Going;
+use edgeroom_sandbox::Sandbox;
 
 pub struct Node {
     pub config: NodeConfig,

@@ -14,7 +14,6 @@ use super::{
 };
 use crate::apps::LiveRx;
 use crate::cluster::replicate::PeerMsg;
-use crate::sandbox::{Call, Failure, Returned, Slot};
 use edgeroom_proto::ids::{ConnId, NodeId};
 use edgeroom_proto::native::{Ref, ServerFrame};
 use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
@@ -22,6 +21,7 @@ use edgeroom_room::core::LogEntry;
 use edgeroom_room::core::{LogLimits, RoomCore};
 use edgeroom_room::interest::RoomRef;
 use edgeroom_room::state::RoomDoc;
+use edgeroom_sandbox::{Call, Failure, Returned, Slot};
 
 /// Kicks that cause kicks are followed this many rounds deep, no more.
 const MAX_KICK_ROUNDS: usize = 8;

@@ -24,12 +24,12 @@ use crate::apps::Apps;
 use crate::cluster;
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::sandbox::Sandbox;
 use crate::store::Store;
 use edgeroom_proto::Cursor;
 use edgeroom_proto::ids::{AppName, ConnId, NodeId, RoomId};
 use edgeroom_proto::native::Ref;
 use edgeroom_proto::payload::Payload;
+use edgeroom_sandbox::Sandbox;
 
 /// How many times a command chases a stopping room to its successor.
 const MAX_RESTARTS: usize = 8;

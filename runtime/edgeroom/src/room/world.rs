@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use super::outbox::{Link, Outbound, PushError, Shared};
 use crate::metrics::Metrics;
-use crate::sandbox::RoomApi;
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId};
 use edgeroom_proto::native::ServerFrame;
 use edgeroom_proto::payload::Payload;
@@ -17,6 +16,7 @@ use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 use edgeroom_room::catchup::CatchUp;
 use edgeroom_room::core::{LogEntry, RoomCore, Target};
 use edgeroom_room::state::RoomDoc;
+use edgeroom_sandbox::RoomApi;
 
 /// The outcome of an emit, remembered for idempotent retries.
 pub type EmitResult = Result<Option<Payload>, ProtoError>;

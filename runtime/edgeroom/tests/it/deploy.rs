@@ -79,7 +79,7 @@ async fn admin_api_shows_apps_rooms_health_and_metrics() {
     assert_eq!(app["version"], 1);
     assert_eq!(
         app["sha256"],
-        edgeroom::sandbox::sha256_hex(edgeroom::examples::CHAT)
+        edgeroom_sandbox::sha256_hex(edgeroom::examples::CHAT)
     );
     let mut c = node.client("chat").await;
     c.join("/lobby", json!({"user": "ann"})).await;

@@ -1,4 +1,6 @@
 //! The WebAssembly sandbox: compiles uploaded handler components and runs them.
+//! It knows nothing of rooms, nodes or networks: a room supplies a [`RoomApi`] for a
+//! handler's imports, and the node a [`Meter`] for what is counted.
 //!
 //! One wasmtime engine per node with a pooling allocator; a per-call CPU budget by
 //! epoch interruption (calls are async and yield at every tick, so a spinning handler
@@ -22,8 +24,40 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use host::{HostState, RoomApi};
 pub use slot::{Call, Failure, Returned, Slot};
 
-use crate::config::SandboxConfig;
-use crate::metrics::Metrics;
+/// The WebAssembly sandbox's settings (`[sandbox]` in `node.toml`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// CPU budget of one handler call.
+    pub call_deadline_ms: u64,
+    /// Memory one handler instance may use.
+    pub max_memory_bytes: usize,
+    /// Handler instances (rooms with a live handler) per node: slots of the pooling allocator.
+    pub max_instances: u32,
+    /// Epoch tick: the granularity of deadlines and of yielding to other rooms.
+    pub tick_ms: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            call_deadline_ms: 50,
+            max_memory_bytes: 32 * 1024 * 1024,
+            max_instances: 1000,
+            tick_ms: 5,
+        }
+    }
+}
+
+/// What the sandbox counts, as the node's metrics take it.
+pub trait Meter: Send + Sync + 'static {
+    /// A handler instance was created (`+1`) or dropped (`-1`).
+    fn instances(&self, delta: i64);
+    /// One handler call took this long.
+    fn call_seconds(&self, seconds: f64);
+    /// A call failed, of this kind (`Failure::kind`).
+    fn failed(&self, kind: &str);
+}
 
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
@@ -55,7 +89,7 @@ pub struct Sandbox<W: 'static> {
     config: SandboxConfig,
     cache_dir: PathBuf,
     compiled: Mutex<HashMap<String, CompiledHandler<W>>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn Meter>,
 }
 
 /// Hex sha256 of a handler's bytes: its identity everywhere.
@@ -67,7 +101,7 @@ impl<W: RoomApi> Sandbox<W> {
     pub fn new(
         config: SandboxConfig,
         cache_dir: PathBuf,
-        metrics: Arc<Metrics>,
+        metrics: Arc<dyn Meter>,
     ) -> anyhow::Result<Arc<Self>> {
         let mut cfg = Config::new();
         cfg.epoch_interruption(true);
@@ -118,8 +152,8 @@ impl<W: RoomApi> Sandbox<W> {
         &self.engine
     }
 
-    pub(crate) fn metrics(&self) -> &Metrics {
-        &self.metrics
+    pub(crate) fn metrics(&self) -> &dyn Meter {
+        &*self.metrics
     }
 
     /// Compile (or fetch from cache) and check a handler. Blocking: compiling takes tens

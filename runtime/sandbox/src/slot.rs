@@ -126,7 +126,7 @@ impl<W: RoomApi> Slot<W> {
             let mut data = store.into_data();
             data.memory.hit = false;
             self.state = State::Idle(Box::new(data));
-            sandbox.metrics().handler_instances.dec();
+            sandbox.metrics().instances(-1);
         }
     }
 
@@ -159,7 +159,7 @@ impl<W: RoomApi> Slot<W> {
         store.set_epoch_deadline(1);
         match handler.pre.instantiate_async(&mut store).await {
             Ok(h) => {
-                sandbox.metrics().handler_instances.inc();
+                sandbox.metrics().instances(1);
                 self.state = State::Live {
                     store,
                     handler: h,
@@ -174,7 +174,7 @@ impl<W: RoomApi> Slot<W> {
                     Failure::Trap(t) => Failure::Instantiate(t),
                     f => f,
                 };
-                sandbox.metrics().handler_error(failure.kind());
+                sandbox.metrics().failed(failure.kind());
                 Err(failure)
             }
         }
@@ -219,13 +219,12 @@ impl<W: RoomApi> Slot<W> {
         };
         sandbox
             .metrics()
-            .handler_call_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .call_seconds(started.elapsed().as_secs_f64());
         match result {
             Ok(r) => Ok(r),
             Err(e) => {
                 let failure = classify(&e, store.data());
-                sandbox.metrics().handler_error(failure.kind());
+                sandbox.metrics().failed(failure.kind());
                 // A trap poisons the whole store: start the next call from a fresh instance.
                 self.unload(sandbox);
                 Err(failure)
