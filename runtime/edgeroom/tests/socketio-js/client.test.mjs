@@ -5,7 +5,7 @@
 // event from a room carries its offset as an extra last argument.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { WAIT, within, once, connected } from "./helpers.mjs";
+import { WAIT, within, once, connected, until } from "./helpers.mjs";
 import { io, Manager } from "socket.io-client";
 import WebSocket from "ws";
 
@@ -148,12 +148,14 @@ test("upgrade from polling to websocket keeps the session and its order", async 
     await connected(a);
     await upgraded;
     assert.equal(a.io.engine.transport.name, "websocket");
-    await within(
-      (async () => {
-        while (got.at(-1) !== N - 1) await new Promise((r) => setTimeout(r, 10));
-      })(),
-      "the end of the burst",
-    );
+    const drops = [];
+    a.on("disconnect", (why) => drops.push(why));
+    try {
+      await until(() => got.at(-1) === N - 1, "the end of the burst");
+    } catch (e) {
+      e.message += ` (got ${got.length}, the last ${got.at(-1)}; disconnects: ${drops.join(", ") || "none"})`;
+      throw e;
+    }
     assert.ok(got.length > 0);
     got.forEach((n, i) => i > 0 && assert.equal(n, got[i - 1] + 1, `gap or reorder at ${i}`));
     console.log(`upgrade test: ${got.length} events over ${[...transports].join(" then ")}`);
@@ -300,12 +302,7 @@ for (const transport of ["websocket", "polling"]) {
       assert.equal(a.recovered, true, "socket.recovered");
       assert.equal(a.id, id, "same socket id");
       await b.timeout(WAIT).emitWithAck("broadcast", 21); // live again
-      await within(
-        (async () => {
-          while (got.length < 22) await new Promise((r) => setTimeout(r, 20));
-        })(),
-        "22 events",
-      );
+      await until(() => got.length >= 22, "22 events");
       await a.timeout(WAIT).emitWithAck("echo", "sync");
       assert.deepEqual(got, [...Array(22).keys()]);
     } finally {

@@ -5,7 +5,7 @@
 // land on nodes that do not own it: they must be forwarded to the owner.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { WAIT, within, once, connected, balancer } from "./helpers.mjs";
+import { WAIT, within, once, connected, balancer, until } from "./helpers.mjs";
 import { io } from "socket.io-client";
 
 const NODES = (process.env.EDGEROOM_URLS ?? "").split(",").filter(Boolean);
@@ -19,14 +19,6 @@ let unique = 0;
 const fresh = (prefix) => `${prefix}-${process.pid}-${++unique}`;
 
 
-async function until(check, what) {
-  await within(
-    (async () => {
-      while (!check()) await new Promise((r) => setTimeout(r, 20));
-    })(),
-    what,
-  );
-}
 
 /** The first argument of each `broadcast` event (the offset the server appends is dropped). */
 function broadcasts(socket) {

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { io } from "socket.io-client";
-import { WAIT, within, once, connected, balancer } from "./helpers.mjs";
+import { WAIT, within, once, connected, balancer, until } from "./helpers.mjs";
 
 const NODES = (process.env.EDGEROOM_URLS ?? "").split(",").filter(Boolean);
 const NAMES = (process.env.EDGEROOM_NAMES ?? "").split(",").filter(Boolean);
@@ -22,15 +22,6 @@ const PATH = "/apps/echo/socket.io/";
 const lb = await balancer(NODES);
 after(() => lb.server.close());
 
-async function until(check, what, ms = WAIT) {
-  await within(
-    (async () => {
-      while (!check()) await new Promise((r) => setTimeout(r, 20));
-    })(),
-    what,
-    ms,
-  );
-}
 
 test("the session's node goes away: the client recovers on another node with nothing lost", async () => {
   const room = `failover-${process.pid}`;

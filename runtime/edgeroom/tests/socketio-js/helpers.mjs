@@ -13,6 +13,22 @@ export function within(promise, what, ms = WAIT) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+/** Poll `check` every 20 ms until it holds; fail after `ms`, and stop polling then. */
+export async function until(check, what, ms = WAIT) {
+  let waiting = true;
+  try {
+    await within(
+      (async () => {
+        while (waiting && !check()) await new Promise((r) => setTimeout(r, 20));
+      })(),
+      what,
+      ms,
+    );
+  } finally {
+    waiting = false;
+  }
+}
+
 export function once(socket, event) {
   return within(new Promise((resolve) => socket.once(event, (...args) => resolve(args))), event);
 }

@@ -14,7 +14,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
 import { Cluster } from "./procs.mjs";
-import { within, connected } from "./helpers.mjs";
+import { within, connected, until as untilHolds } from "./helpers.mjs";
 
 const cluster = new Cluster();
 const PATH = "/apps/echo/socket.io/";
@@ -48,15 +48,8 @@ function member(i, room, opts = {}) {
   return s;
 }
 
-async function until(check, what, ms = 20_000) {
-  await within(
-    (async () => {
-      while (!check()) await sleep(20);
-    })(),
-    what,
-    ms,
-  );
-}
+/** Restarts take a while: a longer default than the shared helper's. */
+const until = (check, what, ms = 20_000) => untilHolds(check, what, ms);
 
 /** Broadcast `{from, i}` with an ack; resolves once acknowledged. */
 function send(s, from, i) {
