@@ -15,6 +15,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod examples;
+pub mod fleet;
 pub mod gateway;
 pub mod metrics;
 pub mod node;

@@ -687,30 +687,24 @@ async fn numbered_and_errors(c: &mut Client, n: usize) -> (Vec<i64>, Vec<Value>)
 /// gets the others' broadcasts and its own reach them, and nobody hears of a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_in_process_restarts_from_its_data_and_rejoins_at_once() {
+    // The library's fleet: every node on a runtime of its own, formed, and the app
+    // deployed through the control plane.
     let fleet = Fleet::new();
-    // Voters start together: each waits for the cluster to agree on its secret.
-    let (n0, n1, h2) = tokio::join!(
-        edgeroom::start(fleet.config(0)),
-        edgeroom::start(fleet.config(1)),
-        edgeroom::NodeBuilder::new(fleet.config(2)).start(),
-    );
-    let (n0, n1, h2) = (n0.unwrap(), n1.unwrap(), h2.unwrap());
-    for n in [&n0, &n1, h2.running()] {
-        wait_all_alive(n, 3).await;
+    let mut nodes = fleet.inner.start().await.unwrap();
+    {
+        let all: Vec<&edgeroom::Node> = nodes.iter().map(|n| &**n.node()).collect();
+        let secs = Duration::from_secs(20);
+        let v = edgeroom::fleet::deploy(all[0], &all, "echo", example("echo"), secs).await;
+        assert_eq!(v.unwrap(), 1);
     }
-    let (status, body) = deploy(&n0, "echo", example("echo"), None).await;
-    assert_eq!(status, 200, "{body}");
-    for n in [&n0, &n1, h2.running()] {
-        wait_version(n, "echo", 1).await;
-    }
+    let h2 = nodes.pop().unwrap();
+    let (h0, h1) = (nodes.remove(0), nodes.remove(0));
+    let (n0, n1) = (h0.running(), h1.running());
     let mut a = Client::connect(n0.addr, "echo", "json").await;
     a.join("feed", json!({})).await;
     let mut c = Client::connect(h2.running().addr, "echo", "json").await;
     c.join("feed", json!({})).await;
-    wait_room(&n0, "echo", "feed", "both members", |v| {
-        member_count(v) == 2
-    })
-    .await;
+    wait_room(n0, "echo", "feed", "both members", |v| member_count(v) == 2).await;
     broadcast_range(&mut a, "feed", 0..20).await;
     assert_eq!(c.numbered(20).await.0, (0..20).collect::<Vec<_>>());
 
@@ -719,20 +713,20 @@ async fn a_node_killed_in_process_restarts_from_its_data_and_rejoins_at_once() {
     broadcast_range(&mut a, "feed", 20..40).await;
     // Past the failure timeout: the others declare it dead.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    wait_room(&n0, "echo", "feed", "the dead node's member gone", |v| {
+    wait_room(n0, "echo", "feed", "the dead node's member gone", |v| {
         member_count(v) == 1
     })
     .await;
 
     let h2 = builder.start().await.expect("restarts from its data dir");
-    for n in [&n0, &n1, h2.running()] {
+    for n in [n0, n1, h2.running()] {
         wait_all_alive(n, 3).await;
     }
     let alive = Instant::now();
     let mut c2 = Client::connect(h2.running().addr, "echo", "json").await;
     let r = c2.join("feed", json!({})).await;
     assert!(r["error"].is_null(), "{r}");
-    wait_room(&n0, "echo", "feed", "the new member", |v| {
+    wait_room(n0, "echo", "feed", "the new member", |v| {
         member_count(v) == 2
     })
     .await;
@@ -749,6 +743,7 @@ async fn a_node_killed_in_process_restarts_from_its_data_and_rejoins_at_once() {
         "traffic both ways took {:?} after every node showed the restarted one alive",
         alive.elapsed()
     );
-    h2.shutdown(Duration::from_secs(1)).await;
-    shutdown(vec![n0, n1]).await;
+    for h in [h2, h0, h1] {
+        h.shutdown(Duration::from_secs(1)).await;
+    }
 }

@@ -4,10 +4,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use edgeroom::config::ClusterConfig;
+use edgeroom::fleet::{Member, wait_formed};
 use edgeroom::{NodeConfig, RunningNode, examples};
-use edgeroom_proto::ids::NodeId;
-use edgeroom_transport::ClusterCa;
 use serde_json::Value;
 
 /// A node of a fleet: its name, region and place.
@@ -20,20 +18,15 @@ pub const THREE: [Spec; 3] = [
     ("ap-south-1", "ap-south", (18.52, 73.86)),
 ];
 
-pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// The library's fleet (`edgeroom::fleet`) in a temporary directory, with the tests'
+/// compile cache; nodes started on the test's own runtime as `RunningNode`s.
 pub struct Fleet {
     pub specs: Vec<Spec>,
     pub dirs: tempfile::TempDir,
     pub peers: Vec<SocketAddr>,
     /// The emulated network between the nodes' peer ports.
     pub wan: edgeroom_transport::Wan,
+    pub inner: edgeroom::fleet::Fleet,
 }
 
 impl Fleet {
@@ -43,42 +36,27 @@ impl Fleet {
 
     pub fn of(specs: &[Spec]) -> Self {
         let dirs = tempfile::tempdir().unwrap();
-        let ca = ClusterCa::generate("test").unwrap();
-        ca.save(&dirs.path().join("certs")).unwrap();
-        for (name, ..) in specs {
-            ca.issue_into(&dirs.path().join("certs"), &NodeId::new(name).unwrap())
-                .unwrap();
-        }
-        let peers = specs
+        let members = specs
             .iter()
-            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_udp_port())))
+            .map(|(name, region, place)| Member::new(name, region, *place).unwrap())
             .collect();
+        let inner = edgeroom::fleet::Fleet::new(dirs.path(), members)
+            .unwrap()
+            .with_config(|c| {
+                c.compile_cache_dir = Some(super::compile_cache());
+                c.sandbox.max_instances = 64;
+            });
         Self {
             specs: specs.to_vec(),
+            peers: inner.peers().to_vec(),
+            wan: inner.wan().clone(),
             dirs,
-            peers,
-            wan: Default::default(),
+            inner,
         }
     }
 
     pub fn config(&self, i: usize) -> NodeConfig {
-        let (name, region, place) = self.specs[i];
-        let mut c = super::config(&self.dirs.path().join(name));
-        c.node_id = NodeId::new(name).unwrap();
-        c.region = region.into();
-        let mut cluster = ClusterConfig::new(self.peers[i], self.dirs.path().join("certs"));
-        cluster.voters = self
-            .specs
-            .iter()
-            .zip(&self.peers)
-            .map(|((n, ..), a)| format!("{n}@{a}"))
-            .collect();
-        (cluster.lat, cluster.lon) = place;
-        cluster.raft_heartbeat_ms = 100;
-        cluster.wan = Some(self.wan.clone());
-        cluster.raft_election_ms = 500;
-        c.cluster = Some(cluster);
-        c
+        self.inner.config(i)
     }
 
     /// Starts every node and waits until each has heard from all the others, so tests
@@ -86,9 +64,8 @@ impl Fleet {
     pub async fn start_all(&self) -> Vec<RunningNode> {
         let starting = (0..self.specs.len()).map(|i| edgeroom::start(self.config(i)));
         let nodes = futures_util::future::try_join_all(starting).await.unwrap();
-        for n in &nodes {
-            wait_all_alive(n, self.specs.len()).await;
-        }
+        let all: Vec<&edgeroom::Node> = nodes.iter().map(|n| &*n.node).collect();
+        wait_formed(&all, Duration::from_secs(20)).await.unwrap();
         nodes
     }
 }
