@@ -64,6 +64,12 @@ impl Fleet {
         })
     }
 
+    /// Draw the network's losses and jitter from `seed` (a scenario that replays).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.wan = Wan::seeded(seed);
+        self
+    }
+
     /// Change every node's config before it starts (limits, timings, dev mode...).
     pub fn with_config(mut self, tweak: impl Fn(&mut NodeConfig) + Send + Sync + 'static) -> Self {
         self.tweak = Arc::new(tweak);

@@ -20,7 +20,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use quinn::udp::{EcnCodepoint, RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -52,11 +53,30 @@ pub struct Wan {
     inner: Arc<WanInner>,
 }
 
-#[derive(Default)]
 struct WanInner {
     rules: Mutex<HashMap<(SocketAddr, SocketAddr), LinkRule>>,
     dropped: AtomicU64,
     delayed: AtomicU64,
+    /// Every loss and jitter draw, from one seeded generator: a simulation that gives
+    /// the seed gets the same sequence of draws.
+    rng: Mutex<StdRng>,
+}
+
+impl Default for WanInner {
+    fn default() -> Self {
+        Self::seeded(rand::random())
+    }
+}
+
+impl WanInner {
+    fn seeded(seed: u64) -> Self {
+        Self {
+            rules: Mutex::default(),
+            dropped: AtomicU64::new(0),
+            delayed: AtomicU64::new(0),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+        }
+    }
 }
 
 impl fmt::Debug for Wan {
@@ -70,6 +90,13 @@ impl fmt::Debug for Wan {
 impl Wan {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A network whose losses and jitter are drawn from `seed`.
+    pub fn seeded(seed: u64) -> Self {
+        Self {
+            inner: Arc::new(WanInner::seeded(seed)),
+        }
     }
 
     /// Set the rule for datagrams from `from` to `to`.
@@ -175,7 +202,11 @@ impl WanSocket {
         let jitter = if rule.jitter.is_zero() {
             Duration::ZERO
         } else {
-            rand::rng().random_range(Duration::ZERO..rule.jitter)
+            self.wan
+                .inner
+                .rng
+                .lock()
+                .random_range(Duration::ZERO..rule.jitter)
         };
         let mut queue = link.queue.lock();
         let earliest = queue.back().map(|d| d.due);
@@ -244,7 +275,9 @@ impl AsyncUdpSocket for WanSocket {
         let Some(rule) = self.wan.rule(self.local, transmit.destination) else {
             return self.inner.try_send(transmit);
         };
-        if rule.down || (rule.loss > 0.0 && rand::rng().random_bool(rule.loss.min(1.0))) {
+        if rule.down
+            || (rule.loss > 0.0 && self.wan.inner.rng.lock().random_bool(rule.loss.min(1.0)))
+        {
             self.wan.inner.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -279,5 +312,21 @@ impl AsyncUdpSocket for WanSocket {
 
     fn may_fragment(&self) -> bool {
         self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seeded_network_draws_the_same_losses_and_jitter() {
+        let draws = |wan: &Wan| -> Vec<u64> {
+            (0..16)
+                .map(|_| wan.inner.rng.lock().random::<u64>())
+                .collect()
+        };
+        assert_eq!(draws(&Wan::seeded(7)), draws(&Wan::seeded(7)));
+        assert_ne!(draws(&Wan::seeded(7)), draws(&Wan::seeded(8)));
     }
 }
