@@ -31,6 +31,8 @@ pub struct Metrics {
     /// Peer messages waiting for a busy room (see `room::post`).
     pub peer_backlog: Gauge,
     pub peer_messages_shed: Family<KindLabel, Counter>,
+    /// Frames from peers that did not parse: the stream is dropped, by purpose.
+    pub peer_frames_refused: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -58,6 +60,7 @@ impl Metrics {
         let deploys = Counter::default();
         let peer_backlog = Gauge::default();
         let peer_messages_shed = Family::default();
+        let peer_frames_refused = Family::default();
         registry.register(
             "connections",
             "Client connections open now",
@@ -111,6 +114,11 @@ impl Metrics {
             "Messages from peers dropped because their room's backlog was full, by kind",
             peer_messages_shed.clone(),
         );
+        registry.register(
+            "peer_frames_refused",
+            "Frames from peers that did not parse (their stream was dropped), by purpose",
+            peer_frames_refused.clone(),
+        );
         Self {
             registry,
             connections,
@@ -126,6 +134,7 @@ impl Metrics {
             deploys,
             peer_backlog,
             peer_messages_shed,
+            peer_frames_refused,
         }
     }
 

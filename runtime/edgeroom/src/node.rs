@@ -118,7 +118,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let cluster = match &config.cluster {
-        Some(c) => Some(Cluster::start(&config, c, addr).await?),
+        Some(c) => Some(Cluster::start(&config, c, addr, &metrics).await?),
         None => None,
     };
     // In a cluster every node signs with the agreed secret, so tokens verify anywhere.

@@ -68,6 +68,7 @@ impl Cluster {
         config: &NodeConfig,
         cluster: &ClusterConfig,
         client_addr: SocketAddr,
+        metrics: &crate::metrics::Metrics,
     ) -> anyhow::Result<Arc<Self>> {
         let tls = NodeTls::load(&cluster.tls_dir, config.node_id.clone())
             .context("loading this node's cluster certificate")?;
@@ -109,6 +110,12 @@ impl Cluster {
             config.region.clone(),
             health.clone(),
             config.limits.peer_queue,
+            metrics
+                .peer_frames_refused
+                .get_or_create(&crate::metrics::KindLabel {
+                    kind: "rooms".into(),
+                })
+                .clone(),
         );
         let forwarded = Arc::new(parking_lot::Mutex::new(None));
         let serving = mesh::Serving {

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -124,6 +125,7 @@ pub struct Replicator<M> {
     incarnation: u64,
     health: Arc<Health>,
     peer_queue: usize,
+    refused: Counter,
     interest: Mutex<Interest>,
     links: Mutex<HashMap<NodeId, Link<M>>>,
     /// The incarnation each peer's streams last came from.
@@ -141,12 +143,14 @@ where
     M: Relay + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// A replicator and the channel its deliveries come out of.
-    /// `peer_queue`: messages queued to one peer at most (`Limits::peer_queue`).
+    /// `peer_queue`: messages queued to one peer at most (`Limits::peer_queue`);
+    /// `refused`: counts frames from peers that do not parse.
     pub fn new(
         me: NodeId,
         region: String,
         health: Arc<Health>,
         peer_queue: usize,
+        refused: Counter,
     ) -> (Arc<Self>, mpsc::Receiver<Delivery<M>>) {
         let (to_rooms, rx) = mpsc::channel(ROOMS_QUEUE);
         let this = Arc::new(Self {
@@ -155,6 +159,7 @@ where
             incarnation: rand::random::<u64>().max(1),
             health,
             peer_queue,
+            refused,
             interest: Mutex::new(Interest::new()),
             links: Mutex::new(HashMap::new()),
             peers_seen: Mutex::new(HashMap::new()),
@@ -283,6 +288,7 @@ where
                 return;
             }
             Some(Err(e)) => {
+                self.refused.inc();
                 tracing::warn!(peer = %from, "bad rooms frame, dropping the stream: {e}");
                 return;
             }
@@ -304,6 +310,7 @@ where
             let msg = match frame {
                 Ok(msg) => msg,
                 Err(e) => {
+                    self.refused.inc();
                     tracing::warn!(peer = %from, "bad rooms frame, dropping the stream: {e}");
                     return;
                 }

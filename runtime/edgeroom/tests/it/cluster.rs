@@ -224,3 +224,54 @@ async fn an_admin_key_configured_on_one_node_works_on_every_node() {
         n.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+/// A peer — a node with a certificate from the cluster's CA — whose rooms stream
+/// starts with bytes that do not parse has its stream dropped, and the node counts it
+/// (`edgeroom_peer_frames_refused{kind="rooms"}`); it goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_frame_that_does_not_parse_is_refused_and_counted() {
+    let fleet = Fleet::new();
+    let nodes = fleet.start_all().await;
+    let certs = fleet.dirs.path().join("certs");
+    let ca = edgeroom_transport::ClusterCa::load(&certs).unwrap();
+    let intruder = edgeroom_proto::ids::NodeId::new("odd-1").unwrap();
+    ca.issue_into(&certs, &intruder).unwrap();
+    let tls = edgeroom_transport::NodeTls::load(&certs, intruder).unwrap();
+    let endpoint = edgeroom_transport::Endpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &tls,
+        None,
+        edgeroom_transport::Timing::default(),
+    )
+    .unwrap();
+    let target = nodes[0].node.config.node_id.clone();
+    let peer = endpoint.connect(&target, fleet.peers[0]).await.unwrap();
+    let (mut send, _recv) = peer
+        .open_raw(edgeroom_transport::Purpose::Rooms)
+        .await
+        .unwrap();
+    // A length prefix, then a body that is no `PeerMsg`.
+    let mut frame = 8u32.to_be_bytes().to_vec();
+    frame.extend_from_slice(&[0xff; 8]);
+    send.write_all(&frame).await.unwrap();
+    let refused = r#"edgeroom_peer_frames_refused_total{kind="rooms"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(url(&nodes[0], "/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if common::metric(&text, refused) == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never counted: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = get(&nodes[0], "/healthz").await;
+    assert_eq!(status, 200);
+    for n in nodes {
+        n.shutdown(Duration::from_secs(1)).await;
+    }
+}

@@ -50,7 +50,13 @@ async fn start(ca: &ClusterCa, name: &str, addr: SocketAddr, dir: &std::path::Pa
         .unwrap();
     // Just the control plane: the data plane's replicator has no rooms behind it here.
     let health = edgeroom::cluster::health::Health::new(node.clone(), Default::default());
-    let (replicator, _deliveries) = Replicator::new(node.clone(), "test".into(), health, 1024);
+    let (replicator, _deliveries) = Replicator::new(
+        node.clone(),
+        "test".into(),
+        health,
+        1024,
+        Default::default(),
+    );
     let serving = mesh::Serving {
         control: control.clone(),
         replicator,
