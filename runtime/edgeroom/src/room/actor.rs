@@ -194,9 +194,10 @@ impl Actor {
         let Some(live) = self.live.borrow_and_update().clone() else {
             return Ok(None);
         };
-        let clock = self.rooms.env().clock.clone();
-        self.world().now_ms = clock.mono_ms();
-        self.world().wall_ms = clock.wall_ms();
+        let clock = &self.rooms.env().clock;
+        let (now_ms, wall_ms) = (clock.mono_ms(), clock.wall_ms());
+        let w = self.world();
+        (w.now_ms, w.wall_ms) = (now_ms, wall_ms);
         let sandbox = self.rooms.env().sandbox.clone();
         let result = self.slot.call(&sandbox, &live.compiled, call).await;
         if let Err(f) = &result {

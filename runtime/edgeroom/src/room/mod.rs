@@ -41,6 +41,13 @@ pub struct RoomKey {
     pub room: RoomId,
 }
 
+/// What peers name a room by.
+impl From<edgeroom_room::interest::RoomRef> for RoomKey {
+    fn from((app, room): edgeroom_room::interest::RoomRef) -> Self {
+        Self { app, room }
+    }
+}
+
 /// Commands a room handles, in order.
 pub enum RoomCmd {
     /// Join; the room replies to `r#ref` itself and reports the outcome on `done`.
@@ -362,10 +369,7 @@ impl Rooms {
             };
             match d {
                 Delivery::Room { from, room, msg } => {
-                    let key = RoomKey {
-                        app: room.0,
-                        room: room.1,
-                    };
+                    let key = RoomKey::from(room);
                     match self.loaded(&key) {
                         Some(h) => post.post(&key, &h, RoomCmd::Peer { from, msg }, &metrics),
                         None => {
@@ -385,10 +389,7 @@ impl Rooms {
                     }
                 }
                 Delivery::Joined { node, room } => {
-                    let key = RoomKey {
-                        app: room.0,
-                        room: room.1,
-                    };
+                    let key = RoomKey::from(room);
                     if let Some(h) = self.loaded(&key) {
                         post.post(&key, &h, RoomCmd::PeerJoined(node), &metrics);
                     }

@@ -229,7 +229,8 @@ pub struct Adoption {
     /// How far the replicas that answered had got, per origin.
     heads: Vec<Cursor>,
     waiting: HashSet<NodeId>,
-    deadline: Instant,
+    /// Set when the replica takes it on (the sans-IO core reads no clock).
+    deadline: Option<Instant>,
 }
 
 impl Adoption {
@@ -248,7 +249,7 @@ impl Adoption {
             backlog: Vec::new(),
             heads: Vec::new(),
             waiting: HashSet::new(),
-            deadline: Instant::now(),
+            deadline: None,
         }
     }
 
@@ -665,7 +666,7 @@ impl Replica {
             ctx.send(node, a.request());
         }
         a.waiting = peers.into_iter().collect();
-        a.deadline = ctx.now + self.adopt_patience;
+        a.deadline = Some(ctx.now + self.adopt_patience);
         self.adoptions.push(a);
     }
 
@@ -681,7 +682,7 @@ impl Replica {
         }
         let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.adoptions)
             .into_iter()
-            .partition(|a| a.waiting.is_empty() || now >= a.deadline);
+            .partition(|a| a.waiting.is_empty() || a.deadline.is_none_or(|d| now >= d));
         self.adoptions = waiting;
         for a in &due {
             if !a.waiting.is_empty() {
