@@ -12,7 +12,8 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::store::{AppConfig, AppRecord, Store, VersionRecord};
+use crate::store::{AppRecord, Store, VersionRecord};
+use edgeroom_proto::app::AppConfig;
 use edgeroom_proto::ids::AppName;
 use edgeroom_sandbox::{CompiledHandler, RoomApi, Sandbox, sha256_hex};
 

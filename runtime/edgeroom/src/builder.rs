@@ -107,9 +107,8 @@ impl NodeHandle {
     /// Stop every task of the node at once, with no drain: what was not yet saved or
     /// sent is gone, as with kill -9. Its peers find out by its silence.
     pub async fn kill(mut self) -> NodeBuilder {
-        if let Some(running) = self.running.take() {
-            running.abandon();
-        }
+        // Nothing holds the node in a cycle: dropping its tasks lets it go.
+        drop(self.running.take());
         if let Some(runtime) = self.runtime.take() {
             drop_runtime(runtime).await;
         }
@@ -119,9 +118,8 @@ impl NodeHandle {
 
 impl Drop for NodeHandle {
     fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            running.abandon();
-        }
+        // Nothing holds the node in a cycle: dropping its tasks lets it go.
+        drop(self.running.take());
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }

@@ -185,8 +185,7 @@ pub async fn deploy(
         .cluster
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("{} is not in a cluster", via.config.node_id))?;
-    let deployed = cluster
-        .deploy(&via.apps, &app, wasm.to_vec(), None)
+    let deployed = crate::registry::deploy(cluster, &via.apps, &app, wasm.to_vec(), None)
         .await
         .map_err(|e| anyhow::anyhow!("deploy of {app}: {e}"))?;
     let deadline = tokio::time::Instant::now() + within;

@@ -12,13 +12,13 @@
 pub mod apps;
 pub mod builder;
 pub mod clock;
-pub mod cluster;
 pub mod config;
 pub mod examples;
 pub mod fleet;
 pub mod gateway;
 pub mod metrics;
 pub mod node;
+pub mod registry;
 pub mod room;
 pub mod session;
 pub mod store;

@@ -281,7 +281,9 @@ async fn dev(
     for (name, wasm) in examples::ALL {
         let app = AppName::new(name)?;
         let deployed = match &first.cluster {
-            Some(cluster) => cluster.deploy(&first.apps, &app, wasm.to_vec(), None).await,
+            Some(cluster) => {
+                edgeroom::registry::deploy(cluster, &first.apps, &app, wasm.to_vec(), None).await
+            }
             None => first.apps.deploy(&app, wasm.to_vec()).await,
         };
         deployed.map_err(|e| anyhow::anyhow!("deploying {name}: {e}"))?;

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub peer_messages_shed: Family<KindLabel, Counter>,
     /// Frames from peers that did not parse: the stream is dropped, by purpose.
     pub peer_frames_refused: Family<KindLabel, Counter>,
+    /// Streams peers opened that found their queue full (`limits.peer_streams`).
+    pub peer_streams_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -61,6 +63,7 @@ impl Metrics {
         let peer_backlog = Gauge::default();
         let peer_messages_shed = Family::default();
         let peer_frames_refused = Family::default();
+        let peer_streams_dropped = Counter::default();
         registry.register(
             "connections",
             "Client connections open now",
@@ -119,6 +122,11 @@ impl Metrics {
             "Frames from peers that did not parse (their stream was dropped), by purpose",
             peer_frames_refused.clone(),
         );
+        registry.register(
+            "peer_streams_dropped",
+            "Streams peers opened that were dropped because too many waited to be served",
+            peer_streams_dropped.clone(),
+        );
         Self {
             registry,
             connections,
@@ -135,6 +143,7 @@ impl Metrics {
             peer_backlog,
             peer_messages_shed,
             peer_frames_refused,
+            peer_streams_dropped,
         }
     }
 

@@ -13,13 +13,14 @@ use tokio::task::JoinHandle;
 
 use crate::apps::Apps;
 use crate::clock::Clock;
-use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
+use crate::room::replica::Replicator;
 use crate::room::{RoomCmd, RoomEnv, RoomKey, Rooms, World};
 use crate::session::Sessions;
 use crate::session::token::TokenKey;
 use crate::store::Store;
+use edgeroom_cluster::{Cluster, Joining};
 use edgeroom_proto::close::Going;
 use edgeroom_sandbox::Sandbox;
 
@@ -39,6 +40,8 @@ pub struct Node {
     pub tokens: TokenKey,
     /// Membership in a cluster; `None` for a standalone node.
     pub cluster: Option<Arc<Cluster>>,
+    /// The data plane's links to the other nodes (with `cluster`).
+    pub replicator: Option<Arc<Replicator>>,
     shutdown: watch::Sender<bool>,
     /// Why clients must go elsewhere now, if they must: the node is stopping, or it is
     /// cut off from most of its cluster. Gateways close their connections with it and
@@ -80,6 +83,10 @@ pub struct RunningNode {
     pub node: Arc<Node>,
     server: JoinHandle<()>,
     upkeep: JoinHandle<()>,
+    /// Every other long-lived task of the node; each ends on the shutdown signal or
+    /// when what it serves closes, and whatever is left is aborted once the node has
+    /// drained (per-connection tasks end with their connections).
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Open the node's storage, load its handlers and start serving on `config.listen`
@@ -118,8 +125,48 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let cluster = match &config.cluster {
-        Some(c) => Some(Cluster::start(&config, c, addr, &metrics).await?),
+        Some(c) => {
+            let joining = Joining {
+                node_id: config.node_id.clone(),
+                region: config.region.clone(),
+                raft_dir: config.data_dir.join("raft"),
+                secret: config.secret.clone(),
+                admin_key: config.admin_key.clone(),
+                client_addr: addr,
+                handoff_queue: config.limits.peer_streams,
+                handoff_dropped: metrics.peer_streams_dropped.clone(),
+            };
+            Some(Cluster::start(joining, c).await?)
+        }
         None => None,
+    };
+    let mut tasks = Vec::new();
+    let (replicator, deliveries) = match &cluster {
+        Some(cluster) => {
+            let refused = metrics
+                .peer_frames_refused
+                .get_or_create(&crate::metrics::KindLabel {
+                    kind: "rooms".into(),
+                })
+                .clone();
+            let (replicator, deliveries) = Replicator::new(
+                config.node_id.clone(),
+                config.region.clone(),
+                cluster.health.clone(),
+                config.limits.peer_queue,
+                refused,
+            );
+            tasks.push(tokio::spawn(replicator.clone().run(
+                cluster.control.clone(),
+                cluster.endpoint.clone(),
+                cluster.health.clone(),
+            )));
+            if let Some(streams) = cluster.take_rooms_streams() {
+                tasks.push(tokio::spawn(replicator.clone().serve_streams(streams)));
+            }
+            (Some(replicator), Some(deliveries))
+        }
+        None => (None, None),
     };
     // In a cluster every node signs with the agreed secret, so tokens verify anywhere.
     let secret = cluster
@@ -143,11 +190,11 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         runs,
         metrics: metrics.clone(),
         shutdown: shutdown_rx,
-        replicator: cluster.as_ref().map(|c| c.replicator.clone()),
+        replicator: replicator.clone(),
         clock: clock.clone(),
     });
-    if let Some(deliveries) = cluster.as_ref().and_then(|c| c.take_deliveries()) {
-        tokio::spawn(rooms.clone().serve_peers(deliveries));
+    if let Some(deliveries) = deliveries {
+        tasks.push(tokio::spawn(rooms.clone().serve_peers(deliveries)));
     }
     let node = Arc::new(Node {
         config,
@@ -160,24 +207,30 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         engine: Default::default(),
         tokens,
         cluster,
+        replicator,
         shutdown,
         clients_go: watch::channel(None).0,
         clock,
     });
     if let Some(cluster) = &node.cluster {
-        tokio::spawn(crate::cluster::registry::follow(
+        tasks.push(tokio::spawn(crate::registry::follow(
             cluster.control.clone(),
             node.apps.clone(),
             node.shutdown_rx(),
-        ));
+        )));
     }
 
     let app = crate::gateway::router(node.clone());
-    if let Some(cluster) = &node.cluster {
-        let router = app.clone();
-        let serve: crate::cluster::mesh::ForwardHandler =
-            Arc::new(move |incoming| crate::gateway::forward::serve(router.clone(), incoming));
-        *cluster.forwarded.lock() = Some(serve);
+    if let Some(streams) = node
+        .cluster
+        .as_ref()
+        .and_then(|c| c.take_forwarded_streams())
+    {
+        tasks.push(tokio::spawn(crate::gateway::forward::serve_streams(
+            app.clone(),
+            streams,
+            node.shutdown_rx(),
+        )));
     }
     let mut stop = node.shutdown_rx();
     let server = tokio::spawn(async move {
@@ -190,7 +243,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
     });
     let upkeep = tokio::spawn(upkeep(node.clone()));
     if node.cluster.is_some() {
-        tokio::spawn(fence(node.clone()));
+        tasks.push(tokio::spawn(fence(node.clone())));
     }
     tracing::info!(node = %node.config.node_id, region = %node.config.region, %addr, "node listening");
     Ok(RunningNode {
@@ -198,6 +251,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         node,
         server,
         upkeep,
+        tasks,
     })
 }
 
@@ -260,15 +314,6 @@ async fn upkeep(node: Arc<Node>) {
 }
 
 impl RunningNode {
-    /// Let go of the node with no drain (a kill): break the one reference cycle that
-    /// would keep it alive past its tasks — the cluster serves forwarded requests with
-    /// the gateway's router, which holds the node.
-    pub(crate) fn abandon(self) {
-        if let Some(cluster) = &self.node.cluster {
-            cluster.forwarded.lock().take();
-        }
-    }
-
     /// Stop (a drain): stop accepting, close client connections (they resume elsewhere
     /// with their tokens and cursors), let every room save and send its replicas what it
     /// has, wait until the peers have received it, then release storage. Waits up to
@@ -284,13 +329,15 @@ impl RunningNode {
         }
         let _ = tokio::time::timeout(grace, self.server).await;
         let _ = self.upkeep.await;
-        if let Some(cluster) = &self.node.cluster {
+        if let Some(replicator) = &self.node.replicator {
             // What the rooms sent their replicas on the way out reaches them first.
             let left = deadline.saturating_duration_since(Instant::now());
-            cluster
-                .replicator
-                .drain(left.max(Duration::from_millis(500)))
-                .await;
+            replicator.drain(left.max(Duration::from_millis(500))).await;
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(cluster) = &self.node.cluster {
             cluster.shutdown().await;
         }
     }

@@ -8,6 +8,7 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use edgeroom_proto::app::AppConfig;
 use edgeroom_proto::ids::{AppName, RoomId};
 
 /// Handler wasm by sha256 (hex).
@@ -35,26 +36,6 @@ pub struct AppRecord {
     pub versions: Vec<VersionRecord>,
     #[serde(default)]
     pub config: AppConfig,
-}
-
-/// An app's settings, set through the admin API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AppConfig {
-    /// Socket.IO namespaces (besides `/`) clients may connect to: a regular expression
-    /// the whole name must match. `None` accepts any.
-    pub namespaces: Option<String>,
-    /// Socket.IO connection state recovery (`pid` and offsets).
-    pub recovery: bool,
-}
-
-impl Default for AppConfig {
-    fn default() -> Self {
-        Self {
-            namespaces: None,
-            recovery: true,
-        }
-    }
 }
 
 pub struct Store {

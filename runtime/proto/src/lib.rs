@@ -7,6 +7,7 @@
 //! sockets, no tokio, no clock read here, no shared state. Anything a peer or client
 //! sends that does not parse is an error value, never a panic or a default.
 
+pub mod app;
 pub mod close;
 pub mod cursor;
 pub mod engineio;

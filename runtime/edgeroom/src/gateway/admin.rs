@@ -15,7 +15,7 @@ use super::http_error;
 use crate::apps::DeployError;
 use crate::node::Node;
 use crate::room::RoomKey;
-use crate::store::AppConfig;
+use edgeroom_proto::app::AppConfig;
 use edgeroom_proto::ids::{AppName, RoomId};
 
 pub fn routes(node: Arc<Node>) -> Router<Arc<Node>> {
@@ -59,7 +59,7 @@ async fn require_key(State(node): State<Arc<Node>>, req: Request, next: Next) ->
             c.control
                 .state()
                 .admin_keys
-                .contains(&crate::cluster::control::state::sha256_hex(g.as_bytes()))
+                .contains(&edgeroom_cluster::control::state::sha256_hex(g.as_bytes()))
         })
     };
     match given {
@@ -111,9 +111,7 @@ async fn deploy(
     };
     let deployed = match &node.cluster {
         Some(cluster) => {
-            cluster
-                .deploy(&node.apps, &app, body.to_vec(), query.base)
-                .await
+            crate::registry::deploy(cluster, &node.apps, &app, body.to_vec(), query.base).await
         }
         None => {
             let live = node
@@ -187,7 +185,9 @@ async fn configure(
         Err(e) => return http_error(StatusCode::BAD_REQUEST, "bad_config", e),
     };
     let configured = match &node.cluster {
-        Some(cluster) => cluster.configure(&node.apps, &app, config.clone()).await,
+        Some(cluster) => {
+            crate::registry::configure(cluster, &node.apps, &app, config.clone()).await
+        }
         None => node.apps.configure(&app, config.clone()).await,
     };
     match configured {
@@ -227,14 +227,13 @@ async fn room(
             format!("app {app} does not exist"),
         );
     }
-    if let Some(cluster) = &node.cluster
+    if let (Some(cluster), Some(replicator)) = (&node.cluster, &node.replicator)
         && !req.headers().contains_key(FORWARDED)
     {
         let room_ref = (app.clone(), room.clone());
-        let holder = match cluster.replicator.is_local(&room_ref) {
+        let holder = match replicator.is_local(&room_ref) {
             true => None,
-            false => cluster
-                .replicator
+            false => replicator
                 .interested(&room_ref)
                 .into_iter()
                 .find(|n| cluster.health.is_alive(n)),

@@ -109,18 +109,40 @@ pub async fn forward(node: &Node, owner: &NodeId, mut req: Request) -> anyhow::R
     Ok(res.map(Body::new))
 }
 
-/// Serve a `Forward` stream a peer opened with this node's router.
-pub fn serve(router: Router, incoming: Incoming) {
+/// Serve the `Forward` streams peers open (handed over by the cluster's mesh) with this
+/// node's router, each as if its client had connected here, until the node stops; the
+/// streams being served then finish (the node aborts what is left once it has drained).
+pub async fn serve_streams(
+    router: Router,
+    mut streams: tokio::sync::mpsc::Receiver<(NodeId, Incoming)>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut served = tokio::task::JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            next = streams.recv() => match next {
+                Some((_, incoming)) => incoming,
+                None => break,
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        served.spawn(serve(router.clone(), incoming));
+        while served.try_join_next().is_some() {}
+    }
+    drop(streams);
+    while served.join_next().await.is_some() {}
+}
+
+/// Serve one forwarded request (and its upgrade, if it asks for one).
+async fn serve(router: Router, incoming: Incoming) {
     let (send, recv) = incoming.into_raw();
     let io = TokioIo::new(tokio::io::join(recv, send));
     let service = hyper_util::service::TowerToHyperService::new(router);
-    tokio::spawn(async move {
-        let served = hyper::server::conn::http1::Builder::new()
-            .serve_connection(io, service)
-            .with_upgrades()
-            .await;
-        if let Err(e) = served {
-            tracing::debug!("forwarded request: {e}");
-        }
-    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .with_upgrades()
+        .await;
+    if let Err(e) = served {
+        tracing::debug!("forwarded request: {e}");
+    }
 }

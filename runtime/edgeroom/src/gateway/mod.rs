@@ -82,14 +82,14 @@ async fn route(State(node): State<Arc<Node>>, Query(q): Query<RouteQuery>) -> Re
     };
     let regions = match &node.cluster {
         Some(cluster) => cluster.regions(),
-        None => vec![crate::cluster::route::RegionView {
+        None => vec![edgeroom_cluster::route::RegionView {
             region: node.config.region.clone(),
             location: (lat, lon),
             urls: vec![format!("http://{}", node.addr)],
             measured: None,
         }],
     };
-    let ranked = crate::cluster::route::rank((lat, lon), &regions);
+    let ranked = edgeroom_cluster::route::rank((lat, lon), &regions);
     let body = serde_json::json!({ "lat": lat, "lon": lon, "regions": ranked });
     (
         [(header::CONTENT_TYPE, "application/json")],

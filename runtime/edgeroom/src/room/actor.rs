@@ -8,12 +8,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::outbox::{Link, Outbound};
 use super::replica::{Adoption, Ctx, Effect, Peers, Replica, Replicator, Settled};
+use super::replicate::PeerMsg;
 use super::world::{EmitResult, Outgoing, Place, World};
 use super::{
     AdoptOutcome, JoinOutcome, MemberView, ReattachOutcome, RoomCmd, RoomKey, RoomView, Rooms,
 };
 use crate::apps::LiveRx;
-use crate::cluster::replicate::PeerMsg;
 use edgeroom_proto::ids::{ConnId, NodeId};
 use edgeroom_proto::native::{Ref, ServerFrame};
 use edgeroom_proto::{Cursor, ErrorCode, ProtoError};

@@ -9,6 +9,7 @@ mod actor;
 pub mod outbox;
 mod post;
 pub mod replica;
+pub mod replicate;
 pub mod world;
 
 use std::collections::HashMap;
@@ -21,7 +22,6 @@ pub use outbox::{Interest, KillSwitch, Link, Outbound, Outbox};
 pub use world::World;
 
 use crate::apps::Apps;
-use crate::cluster;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -351,9 +351,9 @@ impl Rooms {
     /// `replica::unloaded`).
     pub async fn serve_peers(
         self: Arc<Self>,
-        mut deliveries: mpsc::Receiver<crate::cluster::replicate::Delivery<replica::RoomMsg>>,
+        mut deliveries: mpsc::Receiver<replicate::Delivery<replica::RoomMsg>>,
     ) {
-        use crate::cluster::replicate::Delivery;
+        use replicate::Delivery;
         let metrics = self.env.metrics.clone();
         let mut post = post::Post::new(self.env.limits.peer_backlog);
         // Ends with the node: the rooms hold the replicator, which holds the sender.
@@ -377,7 +377,7 @@ impl Rooms {
                                 (&self.env.replicator, replica::unloaded(msg))
                             {
                                 let room = (key.app, key.room);
-                                let msg = cluster::replicate::PeerMsg::Room { room, msg: reply };
+                                let msg = replicate::PeerMsg::Room { room, msg: reply };
                                 rep.send(&from, msg);
                             }
                         }

@@ -4,11 +4,11 @@
 //! interest to announce) for the room actor to carry out.
 //!
 //! Every node with members in a room runs the room (its own actor, handler instance,
-//! log and document) and talks to the others through `cluster::replicate`:
+//! log and document) and talks to the others through `room::replicate`:
 //!
 //! - **Events.** What this node's handler sends is delivered here at once, then
 //!   forwarded (one copy per interested region). What arrives from a peer goes through
-//!   `cluster::order::Inbound`: per-origin FIFO, duplicates dropped, gaps held and then
+//!   `edgeroom_room::order::Inbound`: per-origin FIFO, duplicates dropped, gaps held and then
 //!   repaired from the origin's log (`Repair`/`Repaired`), or skipped with a notice that
 //!   counts exactly the events lost. A replica picks up an origin where the origin's
 //!   hello says (`Hello::next`: what it sends from then on is owed here), never at
@@ -37,8 +37,8 @@ use automerge::sync;
 use tokio::sync::oneshot;
 
 use super::outbox::Link;
+use super::replicate::{self, Relay};
 use super::world::{Outgoing, RemoteMember, World};
-use crate::cluster::replicate::{self, Relay};
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq};
 use edgeroom_proto::native::ServerFrame;
 use edgeroom_proto::payload::Payload;

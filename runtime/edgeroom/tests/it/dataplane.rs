@@ -637,15 +637,7 @@ async fn an_event_crosses_to_each_region_once_and_fans_out_inside_it() {
         wait_version(n, "echo", 1).await;
     }
     let mut clients = clients_in(&nodes, "echo", "wide").await;
-    let sent = |i: usize| {
-        nodes[i]
-            .node
-            .cluster
-            .as_ref()
-            .unwrap()
-            .replicator
-            .relayed_sent()
-    };
+    let sent = |i: usize| nodes[i].node.replicator.as_ref().unwrap().relayed_sent();
     let before: Vec<u64> = (0..nodes.len()).map(sent).collect();
     // Amsterdam publishes: one copy to us-east (one of its two nodes), one to ap-south.
     const N: i64 = 50;

@@ -7,7 +7,6 @@ mod common;
 
 mod cli;
 mod cluster;
-mod control;
 mod dataplane;
 mod deploy;
 mod examples;

@@ -19,7 +19,7 @@ async fn node() -> TestNode {
     apps.deploy(&scoped, edgeroom::examples::ECHO.to_vec())
         .await
         .unwrap();
-    let config = edgeroom::store::AppConfig {
+    let config = edgeroom_proto::app::AppConfig {
         namespaces: Some(r"/allowed-\d+".into()),
         ..Default::default()
     };

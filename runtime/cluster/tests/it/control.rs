@@ -5,11 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgeroom::cluster::control::network::WriteError;
-use edgeroom::cluster::control::state::{Command, NodeInfo, Response};
-use edgeroom::cluster::control::{ControlPlane, Member, RaftTiming};
-use edgeroom::cluster::mesh;
-use edgeroom::room::replica::Replicator;
+use edgeroom_cluster::control::network::WriteError;
+use edgeroom_cluster::control::state::{Command, NodeInfo, Response};
+use edgeroom_cluster::control::{ControlPlane, Member, RaftTiming};
+use edgeroom_cluster::mesh;
 use edgeroom_proto::ids::{AppName, NodeId};
 use edgeroom_transport::{ClusterCa, Endpoint, NodeTls, Timing};
 
@@ -48,21 +47,15 @@ async fn start(ca: &ClusterCa, name: &str, addr: SocketAddr, dir: &std::path::Pa
     let control = ControlPlane::start(dir, endpoint.clone(), Member::new(&node, addr), timing())
         .await
         .unwrap();
-    // Just the control plane: the data plane's replicator has no rooms behind it here.
-    let health = edgeroom::cluster::health::Health::new(node.clone(), Default::default());
-    let (replicator, _deliveries) = Replicator::new(
-        node.clone(),
-        "test".into(),
-        health,
-        1024,
-        Default::default(),
-    );
-    let serving = mesh::Serving {
-        control: control.clone(),
-        replicator,
-        forwarded: Default::default(),
+    // Just the control plane: nothing above the cluster takes the handed-over streams.
+    let (rooms, _) = tokio::sync::mpsc::channel(1);
+    let (forward, _) = tokio::sync::mpsc::channel(1);
+    let handoff = mesh::Handoff {
+        rooms,
+        forward,
+        dropped: Default::default(),
     };
-    let serving = tokio::spawn(mesh::serve(endpoint.clone(), serving));
+    let serving = tokio::spawn(mesh::serve(endpoint.clone(), control.clone(), handoff));
     TestNode {
         name: name.into(),
         addr,

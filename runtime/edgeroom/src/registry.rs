@@ -1,4 +1,6 @@
-//! Keeps this node's handlers and app settings in step with the control plane.
+//! Handlers and app settings through the control plane: deploys and settings
+//! changes commit through Raft ([`deploy`], [`configure`]), and every node keeps its
+//! handlers in step with what was committed ([`follow`]).
 //!
 //! A deploy commits through Raft; every node then sees the new version in its applied
 //! control state and installs it here (compile, store, publish to its rooms). Rooms
@@ -6,18 +8,82 @@
 
 use std::sync::Arc;
 
-use crate::apps::Apps;
+use crate::apps::{AppSettings, Apps, DeployError, Deployed};
 use crate::room::World;
-use crate::store::AppConfig;
+use edgeroom_cluster::Cluster;
+use edgeroom_cluster::control::ControlPlane;
+use edgeroom_cluster::control::state::{Command, Response};
+use edgeroom_proto::app::AppConfig;
 use edgeroom_proto::ids::AppName;
-
-use super::control::ControlPlane;
 
 /// What the control plane wants live for one app.
 struct Wanted {
     app: AppName,
     handler: Option<(u64, Vec<u8>)>,
     config: AppConfig,
+}
+
+/// Deploy through the control plane: checked here, committed through Raft, installed
+/// here before this returns and on every other node as it applies the log.
+pub async fn deploy(
+    cluster: &Cluster,
+    apps: &Apps<World>,
+    app: &AppName,
+    wasm: Vec<u8>,
+    base: Option<u64>,
+) -> Result<Deployed, DeployError> {
+    let wasm = apps.validate(wasm).await?;
+    let command = Command::Deploy {
+        app: app.clone(),
+        wasm,
+        base,
+    };
+    match cluster.control.write(command).await {
+        Ok(Response::Deployed {
+            version, unchanged, ..
+        }) => {
+            let wasm = cluster
+                .control
+                .state()
+                .live_handler(app)
+                .filter(|(v, _)| v.version == version)
+                .map(|(_, bytes)| bytes.to_vec());
+            match wasm {
+                // This node's registry follower may have installed it already:
+                // whether anything changed is the control plane's answer.
+                Some(wasm) => apps.install(app, version, wasm).await.map(|mut d| {
+                    d.unchanged = unchanged;
+                    d
+                }),
+                // Another deploy followed at once; it is being installed instead.
+                None => Err(DeployError::Conflict { current: version }),
+            }
+        }
+        Ok(Response::Conflict { current }) => Err(DeployError::Conflict { current }),
+        Ok(other) => Err(DeployError::Unavailable(format!("unexpected {other:?}"))),
+        Err(e) => Err(DeployError::Unavailable(e.to_string())),
+    }
+}
+
+/// Change an app's settings everywhere.
+pub async fn configure(
+    cluster: &Cluster,
+    apps: &Apps<World>,
+    app: &AppName,
+    config: AppConfig,
+) -> Result<(), DeployError> {
+    AppSettings::new(config.clone()).map_err(DeployError::Invalid)?;
+    let command = Command::Configure {
+        app: app.clone(),
+        config,
+    };
+    cluster
+        .control
+        .write(command)
+        .await
+        .map_err(|e| DeployError::Unavailable(e.to_string()))?;
+    catch_up(&cluster.control, apps).await;
+    Ok(())
 }
 
 /// Install what the control plane has and this node lacks, now and after every change,

@@ -36,8 +36,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use super::control::ControlPlane;
-use super::health::Health;
+use edgeroom_cluster::control::ControlPlane;
+use edgeroom_cluster::health::Health;
 use edgeroom_proto::ids::NodeId;
 use edgeroom_room::interest::{Announce, Interest, RoomRef};
 use edgeroom_transport::{Endpoint, Incoming, Purpose};
@@ -130,9 +130,6 @@ pub struct Replicator<M> {
     links: Mutex<HashMap<NodeId, Link<M>>>,
     /// The incarnation each peer's streams last came from.
     peers_seen: Mutex<HashMap<NodeId, u64>>,
-    /// Bumped for a peer whenever its connections must be dialled afresh (it restarted
-    /// or came back from the dead): others holding connections to it check it.
-    generations: Mutex<HashMap<NodeId, u64>>,
     to_rooms: mpsc::Sender<Delivery<M>>,
     /// Region-wide messages this node sent to peers (originated or relayed).
     relayed_sent: std::sync::atomic::AtomicU64,
@@ -163,7 +160,6 @@ where
             interest: Mutex::new(Interest::new()),
             links: Mutex::new(HashMap::new()),
             peers_seen: Mutex::new(HashMap::new()),
-            generations: Mutex::new(HashMap::new()),
             to_rooms,
             relayed_sent: Default::default(),
         });
@@ -186,12 +182,6 @@ where
             .collect()
     }
 
-    /// How many times `node`'s connections had to be dialled afresh (see
-    /// `generations`); a cached connection to it from an older generation is stale.
-    pub fn generation(&self, node: &NodeId) -> u64 {
-        self.generations.lock().get(node).copied().unwrap_or(0)
-    }
-
     /// How many connections the link to `node` has made.
     fn sessions(&self, node: &NodeId) -> u64 {
         self.links
@@ -202,7 +192,7 @@ where
 
     /// Drop this node's connection to `node` and dial again at once.
     fn redial(&self, node: &NodeId) {
-        *self.generations.lock().entry(node.clone()).or_default() += 1;
+        self.health.bump_generation(node);
         if let Some(link) = self.links.lock().get(node) {
             link.reset.send_modify(|g| *g += 1);
         }
@@ -274,6 +264,16 @@ where
         let links: Vec<_> = self.links.lock().values().map(|l| l.tx.clone()).collect();
         for link in links {
             let _ = link.try_send(LinkCmd::Send(PeerMsg::Interest(announce.clone())));
+        }
+    }
+
+    /// Serve the `Rooms` streams peers open (handed over by the cluster's mesh) until
+    /// the cluster stops handing them over; each stream's reader is owned here.
+    pub async fn serve_streams(self: Arc<Self>, mut streams: mpsc::Receiver<(NodeId, Incoming)>) {
+        let mut readers = tokio::task::JoinSet::new();
+        while let Some((from, incoming)) = streams.recv().await {
+            readers.spawn(self.clone().serve_stream(from, incoming));
+            while readers.try_join_next().is_some() {}
         }
     }
 

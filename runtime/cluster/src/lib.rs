@@ -1,60 +1,74 @@
-//! The cluster: nodes in several regions acting as one service.
+//! edgeroom-cluster: nodes in several regions acting as one service.
 //!
 //! - `control`: the Raft control plane (apps, handler versions, keys, nodes, secret).
-//! - `mesh`: accepts peer connections and hands each stream to the part that serves
-//!   its purpose.
-//! - `registry`: keeps this node's handlers in step with the control plane.
 //! - `health`: failure detection and round trips between nodes.
+//! - `mesh`: accepts peer connections; serves Raft and health streams itself and hands
+//!   the others (room traffic, forwarded requests) to the layers above.
 //! - `route`: ranks regions for a client's location (`GET /v1/route`).
-//! - `replicate`: the data plane's links: room messages to the nodes that want them,
-//!   peers' messages to this node's rooms (what they say is `room::replica`'s).
-//! - `interest`, `order`: the data plane's sans-IO cores: which nodes want a room's
-//!   messages and the one relay per region, and per-origin FIFO, dedupe and gap repair
-//!   on the receiving side.
+//! - `config`: the `[cluster]` section of a node's config.
+//!
+//! Invariant: the cluster knows nodes, links and agreed metadata, never rooms. It
+//! holds no reference to anything above it: what it hands over goes through bounded
+//! queues the node takes once.
 //!
 //! [`Cluster::start`] brings a node into its cluster: certificates, QUIC endpoint, Raft,
 //! then creating the cluster (voters on first start) or joining it.
 
+pub mod config;
 pub mod control;
 pub mod health;
 pub mod mesh;
-pub mod registry;
-pub mod replicate;
 pub mod route;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use parking_lot::Mutex;
 use rand::RngCore;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::apps::{AppSettings, Apps, DeployError, Deployed};
-use crate::config::{ClusterConfig, NodeConfig, parse_peer};
-use crate::room::World;
-use crate::room::replica::{Replicator, RoomMsg};
-use crate::store::AppConfig;
-use control::state::{Command, NodeInfo, Response};
+pub use config::{ClusterConfig, parse_peer};
+use control::state::{Command, NodeInfo};
 use control::{ControlPlane, Member, RaftTiming};
-use edgeroom_proto::ids::AppName;
+use edgeroom_proto::ids::NodeId;
 use edgeroom_transport::{Endpoint, NodeTls, Peer, Timing};
 use health::{Health, HealthTiming};
+use mesh::{Handed, Handoff};
+
+/// What the node brings to its cluster besides the `[cluster]` section.
+pub struct Joining {
+    pub node_id: NodeId,
+    pub region: String,
+    /// Where the Raft log and snapshots live.
+    pub raft_dir: PathBuf,
+    /// The cluster secret a new cluster's voters propose (a random one if `None`).
+    pub secret: Option<String>,
+    /// This node's admin key, made valid on every node (its hash is shared).
+    pub admin_key: Option<String>,
+    /// Where the node serves clients (its client URL unless the config names some).
+    pub client_addr: SocketAddr,
+    /// Streams for the layers above queued at most per purpose (`Limits::peer_streams`).
+    pub handoff_queue: usize,
+    /// Counts streams dropped because their queue was full.
+    pub handoff_dropped: prometheus_client::metrics::counter::Counter,
+}
 
 /// A node's membership in its cluster.
 pub struct Cluster {
     pub endpoint: Arc<Endpoint>,
     pub control: Arc<ControlPlane>,
     pub health: Arc<Health>,
-    pub replicator: Arc<Replicator>,
     /// Connections to peers for requests (forwarded HTTP), reused while the peer's
-    /// generation (see `Replicator::generation`) stays the same.
-    peers: parking_lot::Mutex<std::collections::HashMap<edgeroom_proto::ids::NodeId, (u64, Peer)>>,
-    /// Serves `Forward` streams; set once the node's router exists.
-    pub forwarded: Arc<parking_lot::Mutex<Option<mesh::ForwardHandler>>>,
-    /// What peers send this node's rooms; taken once by the node that serves them.
-    deliveries:
-        parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<replicate::Delivery<RoomMsg>>>>,
+    /// generation (see [`Health::generation`]) stays the same.
+    peers: Mutex<std::collections::HashMap<NodeId, (u64, Peer)>>,
+    /// Peers' `Rooms` streams, taken once by the node's data plane.
+    rooms: Mutex<Option<mpsc::Receiver<Handed>>>,
+    /// Peers' `Forward` streams, taken once by the node's gateway.
+    forwarded: Mutex<Option<mpsc::Receiver<Handed>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -64,13 +78,8 @@ const QUORUM_PATIENCE: Duration = Duration::from_secs(120);
 impl Cluster {
     /// Start this node's part of the cluster. Returns once the cluster has a secret this
     /// node knows (so resume tokens verify on every node), which needs a quorum.
-    pub async fn start(
-        config: &NodeConfig,
-        cluster: &ClusterConfig,
-        client_addr: SocketAddr,
-        metrics: &crate::metrics::Metrics,
-    ) -> anyhow::Result<Arc<Self>> {
-        let tls = NodeTls::load(&cluster.tls_dir, config.node_id.clone())
+    pub async fn start(joining: Joining, cluster: &ClusterConfig) -> anyhow::Result<Arc<Self>> {
+        let tls = NodeTls::load(&cluster.tls_dir, joining.node_id.clone())
             .context("loading this node's cluster certificate")?;
         let endpoint = Arc::new(Endpoint::bind(
             cluster.peer_listen,
@@ -80,78 +89,56 @@ impl Cluster {
         )?);
         // What others dial: the configured address (a wildcard bind is not dialable),
         // or the bound one when the config left the port to the system.
-        let peer_addr = match cluster.advertised(&config.node_id) {
+        let peer_addr = match cluster.advertised(&joining.node_id) {
             Some(addr) if addr.port() != 0 => addr,
             _ => endpoint.local_addr()?,
         };
-        let me = Member::new(&config.node_id, peer_addr);
+        let me = Member::new(&joining.node_id, peer_addr);
         let timing = RaftTiming {
             heartbeat: Duration::from_millis(cluster.raft_heartbeat_ms),
             election_min: Duration::from_millis(cluster.raft_election_ms),
             election_max: Duration::from_millis(cluster.raft_election_ms * 2),
             ..RaftTiming::default()
         };
-        let control = ControlPlane::start(
-            &config.data_dir.join("raft"),
-            endpoint.clone(),
-            me.clone(),
-            timing,
-        )
-        .await?;
+        let control =
+            ControlPlane::start(&joining.raft_dir, endpoint.clone(), me.clone(), timing).await?;
         let health = Health::new(
-            config.node_id.clone(),
+            joining.node_id.clone(),
             HealthTiming {
                 timeout: Duration::from_millis(cluster.failure_timeout_ms),
                 interval: Duration::from_millis(cluster.failure_timeout_ms / 6),
             },
         );
-        let (replicator, deliveries) = Replicator::new(
-            config.node_id.clone(),
-            config.region.clone(),
-            health.clone(),
-            config.limits.peer_queue,
-            metrics
-                .peer_frames_refused
-                .get_or_create(&crate::metrics::KindLabel {
-                    kind: "rooms".into(),
-                })
-                .clone(),
-        );
-        let forwarded = Arc::new(parking_lot::Mutex::new(None));
-        let serving = mesh::Serving {
-            control: control.clone(),
-            replicator: replicator.clone(),
-            forwarded: forwarded.clone(),
+        let (rooms_tx, rooms) = mpsc::channel(joining.handoff_queue);
+        let (forward_tx, forwarded) = mpsc::channel(joining.handoff_queue);
+        let handoff = Handoff {
+            rooms: rooms_tx,
+            forward: forward_tx,
+            dropped: joining.handoff_dropped.clone(),
         };
         let tasks = vec![
-            tokio::spawn(mesh::serve(endpoint.clone(), serving)),
+            tokio::spawn(mesh::serve(endpoint.clone(), control.clone(), handoff)),
             tokio::spawn(health::run(
                 health.clone(),
                 control.clone(),
                 endpoint.clone(),
             )),
-            tokio::spawn(
-                replicator
-                    .clone()
-                    .run(control.clone(), endpoint.clone(), health.clone()),
-            ),
         ];
         let this = Arc::new(Self {
             endpoint,
             control,
             health,
-            replicator,
             peers: Default::default(),
-            forwarded,
-            deliveries: parking_lot::Mutex::new(Some(deliveries)),
+            rooms: Mutex::new(Some(rooms)),
+            forwarded: Mutex::new(Some(forwarded)),
             tasks,
         });
 
         let info = NodeInfo {
-            region: config.region.clone(),
+            region: joining.region.clone(),
             peer_addr,
             client_urls: if cluster.client_urls.is_empty() {
-                vec![format!("http://{client_addr}")]
+                vec![format!("http://{}", joining.client_addr)]
             } else {
                 cluster.client_urls.clone()
             },
@@ -171,7 +158,7 @@ impl Cluster {
                 me.name
             );
             control.initialize(&voters).await?;
-            let secret = match &config.secret {
+            let secret = match &joining.secret {
                 Some(s) => s.clone(),
                 None => {
                     let mut bytes = [0u8; 32];
@@ -181,15 +168,15 @@ impl Cluster {
             };
             // Every voter proposes; the first committed wins.
             this.write_patiently(Command::InitSecret(secret)).await?;
-            this.write_patiently(Command::PutNode(config.node_id.clone(), info))
+            this.write_patiently(Command::PutNode(joining.node_id.clone(), info))
                 .await?;
-            this.share_admin_key(config).await?;
+            this.share_admin_key(joining.admin_key.as_deref()).await?;
         } else if let Some(seed) = &cluster.join {
             let (node, addr) = parse_peer(seed)?;
             let seed = Member::new(&node, addr);
             if control.has_log().await {
                 // A restart: already a member; refresh what it says about itself.
-                this.write_patiently(Command::PutNode(config.node_id.clone(), info))
+                this.write_patiently(Command::PutNode(joining.node_id.clone(), info))
                     .await?;
             } else {
                 control
@@ -197,7 +184,7 @@ impl Cluster {
                     .await
                     .with_context(|| format!("joining the cluster through {seed}"))?;
             }
-            this.share_admin_key(config).await?;
+            this.share_admin_key(joining.admin_key.as_deref()).await?;
         }
         let mut applied = control.applied();
         let deadline = tokio::time::Instant::now() + QUORUM_PATIENCE;
@@ -210,8 +197,8 @@ impl Cluster {
     }
 
     /// Make this node's admin key valid on every node (its hash, not the key, is shared).
-    async fn share_admin_key(&self, config: &NodeConfig) -> anyhow::Result<()> {
-        let Some(key) = &config.admin_key else {
+    async fn share_admin_key(&self, key: Option<&str>) -> anyhow::Result<()> {
+        let Some(key) = key else {
             return Ok(());
         };
         let sha256 = control::state::sha256_hex(key.as_bytes());
@@ -235,72 +222,10 @@ impl Cluster {
         }
     }
 
-    /// Deploy through the control plane: checked here, committed through Raft, installed
-    /// here before this returns and on every other node as it applies the log.
-    pub async fn deploy(
-        &self,
-        apps: &Apps<World>,
-        app: &AppName,
-        wasm: Vec<u8>,
-        base: Option<u64>,
-    ) -> Result<Deployed, DeployError> {
-        let wasm = apps.validate(wasm).await?;
-        let command = Command::Deploy {
-            app: app.clone(),
-            wasm,
-            base,
-        };
-        match self.control.write(command).await {
-            Ok(Response::Deployed {
-                version, unchanged, ..
-            }) => {
-                let wasm = self
-                    .control
-                    .state()
-                    .live_handler(app)
-                    .filter(|(v, _)| v.version == version)
-                    .map(|(_, bytes)| bytes.to_vec());
-                match wasm {
-                    // This node's registry follower may have installed it already:
-                    // whether anything changed is the control plane's answer.
-                    Some(wasm) => apps.install(app, version, wasm).await.map(|mut d| {
-                        d.unchanged = unchanged;
-                        d
-                    }),
-                    // Another deploy followed at once; it is being installed instead.
-                    None => Err(DeployError::Conflict { current: version }),
-                }
-            }
-            Ok(Response::Conflict { current }) => Err(DeployError::Conflict { current }),
-            Ok(other) => Err(DeployError::Unavailable(format!("unexpected {other:?}"))),
-            Err(e) => Err(DeployError::Unavailable(e.to_string())),
-        }
-    }
-
-    /// Change an app's settings everywhere.
-    pub async fn configure(
-        &self,
-        apps: &Apps<World>,
-        app: &AppName,
-        config: AppConfig,
-    ) -> Result<(), DeployError> {
-        AppSettings::new(config.clone()).map_err(DeployError::Invalid)?;
-        let command = Command::Configure {
-            app: app.clone(),
-            config,
-        };
-        self.control
-            .write(command)
-            .await
-            .map_err(|e| DeployError::Unavailable(e.to_string()))?;
-        registry::catch_up(&self.control, apps).await;
-        Ok(())
-    }
-
     /// A connection to `node`, reused while it lasts (and while the node has not
     /// restarted or come back from the dead: such a connection may reach nobody).
-    pub async fn peer(&self, node: &edgeroom_proto::ids::NodeId) -> anyhow::Result<Peer> {
-        let generation = self.replicator.generation(node);
+    pub async fn peer(&self, node: &NodeId) -> anyhow::Result<Peer> {
+        let generation = self.health.generation(node);
         if let Some((_, p)) = self
             .peers
             .lock()
@@ -336,11 +261,14 @@ impl Cluster {
         total >= 3 && alive * 2 <= total
     }
 
-    /// What peers send this node's rooms (once: the node's rooms serve it).
-    pub fn take_deliveries(
-        &self,
-    ) -> Option<tokio::sync::mpsc::Receiver<replicate::Delivery<RoomMsg>>> {
-        self.deliveries.lock().take()
+    /// Peers' `Rooms` streams (once: the node's data plane serves them).
+    pub fn take_rooms_streams(&self) -> Option<mpsc::Receiver<Handed>> {
+        self.rooms.lock().take()
+    }
+
+    /// Peers' `Forward` streams (once: the node's gateway serves them).
+    pub fn take_forwarded_streams(&self) -> Option<mpsc::Receiver<Handed>> {
+        self.forwarded.lock().take()
     }
 
     /// The cluster secret (hex) that signs resume tokens.
@@ -349,7 +277,6 @@ impl Cluster {
     }
 
     pub async fn shutdown(&self) {
-        self.forwarded.lock().take();
         self.control.shutdown().await;
         for task in &self.tasks {
             task.abort();

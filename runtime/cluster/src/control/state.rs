@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::AppConfig;
+use edgeroom_proto::app::AppConfig;
 use edgeroom_proto::ids::{AppName, NodeId};
 
 /// A node as the cluster knows it: where it is and how to reach it.

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use edgeroom_proto::ids::NodeId;
 use edgeroom_transport::{Endpoint, Incoming, Purpose};
 
-use super::control::ControlPlane;
+use crate::control::ControlPlane;
 
 #[derive(Debug, Clone, Copy)]
 pub struct HealthTiming {
@@ -99,6 +99,9 @@ pub struct Health {
     me: NodeId,
     timing: HealthTiming,
     detector: Mutex<Detector>,
+    /// Bumped for a peer whenever its connections must be dialled afresh (it restarted
+    /// or came back from the dead): whoever caches a connection to it checks it.
+    generations: Mutex<HashMap<NodeId, u64>>,
 }
 
 impl Health {
@@ -107,7 +110,19 @@ impl Health {
             me,
             timing,
             detector: Mutex::new(Detector::new(timing.timeout, Instant::now())),
+            generations: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// How many times `node`'s connections had to be dialled afresh; a connection to it
+    /// cached in an older generation may reach nobody.
+    pub fn generation(&self, node: &NodeId) -> u64 {
+        self.generations.lock().get(node).copied().unwrap_or(0)
+    }
+
+    /// `node` restarted or came back from the dead: connections to it are stale.
+    pub fn bump_generation(&self, node: &NodeId) {
+        *self.generations.lock().entry(node.clone()).or_default() += 1;
     }
 
     /// Is `node` alive? This node always is.

@@ -1,0 +1,77 @@
+//! Accepting side of the peer mesh: every stream a peer opens goes to the part of the
+//! node that serves its purpose. The cluster serves Raft and health itself; streams for
+//! the layers above it (room traffic, forwarded requests) are handed over through a
+//! bounded queue per purpose, so the cluster never names what they carry and holds no
+//! reference to the node above it. A stream for a purpose this node does not serve, or
+//! garbage where a purpose should be, drops the peer (logged); a stream that finds its
+//! queue full is dropped and counted (the peer's side sees it fail and retries).
+
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::control::ControlPlane;
+use crate::health::Health;
+use edgeroom_proto::ids::NodeId;
+use edgeroom_transport::{Endpoint, Incoming, Peer, Purpose};
+
+/// A stream for a layer above the cluster, with the peer that opened it.
+pub type Handed = (NodeId, Incoming);
+
+/// The queues streams for the layers above are handed over through.
+#[derive(Clone)]
+pub struct Handoff {
+    pub rooms: mpsc::Sender<Handed>,
+    pub forward: mpsc::Sender<Handed>,
+    /// Streams dropped because their queue was full.
+    pub dropped: Counter,
+}
+
+/// Serve peers until the endpoint closes. Every task serving a peer is owned here and
+/// ends with this one.
+pub async fn serve(endpoint: Arc<Endpoint>, control: Arc<ControlPlane>, handoff: Handoff) {
+    let mut peers = JoinSet::new();
+    while let Some(accepted) = endpoint.accept().await {
+        match accepted {
+            Ok(peer) => {
+                peers.spawn(serve_peer(peer, control.clone(), handoff.clone()));
+            }
+            Err(e) => tracing::warn!("refused a peer: {e:#}"),
+        }
+        while peers.try_join_next().is_some() {}
+    }
+}
+
+async fn serve_peer(peer: Peer, control: Arc<ControlPlane>, handoff: Handoff) {
+    let mut streams = JoinSet::new();
+    loop {
+        let incoming = match peer.accept().await {
+            Ok(incoming) => incoming,
+            // The connection ended, or the peer named an unknown purpose (refused there).
+            Err(_) => return,
+        };
+        while streams.try_join_next().is_some() {}
+        let queue = match incoming.purpose {
+            Purpose::Raft => {
+                streams.spawn(control.clone().serve_stream(incoming));
+                continue;
+            }
+            Purpose::Health => {
+                streams.spawn(Health::serve_stream(incoming));
+                continue;
+            }
+            Purpose::Rooms => &handoff.rooms,
+            Purpose::Forward => &handoff.forward,
+            other => {
+                peer.refuse(&format!("this node does not serve {other:?} streams yet"));
+                return;
+            }
+        };
+        if queue.try_send((peer.node().clone(), incoming)).is_err() {
+            // Full, or nobody serves it (not yet, or no longer): the opener retries.
+            handoff.dropped.inc();
+        }
+    }
+}

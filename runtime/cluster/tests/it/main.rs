@@ -1,0 +1,3 @@
+//! edgeroom-cluster's integration tests: real QUIC endpoints, real redb, real openraft.
+
+mod control;
