@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use edgeroom::config::SandboxConfig;
-use edgeroom::metrics::Metrics;
-use edgeroom::room::World;
-use edgeroom::room::world::Place;
+use edgeroom_host::metrics::Metrics;
+use edgeroom_host::room::World;
+use edgeroom_host::room::world::Place;
 use edgeroom_proto::ids::{NodeId, RoomId, Seq};
 use edgeroom_proto::payload::Payload;
 use edgeroom_room::core::{LogLimits, RoomCore};

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::Clock;
-use crate::config::NodeConfig;
 use crate::node::{Node, RunningNode, start_with_clock};
+use edgeroom_host::clock::Clock;
+use edgeroom_host::config::NodeConfig;
 
 /// How long a stopping node's runtime may take to drop its tasks (and with them its
 /// sockets and storage) before the caller goes on.

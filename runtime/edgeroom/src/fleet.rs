@@ -13,8 +13,8 @@ use edgeroom_proto::ids::{AppName, NodeId};
 use edgeroom_transport::{ClusterCa, Wan};
 
 use crate::builder::{NodeBuilder, NodeHandle};
-use crate::config::{ClusterConfig, NodeConfig};
-use crate::node::Node;
+use edgeroom_gateway::Gateway;
+use edgeroom_host::config::{ClusterConfig, NodeConfig};
 
 /// One node of a fleet: its name, region and location.
 #[derive(Debug, Clone)]
@@ -131,7 +131,7 @@ impl Fleet {
     pub async fn start(&self) -> anyhow::Result<Vec<NodeHandle>> {
         let starting = (0..self.len()).map(|i| self.builder(i).start());
         let nodes = futures_util::future::try_join_all(starting).await?;
-        let all: Vec<&Node> = nodes.iter().map(|n| &**n.node()).collect();
+        let all: Vec<&Gateway> = nodes.iter().map(|n| &*n.node().gateway).collect();
         wait_formed(&all, Duration::from_secs(20)).await?;
         Ok(nodes)
     }
@@ -139,7 +139,7 @@ impl Fleet {
 
 /// Resolves once every node of `nodes` knows all of them and has heard from each of
 /// the others (so a test or scenario starts from a complete health view).
-pub async fn wait_formed(nodes: &[&Node], within: Duration) -> anyhow::Result<()> {
+pub async fn wait_formed(nodes: &[&Gateway], within: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let missing: Vec<String> = nodes
@@ -174,8 +174,8 @@ pub async fn wait_formed(nodes: &[&Node], within: Duration) -> anyhow::Result<()
 /// Deploy `wasm` as `app` through `via`'s control plane and wait until every node of
 /// `nodes` serves the new version; returns it.
 pub async fn deploy(
-    via: &Node,
-    nodes: &[&Node],
+    via: &Gateway,
+    nodes: &[&Gateway],
     app: &str,
     wasm: &[u8],
     within: Duration,
@@ -185,7 +185,7 @@ pub async fn deploy(
         .cluster
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("{} is not in a cluster", via.config.node_id))?;
-    let deployed = crate::registry::deploy(cluster, &via.apps, &app, wasm.to_vec(), None)
+    let deployed = edgeroom_host::registry::deploy(cluster, &via.apps, &app, wasm.to_vec(), None)
         .await
         .map_err(|e| anyhow::anyhow!("deploy of {app}: {e}"))?;
     let deadline = tokio::time::Instant::now() + within;

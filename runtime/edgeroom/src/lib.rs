@@ -5,25 +5,16 @@
 //! recent events in a log that lets clients resume without loss. See ARCHITECTURE.md
 //! for the map; `docs/protocol.md` for the wire contract.
 //!
-//! Layering, top to bottom: `gateway` → `session` → `room` → `sandbox` / `state`,
-//! with `store`, `apps` and `metrics` beside them; ids and wire codecs are the
-//! `edgeroom-proto` crate below them all.
+//! This crate is the top of the stack: it wires a node together from the layers below
+//! (`edgeroom-gateway` → `edgeroom-host` → `edgeroom-cluster` / `edgeroom-sandbox` →
+//! `edgeroom-transport` / `edgeroom-room` → `edgeroom-proto`), starts it (`node`,
+//! `builder`), runs fleets of them in one process (`fleet`) and is the CLI.
 
-pub mod apps;
 pub mod builder;
-pub mod clock;
-pub mod config;
 pub mod examples;
 pub mod fleet;
-pub mod gateway;
-pub mod metrics;
 pub mod node;
-pub mod registry;
-pub mod room;
-pub mod session;
-pub mod store;
 
 pub use builder::{NodeBuilder, NodeHandle};
-pub use clock::Clock;
-pub use config::NodeConfig;
+pub use edgeroom_host::{Clock, NodeConfig, clock, config};
 pub use node::{Node, RunningNode, start, start_with_clock};

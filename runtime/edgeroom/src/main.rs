@@ -280,18 +280,25 @@ async fn dev(
     let first = &nodes[0].node;
     for (name, wasm) in examples::ALL {
         let app = AppName::new(name)?;
-        let deployed = match &first.cluster {
+        let deployed = match &first.gateway.cluster {
             Some(cluster) => {
-                edgeroom::registry::deploy(cluster, &first.apps, &app, wasm.to_vec(), None).await
+                edgeroom_host::registry::deploy(
+                    cluster,
+                    &first.gateway.apps,
+                    &app,
+                    wasm.to_vec(),
+                    None,
+                )
+                .await
             }
-            None => first.apps.deploy(&app, wasm.to_vec()).await,
+            None => first.gateway.apps.deploy(&app, wasm.to_vec()).await,
         };
         deployed.map_err(|e| anyhow::anyhow!("deploying {name}: {e}"))?;
     }
     let addr = nodes[0].addr;
     let regions: String = nodes
         .iter()
-        .map(|n| format!("  {:<10} http://{}\n", n.node.config.region, n.addr))
+        .map(|n| format!("  {:<10} http://{}\n", n.node.gateway.config.region, n.addr))
         .collect();
     println!(
         "\nEdgeroom dev {} (state in {})\n{regions}\

@@ -11,71 +11,32 @@ use tokio::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::apps::Apps;
-use crate::clock::Clock;
-use crate::config::NodeConfig;
-use crate::metrics::Metrics;
-use crate::room::replica::Replicator;
-use crate::room::{RoomCmd, RoomEnv, RoomKey, Rooms, World};
-use crate::session::Sessions;
-use crate::session::token::TokenKey;
-use crate::store::Store;
 use edgeroom_cluster::{Cluster, Joining};
+use edgeroom_gateway::Gateway;
+use edgeroom_host::apps::Apps;
+use edgeroom_host::clock::Clock;
+use edgeroom_host::config::NodeConfig;
+use edgeroom_host::metrics::Metrics;
+use edgeroom_host::room::replica::Replicator;
+use edgeroom_host::room::{RoomCmd, RoomEnv, RoomKey, Rooms, World};
+use edgeroom_host::session::Sessions;
+use edgeroom_host::session::token::TokenKey;
+use edgeroom_host::store::Store;
 use edgeroom_proto::close::Going;
 use edgeroom_sandbox::Sandbox;
 
+/// One node: its gateway (which holds every part clients reach) and what only the
+/// node itself holds — the sandbox, and the senders of its stop and go-away signals.
 pub struct Node {
-    pub config: NodeConfig,
-    /// The node's one clock (see `clock`).
-    pub clock: Clock,
-    /// Where the gateway listens (the bound address when the config asked for port 0).
-    pub addr: SocketAddr,
-    pub metrics: Arc<Metrics>,
+    pub gateway: Arc<Gateway>,
     pub sandbox: Arc<Sandbox<World>>,
-    pub apps: Arc<Apps<World>>,
-    pub rooms: Arc<Rooms>,
-    pub sessions: Arc<Sessions>,
-    /// Engine.IO sessions (the Socket.IO gateway's transport layer).
-    pub engine: crate::gateway::engineio::Engine,
-    pub tokens: TokenKey,
-    /// Membership in a cluster; `None` for a standalone node.
-    pub cluster: Option<Arc<Cluster>>,
-    /// The data plane's links to the other nodes (with `cluster`).
-    pub replicator: Option<Arc<Replicator>>,
     shutdown: watch::Sender<bool>,
-    /// Why clients must go elsewhere now, if they must: the node is stopping, or it is
-    /// cut off from most of its cluster. Gateways close their connections with it and
-    /// refuse new ones while it is set.
+    /// Why clients must go elsewhere now, if they must (see `Gateway::clients_go`).
     clients_go: watch::Sender<Option<Going>>,
 }
 
 /// The store's counter of sequence runs handed out (see `room::runs`).
 const RUNS: &str = "runs";
-
-/// Resolves when clients must go, with why (see [`Node::clients_go_rx`]).
-pub async fn gone(go: &mut watch::Receiver<Option<Going>>) -> Going {
-    match go.wait_for(Option::is_some).await {
-        Ok(why) => why.unwrap_or(Going::Stopping),
-        Err(_) => Going::Stopping,
-    }
-}
-
-impl Node {
-    /// Resolves when the node starts shutting down.
-    pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
-    /// See `clients_go`: wait on it with `wait_for(Option::is_some)`.
-    pub fn clients_go_rx(&self) -> watch::Receiver<Option<Going>> {
-        self.clients_go.subscribe()
-    }
-
-    /// Why new clients are refused now, if they are.
-    pub fn refusing(&self) -> Option<Going> {
-        *self.clients_go.borrow()
-    }
-}
 
 /// A started node.
 pub struct RunningNode {
@@ -145,7 +106,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         Some(cluster) => {
             let refused = metrics
                 .peer_frames_refused
-                .get_or_create(&crate::metrics::KindLabel {
+                .get_or_create(&edgeroom_host::metrics::KindLabel {
                     kind: "rooms".into(),
                 })
                 .clone();
@@ -196,11 +157,11 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
     if let Some(deliveries) = deliveries {
         tasks.push(tokio::spawn(rooms.clone().serve_peers(deliveries)));
     }
-    let node = Arc::new(Node {
+    let clients_go = watch::channel(None).0;
+    let gateway = Arc::new(Gateway {
         config,
         addr,
         metrics,
-        sandbox,
         apps,
         rooms,
         sessions: Arc::new(Sessions::default()),
@@ -208,31 +169,37 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         tokens,
         cluster,
         replicator,
-        shutdown,
-        clients_go: watch::channel(None).0,
+        shutdown: shutdown.subscribe(),
+        clients_go: clients_go.subscribe(),
         clock,
     });
-    if let Some(cluster) = &node.cluster {
-        tasks.push(tokio::spawn(crate::registry::follow(
+    let node = Arc::new(Node {
+        gateway: gateway.clone(),
+        sandbox,
+        shutdown,
+        clients_go,
+    });
+    if let Some(cluster) = &gateway.cluster {
+        tasks.push(tokio::spawn(edgeroom_host::registry::follow(
             cluster.control.clone(),
-            node.apps.clone(),
-            node.shutdown_rx(),
+            gateway.apps.clone(),
+            gateway.shutdown_rx(),
         )));
     }
 
-    let app = crate::gateway::router(node.clone());
-    if let Some(streams) = node
+    let app = edgeroom_gateway::router(gateway.clone());
+    if let Some(streams) = gateway
         .cluster
         .as_ref()
         .and_then(|c| c.take_forwarded_streams())
     {
-        tasks.push(tokio::spawn(crate::gateway::forward::serve_streams(
+        tasks.push(tokio::spawn(edgeroom_gateway::forward::serve_streams(
             app.clone(),
             streams,
-            node.shutdown_rx(),
+            gateway.shutdown_rx(),
         )));
     }
-    let mut stop = node.shutdown_rx();
+    let mut stop = gateway.shutdown_rx();
     let server = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -241,11 +208,11 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
             tracing::error!("server stopped: {e}");
         }
     });
-    let upkeep = tokio::spawn(upkeep(node.clone()));
-    if node.cluster.is_some() {
+    let upkeep = tokio::spawn(upkeep(gateway.clone()));
+    if gateway.cluster.is_some() {
         tasks.push(tokio::spawn(fence(node.clone())));
     }
-    tracing::info!(node = %node.config.node_id, region = %node.config.region, %addr, "node listening");
+    tracing::info!(node = %gateway.config.node_id, region = %gateway.config.region, %addr, "node listening");
     Ok(RunningNode {
         addr,
         node,
@@ -260,19 +227,20 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
 /// it hears a majority again. Clusters of fewer than three nodes never fence: there a
 /// node cannot tell its own isolation from its peer's death.
 async fn fence(node: Arc<Node>) {
-    let Some(cluster) = node.cluster.clone() else {
+    let Some(cluster) = node.gateway.cluster.clone() else {
         return;
     };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut stop = node.shutdown_rx();
+    let mut stop = node.gateway.shutdown_rx();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let cut_off = cluster.cut_off();
-        let fenced = node.refusing() == Some(Going::CutOff);
-        if cut_off && !fenced && node.refusing().is_none() {
+        let refusing = node.gateway.refusing();
+        let fenced = refusing == Some(Going::CutOff);
+        if cut_off && !fenced && refusing.is_none() {
             tracing::warn!("cut off from most of the cluster: sending clients elsewhere");
             node.clients_go.send_replace(Some(Going::CutOff));
         } else if !cut_off && fenced {
@@ -283,7 +251,7 @@ async fn fence(node: Arc<Node>) {
 }
 
 /// Once a second: expire resumable sessions past their window, sample rates.
-async fn upkeep(node: Arc<Node>) {
+async fn upkeep(node: Arc<Gateway>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut stop = node.shutdown_rx();
     let last_events = AtomicU64::new(0);
@@ -322,14 +290,15 @@ impl RunningNode {
         self.node.clients_go.send_replace(Some(Going::Stopping));
         let _ = self.node.shutdown.send(true);
         let deadline = Instant::now() + grace;
-        while (self.node.metrics.rooms.get() > 0 || self.node.metrics.connections.get() > 0)
+        let gateway = &self.node.gateway;
+        while (gateway.metrics.rooms.get() > 0 || gateway.metrics.connections.get() > 0)
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = tokio::time::timeout(grace, self.server).await;
         let _ = self.upkeep.await;
-        if let Some(replicator) = &self.node.replicator {
+        if let Some(replicator) = &gateway.replicator {
             // What the rooms sent their replicas on the way out reaches them first.
             let left = deadline.saturating_duration_since(Instant::now());
             replicator.drain(left.max(Duration::from_millis(500))).await;
@@ -337,7 +306,7 @@ impl RunningNode {
         for task in &self.tasks {
             task.abort();
         }
-        if let Some(cluster) = &self.node.cluster {
+        if let Some(cluster) = &gateway.cluster {
             cluster.shutdown().await;
         }
     }

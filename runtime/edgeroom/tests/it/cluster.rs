@@ -9,7 +9,7 @@ use common::fleet::*;
 use std::time::{Duration, Instant};
 
 use edgeroom::RunningNode;
-use edgeroom::session::token::Claims;
+use edgeroom_host::session::token::Claims;
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,8 +64,8 @@ async fn a_deploy_on_any_node_is_served_by_every_node() {
         app: edgeroom_proto::ids::AppName::new("echo").unwrap(),
         node: Some(edgeroom_proto::ids::NodeId::new("us-east-1").unwrap()),
     };
-    let token = nodes[0].node.tokens.sign(&claims);
-    assert_eq!(nodes[2].node.tokens.verify(&token).unwrap(), claims);
+    let token = nodes[0].node.gateway.tokens.sign(&claims);
+    assert_eq!(nodes[2].node.gateway.tokens.verify(&token).unwrap(), claims);
 
     for n in nodes {
         n.shutdown(Duration::from_secs(2)).await;
@@ -244,7 +244,7 @@ async fn a_peer_frame_that_does_not_parse_is_refused_and_counted() {
         edgeroom_transport::Timing::default(),
     )
     .unwrap();
-    let target = nodes[0].node.config.node_id.clone();
+    let target = nodes[0].node.gateway.config.node_id.clone();
     let peer = endpoint.connect(&target, fleet.peers[0]).await.unwrap();
     let (mut send, _recv) = peer
         .open_raw(edgeroom_transport::Purpose::Rooms)

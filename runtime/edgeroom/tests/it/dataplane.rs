@@ -582,7 +582,7 @@ async fn socket_io_recovers_on_another_node_when_its_node_goes_away() {
     let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.addr)).collect();
     let names: Vec<String> = nodes
         .iter()
-        .map(|n| n.node.config.node_id.to_string())
+        .map(|n| n.node.gateway.config.node_id.to_string())
         .collect();
     let mut child = tokio::process::Command::new("node")
         .current_dir(common::tests_dir("socketio-js"))
@@ -637,7 +637,15 @@ async fn an_event_crosses_to_each_region_once_and_fans_out_inside_it() {
         wait_version(n, "echo", 1).await;
     }
     let mut clients = clients_in(&nodes, "echo", "wide").await;
-    let sent = |i: usize| nodes[i].node.replicator.as_ref().unwrap().relayed_sent();
+    let sent = |i: usize| {
+        nodes[i]
+            .node
+            .gateway
+            .replicator
+            .as_ref()
+            .unwrap()
+            .relayed_sent()
+    };
     let before: Vec<u64> = (0..nodes.len()).map(sent).collect();
     // Amsterdam publishes: one copy to us-east (one of its two nodes), one to ap-south.
     const N: i64 = 50;
@@ -684,7 +692,8 @@ async fn a_node_killed_in_process_restarts_from_its_data_and_rejoins_at_once() {
     let fleet = Fleet::new();
     let mut nodes = fleet.inner.start().await.unwrap();
     {
-        let all: Vec<&edgeroom::Node> = nodes.iter().map(|n| &**n.node()).collect();
+        let all: Vec<&edgeroom_gateway::Gateway> =
+            nodes.iter().map(|n| &*n.node().gateway).collect();
         let secs = Duration::from_secs(20);
         let v = edgeroom::fleet::deploy(all[0], &all, "echo", example("echo"), secs).await;
         assert_eq!(v.unwrap(), 1);

@@ -176,8 +176,20 @@ async fn handlers_and_room_state_survive_a_restart() {
     let mut config = common::config(dir.path());
     config.listen = "127.0.0.1:0".parse().unwrap();
     let running = edgeroom::start(config).await.unwrap();
-    assert!(running.node.apps.exists(&AppName::new("kept").unwrap()));
-    assert!(running.node.apps.exists(&AppName::new("echo").unwrap()));
+    assert!(
+        running
+            .node
+            .gateway
+            .apps
+            .exists(&AppName::new("kept").unwrap())
+    );
+    assert!(
+        running
+            .node
+            .gateway
+            .apps
+            .exists(&AppName::new("echo").unwrap())
+    );
     let mut c = Client::connect(running.addr, "kept", "json").await;
     c.join("r", json!(null)).await;
     let r = c.emit("r", "incr", json!(null)).await;

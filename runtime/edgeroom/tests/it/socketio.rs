@@ -14,7 +14,7 @@ use edgeroom_proto::ids::AppName;
 /// `/allowed-<digits>`) besides the usual apps.
 async fn node() -> TestNode {
     let node = TestNode::start_with(|c| c.default_app = Some(AppName::new("echo").unwrap())).await;
-    let apps = &node.running.as_ref().unwrap().node.apps;
+    let apps = &node.running.as_ref().unwrap().node.gateway.apps;
     let scoped = AppName::new("scoped").unwrap();
     apps.deploy(&scoped, edgeroom::examples::ECHO.to_vec())
         .await

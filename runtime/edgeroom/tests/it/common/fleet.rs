@@ -64,14 +64,14 @@ impl Fleet {
     pub async fn start_all(&self) -> Vec<RunningNode> {
         let starting = (0..self.specs.len()).map(|i| edgeroom::start(self.config(i)));
         let nodes = futures_util::future::try_join_all(starting).await.unwrap();
-        let all: Vec<&edgeroom::Node> = nodes.iter().map(|n| &*n.node).collect();
+        let all: Vec<&edgeroom_gateway::Gateway> = nodes.iter().map(|n| &*n.node.gateway).collect();
         wait_formed(&all, Duration::from_secs(20)).await.unwrap();
         nodes
     }
 }
 
 pub async fn wait_all_alive(node: &RunningNode, count: usize) {
-    let me = node.node.config.node_id.as_str();
+    let me = node.node.gateway.config.node_id.as_str();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, cluster) = get(node, "/v1/cluster").await;
@@ -131,7 +131,7 @@ pub async fn wait_version(node: &RunningNode, app: &str, version: u64) {
         assert!(
             Instant::now() < deadline,
             "{} never served {app} v{version}: {body}",
-            node.node.config.node_id
+            node.node.gateway.config.node_id
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -63,6 +63,7 @@ impl TestNode {
         {
             running
                 .node
+                .gateway
                 .apps
                 .deploy(&AppName::new(name).unwrap(), wasm.to_vec())
                 .await

@@ -21,8 +21,8 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use super::socketio::SocketIo;
-use crate::node::Node;
-use crate::room::{KillSwitch, Outbound, Outbox};
+use crate::Gateway;
+use edgeroom_host::room::{KillSwitch, Outbound, Outbox};
 use edgeroom_proto::close::Disconnect;
 use edgeroom_proto::engineio::session::{
     CloseReason, Inbound, PollAnswer, PostError, ProbeAnswer, Session, Timing, Transport,
@@ -113,16 +113,16 @@ pub struct Engine {
 
 /// Engine.IO's error body: `{"code": N, "message": ...}`.
 /// An Engine.IO request error with the reference server's message.
-fn eio_error(node: &Node, status: StatusCode, error: RequestError) -> Response {
+fn eio_error(node: &Gateway, status: StatusCode, error: RequestError) -> Response {
     eio_answer(node, status, error, error.message())
 }
 
 /// A request the server refuses (Engine.IO's `Forbidden`), saying why.
-fn eio_refuse(node: &Node, status: StatusCode, message: &str) -> Response {
+fn eio_refuse(node: &Gateway, status: StatusCode, message: &str) -> Response {
     eio_answer(node, status, RequestError::Forbidden, message)
 }
 
-fn eio_answer(node: &Node, status: StatusCode, error: RequestError, message: &str) -> Response {
+fn eio_answer(node: &Gateway, status: StatusCode, error: RequestError, message: &str) -> Response {
     let code = error.code();
     node.metrics.bad_frame(&format!("engineio_{code}"));
     let body = serde_json::json!({"code": code, "message": message}).to_string();
@@ -155,7 +155,7 @@ pub struct EioQuery {
 
 /// Serve one Engine.IO request for `service`.
 pub async fn handle(
-    node: Arc<Node>,
+    node: Arc<Gateway>,
     service: Service,
     method: Method,
     headers: HeaderMap,
@@ -170,7 +170,7 @@ pub async fn handle(
 }
 
 async fn route(
-    node: &Arc<Node>,
+    node: &Arc<Gateway>,
     service: Service,
     method: &Method,
     headers: &HeaderMap,
@@ -352,7 +352,7 @@ async fn ask(inbox: &Inbox, make: impl FnOnce(oneshot::Sender<Response>) -> Inpu
 
 /// CORS headers for browser clients, by the configured origins.
 fn cors(
-    node: &Node,
+    node: &Gateway,
     origin: Option<HeaderValue>,
     req: &HeaderMap,
     method: &Method,
@@ -400,7 +400,7 @@ enum Upper {
 
 /// One session's task.
 struct Driver {
-    node: Arc<Node>,
+    node: Arc<Gateway>,
     sid: String,
     session: Session,
     upper: Upper,
@@ -415,7 +415,7 @@ struct Driver {
 
 impl Driver {
     fn new(
-        node: Arc<Node>,
+        node: Arc<Gateway>,
         sid: String,
         service: Service,
         transport: Transport,
@@ -490,7 +490,7 @@ impl Driver {
                     self.session.close(CloseReason::Server(reason.to_string()));
                 }
                 // The client is told to go (a close packet) and may recover elsewhere.
-                why = crate::node::gone(&mut go) => {
+                why = crate::gone(&mut go) => {
                     self.session.close(CloseReason::Server(why.to_string()));
                 }
                 _ = &mut timer => self.on_timeout(),

@@ -14,13 +14,13 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::node::Node;
-use crate::room::{
+use crate::Gateway;
+use edgeroom_host::room::{
     AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
     RoomHandle, RoomKey,
 };
-use crate::session::token::Claims;
-use crate::session::{ResumeError, SessionRooms};
+use edgeroom_host::session::token::Claims;
+use edgeroom_host::session::{ResumeError, SessionRooms};
 use edgeroom_proto::close::Disconnect;
 use edgeroom_proto::ids::{AppName, ConnId, RoomId};
 use edgeroom_proto::native::{self, ClientFrame, DecodeError, EventView, Format, Ref, ServerFrame};
@@ -44,7 +44,7 @@ struct Joined {
 }
 
 struct Conn {
-    node: Arc<Node>,
+    node: Arc<Gateway>,
     app: AppName,
     conn: ConnId,
     token: String,
@@ -54,7 +54,7 @@ struct Conn {
 }
 
 /// Serve one upgraded connection until it ends.
-pub async fn serve(socket: WebSocket, node: Arc<Node>, app: AppName, format: Format) {
+pub async fn serve(socket: WebSocket, node: Arc<Gateway>, app: AppName, format: Format) {
     let metrics = node.metrics.clone();
     metrics.connections.inc();
     let limits = &node.config.limits;
@@ -95,7 +95,7 @@ pub async fn serve(socket: WebSocket, node: Arc<Node>, app: AppName, format: For
         let next = tokio::select! {
             m = tokio::time::timeout(PING_EVERY * 3, stream.next()) => m,
             _ = &mut writer_done => break,
-            why = crate::node::gone(&mut go) => {
+            why = crate::gone(&mut go) => {
                 kill.kill(why);
                 break;
             }
@@ -160,7 +160,7 @@ pub async fn serve(socket: WebSocket, node: Arc<Node>, app: AppName, format: For
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
-    kill: Arc<crate::room::KillSwitch>,
+    kill: Arc<edgeroom_host::room::KillSwitch>,
     format: Format,
     done: oneshot::Sender<()>,
 ) {

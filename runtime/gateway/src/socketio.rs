@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::apps::AppSettings;
-use crate::node::Node;
-use crate::room::{
+use crate::Gateway;
+use edgeroom_host::apps::AppSettings;
+use edgeroom_host::room::{
     AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
     RoomHandle, RoomKey,
 };
-use crate::session::token::Claims;
-use crate::session::{ResumeError, SessionRooms};
+use edgeroom_host::session::token::Claims;
+use edgeroom_host::session::{ResumeError, SessionRooms};
 use edgeroom_proto::engineio::session::{CloseReason, Session};
 use edgeroom_proto::engineio::{self, Packet as EioPacket};
 use edgeroom_proto::ids::{AppName, ConnId, RoomId};
@@ -96,7 +96,7 @@ enum Pending {
 }
 
 pub struct SocketIo {
-    node: Arc<Node>,
+    node: Arc<Gateway>,
     app: AppName,
     settings: Arc<AppSettings>,
     outbox: Outbox,
@@ -113,7 +113,12 @@ pub struct SocketIo {
 type Fatal = String;
 
 impl SocketIo {
-    pub fn new(node: Arc<Node>, app: AppName, settings: Arc<AppSettings>, outbox: Outbox) -> Self {
+    pub fn new(
+        node: Arc<Gateway>,
+        app: AppName,
+        settings: Arc<AppSettings>,
+        outbox: Outbox,
+    ) -> Self {
         let connect_by = node.clock.now().into_std()
             + Duration::from_millis(node.config.socketio.connect_timeout_ms);
         Self {

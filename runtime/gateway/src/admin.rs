@@ -12,13 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 
 use super::http_error;
-use crate::apps::DeployError;
-use crate::node::Node;
-use crate::room::RoomKey;
+use crate::Gateway;
+use edgeroom_host::apps::DeployError;
+use edgeroom_host::room::RoomKey;
 use edgeroom_proto::app::AppConfig;
 use edgeroom_proto::ids::{AppName, RoomId};
 
-pub fn routes(node: Arc<Node>) -> Router<Arc<Node>> {
+pub fn routes(node: Arc<Gateway>) -> Router<Arc<Gateway>> {
     let limit = node.config.limits.max_handler_bytes;
     Router::new()
         .route(
@@ -42,7 +42,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn require_key(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+async fn require_key(State(node): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
     if node.config.dev {
         return next.run(req).await;
     }
@@ -86,7 +86,7 @@ struct DeployQuery {
 }
 
 async fn deploy(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<Gateway>>,
     Path(app): Path<String>,
     Query(query): Query<DeployQuery>,
     body: Result<Bytes, BytesRejection>,
@@ -111,7 +111,8 @@ async fn deploy(
     };
     let deployed = match &node.cluster {
         Some(cluster) => {
-            crate::registry::deploy(cluster, &node.apps, &app, body.to_vec(), query.base).await
+            edgeroom_host::registry::deploy(cluster, &node.apps, &app, body.to_vec(), query.base)
+                .await
         }
         None => {
             let live = node
@@ -143,7 +144,7 @@ async fn deploy(
     }
 }
 
-async fn app(State(node): State<Arc<Node>>, Path(app): Path<String>) -> Response {
+async fn app(State(node): State<Arc<Gateway>>, Path(app): Path<String>) -> Response {
     let app = match AppName::new(&app) {
         Ok(a) => a,
         Err(e) => return bad_name(e),
@@ -169,7 +170,7 @@ async fn app(State(node): State<Arc<Node>>, Path(app): Path<String>) -> Response
 }
 
 async fn configure(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<Gateway>>,
     Path(app): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -186,7 +187,7 @@ async fn configure(
     };
     let configured = match &node.cluster {
         Some(cluster) => {
-            crate::registry::configure(cluster, &node.apps, &app, config.clone()).await
+            edgeroom_host::registry::configure(cluster, &node.apps, &app, config.clone()).await
         }
         None => node.apps.configure(&app, config.clone()).await,
     };
@@ -208,7 +209,7 @@ const FORWARDED: &str = "x-edgeroom-forwarded";
 /// A room: its members on every node, its state and history. A node with no members
 /// there asks one that has some (its replica knows every node's members).
 async fn room(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<Gateway>>,
     Path((app, room)): Path<(String, String)>,
     mut req: Request,
 ) -> Response {
@@ -258,7 +259,7 @@ async fn room(
 }
 
 /// The cluster as this node sees it: the control plane's status and the known nodes.
-async fn cluster(State(node): State<Arc<Node>>) -> Response {
+async fn cluster(State(node): State<Arc<Gateway>>) -> Response {
     let Some(cluster) = &node.cluster else {
         return json(
             StatusCode::OK,

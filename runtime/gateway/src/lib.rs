@@ -1,12 +1,20 @@
-//! The HTTP front door: the native WebSocket endpoint, the admin API, health and metrics.
+//! edgeroom-gateway: the HTTP front door — the native WebSocket endpoint, Engine.IO
+//! and Socket.IO, the admin API, health, metrics, and requests forwarded to the node
+//! that owns their session.
 //!
-//! Handlers here parse and check requests and hand off to the node; they hold no state.
+//! Invariant: the gateway's only state is the table of Engine.IO sessions, each owned
+//! by one task; everything else it is handed (`Gateway`). Handlers parse and check
+//! requests and hand off to rooms and sessions; a connection's frames become room
+//! commands in order, and what rooms queue for it becomes frames.
 
 mod admin;
 pub mod engineio;
 pub mod forward;
 pub mod native;
 pub mod socketio;
+mod state;
+
+pub use state::{Gateway, gone};
 
 use std::sync::Arc;
 
@@ -18,7 +26,6 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
-use crate::node::Node;
 use edgeroom_proto::ids::AppName;
 use edgeroom_proto::native::Format;
 
@@ -33,7 +40,7 @@ pub fn http_error(status: StatusCode, code: &str, message: impl std::fmt::Displa
         .into_response()
 }
 
-pub fn router(node: Arc<Node>) -> Router {
+pub fn router(node: Arc<Gateway>) -> Router {
     let admin = admin::routes(node.clone());
     let mut router = Router::new();
     if let Some(path) = &node.config.socketio.engineio_echo_path {
@@ -65,7 +72,7 @@ struct RouteQuery {
 
 /// `GET /v1/route?lat=&lon=`: the healthy regions for a client there, nearest first,
 /// each with its client URLs.
-async fn route(State(node): State<Arc<Node>>, Query(q): Query<RouteQuery>) -> Response {
+async fn route(State(node): State<Arc<Gateway>>, Query(q): Query<RouteQuery>) -> Response {
     let coordinate = |v: Option<&String>, max: f64| {
         v.and_then(|v| v.parse::<f64>().ok())
             .filter(|x| x.is_finite() && x.abs() <= max)
@@ -98,7 +105,7 @@ async fn route(State(node): State<Arc<Node>>, Query(q): Query<RouteQuery>) -> Re
         .into_response()
 }
 
-async fn index(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn index(State(node): State<Arc<Gateway>>) -> impl IntoResponse {
     let c = &node.config;
     format!(
         "Edgeroom node {} ({}).\nNative protocol: ws://{}/v1/ws?app=APP  (see docs/protocol.md)\nAdmin API: /v1/apps/{{app}}  Metrics: /metrics  Health: /healthz\n",
@@ -116,7 +123,7 @@ struct EioRequest {
 }
 
 impl EioRequest {
-    async fn serve(self, node: Arc<Node>, service: engineio::Service) -> Response {
+    async fn serve(self, node: Arc<Gateway>, service: engineio::Service) -> Response {
         engineio::handle(
             node,
             service,
@@ -153,7 +160,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for EioRequest {
     }
 }
 
-async fn socketio_default(State(node): State<Arc<Node>>, req: EioRequest) -> Response {
+async fn socketio_default(State(node): State<Arc<Gateway>>, req: EioRequest) -> Response {
     let Some(app) = node.config.default_app.clone() else {
         return http_error(
             StatusCode::NOT_FOUND,
@@ -165,7 +172,7 @@ async fn socketio_default(State(node): State<Arc<Node>>, req: EioRequest) -> Res
 }
 
 async fn socketio_app(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<Gateway>>,
     Path(app): Path<String>,
     req: EioRequest,
 ) -> Response {
@@ -175,13 +182,13 @@ async fn socketio_app(
     }
 }
 
-async fn engineio_echo(State(node): State<Arc<Node>>, req: EioRequest) -> Response {
+async fn engineio_echo(State(node): State<Arc<Gateway>>, req: EioRequest) -> Response {
     req.serve(node, engineio::Service::Echo).await
 }
 
 /// 200 while the node takes clients; 503 while it sends them away (stopping, or cut
 /// off from most of its cluster), so a load balancer stops sending it new ones.
-async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn healthz(State(node): State<Arc<Gateway>>) -> impl IntoResponse {
     let (code, status) = match node.refusing() {
         None => (StatusCode::OK, "ok"),
         Some(going) => (StatusCode::SERVICE_UNAVAILABLE, going.status()),
@@ -198,7 +205,7 @@ async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {
     )
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn metrics(State(node): State<Arc<Gateway>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
@@ -215,7 +222,7 @@ struct WsQuery {
 }
 
 async fn native_ws(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<Gateway>>,
     Query(q): Query<WsQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {

@@ -19,12 +19,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 
-use crate::node::Node;
+use crate::Gateway;
 use edgeroom_proto::ids::NodeId;
 use edgeroom_transport::{Incoming, Purpose};
 
 /// The session id of a new Engine.IO session on `node`.
-pub fn new_sid(node: &Node) -> String {
+pub fn new_sid(node: &Gateway) -> String {
     let random = edgeroom_proto::ids::ConnId::random();
     match node.cluster {
         Some(_) => format!("{random}.{}", node.config.node_id),
@@ -55,7 +55,11 @@ fn sid_of(req: &Request) -> Option<&str> {
 }
 
 /// Middleware: a request for a session another node owns goes to that node.
-pub async fn foreign_sessions(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+pub async fn foreign_sessions(
+    State(node): State<Arc<Gateway>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let foreign = sid_of(&req)
         .and_then(owner)
         .filter(|o| *o != node.config.node_id);
@@ -75,7 +79,7 @@ pub async fn foreign_sessions(State(node): State<Arc<Node>>, req: Request, next:
 
 /// Carry `req` to `owner` over the mesh and return its answer (an upgrade becomes a
 /// tunnel).
-pub async fn forward(node: &Node, owner: &NodeId, mut req: Request) -> anyhow::Result<Response> {
+pub async fn forward(node: &Gateway, owner: &NodeId, mut req: Request) -> anyhow::Result<Response> {
     let cluster = node
         .cluster
         .as_ref()
