@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::core::LogEntry;
+use crate::log::LogEntry;
 use edgeroom_proto::Cursor;
 use edgeroom_proto::ids::{ConnId, NodeId, Seq};
 

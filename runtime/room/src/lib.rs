@@ -2,7 +2,8 @@
 //! time by the node's room actors and replication, answering with what to do.
 //!
 //! - `core`: members and presence, the event log with its sequence numbers, resume
-//!   cursors, idempotent publishes; `catchup`: what a resuming member is owed.
+//!   cursors, idempotent publishes; `log`: one logged event and its shared encodings;
+//!   `catchup`: what a resuming member is owed.
 //! - `order`: per-origin FIFO of what other nodes' replicas send (duplicates dropped,
 //!   gaps repaired or counted); `interest`: which nodes have members where, and where a
 //!   message goes.
@@ -15,6 +16,7 @@
 pub mod catchup;
 pub mod core;
 pub mod interest;
+pub mod log;
 pub mod order;
 pub mod runs;
 pub mod state;
