@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::outbox::{Link, Outbound};
-use super::replica::{Adoption, Ctx, Effect, Peers, Replica, Replicator, Settled};
+use super::replica::{Adoption, Ctx, Effect, Input, Peers, Replica, Replicator, Settled};
 use super::replicate::PeerMsg;
 use super::world::{EmitResult, Outgoing, Place, World};
 use super::{
@@ -152,7 +152,7 @@ impl Actor {
             let timer = self.timer_at;
             tokio::select! {
                 _ = repairs.tick(), if self.replica.is_some() => {
-                    self.replicate(|r, w, ctx| r.poll(w, ctx));
+                    self.replicate(Input::Tick);
                     if self.adopt_due() {
                         self.after_call().await;
                     }
@@ -314,7 +314,7 @@ impl Actor {
                     return;
                 }
                 let adoption = Adoption::new(conn, link, cursor, done);
-                self.replicate(|r, w, ctx| r.adopt(w, adoption, ctx));
+                self.replicate(Input::Adopt(adoption));
                 if self.adopt_due() {
                     self.after_call().await;
                 }
@@ -330,25 +330,19 @@ impl Actor {
                 let _ = done.send(view);
             }
             RoomCmd::Peer { from, msg } => {
-                if self
-                    .replicate(|r, w, ctx| r.receive(w, from, msg, ctx))
-                    .is_some()
-                {
+                if self.replicate(Input::Receive { from, msg }).is_some() {
                     self.adopt_due();
                     self.after_call().await;
                 }
             }
             RoomCmd::PeerUp(node) => {
-                self.replicate(|r, w, ctx| r.peer_up(w, &node, ctx));
+                self.replicate(Input::PeerUp(node));
             }
             RoomCmd::PeerJoined(node) => {
-                self.replicate(|r, w, ctx| r.peer_joined(w, &node, ctx));
+                self.replicate(Input::PeerJoined(node));
             }
             RoomCmd::PeerDown(node) => {
-                if self
-                    .replicate(|r, w, ctx| r.peer_down(w, &node, ctx))
-                    .is_some()
-                {
+                if self.replicate(Input::PeerDown(node)).is_some() {
                     self.adopt_due();
                     self.after_call().await;
                 }
@@ -437,7 +431,7 @@ impl Actor {
         let replay = w.core.replay_for(&conn, &resume_from.unwrap_or(before));
         self.world().send_replay(&conn, replay);
         self.world().send_snapshot(&conn);
-        self.replicate(|r, _, ctx| r.member_joined(ctx));
+        self.replicate(Input::MemberJoined);
         JoinOutcome::Joined
     }
 
@@ -453,11 +447,9 @@ impl Actor {
     }
 
     /// Run one step of the room's replica, then do what it asked: messages to peers,
-    /// interest to announce. `None` when the node is not in a cluster.
-    fn replicate<T>(
-        &mut self,
-        f: impl FnOnce(&mut Replica, &mut World, &mut Ctx) -> T,
-    ) -> Option<T> {
+    /// interest to announce, adopted members' clients to answer. `None` when the node
+    /// is not in a cluster; else whether an adoption ended.
+    fn replicate(&mut self, input: Input) -> Option<bool> {
         let rep = self.rooms.env().replicator.clone()?;
         let mut r = self.replica.take()?;
         let room = r.room().clone();
@@ -467,9 +459,10 @@ impl Actor {
         };
         let clock = &self.rooms.env().clock;
         let mut ctx = Ctx::new(clock.now().into_std(), clock.mono_ms(), &view);
-        let out = f(&mut r, self.slot.world(), &mut ctx);
+        r.handle(self.slot.world(), input, &mut ctx);
         let effects = std::mem::take(&mut ctx.out);
         self.replica = Some(r);
+        let mut adoption_ended = false;
         for effect in effects {
             match effect {
                 Effect::Send(node, msg) => {
@@ -479,33 +472,24 @@ impl Actor {
                 Effect::Publish(msg) => rep.publish(&room, msg),
                 Effect::Interest(true) => rep.local_join(&room),
                 Effect::Interest(false) => rep.local_leave(&room),
-            }
-        }
-        Some(out)
-    }
-
-    /// Take on the members whose adoption has its history in: everything after its
-    /// cursor that a replica had, then live. True if any adoption was settled (the
-    /// caller runs `after_call` to pass the news on).
-    fn adopt_due(&mut self) -> bool {
-        let Some(settled) = self.replicate(|r, w, ctx| {
-            let due = r.adoptions_due(ctx);
-            due.into_iter()
-                .map(|a| r.settle(w, a, ctx))
-                .collect::<Vec<_>>()
-        }) else {
-            return false;
-        };
-        let any = !settled.is_empty();
-        for s in settled {
-            match s {
-                Err(a) => drop(a.done.send(AdoptOutcome::NotMember)),
-                Ok(Settled { done, auth }) => {
+                Effect::Adopted(Settled { done, auth }) => {
+                    adoption_ended = true;
                     let _ = done.send(AdoptOutcome::Adopted { auth });
+                }
+                Effect::NotMember(done) => {
+                    adoption_ended = true;
+                    let _ = done.send(AdoptOutcome::NotMember);
                 }
             }
         }
-        any
+        Some(adoption_ended)
+    }
+
+    /// Take on the members whose adoption has its history in: everything after its
+    /// cursor that a replica had, then live. True if any adoption ended (the caller
+    /// runs `after_call` to pass the news on).
+    fn adopt_due(&mut self) -> bool {
+        self.replicate(Input::SettleDue).unwrap_or(false)
     }
 
     async fn emit(
@@ -561,7 +545,7 @@ impl Actor {
             return;
         }
         w.presence_changed(vec![], vec![conn.clone()]);
-        self.replicate(|r, _, ctx| r.member_left(ctx));
+        self.replicate(Input::MemberLeft);
         let w = self.world();
         w.current = Some(conn.clone());
         self.call(Call::Leave {
@@ -606,7 +590,7 @@ impl Actor {
             self.timer_at =
                 Some(self.rooms.env().clock.now() + Duration::from_millis(u64::from(ms)));
         }
-        self.replicate(|r, w, ctx| r.flush(w, ctx));
+        self.replicate(Input::Flush);
         let w = self.world();
         if !w.floors.is_empty() {
             let head = w.core.head().clone();

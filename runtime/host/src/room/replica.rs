@@ -172,6 +172,30 @@ impl Relay for RoomMsg {
     }
 }
 
+/// What a replica is fed, one step at a time (see [`Replica::handle`]).
+pub enum Input {
+    /// A member joined here (the first makes this node one of the room's replicas).
+    MemberJoined,
+    /// A member left here.
+    MemberLeft,
+    /// The room's handler finished a call: send what it produced to the other replicas.
+    Flush,
+    /// A message from `from`'s replica of the room.
+    Receive { from: NodeId, msg: RoomMsg },
+    /// Time passed: gaps to repair, origins to ask where they start.
+    Tick,
+    /// A client resumed here as a member another node held.
+    Adopt(Adoption),
+    /// Take on the members whose adoption has its history in (or waited long enough).
+    SettleDue,
+    /// `node` newly has members in this room.
+    PeerJoined(NodeId),
+    /// This node's link to `node` came (back) up.
+    PeerUp(NodeId),
+    /// `node` was declared dead.
+    PeerDown(NodeId),
+}
+
 /// What a replica asks the room actor to do.
 #[derive(Debug)]
 pub enum Effect {
@@ -182,6 +206,10 @@ pub enum Effect {
     /// This node has (`true`) or no longer has one more reason to want the room's
     /// messages (a member, or a member being adopted).
     Interest(bool),
+    /// An adoption is over: the member is this room's now; answer its client.
+    Adopted(Settled),
+    /// An adoption found no replica that knew the member; answer its client.
+    NotMember(oneshot::Sender<super::AdoptOutcome>),
 }
 
 /// What a replica may ask of the mesh.
@@ -263,6 +291,7 @@ impl Adoption {
 
 /// A member the room took on: the answer to give its client, and the auth it joined
 /// with.
+#[derive(Debug)]
 pub struct Settled {
     pub done: oneshot::Sender<super::AdoptOutcome>,
     pub auth: String,
@@ -295,13 +324,40 @@ impl Replica {
         &self.room
     }
 
+    /// One step: `input` changes the replica and the room's `World`; what the actor
+    /// must do about it (send, publish, announce interest, answer clients) is pushed
+    /// to `ctx.out`. The one entry point: everything a replica does starts here.
+    pub fn handle(&mut self, w: &mut World, input: Input, ctx: &mut Ctx) {
+        match input {
+            Input::MemberJoined => self.member_joined(ctx),
+            Input::MemberLeft => self.member_left(ctx),
+            Input::Flush => self.flush(w, ctx),
+            Input::Receive { from, msg } => self.receive(w, from, msg, ctx),
+            Input::Tick => self.poll(w, ctx),
+            Input::Adopt(a) => self.adopt(w, a, ctx),
+            Input::SettleDue => self.settle_due(w, ctx),
+            Input::PeerJoined(node) => self.peer_joined(w, &node, ctx),
+            Input::PeerUp(node) => self.peer_up(w, &node, ctx),
+            Input::PeerDown(node) => self.peer_down(w, &node, ctx),
+        }
+    }
+
+    fn settle_due(&mut self, w: &mut World, ctx: &mut Ctx) {
+        for a in self.adoptions_due(ctx) {
+            match self.settle(w, a, ctx) {
+                Ok(settled) => ctx.out.push(Effect::Adopted(settled)),
+                Err(a) => ctx.out.push(Effect::NotMember(a.done)),
+            }
+        }
+    }
+
     /// A member joined here. The first one makes this node a replica: its peers learn
     /// that from its interest and greet it (`peer_up`), it answers with its own hello.
-    pub fn member_joined(&mut self, ctx: &mut Ctx) {
+    fn member_joined(&mut self, ctx: &mut Ctx) {
         ctx.out.push(Effect::Interest(true));
     }
 
-    pub fn member_left(&mut self, ctx: &mut Ctx) {
+    fn member_left(&mut self, ctx: &mut Ctx) {
         ctx.out.push(Effect::Interest(false));
     }
 
@@ -326,7 +382,7 @@ impl Replica {
     }
 
     /// Send what the last call produced to the other replicas.
-    pub fn flush(&mut self, w: &mut World, ctx: &mut Ctx) {
+    fn flush(&mut self, w: &mut World, ctx: &mut Ctx) {
         let Some(out) = w.outgoing.as_mut().map(std::mem::take) else {
             return;
         };
@@ -365,7 +421,7 @@ impl Replica {
     }
 
     /// A message from another replica.
-    pub fn receive(&mut self, w: &mut World, from: NodeId, msg: RoomMsg, ctx: &mut Ctx) {
+    fn receive(&mut self, w: &mut World, from: NodeId, msg: RoomMsg, ctx: &mut Ctx) {
         match msg {
             RoomMsg::Event(e) => self.take_event(w, e, ctx),
             RoomMsg::Hello {
@@ -588,6 +644,11 @@ impl Replica {
             };
             w.push_all(&frame, None);
         }
+        debug_assert!(
+            ready.iter().all(|(o, ..)| o == origin)
+                && ready.windows(2).all(|pair| pair[0].1 < pair[1].1),
+            "one origin's events are delivered in its order"
+        );
         for (_, _, e) in ready {
             let entry = w.core.append(e.into_sequenced(now_ms));
             w.deliver(&entry);
@@ -596,7 +657,7 @@ impl Replica {
 
     /// Ask origins for the events of gaps that stayed open too long, and for the
     /// hello of those whose messages wait for one.
-    pub fn poll(&mut self, w: &mut World, ctx: &mut Ctx) {
+    fn poll(&mut self, w: &mut World, ctx: &mut Ctx) {
         for ask in self.inbound.poll(ctx.now) {
             match ask {
                 Ask::Repair { origin, from, to } => {
@@ -646,12 +707,19 @@ impl Replica {
             w.departed.remove(&conn);
             out.insert(conn, m);
         }
+        debug_assert!(
+            out.keys().all(|c| w.core.member(c).is_none()
+                && w.remote
+                    .iter()
+                    .all(|(n, o)| n == from || !o.contains_key(c))),
+            "a member is held by one node: the one whose claim won"
+        );
         out
     }
 
     /// A client resumed here as a member another node held: ask every live peer for
     /// the history after its cursor, and hold the member until they all answered.
-    pub fn adopt(&mut self, w: &mut World, mut a: Adoption, ctx: &mut Ctx) {
+    fn adopt(&mut self, w: &mut World, mut a: Adoption, ctx: &mut Ctx) {
         // Counted as interest while it waits, so the peers' messages keep coming.
         ctx.out.push(Effect::Interest(true));
         if w.core.members().is_empty() && self.adoptions.is_empty() {
@@ -671,7 +739,7 @@ impl Replica {
     }
 
     /// Adoptions whose history is in (or that waited long enough).
-    pub fn adoptions_due(&mut self, ctx: &mut Ctx) -> Vec<Adoption> {
+    fn adoptions_due(&mut self, ctx: &mut Ctx) -> Vec<Adoption> {
         let now = ctx.now;
         if !self.adoptions.is_empty() {
             // A peer that stopped answering heartbeats is not waited for.
@@ -698,7 +766,7 @@ impl Replica {
     /// described (auth, presence), without calling on-join again (the handler accepted
     /// it once); it gets everything after its cursor that a replica had, then goes
     /// live. `Err`: no replica knows the member.
-    pub fn settle(
+    fn settle(
         &mut self,
         w: &mut World,
         mut a: Adoption,
@@ -771,13 +839,13 @@ impl Replica {
 
     /// `node` just got members in this room (a fresh replica there, or one this node
     /// had forgotten): what it is owed starts now, and it is greeted.
-    pub fn peer_joined(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
+    fn peer_joined(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
         self.owed.insert(node.clone(), w.core.next_seq());
         self.peer_up(w, node, ctx);
     }
 
     /// This node's link to `node` came (back) up: start over with it.
-    pub fn peer_up(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
+    fn peer_up(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
         self.inbound.revived(node);
         if ctx.peers.interested().contains(node) {
             self.hello(w, node, true, ctx);
@@ -792,7 +860,7 @@ impl Replica {
 
     /// `node` was declared dead: its members vanish here, and what it never sent will
     /// not come.
-    pub fn peer_down(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
+    fn peer_down(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
         self.sync.remove(node);
         self.owed.remove(node);
         for a in &mut self.adoptions {

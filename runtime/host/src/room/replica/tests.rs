@@ -197,7 +197,7 @@ impl Sim {
     }
 
     /// One step of node `i`'s replica, its effects carried out.
-    fn step<T>(&mut self, i: usize, f: impl FnOnce(&mut Replica, &mut World, &mut Ctx) -> T) -> T {
+    fn step(&mut self, i: usize, input: Input) {
         let interested = (0..self.nodes.len())
             .filter(|&j| j != i && self.nodes[j].interest > 0 && self.nodes[j].alive)
             .map(|j| self.nodes[j].id.clone())
@@ -212,10 +212,9 @@ impl Sim {
         let now_ms = local.as_millis() as u64;
         let node = &mut self.nodes[i];
         let mut ctx = Ctx::new(now, now_ms, &view);
-        let out = f(&mut node.replica, &mut node.world, &mut ctx);
+        node.replica.handle(&mut node.world, input, &mut ctx);
         let effects = std::mem::take(&mut ctx.out);
         self.apply(i, effects);
-        out
     }
 
     fn apply(&mut self, i: usize, effects: Vec<Effect>) {
@@ -244,6 +243,8 @@ impl Sim {
                         }
                     }
                 }
+                Effect::Adopted(s) => drop(s.done.send(AdoptOutcome::Adopted { auth: s.auth })),
+                Effect::NotMember(done) => drop(done.send(AdoptOutcome::NotMember)),
             }
         }
     }
@@ -251,7 +252,7 @@ impl Sim {
     /// Node `j` learns that node `i` newly has members.
     fn joined(&mut self, j: usize, i: usize) {
         let id = self.nodes[i].id.clone();
-        self.step(j, |r, w, ctx| r.peer_joined(w, &id, ctx));
+        self.step(j, Input::PeerJoined(id));
     }
 
     fn wire(&mut self, from: usize, to: usize, msg: RoomMsg) {
@@ -267,18 +268,8 @@ impl Sim {
 
     /// What the actor does after a step: settle adoptions due, send the call's news.
     fn after(&mut self, i: usize) {
-        let settled = self.step(i, |r, w, ctx| {
-            let due = r.adoptions_due(ctx);
-            let settled: Vec<_> = due.into_iter().map(|a| r.settle(w, a, ctx)).collect();
-            r.flush(w, ctx);
-            settled
-        });
-        for s in settled {
-            match s {
-                Ok(s) => drop(s.done.send(AdoptOutcome::Adopted { auth: s.auth })),
-                Err(a) => drop(a.done.send(AdoptOutcome::NotMember)),
-            }
-        }
+        self.step(i, Input::SettleDue);
+        self.step(i, Input::Flush);
     }
 
     /// Deliver one message from a random non-empty link (each link in order).
@@ -305,7 +296,7 @@ impl Sim {
             return true;
         }
         let from_id = self.nodes[from].id.clone();
-        self.step(to, |r, w, ctx| r.receive(w, from_id, msg, ctx));
+        self.step(to, Input::Receive { from: from_id, msg });
         self.after(to);
         true
     }
@@ -315,7 +306,7 @@ impl Sim {
         self.now += Duration::from_millis(ms);
         for i in 0..self.nodes.len() {
             if self.nodes[i].alive {
-                self.step(i, |r, w, ctx| r.poll(w, ctx));
+                self.step(i, Input::Tick);
                 self.after(i);
             }
         }
@@ -368,7 +359,7 @@ impl Sim {
                 seen: Seen::default(),
             },
         );
-        self.step(i, |r, _, ctx| r.member_joined(ctx));
+        self.step(i, Input::MemberJoined);
         self.after(i);
         conn
     }
@@ -405,7 +396,7 @@ impl Sim {
         for j in 0..self.nodes.len() {
             if j != i && self.nodes[j].alive {
                 let id = id.clone();
-                self.step(j, |r, w, ctx| r.peer_down(w, &id, ctx));
+                self.step(j, Input::PeerDown(id.clone()));
                 self.after(j);
             }
         }
@@ -433,8 +424,8 @@ impl Sim {
         for j in 0..self.nodes.len() {
             if j != i && self.nodes[j].alive {
                 let (a, b) = (id.clone(), self.nodes[j].id.clone());
-                self.step(j, |r, w, ctx| r.peer_up(w, &a, ctx));
-                self.step(i, |r, w, ctx| r.peer_up(w, &b, ctx));
+                self.step(j, Input::PeerUp(a.clone()));
+                self.step(i, Input::PeerUp(b.clone()));
             }
         }
     }
@@ -459,7 +450,7 @@ impl Sim {
             },
         );
         self.adopted.push(answer);
-        self.step(i, |r, w, ctx| r.adopt(w, a, ctx));
+        self.step(i, Input::Adopt(a));
         self.after(i);
         conn
     }
@@ -732,12 +723,10 @@ fn a_partition_heals_with_every_event_and_change() {
         );
         for i in [0, 1] {
             let id2 = id2.clone();
-            sim.step(i, |r, w, ctx| r.peer_down(w, &id2, ctx));
+            sim.step(i, Input::PeerDown(id2));
         }
-        sim.step(2, |r, w, ctx| {
-            r.peer_down(w, &id0, ctx);
-            r.peer_down(w, &id1, ctx);
-        });
+        sim.step(2, Input::PeerDown(id0));
+        sim.step(2, Input::PeerDown(id1));
         for k in 0..12 {
             let i = [0, 1, 2][k % 3];
             sim.publish(i);
