@@ -1,0 +1,66 @@
+//! `geo-sim check` on recorded histories: exit 0 when every check held, 1 with the
+//! earliest counter-example when one did not, 2 when the history does not parse.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn write(name: &str, lines: &[&str]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("geo-sim-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn run(path: &PathBuf) -> (i32, serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_geo-sim"))
+        .arg("check")
+        .arg(path)
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        report,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const SETUP: [&str; 4] = [
+    r#"{"t_ms":0,"op":"join","client":"a","room":"lobby"}"#,
+    r#"{"t_ms":1,"op":"join","client":"b","room":"lobby"}"#,
+    r#"{"t_ms":10,"op":"send","client":"a","room":"lobby","n":1}"#,
+    r#"{"t_ms":11,"op":"ack","client":"a","room":"lobby","n":1}"#,
+];
+
+#[test]
+fn a_clean_history_exits_zero_with_its_counts() {
+    let mut lines = SETUP.to_vec();
+    lines.push(r#"{"t_ms":15,"op":"deliver","client":"b","room":"lobby","from":"a","n":1}"#);
+    let (code, report, _) = run(&write("clean.jsonl", &lines));
+    assert_eq!(code, 0);
+    assert_eq!(report["verdict"], "pass");
+    assert_eq!(report["counts"]["acknowledged"], 1);
+    assert_eq!(report["counts"]["delivered"], 1);
+    assert_eq!(report["counts"]["lost"], 0);
+}
+
+#[test]
+fn a_lost_message_fails_with_the_earliest_counter_example() {
+    let (code, report, stderr) = run(&write("lost.jsonl", &SETUP));
+    assert_eq!(code, 1);
+    assert_eq!(report["verdict"], "fail");
+    assert_eq!(report["counts"]["lost"], 1);
+    assert_eq!(report["violations"][0]["kind"], "lost");
+    assert!(stderr.contains("b never got it"), "{stderr}");
+}
+
+#[test]
+fn a_history_that_does_not_parse_is_an_error_naming_the_line() {
+    let (code, _, stderr) = run(&write(
+        "bad.jsonl",
+        &[SETUP[0], "{\"t_ms\":1,\"op\":\"teleport\"}"],
+    ));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("line 2"), "{stderr}");
+}

@@ -1,0 +1,3 @@
+//! geo-sim's command line, run as a user runs it.
+
+mod check;
