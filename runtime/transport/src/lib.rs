@@ -18,4 +18,4 @@ pub mod wan;
 pub use endpoint::{Endpoint, Incoming, Peer, Purpose, Timing, close};
 pub use frame::{FrameError, FrameRx, FrameTx};
 pub use tls::{ClusterCa, NodeTls};
-pub use wan::{LinkRule, Wan};
+pub use wan::{Burst, LinkRule, Wan};

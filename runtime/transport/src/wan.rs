@@ -1,11 +1,13 @@
-//! WAN emulation under QUIC: one-way delay, jitter, loss and partitions per pair of nodes.
+//! WAN emulation under QUIC: one-way delay, jitter, uniform and bursty loss, bandwidth
+//! caps and partitions (symmetric or one-way) per pair of nodes.
 //!
 //! [`WanSocket`] wraps the real UDP socket behind quinn's `AsyncUdpSocket`, so the real
 //! QUIC stack (handshakes, congestion control, retransmission) runs over the emulated
 //! network; `geo-sim` and the partition tests drive it through a shared [`Wan`].
 //! Impairments apply when a datagram leaves its sender, keyed by (sender, receiver)
-//! address. Delayed datagrams wait in one FIFO queue per link: a timer per datagram
-//! would reorder them, which QUIC reads as loss.
+//! address, by the sans-IO [`admit`]; a datagram already in flight when its link is cut
+//! is dropped when it falls due. Delayed datagrams wait in one FIFO queue per link: a
+//! timer per datagram would reorder them, which QUIC reads as loss.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -34,8 +36,90 @@ pub struct LinkRule {
     pub jitter: Duration,
     /// Fraction of datagrams dropped, 0.0–1.0.
     pub loss: f64,
-    /// Cut: every datagram is dropped.
+    /// Cut: every datagram is dropped, those in flight too.
     pub down: bool,
+    /// Bursty loss on top of `loss` (Gilbert–Elliott).
+    pub burst: Option<Burst>,
+    /// Bandwidth cap in bytes per second: datagrams leave one after another at this
+    /// rate, and a datagram that would wait more than [`MAX_QUEUEING`] is dropped (a
+    /// router's tail drop).
+    pub rate: Option<u64>,
+}
+
+/// Gilbert–Elliott loss: the link is good or bad; before each datagram a good link
+/// turns bad with probability `enter` and a bad one good with `leave`; on a bad link a
+/// datagram is lost with probability `loss`. Mean burst: 1/`leave` datagrams.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Burst {
+    pub enter: f64,
+    pub leave: f64,
+    pub loss: f64,
+}
+
+/// The longest a bandwidth-capped link queues a datagram before it drops one.
+pub const MAX_QUEUEING: Duration = Duration::from_millis(200);
+
+/// What one link remembers between datagrams.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinkState {
+    /// In a loss burst.
+    bad: bool,
+    /// When the capped link is free to send the next datagram.
+    free_at: Option<Instant>,
+}
+
+/// What becomes of one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Dropped,
+    /// Sent at once.
+    Now,
+    /// Sent at this time (the caller keeps a link's datagrams in order).
+    At(Instant),
+}
+
+/// Decide one datagram's fate: pure but for the draws from `rng`.
+pub fn admit(
+    state: &mut LinkState,
+    rule: &LinkRule,
+    len: usize,
+    now: Instant,
+    rng: &mut impl Rng,
+) -> Fate {
+    if rule.down {
+        return Fate::Dropped;
+    }
+    if let Some(b) = rule.burst {
+        let flip = if state.bad { b.leave } else { b.enter };
+        if rng.random_bool(flip.clamp(0.0, 1.0)) {
+            state.bad = !state.bad;
+        }
+        if state.bad && rng.random_bool(b.loss.clamp(0.0, 1.0)) {
+            return Fate::Dropped;
+        }
+    }
+    if rule.loss > 0.0 && rng.random_bool(rule.loss.min(1.0)) {
+        return Fate::Dropped;
+    }
+    let departs = match rule.rate.filter(|r| *r > 0) {
+        Some(rate) => {
+            let start = state.free_at.map_or(now, |f| f.max(now));
+            if start.duration_since(now) > MAX_QUEUEING {
+                return Fate::Dropped;
+            }
+            let sending = Duration::from_secs_f64(len as f64 / rate as f64);
+            state.free_at = Some(start + sending);
+            start + sending
+        }
+        None => now,
+    };
+    let jitter = if rule.jitter.is_zero() {
+        Duration::ZERO
+    } else {
+        rng.random_range(Duration::ZERO..rule.jitter)
+    };
+    let due = departs + rule.delay + jitter;
+    if due == now { Fate::Now } else { Fate::At(due) }
 }
 
 impl LinkRule {
@@ -55,6 +139,7 @@ pub struct Wan {
 
 struct WanInner {
     rules: Mutex<HashMap<(SocketAddr, SocketAddr), LinkRule>>,
+    states: Mutex<HashMap<(SocketAddr, SocketAddr), LinkState>>,
     dropped: AtomicU64,
     delayed: AtomicU64,
     /// Every loss and jitter draw, from one seeded generator: a simulation that gives
@@ -72,6 +157,7 @@ impl WanInner {
     fn seeded(seed: u64) -> Self {
         Self {
             rules: Mutex::default(),
+            states: Mutex::default(),
             dropped: AtomicU64::new(0),
             delayed: AtomicU64::new(0),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
@@ -115,19 +201,28 @@ impl Wan {
         self.set_down(side_a, side_b, true);
     }
 
-    /// Undo [`Wan::partition`].
+    /// Undo [`Wan::partition`] (or [`Wan::cut_one_way`] both ways).
     pub fn heal(&self, side_a: &[SocketAddr], side_b: &[SocketAddr]) {
         self.set_down(side_a, side_b, false);
     }
 
-    fn set_down(&self, side_a: &[SocketAddr], side_b: &[SocketAddr], down: bool) {
+    /// Cut only what `from` sends to `to` (the other direction still flows).
+    pub fn cut_one_way(&self, from: &[SocketAddr], to: &[SocketAddr], down: bool) {
         let mut rules = self.inner.rules.lock();
-        for &a in side_a {
-            for &b in side_b {
+        for &a in from {
+            for &b in to {
                 rules.entry((a, b)).or_default().down = down;
-                rules.entry((b, a)).or_default().down = down;
             }
         }
+    }
+
+    fn set_down(&self, side_a: &[SocketAddr], side_b: &[SocketAddr], down: bool) {
+        self.cut_one_way(side_a, side_b, down);
+        self.cut_one_way(side_b, side_a, down);
+    }
+
+    fn is_down(&self, from: SocketAddr, to: SocketAddr) -> bool {
+        self.rule(from, to).is_some_and(|r| r.down)
     }
 
     fn rule(&self, from: SocketAddr, to: SocketAddr) -> Option<LinkRule> {
@@ -189,28 +284,20 @@ impl WanSocket {
         })
     }
 
-    fn delay(&self, transmit: &Transmit, rule: &LinkRule) {
+    fn delay(&self, transmit: &Transmit, due: Instant) {
         let link = {
             let mut links = self.links.lock();
             let link = links.entry(transmit.destination).or_insert_with(|| {
                 let link = Arc::new(DelayQueue::default());
-                self.runtime.spawn(drain(link.clone(), self.inner.clone()));
+                let (wan, local) = (self.wan.clone(), self.local);
+                self.runtime
+                    .spawn(drain(link.clone(), self.inner.clone(), wan, local));
                 link
             });
             link.clone()
         };
-        let jitter = if rule.jitter.is_zero() {
-            Duration::ZERO
-        } else {
-            self.wan
-                .inner
-                .rng
-                .lock()
-                .random_range(Duration::ZERO..rule.jitter)
-        };
         let mut queue = link.queue.lock();
-        let earliest = queue.back().map(|d| d.due);
-        let due = (Instant::now() + rule.delay + jitter).max(earliest.unwrap_or(Instant::now()));
+        let due = queue.back().map_or(due, |last| due.max(last.due));
         queue.push_back(Delayed {
             due,
             to: transmit.destination,
@@ -226,7 +313,12 @@ impl WanSocket {
 
 /// Send one link's delayed datagrams in order, each at its due time. Ends with the
 /// socket's last user (the queue is then unreachable).
-async fn drain(link: Arc<DelayQueue>, socket: Arc<dyn AsyncUdpSocket>) {
+async fn drain(
+    link: Arc<DelayQueue>,
+    socket: Arc<dyn AsyncUdpSocket>,
+    wan: Wan,
+    local: SocketAddr,
+) {
     let mut poller = socket.clone().create_io_poller();
     loop {
         let next = link.queue.lock().front().map(|d| d.due);
@@ -242,6 +334,11 @@ async fn drain(link: Arc<DelayQueue>, socket: Arc<dyn AsyncUdpSocket>) {
         let Some(d) = link.queue.lock().pop_front() else {
             continue;
         };
+        // In flight when the link was cut: gone with it.
+        if wan.is_down(local, d.to) {
+            wan.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let transmit = Transmit {
             destination: d.to,
             ecn: d.ecn,
@@ -275,17 +372,30 @@ impl AsyncUdpSocket for WanSocket {
         let Some(rule) = self.wan.rule(self.local, transmit.destination) else {
             return self.inner.try_send(transmit);
         };
-        if rule.down
-            || (rule.loss > 0.0 && self.wan.inner.rng.lock().random_bool(rule.loss.min(1.0)))
-        {
-            self.wan.inner.dropped.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+        let key = (self.local, transmit.destination);
+        let fate = {
+            let mut states = self.wan.inner.states.lock();
+            let state = states.entry(key).or_default();
+            let mut rng = self.wan.inner.rng.lock();
+            admit(
+                state,
+                &rule,
+                transmit.contents.len(),
+                Instant::now(),
+                &mut *rng,
+            )
+        };
+        match fate {
+            Fate::Dropped => {
+                self.wan.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Fate::Now => self.inner.try_send(transmit),
+            Fate::At(due) => {
+                self.delay(transmit, due);
+                Ok(())
+            }
         }
-        if rule.delay.is_zero() && rule.jitter.is_zero() {
-            return self.inner.try_send(transmit);
-        }
-        self.delay(transmit, &rule);
-        Ok(())
     }
 
     fn poll_recv(
@@ -328,5 +438,100 @@ mod tests {
         };
         assert_eq!(draws(&Wan::seeded(7)), draws(&Wan::seeded(7)));
         assert_ne!(draws(&Wan::seeded(7)), draws(&Wan::seeded(8)));
+    }
+
+    fn fates(rule: LinkRule, n: usize, len: usize, gap: Duration) -> Vec<Fate> {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut state = LinkState::default();
+        let t0 = Instant::now();
+        (0..n)
+            .map(|i| admit(&mut state, &rule, len, t0 + gap * i as u32, &mut rng))
+            .collect()
+    }
+
+    #[test]
+    fn a_cut_link_drops_everything_and_a_clear_one_sends_at_once() {
+        let down = LinkRule {
+            down: true,
+            ..LinkRule::default()
+        };
+        assert!(
+            fates(down, 10, 100, Duration::ZERO)
+                .iter()
+                .all(|f| *f == Fate::Dropped)
+        );
+        assert!(
+            fates(LinkRule::default(), 10, 100, Duration::ZERO)
+                .iter()
+                .all(|f| *f == Fate::Now)
+        );
+    }
+
+    #[test]
+    fn bursty_loss_comes_in_runs_at_its_mean_rate() {
+        // Good→bad 1%, bad→good 10%, everything lost while bad: ~9% loss in runs of ~10.
+        let rule = LinkRule {
+            burst: Some(Burst {
+                enter: 0.01,
+                leave: 0.1,
+                loss: 1.0,
+            }),
+            ..LinkRule::default()
+        };
+        let f = fates(rule, 100_000, 100, Duration::ZERO);
+        let lost = f.iter().filter(|f| **f == Fate::Dropped).count() as f64 / f.len() as f64;
+        assert!((0.06..0.12).contains(&lost), "{lost}");
+        let runs = f
+            .windows(2)
+            .filter(|w| w[0] != Fate::Dropped && w[1] == Fate::Dropped)
+            .count();
+        let mean_run = (lost * f.len() as f64) / runs as f64;
+        assert!((7.0..14.0).contains(&mean_run), "{mean_run}");
+    }
+
+    #[test]
+    fn a_capped_link_spaces_datagrams_and_tail_drops_past_its_buffer() {
+        // 1 MB/s, 1000-byte datagrams offered all at once: one per ms, 200 ms of buffer.
+        let rule = LinkRule {
+            rate: Some(1_000_000),
+            delay: Duration::from_millis(10),
+            ..LinkRule::default()
+        };
+        let f = fates(rule, 300, 1000, Duration::ZERO);
+        let t0 = match (f[0], f[1]) {
+            (Fate::At(a), Fate::At(b)) => {
+                assert_eq!(b - a, Duration::from_millis(1));
+                a - Duration::from_millis(11)
+            }
+            other => panic!("{other:?}"),
+        };
+        let sent = f.iter().filter(|f| matches!(f, Fate::At(_))).count();
+        assert!((200..=202).contains(&sent), "{sent}");
+        let Some(Fate::At(last)) = f.iter().rev().find(|f| matches!(f, Fate::At(_))) else {
+            panic!("nothing sent")
+        };
+        assert!(*last - t0 <= MAX_QUEUEING + Duration::from_millis(12));
+    }
+
+    #[test]
+    fn delay_and_jitter_stay_within_their_bounds() {
+        let rule = LinkRule {
+            delay: Duration::from_millis(40),
+            jitter: Duration::from_millis(5),
+            ..LinkRule::default()
+        };
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut state = LinkState::default();
+        let now = Instant::now();
+        for _ in 0..1000 {
+            let Fate::At(due) = admit(&mut state, &rule, 100, now, &mut rng) else {
+                panic!("delayed datagrams are not dropped or sent at once");
+            };
+            let d = due - now;
+            assert!(
+                d >= Duration::from_millis(40) && d < Duration::from_millis(45),
+                "{d:?}"
+            );
+        }
     }
 }

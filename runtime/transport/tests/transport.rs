@@ -226,7 +226,7 @@ async fn loss_and_jitter_keep_streams_whole_and_in_order() {
         delay: Duration::from_millis(5),
         jitter: Duration::from_millis(5),
         loss: 0.05,
-        down: false,
+        ..LinkRule::default()
     };
     wan.set_both(addr(&a), b_addr, rule);
     spawn_echo(b);
