@@ -3,6 +3,8 @@
 //! - `geo`: the map — region coordinates and the measured round trip between every
 //!   pair (shipped: Azure's published P95 figures), fibre and access delays.
 //! - `history`: the recorded history of a run, one JSON object per line.
+//! - `scenario`: scenario files (topology, users, links, faults), checked against the
+//!   map before anything starts.
 //! - `check`: the checker — lost, duplicated, unexpected, out-of-order and skipped
 //!   messages; counters, documents, presence and the control plane after the run.
 //!
@@ -12,3 +14,4 @@
 pub mod check;
 pub mod geo;
 pub mod history;
+pub mod scenario;

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use geo_sim::check::{Verdict, check};
+use geo_sim::geo::Map;
 use geo_sim::history;
+use geo_sim::scenario::Scenario;
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Check a scenario file against the map without running it: exits 0 and
+    /// summarises it when it can run, 2 naming the line at fault when it cannot.
+    Validate { scenario: PathBuf },
     /// Check a recorded history (JSONL) again; prints the report as JSON and exits 0 only
     /// when every check held.
     Check {
@@ -44,6 +49,23 @@ fn main() -> ExitCode {
 /// Whether every check held.
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
+        Command::Validate { scenario: path } => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            let s = Scenario::parse(&text, &Map::shipped())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let t = &s.topology;
+            println!(
+                "{}: {} s, {} regions x {} nodes, {} users, {} faults",
+                s.name,
+                s.duration_s.get_ref(),
+                t.regions.get_ref().len(),
+                t.nodes_per_region.get_ref(),
+                s.users.count,
+                s.faults.len()
+            );
+            Ok(true)
+        }
         Command::Check { history: path, out } => {
             let file = std::fs::File::open(&path)
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;

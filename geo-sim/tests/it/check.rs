@@ -64,3 +64,31 @@ fn a_history_that_does_not_parse_is_an_error_naming_the_line() {
     assert_eq!(code, 2);
     assert!(stderr.contains("line 2"), "{stderr}");
 }
+
+#[test]
+fn validate_accepts_the_shipped_scenario_and_names_the_line_of_a_bad_one() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/region-outage.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_geo-sim"))
+        .args(["validate", shipped])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("5 regions x 2 nodes"));
+    let text = std::fs::read_to_string(shipped).unwrap();
+    let bad = write("bad.toml", &[&text.replace("at_s = 90", "at_s = 290")]);
+    let out = Command::new(env!("CARGO_BIN_EXE_geo-sim"))
+        .arg("validate")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 18") && stderr.contains("does not fit"),
+        "{stderr}"
+    );
+}
