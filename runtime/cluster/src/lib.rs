@@ -29,7 +29,7 @@ use anyhow::Context;
 use parking_lot::Mutex;
 use rand::RngCore;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
 pub use config::{ClusterConfig, parse_peer};
 use control::state::{Command, NodeInfo};
@@ -69,7 +69,9 @@ pub struct Cluster {
     rooms: Mutex<Option<mpsc::Receiver<Handed>>>,
     /// Peers' `Forward` streams, taken once by the node's gateway.
     forwarded: Mutex<Option<mpsc::Receiver<Handed>>>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The mesh and the failure detector: aborted at shutdown, or with the cluster
+    /// when it is dropped without one (peers then find this node silent).
+    tasks: Mutex<JoinSet<()>>,
 }
 
 /// How long a starting node waits for a quorum before it gives up.
@@ -116,14 +118,13 @@ impl Cluster {
             forward: forward_tx,
             dropped: joining.handoff_dropped.clone(),
         };
-        let tasks = vec![
-            tokio::spawn(mesh::serve(endpoint.clone(), control.clone(), handoff)),
-            tokio::spawn(health::run(
-                health.clone(),
-                control.clone(),
-                endpoint.clone(),
-            )),
-        ];
+        let mut tasks = JoinSet::new();
+        tasks.spawn(mesh::serve(endpoint.clone(), control.clone(), handoff));
+        tasks.spawn(health::run(
+            health.clone(),
+            control.clone(),
+            endpoint.clone(),
+        ));
         let this = Arc::new(Self {
             endpoint,
             control,
@@ -131,7 +132,7 @@ impl Cluster {
             peers: Default::default(),
             rooms: Mutex::new(Some(rooms)),
             forwarded: Mutex::new(Some(forwarded)),
-            tasks,
+            tasks: Mutex::new(tasks),
         });
 
         let info = NodeInfo {
@@ -278,9 +279,7 @@ impl Cluster {
 
     pub async fn shutdown(&self) {
         self.control.shutdown().await;
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.tasks.lock().abort_all();
         self.endpoint.shutdown(Duration::from_secs(1)).await;
     }
 }

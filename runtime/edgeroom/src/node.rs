@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use edgeroom_cluster::{Cluster, Joining};
 use edgeroom_gateway::Gateway;
@@ -46,8 +46,10 @@ pub struct RunningNode {
     upkeep: JoinHandle<()>,
     /// Every other long-lived task of the node; each ends on the shutdown signal or
     /// when what it serves closes, and whatever is left is aborted once the node has
-    /// drained (per-connection tasks end with their connections).
-    tasks: Vec<JoinHandle<()>>,
+    /// drained — or when this handle is dropped without a drain, which then also lets
+    /// go of the node (the fence task holds it). Per-connection tasks end with their
+    /// connections.
+    tasks: JoinSet<()>,
 }
 
 /// Open the node's storage, load its handlers and start serving on `config.listen`
@@ -101,7 +103,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         }
         None => None,
     };
-    let mut tasks = Vec::new();
+    let mut tasks = JoinSet::new();
     let (replicator, deliveries) = match &cluster {
         Some(cluster) => {
             let refused = metrics
@@ -117,13 +119,13 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
                 config.limits.peer_queue,
                 refused,
             );
-            tasks.push(tokio::spawn(replicator.clone().run(
+            tasks.spawn(replicator.clone().run(
                 cluster.control.clone(),
                 cluster.endpoint.clone(),
                 cluster.health.clone(),
-            )));
+            ));
             if let Some(streams) = cluster.take_rooms_streams() {
-                tasks.push(tokio::spawn(replicator.clone().serve_streams(streams)));
+                tasks.spawn(replicator.clone().serve_streams(streams));
             }
             (Some(replicator), Some(deliveries))
         }
@@ -155,7 +157,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         clock: clock.clone(),
     });
     if let Some(deliveries) = deliveries {
-        tasks.push(tokio::spawn(rooms.clone().serve_peers(deliveries)));
+        tasks.spawn(rooms.clone().serve_peers(deliveries));
     }
     let clients_go = watch::channel(None).0;
     let gateway = Arc::new(Gateway {
@@ -180,11 +182,11 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         clients_go,
     });
     if let Some(cluster) = &gateway.cluster {
-        tasks.push(tokio::spawn(edgeroom_host::registry::follow(
+        tasks.spawn(edgeroom_host::registry::follow(
             cluster.control.clone(),
             gateway.apps.clone(),
             gateway.shutdown_rx(),
-        )));
+        ));
     }
 
     let app = edgeroom_gateway::router(gateway.clone());
@@ -193,11 +195,11 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         .as_ref()
         .and_then(|c| c.take_forwarded_streams())
     {
-        tasks.push(tokio::spawn(edgeroom_gateway::forward::serve_streams(
+        tasks.spawn(edgeroom_gateway::forward::serve_streams(
             app.clone(),
             streams,
             gateway.shutdown_rx(),
-        )));
+        ));
     }
     let mut stop = gateway.shutdown_rx();
     let server = tokio::spawn(async move {
@@ -210,7 +212,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
     });
     let upkeep = tokio::spawn(upkeep(gateway.clone()));
     if gateway.cluster.is_some() {
-        tasks.push(tokio::spawn(fence(node.clone())));
+        tasks.spawn(fence(node.clone()));
     }
     tracing::info!(node = %gateway.config.node_id, region = %gateway.config.region, %addr, "node listening");
     Ok(RunningNode {
@@ -298,14 +300,13 @@ impl RunningNode {
         }
         let _ = tokio::time::timeout(grace, self.server).await;
         let _ = self.upkeep.await;
+        let mut tasks = self.tasks;
         if let Some(replicator) = &gateway.replicator {
             // What the rooms sent their replicas on the way out reaches them first.
             let left = deadline.saturating_duration_since(Instant::now());
             replicator.drain(left.max(Duration::from_millis(500))).await;
         }
-        for task in &self.tasks {
-            task.abort();
-        }
+        tasks.abort_all();
         if let Some(cluster) = &gateway.cluster {
             cluster.shutdown().await;
         }

@@ -275,3 +275,38 @@ async fn a_peer_frame_that_does_not_parse_is_refused_and_counted() {
         n.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+/// A cluster node whose handle is dropped without a drain lets go of everything: its
+/// peers find it silent (no task keeps answering for it) and its port stops serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dropped_without_a_drain_goes_silent_and_stops_serving() {
+    let fleet = Fleet::new();
+    let mut nodes = fleet.start_all().await;
+    let dropped = nodes.remove(1);
+    let (addr, id) = (dropped.addr, dropped.node.gateway.config.node_id.clone());
+    drop(dropped);
+    let health = nodes[0]
+        .node
+        .gateway
+        .cluster
+        .as_ref()
+        .unwrap()
+        .health
+        .clone();
+    let gone = Instant::now();
+    while health.is_alive(&id) {
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "{id} still answers heartbeats {:?} after its handle was dropped",
+            gone.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "{addr} still accepts connections");
+}
