@@ -308,22 +308,16 @@ pub fn check(history: &[Record]) -> Report {
             ));
         }
     }
-    for (room, nodes) in &reads
-        .iter()
-        .fold(BTreeMap::<&String, Vec<_>>::new(), |mut by, r| {
-            by.entry(&r.1).or_default().push(r);
-            by
-        })
-    {
-        if let Some(first) = nodes.first()
-            && let Some(other) = nodes.iter().find(|r| r.3 != first.3)
-        {
+    let mut first_read: BTreeMap<&String, &(usize, String, String, i64)> = BTreeMap::new();
+    for read in &reads {
+        let first = *first_read.entry(&read.1).or_insert(read);
+        if first.3 != read.3 {
             found.push((
                 Kind::Counter,
-                other.0,
+                read.0,
                 format!(
-                    "{room}: {} counts {}, {} counts {}",
-                    first.2, first.3, other.2, other.3
+                    "{}: {} counts {}, {} counts {}",
+                    read.1, first.2, first.3, read.2, read.3
                 ),
             ));
         }
