@@ -37,6 +37,10 @@ pub struct ClusterConfig {
     /// Base URLs clients reach this node at (default `http://<listen>`).
     #[serde(default)]
     pub client_urls: Vec<String>,
+    /// The Raft leader's heartbeat. Every Raft RPC must be answered within one
+    /// heartbeat (openraft times it out), so this must exceed the longest round trip
+    /// between voters, with room to spare: the default suits voters on every continent
+    /// (the longest round trip in Azure's published figures is about 340 ms).
     #[serde(default = "default_heartbeat_ms")]
     pub raft_heartbeat_ms: u64,
     /// Raft elections start after a silence of this much (randomised up to twice).
@@ -56,11 +60,11 @@ fn default_failure_timeout_ms() -> u64 {
 }
 
 fn default_heartbeat_ms() -> u64 {
-    200
+    500
 }
 
 fn default_election_ms() -> u64 {
-    1000
+    2000
 }
 
 impl ClusterConfig {

@@ -8,12 +8,13 @@
 //! This crate is the top of the stack: it wires a node together from the layers below
 //! (`edgeroom-gateway` → `edgeroom-host` → `edgeroom-cluster` / `edgeroom-sandbox` →
 //! `edgeroom-transport` / `edgeroom-room` → `edgeroom-proto`), starts it (`node`,
-//! `builder`), runs fleets of them in one process (`fleet`) and is the CLI.
+//! `builder`, `serve`), runs fleets of them in one process (`fleet`) and is the CLI.
 
 pub mod builder;
 pub mod examples;
 pub mod fleet;
 pub mod node;
+pub mod serve;
 
 pub use builder::{NodeBuilder, NodeHandle};
 pub use edgeroom_host::{Clock, NodeConfig, clock, config};

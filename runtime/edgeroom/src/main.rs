@@ -126,7 +126,7 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             standalone,
         } => rt.block_on(dev(listen, data_dir, standalone)),
-        Command::Serve { config } => rt.block_on(serve(read_config(&config)?)),
+        Command::Serve { config } => rt.block_on(edgeroom::serve::serve(read_config(&config)?)),
         Command::Deploy {
             app,
             file,
@@ -147,7 +147,7 @@ fn main() -> anyhow::Result<()> {
                 cluster.join = Some(via);
                 cluster.voter = voter;
                 config.check()?;
-                rt.block_on(serve(config))
+                rt.block_on(edgeroom::serve::serve(config))
             }
             ClusterCommand::Status { url, key } => {
                 rt.block_on(cluster_status(&url, key.as_deref()))
@@ -318,7 +318,7 @@ async fn dev(
         },
         data_dir.display()
     );
-    wait_for_signal().await;
+    edgeroom::serve::wait_for_signal().await;
     for node in nodes {
         node.shutdown(Duration::from_secs(5)).await;
     }
@@ -378,35 +378,6 @@ fn dev_cluster(
             Ok(config)
         })
         .collect()
-}
-
-async fn serve(config: NodeConfig) -> anyhow::Result<()> {
-    let running = edgeroom::start(config).await?;
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    running.shutdown(Duration::from_secs(10)).await;
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 async fn deploy(app: &str, file: &PathBuf, url: &str, key: Option<&str>) -> anyhow::Result<()> {

@@ -206,11 +206,26 @@ async fn configure(
 /// Set on a room view request one node hands to another, so it is not handed on again.
 const FORWARDED: &str = "x-edgeroom-forwarded";
 
+/// `GET /v1/apps/{app}/rooms/{room}` options.
+#[derive(Debug, Default, serde::Deserialize)]
+struct RoomQuery {
+    /// `1`/`true`: this node's replica only — never asked of another node, never
+    /// loaded for the asking (404 `not_loaded` if it is not loaded here).
+    local: Option<String>,
+    /// Comma-separated change hashes: the view's `missing` lists those the replica's
+    /// document does not hold yet (has it caught up with another replica's heads?).
+    has: Option<String>,
+}
+
+/// Most change hashes one `has` may name.
+const MAX_HAS: usize = 256;
+
 /// A room: its members on every node, its state and history. A node with no members
 /// there asks one that has some (its replica knows every node's members).
 async fn room(
     State(node): State<Arc<Gateway>>,
     Path((app, room)): Path<(String, String)>,
+    Query(query): Query<RoomQuery>,
     mut req: Request,
 ) -> Response {
     let app = match AppName::new(&app) {
@@ -228,10 +243,34 @@ async fn room(
             format!("app {app} does not exist"),
         );
     }
+    let has: Option<Vec<String>> = query.has.as_deref().map(|h| {
+        h.split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect()
+    });
+    if has.as_ref().is_some_and(|h| h.len() > MAX_HAS) {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "too_large",
+            format!("has may name at most {MAX_HAS} changes"),
+        );
+    }
+    let key = RoomKey { app, room };
+    if matches!(query.local.as_deref(), Some("1" | "true")) {
+        return match node.rooms.inspect_loaded(&key, has).await {
+            Some(view) => json(StatusCode::OK, view),
+            None => http_error(
+                StatusCode::NOT_FOUND,
+                "not_loaded",
+                format!("{} is not loaded on this node", key.room),
+            ),
+        };
+    }
     if let (Some(cluster), Some(replicator)) = (&node.cluster, &node.replicator)
         && !req.headers().contains_key(FORWARDED)
     {
-        let room_ref = (app.clone(), room.clone());
+        let room_ref = (key.app.clone(), key.room.clone());
         let holder = match replicator.is_local(&room_ref) {
             true => None,
             false => replicator
@@ -248,7 +287,7 @@ async fn room(
             }
         }
     }
-    match node.rooms.inspect(&RoomKey { app, room }).await {
+    match node.rooms.inspect(&key, has).await {
         Some(view) => json(StatusCode::OK, view),
         None => http_error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -26,6 +26,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
+use edgeroom_host::room::Interest;
 use edgeroom_proto::ids::AppName;
 use edgeroom_proto::native::Format;
 
@@ -71,8 +72,13 @@ struct RouteQuery {
 }
 
 /// `GET /v1/route?lat=&lon=`: the healthy regions for a client there, nearest first,
-/// each with its client URLs.
+/// each with its client URLs. A node that is sending its clients away (cut off from
+/// its cluster, or stopping) answers 503 like `/healthz`: what it knows of the others
+/// is stale, and it would send clients to itself.
 async fn route(State(node): State<Arc<Gateway>>, Query(q): Query<RouteQuery>) -> Response {
+    if let Some(why) = node.refusing() {
+        return http_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
+    }
     let coordinate = |v: Option<&String>, max: f64| {
         v.and_then(|v| v.parse::<f64>().ok())
             .filter(|x| x.is_finite() && x.abs() <= max)
@@ -219,6 +225,19 @@ async fn metrics(State(node): State<Arc<Gateway>>) -> impl IntoResponse {
 struct WsQuery {
     app: Option<String>,
     format: Option<String>,
+    /// `0` or `false`: no presence frames on this connection.
+    presence: Option<String>,
+    /// `0` or `false`: no state frames on this connection.
+    state: Option<String>,
+}
+
+/// A yes/no query parameter: absent is yes.
+fn wanted(v: Option<&str>) -> Result<bool, String> {
+    match v {
+        None | Some("1") | Some("true") => Ok(true),
+        Some("0") | Some("false") => Ok(false),
+        Some(other) => Err(format!("{other:?} is not 0, 1, true or false")),
+    }
 }
 
 async fn native_ws(
@@ -271,6 +290,12 @@ async fn native_ws(
             );
         }
     };
+    let interest = match (wanted(q.presence.as_deref()), wanted(q.state.as_deref())) {
+        (Ok(presence), Ok(state)) => Interest { presence, state },
+        (Err(e), _) | (_, Err(e)) => {
+            return http_error(StatusCode::BAD_REQUEST, "bad_format", e);
+        }
+    };
     let limits = &node.config.limits;
     if node.metrics.connections.get() >= limits.max_connections as i64 {
         return http_error(
@@ -282,5 +307,5 @@ async fn native_ws(
     let hard = limits.max_frame_hard_bytes;
     ws.max_message_size(hard)
         .max_frame_size(hard)
-        .on_upgrade(move |socket| native::serve(socket, node, app, format))
+        .on_upgrade(move |socket| native::serve(socket, node, app, format, interest))
 }

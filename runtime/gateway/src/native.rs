@@ -49,12 +49,20 @@ struct Conn {
     conn: ConnId,
     token: String,
     outbox: Outbox,
+    /// Whether this connection takes presence and state frames (`?presence=0&state=0`).
+    interest: Interest,
     rooms: BTreeMap<RoomId, Joined>,
     bad_in_a_row: u32,
 }
 
 /// Serve one upgraded connection until it ends.
-pub async fn serve(socket: WebSocket, node: Arc<Gateway>, app: AppName, format: Format) {
+pub async fn serve(
+    socket: WebSocket,
+    node: Arc<Gateway>,
+    app: AppName,
+    format: Format,
+    interest: Interest,
+) {
     let metrics = node.metrics.clone();
     metrics.connections.inc();
     let limits = &node.config.limits;
@@ -77,6 +85,7 @@ pub async fn serve(socket: WebSocket, node: Arc<Gateway>, app: AppName, format: 
         conn: conn_id,
         token,
         outbox,
+        interest,
         rooms: BTreeMap::new(),
         bad_in_a_row: 0,
     };
@@ -255,9 +264,10 @@ impl Conn {
         }
     }
 
-    /// How rooms reach this connection: native clients get presence and state.
+    /// How rooms reach this connection: presence and state frames unless the client
+    /// said otherwise when it connected.
     fn link(&self) -> Link {
-        Link::new(self.outbox.clone(), Interest::ALL)
+        Link::new(self.outbox.clone(), self.interest)
     }
 
     fn key(&self, room: &RoomId) -> RoomKey {

@@ -45,6 +45,11 @@ impl Clock {
         self.wall_offset_ms.fetch_add(ms, Ordering::Relaxed);
     }
 
+    /// Set wall time `ms` away from the system's (a simulation skewing this node).
+    pub fn set_wall_offset(&self, ms: i64) {
+        self.wall_offset_ms.store(ms, Ordering::Relaxed);
+    }
+
     pub fn now(&self) -> Instant {
         Instant::now()
     }

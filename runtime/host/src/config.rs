@@ -309,7 +309,7 @@ mod tests {
         .unwrap();
         let cluster = c.cluster.unwrap();
         assert_eq!(cluster.voters.len(), 2);
-        assert_eq!(cluster.raft_heartbeat_ms, 200);
+        assert_eq!(cluster.raft_heartbeat_ms, 500);
         // Neither voters nor join, both, a malformed peer, a bad latitude: refused.
         for bad in [
             String::new(),

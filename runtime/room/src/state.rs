@@ -63,6 +63,20 @@ impl RoomDoc {
         self.doc.get_heads()
     }
 
+    /// Which of `changes` (hex change hashes) this document does not hold yet: how a
+    /// replica is asked whether it has caught up with another's heads. A hash that is
+    /// not a change hash at all is reported missing.
+    pub fn missing<'a>(&mut self, changes: &'a [String]) -> Vec<&'a str> {
+        changes
+            .iter()
+            .filter(|h| {
+                h.parse::<ChangeHash>()
+                    .map_or(true, |hash| self.doc.get_change_by_hash(&hash).is_none())
+            })
+            .map(String::as_str)
+            .collect()
+    }
+
     /// The whole document as JSON.
     pub fn to_json(&self) -> Json {
         value_json(&self.doc, Value::Object(ObjType::Map), &ROOT)
@@ -452,6 +466,27 @@ mod tests {
         assert!(a.increment("", 1).is_err());
         a.put("s", &json!("x")).unwrap();
         assert!(a.increment("s", 1).is_err());
+    }
+
+    #[test]
+    fn a_replica_says_which_of_anothers_heads_it_lacks() {
+        let mut a = RoomDoc::new();
+        a.increment("count", 1).unwrap();
+        let mut b = RoomDoc { doc: a.doc.fork() };
+        b.increment("count", 1).unwrap();
+        let theirs: Vec<String> = b.heads().iter().map(|h| h.to_string()).collect();
+        let mine: Vec<String> = a.heads().iter().map(|h| h.to_string()).collect();
+        assert_eq!(
+            a.missing(&theirs),
+            theirs.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert!(
+            b.missing(&mine).is_empty(),
+            "b forked from a: it has a's heads"
+        );
+        a.doc.merge(&mut b.doc).unwrap();
+        assert!(a.missing(&theirs).is_empty());
+        assert_eq!(a.missing(&["nonsense".to_string()]), ["nonsense"]);
     }
 
     /// Three replicas whose first increments are concurrent, synced with the Automerge

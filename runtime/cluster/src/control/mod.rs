@@ -127,6 +127,9 @@ pub struct Status {
     pub term: u64,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// The running digest of the log this node applied up to `applied_index` (hex):
+    /// equal at equal indexes on every node, or the logs forked.
+    pub applied_digest: String,
     pub voters: Vec<String>,
     pub learners: Vec<String>,
     /// Known only on the leader: how many entries each node is behind.
@@ -399,6 +402,8 @@ impl ControlPlane {
 
     pub fn status(&self) -> Status {
         let m = self.raft.metrics().borrow().clone();
+        // The index and digest as the state machine published them together.
+        let applied = *self.applied.borrow();
         let membership = m.membership_config.membership();
         let name = |id: &RaftId| {
             membership
@@ -431,7 +436,8 @@ impl ControlPlane {
             leader: m.current_leader.as_ref().map(name),
             term: m.current_term,
             last_log_index: m.last_log_index,
-            applied_index: m.last_applied.map(|l| l.index),
+            applied_index: m.last_applied.map(|_| applied.index),
+            applied_digest: hex::encode(applied.digest),
             voters: voters.iter().map(name).collect(),
             learners: membership.learner_ids().map(|id| name(&id)).collect(),
             lag,

@@ -19,6 +19,8 @@ use openraft::raft::{
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use super::state::{Command, NodeInfo, Response};
 use super::{Member, RaftId, TypeConfig};
@@ -65,10 +67,28 @@ pub enum WriteError {
 }
 
 /// Connections to other nodes, shared by every Raft replication stream and forwarder.
+///
+/// A connection is dialled by a task of its own, not inside the call that needed it:
+/// a QUIC handshake over a long link takes two round trips, which may be longer than
+/// one Raft RPC may wait, and a dial cancelled with its RPC would be started again
+/// and cancelled again forever. A call waits for the dial as long as it may; the dial
+/// goes on, and the next call finds the connection. A connection is given up only
+/// once it has closed (a restarted peer answers the old one with a reset), never
+/// because one call timed out.
 #[derive(Clone)]
 pub struct Network {
     endpoint: Arc<Endpoint>,
-    peers: Arc<Mutex<HashMap<NodeId, Peer>>>,
+    peers: Arc<Mutex<HashMap<NodeId, Slot>>>,
+    /// The dials under way; they end with the network.
+    dials: Arc<Mutex<JoinSet<()>>>,
+}
+
+/// A peer's connection, or the dial that will make it.
+#[derive(Clone)]
+enum Slot {
+    Ready(Peer),
+    /// Resolves to the connection, or why there is none.
+    Dialing(watch::Receiver<Option<Result<Peer, String>>>),
 }
 
 impl Network {
@@ -76,6 +96,7 @@ impl Network {
         Self {
             endpoint,
             peers: Arc::default(),
+            dials: Arc::default(),
         }
     }
 
@@ -87,14 +108,7 @@ impl Network {
         timeout: Duration,
     ) -> anyhow::Result<RaftReply> {
         let result = tokio::time::timeout(timeout, self.call_inner(to, request)).await;
-        let result = result.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {timeout:?}")));
-        if result.is_err() {
-            // Next call dials afresh: the peer may have restarted.
-            if let Ok(node) = to.node_id() {
-                self.peers.lock().remove(&node);
-            }
-        }
-        result
+        result.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {timeout:?}")))
     }
 
     async fn call_inner(&self, to: &Member, request: &RaftRequest) -> anyhow::Result<RaftReply> {
@@ -107,14 +121,45 @@ impl Network {
         }
     }
 
+    /// The connection to `to`: the one there is if it is still open, else the one a
+    /// dial (started now, or already under way) makes.
     async fn peer(&self, to: &Member) -> anyhow::Result<Peer> {
         let node = to.node_id()?;
-        if let Some(peer) = self.peers.lock().get(&node) {
-            return Ok(peer.clone());
+        let mut dialing = {
+            let mut peers = self.peers.lock();
+            match peers.get(&node) {
+                Some(Slot::Ready(peer)) if !peer.is_closed() => return Ok(peer.clone()),
+                Some(Slot::Dialing(rx)) => rx.clone(),
+                _ => {
+                    let (tx, rx) = watch::channel(None);
+                    peers.insert(node.clone(), Slot::Dialing(rx.clone()));
+                    let (endpoint, peers, addr) =
+                        (self.endpoint.clone(), self.peers.clone(), to.addr()?);
+                    let mut dials = self.dials.lock();
+                    while dials.try_join_next().is_some() {}
+                    dials.spawn(async move {
+                        let dialled = endpoint.connect(&node, addr).await;
+                        let mut peers = peers.lock();
+                        match &dialled {
+                            Ok(peer) => peers.insert(node, Slot::Ready(peer.clone())),
+                            // The next call dials again.
+                            Err(_) => peers.remove(&node),
+                        };
+                        let _ = tx.send(Some(dialled.map_err(|e| format!("{e:#}"))));
+                    });
+                    rx
+                }
+            }
+        };
+        let done = dialing
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| anyhow::anyhow!("the dial to {} was dropped", to.name))?;
+        match done.clone() {
+            Some(Ok(peer)) => Ok(peer),
+            Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+            None => Err(anyhow::anyhow!("the dial to {} has no result", to.name)),
         }
-        let peer = self.endpoint.connect(&node, to.addr()?).await?;
-        self.peers.lock().insert(node, peer.clone());
-        Ok(peer)
     }
 }
 

@@ -56,6 +56,18 @@ pub struct ControlState {
     pub admin_keys: BTreeSet<String>,
     /// Signs resume tokens, so a token from one node verifies on every other (hex).
     pub secret: Option<String>,
+    /// A running digest of every log entry applied so far (see [`chain`]): two nodes
+    /// that applied the same index with different digests applied different logs.
+    pub log_digest: [u8; 32],
+}
+
+/// The next running digest: sha256 over the previous one and the applied entry's
+/// bytes. Every node computes the same chain from the same log.
+pub fn chain(previous: &[u8; 32], entry: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(previous);
+    h.update(entry);
+    h.finalize().into()
 }
 
 /// A change to the control state; committed through Raft, applied on every node.

@@ -211,6 +211,8 @@ impl LogStore {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Applied {
     pub index: u64,
+    /// The running digest of the log up to `index` (`ControlState::log_digest`).
+    pub digest: [u8; 32],
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,7 +247,8 @@ impl StateMachine {
 
     fn publish(&self) {
         let index = self.last_applied.map_or(0, |l| l.index);
-        self.applied.send_replace(Applied { index });
+        let digest = self.state.read().log_digest;
+        self.applied.send_replace(Applied { index, digest });
     }
 }
 
@@ -304,6 +307,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut state = self.state.write();
             for entry in entries {
                 self.last_applied = Some(entry.log_id);
+                // An entry always encodes (plain data); an empty encoding would still
+                // chain deterministically.
+                let bytes = postcard::to_stdvec(&entry).unwrap_or_default();
+                state.log_digest = super::state::chain(&state.log_digest, &bytes);
                 replies.push(match entry.payload {
                     EntryPayload::Blank => Response::Done,
                     EntryPayload::Normal(command) => state.apply(command),

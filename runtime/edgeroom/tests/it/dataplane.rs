@@ -542,6 +542,27 @@ async fn a_cut_off_node_sends_its_clients_elsewhere_and_takes_them_again_after()
     assert_eq!(h.status(), 503);
     assert_eq!(h.json::<Value>().await.unwrap()["status"], "cut_off");
     assert_eq!(reqwest::get(health(&nodes[1])).await.unwrap().status(), 200);
+    // Nor does it give directions (it would name itself alone): ask another edge.
+    let route = |n: &RunningNode| format!("http://{}/v1/route?lat=19.07&lon=72.88", n.addr);
+    assert_eq!(reqwest::get(route(&nodes[2])).await.unwrap().status(), 503);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let elsewhere: Value = reqwest::get(route(&nodes[1]))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let regions = elsewhere["regions"].as_array().cloned().unwrap_or_default();
+        if !regions.is_empty() && regions.iter().all(|r| r["region"] != "ap-south") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the majority still routes to Pune: {elsewhere}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The client resumes on Amsterdam with everything it missed.
     let mut back = Client::connect(nodes[1].addr, "echo", "json").await;
     let r = back

@@ -179,6 +179,52 @@ async fn presence_tells_others_who_joined_and_left() {
     assert_eq!(p["left"], json!([b.session()]));
 }
 
+/// A connection may leave out presence and state frames: it still gets its replies and
+/// the room's events. A value that is not a yes or a no is refused before the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_may_leave_out_presence_and_state_frames() {
+    let node = TestNode::start().await;
+    let mut quiet = Client::connect_with(node.addr, "app=chat&presence=0&state=false").await;
+    assert_eq!(
+        quiet.join("lobby", json!({"user": "ann"})).await["ok"],
+        true
+    );
+    let mut loud = node.client("chat").await;
+    assert_eq!(loud.join("lobby", json!({"user": "bob"})).await["ok"], true);
+    let r = loud.emit("lobby", "message", json!({"text": "hi"})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut got = Vec::new();
+    loop {
+        let f = quiet.recv().await;
+        let event = f["type"] == "event";
+        got.push(f);
+        if event {
+            break;
+        }
+    }
+    assert_eq!(got.last().unwrap()["data"]["text"], "hi");
+    while let Some(f) = quiet.try_recv(std::time::Duration::from_millis(300)).await {
+        got.push(f);
+    }
+    let kinds: Vec<&str> = got.iter().filter_map(|f| f["type"].as_str()).collect();
+    assert!(
+        !kinds.iter().any(|k| *k == "presence" || *k == "state"),
+        "{kinds:?}"
+    );
+    // The other connection got both.
+    assert_eq!(loud.next_of("presence").await["snapshot"], true);
+    loud.next_of("state").await;
+    let bad = format!("ws://{}/v1/ws?app=chat&state=maybe", node.addr);
+    match tokio_tungstenite::connect_async(bad).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 400);
+            let body: Value = serde_json::from_slice(r.body().as_deref().unwrap_or(b"")).unwrap();
+            assert_eq!(body["error"]["code"], "bad_format");
+        }
+        other => panic!("state=maybe was not refused: {:?}", other.map(|_| ())),
+    }
+}
+
 async fn expect_error(c: &mut Client, frame: Value, code: &str) {
     let r = c.request(frame.clone()).await;
     assert_eq!(r["ok"], false, "{frame} -> {r}");

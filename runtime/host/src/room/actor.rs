@@ -325,8 +325,8 @@ impl Actor {
                     self.after_call().await;
                 }
             }
-            RoomCmd::Inspect { done } => {
-                let view = self.view();
+            RoomCmd::Inspect { has, done } => {
+                let view = self.view(has);
                 let _ = done.send(view);
             }
             RoomCmd::Peer { from, msg } => {
@@ -651,9 +651,11 @@ impl Actor {
         }
     }
 
-    fn view(&mut self) -> RoomView {
+    fn view(&mut self, has: Option<Vec<String>>) -> RoomView {
         let sha = self.slot.live().map(str::to_owned);
         let w = self.world();
+        let heads = w.doc.heads().iter().map(|h| h.to_string()).collect();
+        let missing = has.map(|has| w.doc.missing(&has).into_iter().map(str::to_owned).collect());
         let json = |p: &str| serde_json::from_str(p).unwrap_or(serde_json::Value::Null);
         let local = w.core.members().iter().map(|(c, m)| MemberView {
             conn: c.to_string(),
@@ -673,8 +675,11 @@ impl Actor {
         RoomView {
             app: w.place.app.clone(),
             room: w.place.room.to_string(),
+            node: w.place.node.to_string(),
             members,
             state: w.doc.to_json(),
+            heads,
+            missing,
             cursor: w.core.head().to_string(),
             history_len: w.core.log_len(),
             handler_sha256: sha,

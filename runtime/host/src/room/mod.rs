@@ -76,10 +76,7 @@ pub enum RoomCmd {
         id: Option<String>,
     },
     /// The member's connection dropped; it may come back.
-    Detach {
-        conn: ConnId,
-        outbox: Outbox,
-    },
+    Detach { conn: ConnId, outbox: Outbox },
     /// The member is back on a new connection: replay what it missed, then go live.
     Reattach {
         conn: ConnId,
@@ -96,17 +93,15 @@ pub enum RoomCmd {
         done: oneshot::Sender<AdoptOutcome>,
     },
     /// The session ended for good.
-    End {
-        conn: ConnId,
-    },
+    End { conn: ConnId },
+    /// The room's view; `has`: change hashes to report as missing if the document
+    /// lacks them.
     Inspect {
+        has: Option<Vec<String>>,
         done: oneshot::Sender<RoomView>,
     },
     /// A message from the room's replica on another node.
-    Peer {
-        from: NodeId,
-        msg: replica::RoomMsg,
-    },
+    Peer { from: NodeId, msg: replica::RoomMsg },
     /// This node's link to a peer came (back) up.
     PeerUp(NodeId),
     /// A peer newly has members in this room.
@@ -147,8 +142,16 @@ pub enum AdoptOutcome {
 pub struct RoomView {
     pub app: String,
     pub room: String,
+    /// The node whose replica this is.
+    pub node: String,
     pub members: Vec<MemberView>,
     pub state: serde_json::Value,
+    /// The document's Automerge heads (hex change hashes): equal heads, equal documents.
+    pub heads: Vec<String>,
+    /// Of the change hashes the request asked about (`?has=`), those this replica's
+    /// document does not hold yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Vec<String>>,
     pub cursor: String,
     pub history_len: usize,
     pub handler_sha256: Option<String>,
@@ -328,10 +331,30 @@ impl Rooms {
     }
 
     /// A room's members and state, loading the room if it is not loaded.
-    pub async fn inspect(self: &Arc<Self>, key: &RoomKey) -> Option<RoomView> {
-        self.ask(key, |done| RoomCmd::Inspect { done }, |_| false)
-            .await
-            .map(|(v, _)| v)
+    pub async fn inspect(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        has: Option<Vec<String>>,
+    ) -> Option<RoomView> {
+        let make = |done| RoomCmd::Inspect {
+            has: has.clone(),
+            done,
+        };
+        self.ask(key, make, |_| false).await.map(|(v, _)| v)
+    }
+
+    /// This node's replica of a room, only if it is loaded here (never loads it).
+    pub async fn inspect_loaded(
+        &self,
+        key: &RoomKey,
+        has: Option<Vec<String>>,
+    ) -> Option<RoomView> {
+        let handle = self.loaded(key)?;
+        let (done, rx) = oneshot::channel();
+        if !handle.send(RoomCmd::Inspect { has, done }).await {
+            return None;
+        }
+        rx.await.ok()
     }
 
     /// Every loaded room, with its key.

@@ -164,6 +164,9 @@ pub enum RoomMsg {
     },
     /// The room is not loaded on the sender: no members, no log, no numbering.
     Unloaded,
+    /// "Say hello to me": the sender has no members here to greet the receiver with,
+    /// but it heard from the receiver's replica before it lost touch.
+    AskHello,
 }
 
 impl Relay for RoomMsg {
@@ -305,6 +308,11 @@ pub struct Replica {
     adopt_patience: Duration,
     /// Per peer, the first of this node's events owed to its replica (see `Hello`).
     owed: HashMap<NodeId, Seq>,
+    /// Nodes whose replica of the room this one has heard from, kept when they are
+    /// declared dead: one may hold events or changes that never crossed (a partition
+    /// cut them off), whether or not it still has members, so it is greeted again when
+    /// its link is back.
+    known: HashSet<NodeId>,
 }
 
 impl Replica {
@@ -317,6 +325,7 @@ impl Replica {
             adoptions: Vec::new(),
             adopt_patience,
             owed: HashMap::new(),
+            known: HashSet::new(),
         }
     }
 
@@ -422,6 +431,10 @@ impl Replica {
 
     /// A message from another replica.
     fn receive(&mut self, w: &mut World, from: NodeId, msg: RoomMsg, ctx: &mut Ctx) {
+        match &msg {
+            RoomMsg::Unloaded => self.known.remove(&from),
+            _ => self.known.insert(from.clone()),
+        };
         match msg {
             RoomMsg::Event(e) => self.take_event(w, e, ctx),
             RoomMsg::Hello {
@@ -544,6 +557,7 @@ impl Replica {
                     self.take_event(w, e, ctx);
                 }
             }
+            RoomMsg::AskHello => self.hello(w, &from, false, ctx),
             RoomMsg::Unloaded => {
                 // It has nothing more to say: what is held from it goes out.
                 let (ready, skipped) = self.inbound.give_up(&from);
@@ -844,11 +858,17 @@ impl Replica {
         self.peer_up(w, node, ctx);
     }
 
-    /// This node's link to `node` came (back) up: start over with it.
+    /// This node's link to `node` came (back) up: start over with it if it has
+    /// members here. If it has none but its replica spoke to this one before, it may
+    /// still hold what never crossed (a partition cut it off, and its members left
+    /// meanwhile): it is asked for its hello, which says how far its events go (what is
+    /// missing here is repaired) and starts a fresh state sync both ways.
     fn peer_up(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
         self.inbound.revived(node);
         if ctx.peers.interested().contains(node) {
             self.hello(w, node, true, ctx);
+        } else if self.known.contains(node) {
+            ctx.send(node, RoomMsg::AskHello);
         }
         // A request may have been lost with the old link.
         for a in &self.adoptions {
@@ -894,7 +914,7 @@ pub(super) fn unloaded(msg: RoomMsg) -> Option<RoomMsg> {
             member: None,
             head: Cursor::default(),
         }),
-        RoomMsg::Hello { .. } => Some(RoomMsg::Unloaded),
+        RoomMsg::Hello { .. } | RoomMsg::AskHello => Some(RoomMsg::Unloaded),
         _ => None,
     }
 }

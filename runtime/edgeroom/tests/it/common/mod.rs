@@ -140,7 +140,16 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: std::net::SocketAddr, app: &str, format: &str) -> Client {
-        let url = format!("ws://{addr}/v1/ws?app={app}&format={format}");
+        Self::connect_with(addr, &format!("app={app}&format={format}")).await
+    }
+
+    /// Connect with the whole query string given.
+    pub async fn connect_with(addr: std::net::SocketAddr, query: &str) -> Client {
+        let format = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("format="))
+            .unwrap_or("json");
+        let url = format!("ws://{addr}/v1/ws?{query}");
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let mut c = Client {
             ws,

@@ -758,6 +758,75 @@ fn a_partition_heals_with_every_event_and_change() {
     }
 }
 
+/// A node cut off from the others publishes events that never cross, then its member
+/// resumes on the majority (as a fenced node's clients do) and its presence grace runs
+/// out before the heal: after the heal the majority's members get those events, and
+/// every document converges, the memberless replica's too.
+#[test]
+fn what_a_cut_off_node_published_reaches_the_majority_after_the_heal() {
+    for seed in 0..10 {
+        let mut sim = Sim::new(3, seed);
+        let m0 = sim.join(0, "m0");
+        let m1 = sim.join(1, "m1");
+        sim.join(2, "m2");
+        sim.publish(2);
+        sim.settle();
+        for other in [0, 1] {
+            sim.cut.insert((2, other));
+            sim.cut.insert((other, 2));
+        }
+        let (id2, id0, id1) = (
+            sim.nodes[2].id.clone(),
+            sim.nodes[0].id.clone(),
+            sim.nodes[1].id.clone(),
+        );
+        for i in [0, 1] {
+            sim.step(i, Input::PeerDown(id2.clone()));
+        }
+        sim.step(2, Input::PeerDown(id0));
+        sim.step(2, Input::PeerDown(id1));
+        for _ in 0..2 {
+            sim.publish(2);
+            sim.nodes[2].world.doc.increment("count", 1).unwrap();
+            sim.nodes[2].world.doc_changed();
+            sim.after(2);
+        }
+        let m2 = ConnId::from_trusted("m2".into());
+        let cursor = sim.cursor_of(2, &m2);
+        sim.adopt(0, "m2", cursor);
+        sim.tick(3000);
+        sim.settle();
+        // The partition outlasts the presence grace: n2 has no member left at the heal.
+        sim.nodes[2].world.core.leave(&m2);
+        sim.step(2, Input::MemberLeft);
+        sim.cut.clear();
+        // Links come back. n2 does not greet the others: it forgot their interest when
+        // it declared them dead, and with no member left it has no reason to learn it
+        // again. They must ask it for what it holds.
+        for i in [0, 1] {
+            sim.step(i, Input::PeerUp(id2.clone()));
+            sim.after(i);
+        }
+        sim.settle();
+        for (i, m) in [(0, &m0), (1, &m1)] {
+            let got = by_origin(sim.seen(i, m));
+            assert_eq!(got["n2"], range(1, 3), "seed {seed}: {m} on n{i}");
+            assert!(
+                sim.seen(i, m).gaps.is_empty(),
+                "seed {seed}: {:?}",
+                sim.seen(i, m).gaps
+            );
+        }
+        for i in 0..3 {
+            assert_eq!(
+                sim.nodes[i].world.doc.to_json()["count"],
+                serde_json::json!(2),
+                "seed {seed}: n{i}"
+            );
+        }
+    }
+}
+
 /// A dead node's members leave presence everywhere, and its events that wait behind
 /// a gap are delivered with a notice counting exactly the missing ones.
 #[test]
