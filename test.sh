@@ -5,10 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")"
 rustup toolchain install
 # Third-party clients the Socket.IO tests drive: socket.io-client (npm) and
-# python-socketio (PyPI, in a virtualenv under target/).
+# python-socketio (PyPI, in a virtualenv under target/). The report test of geo-sim
+# needs Debian's chromium (.ci/run installs it).
 js=runtime/edgeroom/tests/socketio-js
 [ "$js/node_modules/.package-lock.json" -nt "$js/package-lock.json" ] ||
   npm ci --prefix "$js" --silent --no-audit --no-fund
+# playwright-core drives Debian's chromium for geo-sim's report test (no browser download).
+browser=geo-sim/tests/browser
+[ "$browser/node_modules/.package-lock.json" -nt "$browser/package-lock.json" ] ||
+  npm ci --prefix "$browser" --silent --no-audit --no-fund
 [ -x target/pyenv/bin/python ] || python3 -m venv target/pyenv
 target/pyenv/bin/pip install --quiet --disable-pip-version-check -r runtime/edgeroom/tests/socketio-py/requirements.txt
 export EDGEROOM_PYTHON="$PWD/target/pyenv/bin/python"

@@ -86,7 +86,7 @@ type MsgId = (String, String, u64);
 /// A client's membership of a room, as the history tells it.
 #[derive(Debug, Default)]
 struct Membership {
-    /// When it joined (the first join).
+    /// When it last joined afresh (not a resume).
     joined: Option<u64>,
     /// When it left on purpose.
     left: Option<u64>,
@@ -117,8 +117,10 @@ pub fn check(history: &[Record]) -> Report {
     for (i, r) in history.iter().enumerate() {
         match &r.op {
             Op::Join { client, room } => {
+                // A fresh join (the first, or after a resume failed) owes the member
+                // only what is sent from now on.
                 let m = members.entry((client.clone(), room.clone())).or_default();
-                m.joined.get_or_insert(r.t_ms);
+                m.joined = Some(r.t_ms);
                 m.left = None;
                 m.connected = true;
             }
@@ -127,7 +129,7 @@ pub fn check(history: &[Record]) -> Report {
                 m.left = Some(r.t_ms);
                 m.connected = false;
             }
-            Op::Drop { client, room } => {
+            Op::Drop { client, room, .. } => {
                 members
                     .entry((client.clone(), room.clone()))
                     .or_default()
@@ -266,7 +268,14 @@ pub fn check(history: &[Record]) -> Report {
                     }
                 }
             }
-            Op::FaultStart { .. } | Op::FaultEnd { .. } => {}
+            Op::Connect { .. }
+            | Op::Refused { .. }
+            | Op::Leader { .. }
+            | Op::ControlWrite { .. }
+            | Op::Converged { .. }
+            | Op::Phase { .. }
+            | Op::FaultStart { .. }
+            | Op::FaultEnd { .. } => {}
         }
     }
 
@@ -466,6 +475,7 @@ mod tests {
             Op::Drop {
                 client: "b".into(),
                 room: "r".into(),
+                why: None,
             },
         );
         let mut gone = h.clone();
@@ -486,6 +496,37 @@ mod tests {
         let mut late = clean();
         late.push(join(100, "c"));
         assert_eq!(check(&late).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn a_fresh_join_after_a_drop_is_owed_only_what_follows_it() {
+        let mut h = vec![join(0, "a"), join(1, "b")];
+        h.push(at(
+            5,
+            Op::Drop {
+                client: "b".into(),
+                room: "r".into(),
+                why: Some("edge".into()),
+            },
+        ));
+        h.extend(send(10, "a", 1));
+        // Its resume failed: it joined afresh.
+        h.push(join(20, "b"));
+        h.extend(send(30, "a", 2));
+        let mut got = h.clone();
+        got.push(deliver(35, "b", "a", 2));
+        assert_eq!(
+            check(&got).verdict,
+            Verdict::Pass,
+            "message 1 is not owed to b"
+        );
+        let r = check(&h);
+        assert_eq!(kinds(&r), vec![Kind::Lost]);
+        assert!(
+            r.violations[0].what.contains("message 2"),
+            "{}",
+            r.violations[0].what
+        );
     }
 
     #[test]

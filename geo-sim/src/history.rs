@@ -20,12 +20,25 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    /// `client` became a member of `room` (a fresh join, not a resume).
+    /// `client` is connected to `node` as session `session` (its `welcome`).
+    Connect {
+        client: String,
+        node: String,
+        session: String,
+    },
+    /// `client` became a member of `room` (a fresh join, not a resume): it is owed
+    /// what is sent from now on, not before.
     Join { client: String, room: String },
     /// `client` left `room` on purpose: it is owed nothing sent after this.
     Leave { client: String, room: String },
-    /// `client`'s connection went away (its edge failed, a reset, a forced close).
-    Drop { client: String, room: String },
+    /// `client`'s connection went away, noticed now; `why`: `edge` (the edge closed or
+    /// broke it), `silent` (nothing heard for too long), `churn`, `reset`.
+    Drop {
+        client: String,
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        why: Option<String>,
+    },
     /// `client` is a member again after a drop, on `node`.
     Resume {
         client: String,
@@ -43,6 +56,13 @@ pub enum Op {
         client: String,
         room: String,
         n: u64,
+    },
+    /// The node answered `client`'s message `n` with an error (`code`): not sent.
+    Refused {
+        client: String,
+        room: String,
+        n: u64,
+        code: String,
     },
     /// `client` received `from`'s message `n` in `room`.
     Deliver {
@@ -97,6 +117,28 @@ pub enum Op {
         index: u64,
         digest: String,
     },
+    /// `node` says the control plane's leader is `leader` (none: it knows of none).
+    Leader {
+        node: String,
+        leader: Option<String>,
+        term: u64,
+    },
+    /// A control-plane write (a deploy) through `via`, and how it went.
+    ControlWrite {
+        via: String,
+        what: String,
+        ok: bool,
+        took_ms: u64,
+    },
+    /// After `after` healed, every replica of `room` held every change any replica
+    /// had when it healed, `took_ms` later (none: not within the patience).
+    Converged {
+        room: String,
+        after: String,
+        took_ms: Option<u64>,
+    },
+    /// A run phase began: `arrival`, `calibration`, `run`, `settle`.
+    Phase { name: String },
     /// A fault began (`what` says which, e.g. `kill us-east-1`).
     FaultStart { what: String },
     /// A fault ended.

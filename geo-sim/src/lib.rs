@@ -11,7 +11,17 @@
 //! Invariant: the checker judges only what the history records; it is pure, so any
 //! history can be checked again offline (`geo-sim check`).
 
+pub mod analysis;
 pub mod check;
+pub mod emulation;
 pub mod geo;
 pub mod history;
+pub mod network;
+pub mod nodes;
+pub mod observe;
+pub mod plan;
+pub mod recorder;
+pub mod report;
+pub mod run;
 pub mod scenario;
+pub mod user;

@@ -33,12 +33,48 @@ pub struct Scenario {
     pub seed: Option<u64>,
     pub topology: Topology,
     pub users: Users,
-    /// Defaults for every link between two regions.
+    /// How every link between two regions behaves besides its delay (see
+    /// [`Scenario::links`]).
+    #[serde(default, rename = "links")]
+    pub links_table: Option<Spanned<Links>>,
+    /// Settings of every node, where they differ from a node's defaults.
     #[serde(default)]
-    pub links: Links,
+    pub node: NodeSettings,
     /// What goes wrong, and when.
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// Seconds of traffic with no emulated delay before the run proper: what this
+    /// machine's own scheduling costs, measured and subtracted in the report.
+    #[serde(default = "default_calibration_s")]
+    pub calibration_s: u64,
+    /// Your own map instead of the shipped one: files in the shipped formats, paths
+    /// relative to the scenario file.
+    #[serde(default)]
+    pub map: Option<MapFiles>,
+}
+
+/// A map of one's own (see `geo-sim/data/` for the formats).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapFiles {
+    /// `region,city,lat,lon` per line.
+    pub regions: String,
+    /// Round trips in ms: a header row of destinations, then a row per source.
+    pub rtt: String,
+}
+
+fn default_calibration_s() -> u64 {
+    10
+}
+
+/// Node settings a scenario may change (milliseconds; absent: the node's default).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// How long a dropped member keeps its presence.
+    pub presence_grace_ms: Option<u64>,
+    /// How long a silent peer takes to be declared dead.
+    pub failure_timeout_ms: Option<u64>,
 }
 
 /// Where the nodes are.
@@ -72,6 +108,13 @@ pub struct Users {
     /// One-way delay of a user's own access link, on top of fibre over the distance.
     #[serde(default = "default_last_mile_ms")]
     pub last_mile_ms: f64,
+    /// Over how many seconds from the start the users arrive.
+    #[serde(default = "default_join_s")]
+    pub join_s: f64,
+}
+
+fn default_join_s() -> f64 {
+    10.0
 }
 
 fn default_rooms() -> usize {
@@ -107,6 +150,13 @@ pub struct Links {
     /// Fraction of datagrams lost, 0–1.
     #[serde(default)]
     pub loss: f64,
+    /// Losses come in bursts of this many datagrams on average (Gilbert–Elliott);
+    /// absent: each datagram is lost independently.
+    #[serde(default)]
+    pub burst_len: Option<f64>,
+    /// A bandwidth cap on every link, kilobits per second (absent: none).
+    #[serde(default)]
+    pub bandwidth_kbps: Option<u64>,
 }
 
 /// One fault on the timeline.
@@ -123,7 +173,7 @@ pub struct Fault {
 }
 
 /// What goes wrong.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum FaultKind {
     /// Every node of a region killed (kill -9), restarted when the fault ends.
@@ -136,11 +186,16 @@ pub enum FaultKind {
         #[serde(default)]
         one_way: bool,
     },
-    /// Links between regions turn lossy and jittery.
+    /// Links between regions at least `min_rtt_ms` apart turn lossy and jittery
+    /// (bursts of `burst_len` datagrams on average when given).
     Lossy {
         loss: f64,
         #[serde(default)]
         jitter_ms: f64,
+        #[serde(default)]
+        burst_len: Option<f64>,
+        #[serde(default)]
+        min_rtt_ms: f64,
     },
     /// One node's process killed (kill -9) and restarted when the fault ends; `leader`
     /// picks whichever node leads the control plane then.
@@ -153,10 +208,15 @@ pub enum FaultKind {
     RollingDeploy { every_s: f64 },
     /// Every node restarted one at a time with a drain (SIGTERM), `every_s` apart.
     RollingRestart { every_s: f64 },
-    /// `factor` times the users join within the fault's duration.
-    FlashCrowd { factor: f64 },
+    /// `users` more users join within the fault's duration.
+    FlashCrowd { users: usize },
     /// Every client's connection force-closed about every `every_s`, away `away_s`.
     Churn { every_s: f64, away_s: f64 },
+    /// A `share` (0–1) of the users' connections reset (TCP RST) at once.
+    ClientReset { share: f64 },
+    /// A `share` of the users' connections stall: nothing moves either way for the
+    /// fault's duration.
+    ClientStall { share: f64 },
 }
 
 /// A scenario that cannot run: why, and the line of the file at fault.
@@ -168,14 +228,49 @@ pub struct Invalid {
 }
 
 impl Scenario {
+    /// The `[links]` table, or its defaults.
+    pub fn links(&self) -> Links {
+        self.links_table
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .unwrap_or_default()
+    }
+
     /// Parse and check a scenario against the map it runs on.
     pub fn parse(text: &str, map: &Map) -> Result<Self, Invalid> {
-        let scenario: Scenario = toml::from_str(text).map_err(|e| Invalid {
-            line: e.span().map_or(1, |s| line_of(text, s.start)),
-            why: e.message().to_string(),
-        })?;
+        let scenario = Self::unchecked(text)?;
         scenario.check(text, map)?;
         Ok(scenario)
+    }
+
+    fn unchecked(text: &str) -> Result<Self, Invalid> {
+        toml::from_str(text).map_err(|e| Invalid {
+            line: e.span().map_or(1, |s| line_of(text, s.start)),
+            why: e.message().to_string(),
+        })
+    }
+
+    /// Read a scenario file and the map it names (the shipped one if none), and check
+    /// the one against the other.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<(Scenario, Map)> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let at = |e: Invalid| anyhow::anyhow!("{}: {e}", path.display());
+        let scenario = Self::unchecked(&text).map_err(at)?;
+        let map = match &scenario.map {
+            None => Map::shipped(),
+            Some(files) => {
+                let dir = path.parent().unwrap_or(std::path::Path::new("."));
+                let read = |f: &str| {
+                    std::fs::read_to_string(dir.join(f))
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", dir.join(f).display()))
+                };
+                Map::parse(&read(&files.regions)?, &read(&files.rtt)?)
+                    .map_err(|e| anyhow::anyhow!("{}: the map: {e}", path.display()))?
+            }
+        };
+        scenario.check(&text, &map).map_err(at)?;
+        Ok((scenario, map))
     }
 
     fn check(&self, text: &str, map: &Map) -> Result<(), Invalid> {
@@ -220,6 +315,18 @@ impl Scenario {
         if weights.get_ref().values().sum::<f64>() <= 0.0 {
             return Err(at(weights.span(), "no region has users".into()));
         }
+        let l = self.links();
+        let links_at = self.links_table.as_ref().map_or(0..0, |t| t.span());
+        if !(0.0..=1.0).contains(&l.loss)
+            || l.jitter_ms < 0.0
+            || l.burst_len.is_some_and(|b| b < 1.0)
+            || l.bandwidth_kbps == Some(0)
+        {
+            return Err(at(
+                links_at,
+                "[links]: loss is 0 to 1, jitter_ms not negative, burst_len at least 1, bandwidth_kbps above 0".into(),
+            ));
+        }
         let end = *self.duration_s.get_ref() as f64;
         if end <= 0.0 {
             return Err(at(
@@ -257,13 +364,39 @@ impl Scenario {
                     )
                 })
             };
+            let bad = |ok: bool, why: &str| (!ok).then(|| at(what.clone(), why.to_string()));
+            let fraction = |x: f64| (0.0..=1.0).contains(&x);
             let problem = match fault.what.get_ref() {
                 FaultKind::RegionDown { region } => in_run(std::slice::from_ref(region)),
                 FaultKind::Partition { a, b, .. } => in_run(a).or_else(|| in_run(b)),
                 FaultKind::Kill { node: n }
                 | FaultKind::Pause { node: n }
                 | FaultKind::ClockSkew { node: n, .. } => node(n),
-                _ => None,
+                FaultKind::Lossy {
+                    loss,
+                    jitter_ms,
+                    burst_len,
+                    ..
+                } => bad(fraction(*loss), "loss is a fraction, 0 to 1")
+                    .or_else(|| bad(*jitter_ms >= 0.0, "jitter_ms cannot be negative"))
+                    .or_else(|| {
+                        bad(
+                            burst_len.is_none_or(|b| b >= 1.0),
+                            "burst_len is at least 1",
+                        )
+                    }),
+                FaultKind::RollingDeploy { every_s } | FaultKind::RollingRestart { every_s } => {
+                    bad(*every_s > 0.0, "every_s must be positive")
+                }
+                FaultKind::FlashCrowd { users } => bad(*users > 0, "a crowd has users"),
+                FaultKind::Churn { every_s, away_s } => bad(
+                    *away_s > 0.0 && every_s > away_s,
+                    "churn wants every_s > away_s > 0",
+                ),
+                FaultKind::ClientReset { share } | FaultKind::ClientStall { share } => bad(
+                    *share > 0.0 && fraction(*share),
+                    "share is a fraction, above 0 and at most 1",
+                ),
             };
             if let Some(problem) = problem {
                 return Err(problem);

@@ -88,7 +88,55 @@ fn validate_accepts_the_shipped_scenario_and_names_the_line_of_a_bad_one() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("line 18") && stderr.contains("does not fit"),
+        stderr.contains("line 20") && stderr.contains("does not fit"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_scenario_may_bring_its_own_map_and_a_bad_one_is_named() {
+    let dir = std::env::temp_dir().join(format!("geo-sim-it-map-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("regions.csv"),
+        "region,city,lat,lon\nnorth,Oslo,59.9,10.7\nsouth,Madrid,40.4,-3.7\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rtt.csv"),
+        "src,north,south\nnorth,0,48\nsouth,49,0\n",
+    )
+    .unwrap();
+    let scenario = dir.join("mine.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"mine\"\nduration_s = 60\nmap = { regions = \"regions.csv\", rtt = \"rtt.csv\" }\n\
+         [topology]\nregions = [\"north\", \"south\"]\nnodes_per_region = 2\n\
+         [users]\ncount = 50\nweights = { north = 1, south = 1 }\n",
+    )
+    .unwrap();
+    let validate = || {
+        Command::new(env!("CARGO_BIN_EXE_geo-sim"))
+            .arg("validate")
+            .arg(&scenario)
+            .output()
+            .unwrap()
+    };
+    let out = validate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 regions x 2 nodes"));
+    // The same regions are not on the shipped map, and a pair missing is refused.
+    std::fs::write(dir.join("rtt.csv"), "src,north,south\nnorth,0,48\n").unwrap();
+    let out = validate();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no round trip between south and north"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

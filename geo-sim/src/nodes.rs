@@ -1,0 +1,396 @@
+//! The run's Edgeroom nodes as child processes: each runs `geo-sim node`, which is
+//! `edgeroom serve` with its peer socket behind the WAN shim and its links and clock
+//! steered over stdin (`emulation`). Being processes, they die the way operators'
+//! nodes die: kill -9, SIGSTOP/SIGCONT, SIGTERM with a drain, and restart from their
+//! data directories.
+//!
+//! No node outlives geo-sim: each child is killed when its handle drops, its stdin
+//! closing makes it exit, and the kernel kills it if geo-sim's thread dies first
+//! (`PR_SET_PDEATHSIG`). Children run in their own process group, so a Ctrl-C at the
+//! terminal reaches geo-sim, which then stops them itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::time::Instant;
+
+use edgeroom_proto::ids::NodeId;
+use edgeroom_transport::ClusterCa;
+
+use crate::emulation::{Control, Link};
+use crate::plan::{NodePlan, Plan};
+
+/// How long a node may take to start serving.
+const START_PATIENCE: Duration = Duration::from_secs(60);
+/// How long a SIGTERM-ed node may drain before it is killed.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(15);
+
+/// Where a node is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Life {
+    Up,
+    Paused,
+    Down,
+}
+
+/// One node process.
+pub struct Node {
+    pub plan: NodePlan,
+    /// Where clients and the admin API reach it.
+    pub client: SocketAddr,
+    /// Its QUIC address.
+    pub peer: SocketAddr,
+    pub life: Life,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    /// The last links and clock offset it was given, given again after a restart.
+    links: Vec<Link>,
+    clock_offset_ms: i64,
+    seed: u64,
+    starts: u32,
+}
+
+impl Node {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.plan.name
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.child
+            .as_ref()?
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+    }
+
+    fn signal(&self, sig: libc::c_int) -> anyhow::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("{} has no process", self.name()))?;
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let r = unsafe { libc::kill(pid, sig) };
+        anyhow::ensure!(
+            r == 0,
+            "signal {sig} to {}: {}",
+            self.name(),
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+
+    async fn control(&mut self, c: &Control) -> anyhow::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("{} is not running", self.plan.name))?;
+        stdin.write_all(c.line().as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+}
+
+/// Every node of a run.
+pub struct Fleet {
+    pub nodes: Vec<Node>,
+    exe: PathBuf,
+    http: reqwest::Client,
+}
+
+/// A free loopback port for TCP (`udp` false) or UDP.
+fn free_port(udp: bool) -> anyhow::Result<u16> {
+    Ok(if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+    })
+}
+
+impl Fleet {
+    /// Certificates, ports, data directories and config files for every node of the
+    /// plan under `dir`; nothing runs yet.
+    pub fn prepare(plan: &Plan, dir: &Path) -> anyhow::Result<Fleet> {
+        let certs = dir.join("certs");
+        let ca = ClusterCa::generate(&format!("geo-sim-{}", plan.name))?;
+        ca.save(&certs)?;
+        let mut nodes = Vec::new();
+        for (i, n) in plan.nodes.iter().enumerate() {
+            ca.issue_into(&certs, &NodeId::new(&n.name)?)?;
+            nodes.push(Node {
+                plan: n.clone(),
+                client: SocketAddr::from(([127, 0, 0, 1], free_port(false)?)),
+                peer: SocketAddr::from(([127, 0, 0, 1], free_port(true)?)),
+                life: Life::Down,
+                config: dir.join(format!("{}.toml", n.name)),
+                log: dir.join(format!("{}.log", n.name)),
+                child: None,
+                stdin: None,
+                links: Vec::new(),
+                clock_offset_ms: 0,
+                seed: plan.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1)),
+                starts: 0,
+            });
+        }
+        let voters: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.plan.voter)
+            .map(|n| format!("\"{}@{}\"", n.plan.name, n.peer))
+            .collect();
+        for n in &nodes {
+            let mut limits = String::new();
+            if let Some(ms) = plan.node_settings.presence_grace_ms {
+                limits.push_str(&format!("presence_grace_ms = {ms}\n"));
+            }
+            let mut cluster = String::new();
+            if n.plan.voter {
+                cluster.push_str(&format!("voters = [{}]\n", voters.join(", ")));
+            } else {
+                // A learner joins through its region's voter.
+                let voter = nodes
+                    .iter()
+                    .find(|v| v.plan.voter && v.plan.region == n.plan.region)
+                    .unwrap_or(&nodes[0]);
+                cluster.push_str(&format!("join = \"{}@{}\"\n", voter.plan.name, voter.peer));
+            }
+            if let Some(ms) = plan.node_settings.failure_timeout_ms {
+                cluster.push_str(&format!("failure_timeout_ms = {ms}\n"));
+            }
+            let text = format!(
+                "node_id = \"{name}\"\nregion = \"{region}\"\nlisten = \"{client}\"\n\
+                 data_dir = {data:?}\ndev = true\n\n[limits]\n{limits}\n\
+                 [cluster]\npeer_listen = \"{peer}\"\ntls_dir = {certs:?}\n\
+                 lat = {lat}\nlon = {lon}\n{cluster}",
+                name = n.plan.name,
+                region = n.plan.region,
+                client = n.client,
+                data = dir.join(&n.plan.name),
+                peer = n.peer,
+                certs = certs,
+                lat = n.plan.place.0,
+                lon = n.plan.place.1,
+            );
+            std::fs::write(&n.config, text)?;
+        }
+        Ok(Fleet {
+            nodes,
+            exe: std::env::current_exe()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
+        })
+    }
+
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.peer).collect()
+    }
+
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.plan.name == name)
+    }
+
+    /// Start node `i`'s process with its links and clock (does not wait for it).
+    pub async fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let exe = self.exe.clone();
+        let n = &mut self.nodes[i];
+        anyhow::ensure!(n.child.is_none(), "{} is already running", n.plan.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("node")
+            .arg("--config")
+            .arg(&n.config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,edgeroom=info".into()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .process_group(0);
+        // SAFETY: prctl in the forked child before exec touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        n.stdin = child.stdin.take();
+        n.child = Some(child);
+        n.starts += 1;
+        let first = Control {
+            seed: Some(n.seed.wrapping_add(u64::from(n.starts))),
+            links: Some(n.links.clone()),
+            clock_offset_ms: Some(n.clock_offset_ms),
+        };
+        n.control(&first).await?;
+        n.life = Life::Up;
+        Ok(())
+    }
+
+    /// Resolves once node `i` answers `/healthz` with 200.
+    pub async fn wait_healthy(&mut self, i: usize, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        let url = format!("{}/healthz", self.nodes[i].url());
+        loop {
+            if let Ok(r) = self.http.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            let n = &mut self.nodes[i];
+            if let Some(child) = n.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                n.child = None;
+                n.life = Life::Down;
+                anyhow::bail!(
+                    "{} exited while starting ({status}); see {}",
+                    n.plan.name,
+                    n.log.display()
+                );
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} did not become healthy within {within:?}; see {}",
+                n.plan.name,
+                n.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Start every node: the voters together (each waits for a quorum), then the
+    /// learners, which join through them.
+    pub async fn start_all(&mut self) -> anyhow::Result<()> {
+        let voters: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].plan.voter)
+            .collect();
+        let learners: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| !self.nodes[i].plan.voter)
+            .collect();
+        for group in [voters, learners] {
+            for &i in &group {
+                self.spawn(i).await?;
+            }
+            for &i in &group {
+                self.wait_healthy(i, START_PATIENCE).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// kill -9: no drain; peers find out by its silence.
+    pub async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = &mut self.nodes[i];
+        if let Some(mut child) = n.child.take() {
+            child.start_kill()?;
+            child.wait().await?;
+        }
+        n.stdin = None;
+        n.life = Life::Down;
+        Ok(())
+    }
+
+    /// SIGTERM: the node drains (clients are told to go elsewhere) and exits.
+    pub async fn terminate(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].signal(libc::SIGTERM)?;
+        let n = &mut self.nodes[i];
+        if let Some(mut child) = n.child.take()
+            && tokio::time::timeout(DRAIN_PATIENCE, child.wait())
+                .await
+                .is_err()
+        {
+            child.start_kill()?;
+            child.wait().await?;
+        }
+        n.stdin = None;
+        n.life = Life::Down;
+        Ok(())
+    }
+
+    /// SIGSTOP: frozen, sockets open, answering nothing.
+    pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].signal(libc::SIGSTOP)?;
+        self.nodes[i].life = Life::Paused;
+        Ok(())
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].signal(libc::SIGCONT)?;
+        self.nodes[i].life = Life::Up;
+        Ok(())
+    }
+
+    /// Give node `i` its links (kept for its restarts). A paused or dead node gets
+    /// them when it is back: only its own sending is affected.
+    pub async fn set_links(&mut self, i: usize, links: Vec<Link>) -> anyhow::Result<()> {
+        let n = &mut self.nodes[i];
+        n.links = links;
+        if n.life == Life::Down {
+            return Ok(());
+        }
+        let c = Control {
+            links: Some(n.links.clone()),
+            ..Control::default()
+        };
+        n.control(&c).await
+    }
+
+    pub async fn set_clock(&mut self, i: usize, offset_ms: i64) -> anyhow::Result<()> {
+        let n = &mut self.nodes[i];
+        n.clock_offset_ms = offset_ms;
+        if n.life == Life::Down {
+            return Ok(());
+        }
+        let c = Control {
+            clock_offset_ms: Some(offset_ms),
+            ..Control::default()
+        };
+        n.control(&c).await
+    }
+
+    /// Stop every node at once (SIGCONT first, so a paused one can die).
+    pub async fn kill_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].life == Life::Paused {
+                let _ = self.resume(i);
+            }
+            let _ = self.kill(i).await;
+        }
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(pid) = n.pid() {
+                // SAFETY: signals to our own children; a stopped child must be
+                // continued to die promptly, and SIGKILL ends it either way.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `geo-sim run --quick` end to end: real node processes on an emulated WAN, simulated
+//! users, faults, the checker, the report — and the report opened in Chromium.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(format!("{name}.toml"))
+}
+
+/// Run a scenario's quick form with a fixed seed; the exit status, report.json, and
+/// the output directory.
+fn quick(name: &str, seed: u64) -> (i32, Value, PathBuf, String) {
+    let out = std::env::temp_dir().join(format!("geo-sim-it-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = Command::new(env!("CARGO_BIN_EXE_geo-sim"))
+        .arg("run")
+        .arg(scenario(name))
+        .args(["--quick", "--seed", &seed.to_string(), "--out"])
+        .arg(&out)
+        .output()
+        .expect("geo-sim runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report = std::fs::read_to_string(out.join("report.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    (run.status.code().unwrap_or(-1), report, out, said)
+}
+
+/// The run passed the checker, with traffic, and its report says so in the promised
+/// shape.
+fn assert_passed(name: &str, seed: u64, code: i32, report: &Value, said: &str) {
+    assert_eq!(code, 0, "{name} failed:\n{said}");
+    assert!(
+        said.starts_with(&format!("geo-sim: seed {seed}\n")),
+        "the seed comes first:\n{said}"
+    );
+    assert_eq!(report["scenario"], name);
+    assert_eq!(report["seed"], seed);
+    assert_eq!(report["verdict"], "pass");
+    let counts = &report["counts"];
+    for field in [
+        "acknowledged",
+        "delivered",
+        "lost",
+        "duplicated",
+        "unexpected",
+        "out_of_order",
+    ] {
+        assert!(counts[field].is_u64(), "counts.{field} in {counts}");
+    }
+    assert!(counts["acknowledged"].as_u64() > Some(100), "{counts}");
+    assert!(counts["delivered"].as_u64() > Some(1000), "{counts}");
+    assert_eq!(counts["lost"], 0);
+    assert_eq!(counts["duplicated"], 0);
+    assert_eq!(counts["out_of_order"], 0);
+}
+
+#[test]
+fn quick_churn_passes_the_checker_and_its_report_renders_in_chromium() {
+    let (code, report, out, said) = quick("churn", 12);
+    assert_passed("churn", 12, code, &report, &said);
+    let churned = report["figures"]["returns"]
+        .as_array()
+        .map_or(0, |r| r.iter().filter(|r| r["why"] == "churn").count());
+    assert!(churned > 100, "users were churned: {churned}");
+
+    // Every chart drew its data, and the page fetched nothing.
+    let browser = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "this test opens the report in Debian's chromium (apt-get install chromium)"
+    );
+    let seen = Command::new("node")
+        .current_dir(&browser)
+        .arg("charts.mjs")
+        .arg(out.join("report.html"))
+        .output()
+        .expect("node runs the browser check (npm ci --prefix geo-sim/tests/browser)");
+    assert!(
+        seen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seen.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&seen.stdout).expect("one JSON line");
+    assert_eq!(seen["fetched"], Value::Array(vec![]), "self-contained");
+    let charts = seen["charts"].as_array().cloned().unwrap_or_default();
+    let kinds: Vec<&str> = charts.iter().filter_map(|c| c["kind"].as_str()).collect();
+    for kind in ["connections", "throughput", "leader", "resume", "latency"] {
+        assert!(kinds.contains(&kind), "no {kind} chart in {kinds:?}");
+    }
+    for c in &charts {
+        assert!(
+            c["width"].as_f64() > Some(100.0) && c["height"].as_f64() > Some(100.0),
+            "{c}"
+        );
+        assert!(
+            c["series"].as_u64() >= Some(1),
+            "a chart without its data: {c}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(out);
+}
