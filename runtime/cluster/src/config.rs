@@ -38,12 +38,14 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub client_urls: Vec<String>,
     /// The Raft leader's heartbeat. Every Raft RPC must be answered within one
-    /// heartbeat (openraft times it out), so this must exceed the longest round trip
-    /// between voters, with room to spare: the default suits voters on every continent
-    /// (the longest round trip in Azure's published figures is about 340 ms).
+    /// heartbeat (openraft times it out), so this should exceed the longest round trip
+    /// between voters: the default suits voters on every continent but the farthest
+    /// pair (the longest round trip in Azure's published figures is about 340 ms).
     #[serde(default = "default_heartbeat_ms")]
     pub raft_heartbeat_ms: u64,
-    /// Raft elections start after a silence of this much (randomised up to twice).
+    /// Raft elections start after a silence of this much (randomised up to twice),
+    /// plus the leader's lease (twice this): a dead leader is replaced after 3–4
+    /// times this.
     #[serde(default = "default_election_ms")]
     pub raft_election_ms: u64,
     /// Tests and simulations only: the emulated network the peer traffic crosses.
@@ -60,11 +62,11 @@ fn default_failure_timeout_ms() -> u64 {
 }
 
 fn default_heartbeat_ms() -> u64 {
-    500
+    300
 }
 
 fn default_election_ms() -> u64 {
-    2000
+    1000
 }
 
 impl ClusterConfig {

@@ -39,6 +39,13 @@ use edgeroom_transport::{Endpoint, NodeTls, Peer, Timing};
 use health::{Health, HealthTiming};
 use mesh::{Handed, Handoff};
 
+/// Whether `alive` of `total` nodes (the asking one among the living) is the minority
+/// side of a partition: too few to serve. Clusters of fewer than three never are: there
+/// a node cannot tell its own isolation from its peer's death.
+pub fn minority(total: usize, alive: usize) -> bool {
+    total >= 3 && alive * 2 <= total
+}
+
 /// What the node brings to its cluster besides the `[cluster]` section.
 pub struct Joining {
     pub node_id: NodeId,
@@ -259,7 +266,7 @@ impl Cluster {
             .keys()
             .filter(|n| self.health.is_alive(n))
             .count();
-        total >= 3 && alive * 2 <= total
+        minority(total, alive)
     }
 
     /// Peers' `Rooms` streams (once: the node's data plane serves them).

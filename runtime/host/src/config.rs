@@ -108,6 +108,11 @@ pub struct Limits {
     /// Messages queued to one peer; beyond it new ones are dropped (events come back
     /// through gap repair, state through the next sync, presence with the next hello).
     pub peer_queue: usize,
+    /// In a cluster: answers to emits a room holds until another node confirms it has
+    /// what their calls produced; past it the room refuses emits (`internal`, try
+    /// again) until confirmations catch up. Counted in
+    /// `edgeroom_emits_unconfirmed_refused`.
+    pub unconfirmed_replies: usize,
     /// Streams peers opened (room links, forwarded requests) waiting to be served, per
     /// kind; beyond it a new one is dropped and counted (`edgeroom_peer_streams_dropped`).
     pub peer_streams: usize,
@@ -150,6 +155,7 @@ impl Default for Limits {
             peer_backlog: 4096,
             held_per_origin: 10_000,
             peer_queue: 65_536,
+            unconfirmed_replies: 4096,
             peer_streams: 1024,
             engineio_queue: 4096,
             history_ms: 120_000,
@@ -216,6 +222,7 @@ impl NodeConfig {
                 && self.limits.peer_backlog > 0
                 && self.limits.held_per_origin > 0
                 && self.limits.peer_queue > 0
+                && self.limits.unconfirmed_replies > 0
                 && self.limits.peer_streams > 0
                 && self.limits.engineio_queue > 0,
             "queues must hold at least one item"
@@ -309,7 +316,7 @@ mod tests {
         .unwrap();
         let cluster = c.cluster.unwrap();
         assert_eq!(cluster.voters.len(), 2);
-        assert_eq!(cluster.raft_heartbeat_ms, 500);
+        assert_eq!(cluster.raft_heartbeat_ms, 300);
         // Neither voters nor join, both, a malformed peer, a bad latitude: refused.
         for bad in [
             String::new(),

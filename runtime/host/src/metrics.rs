@@ -35,6 +35,9 @@ pub struct Metrics {
     pub peer_frames_refused: Family<KindLabel, Counter>,
     /// Streams peers opened that found their queue full (`limits.peer_streams`).
     pub peer_streams_dropped: Counter,
+    /// Emits refused because a room had `limits.unconfirmed_replies` answers waiting
+    /// for another node to confirm.
+    pub emits_unconfirmed_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -64,6 +67,7 @@ impl Metrics {
         let peer_messages_shed = Family::default();
         let peer_frames_refused = Family::default();
         let peer_streams_dropped = Counter::default();
+        let emits_unconfirmed_refused = Counter::default();
         registry.register(
             "connections",
             "Client connections open now",
@@ -127,6 +131,11 @@ impl Metrics {
             "Streams peers opened that were dropped because too many waited to be served",
             peer_streams_dropped.clone(),
         );
+        registry.register(
+            "emits_unconfirmed_refused",
+            "Emits refused because their room had too many answers waiting for another node to confirm",
+            emits_unconfirmed_refused.clone(),
+        );
         Self {
             registry,
             connections,
@@ -144,6 +153,7 @@ impl Metrics {
             peer_messages_shed,
             peer_frames_refused,
             peer_streams_dropped,
+            emits_unconfirmed_refused,
         }
     }
 

@@ -40,6 +40,11 @@ impl Cursor {
         *entry = (*entry).max(seq);
     }
 
+    /// Set what was seen from `origin` to `seq` exactly (back, too).
+    pub fn set(&mut self, origin: &NodeId, seq: Seq) {
+        self.0.insert(origin.clone(), seq);
+    }
+
     /// Whether this cursor has seen everything `other` has.
     pub fn dominates(&self, other: &Cursor) -> bool {
         other.0.iter().all(|(origin, seq)| self.get(origin) >= *seq)

@@ -212,6 +212,7 @@ mod tests {
                 event: format!("{origin}{run}.{n}"),
                 payload: Payload::empty(),
                 from: None,
+                key: None,
             },
             String::new(),
         ))

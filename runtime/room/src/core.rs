@@ -144,10 +144,18 @@ impl<R: Clone> RoomCore<R> {
     /// The member's connection is gone; it stays a member for the presence grace.
     /// Everything in the log so far was queued to it, except from `lost_at` on when a
     /// push to it failed.
-    pub fn detach(&mut self, conn: &ConnId, now_ms: u64, lost_at: Option<&LogEntry>) {
+    /// `shown`: the cursor members here were last given (the head, but for this node's
+    /// own events still held for confirmation).
+    pub fn detach(
+        &mut self,
+        conn: &ConnId,
+        now_ms: u64,
+        lost_at: Option<&LogEntry>,
+        shown: &Cursor,
+    ) {
         let upto = match lost_at {
             Some(e) => self.cursor_before(e),
-            None => self.head.clone(),
+            None => shown.clone(),
         };
         if let Some(m) = self.members.get_mut(conn) {
             if m.detached_since_ms.is_none() {
@@ -225,6 +233,22 @@ impl<R: Clone> RoomCore<R> {
         self.head.advance(origin, first.prev());
     }
 
+    /// An event of `origin` this replica passes over without logging it (it has the
+    /// same event under another origin: an emit retried elsewhere): the cursor moves
+    /// past it all the same, so what follows is no gap.
+    pub fn pass(&mut self, origin: &NodeId, seq: Seq) {
+        self.head.advance(origin, seq);
+    }
+
+    /// `origin`'s events in the log after `after`, in order.
+    pub fn origin_after(&self, origin: &NodeId, after: Seq) -> Vec<Arc<LogEntry>> {
+        self.log
+            .iter()
+            .filter(|e| e.origin == *origin && e.seq > after)
+            .cloned()
+            .collect()
+    }
+
     /// Every event in the log after `after`, whoever it was for, oldest first.
     pub fn replay_all(&self, after: &Cursor) -> Vec<Arc<LogEntry>> {
         // The log is in delivery order, so per origin in sequence order: what is
@@ -244,6 +268,7 @@ impl<R: Clone> RoomCore<R> {
         event: String,
         payload: Payload,
         from: Option<ConnId>,
+        key: Option<String>,
     ) -> Arc<LogEntry> {
         let seq = self.next_seq;
         debug_assert_eq!(seq.run, self.first_seq.run, "one run per loaded room");
@@ -258,6 +283,7 @@ impl<R: Clone> RoomCore<R> {
             event,
             payload,
             from,
+            key,
         })
     }
 
@@ -380,12 +406,13 @@ mod tests {
         let mut c = core();
         assert!(c.join(conn("a"), "null".into(), 1));
         assert!(!c.join(conn("a"), "null".into(), 1));
-        let e1 = c.publish(0, Target::All, "x".into(), Payload::empty(), None);
+        let e1 = c.publish(0, Target::All, "x".into(), Payload::empty(), None, None);
         let e2 = c.publish(
             0,
             Target::AllExcept(conn("a")),
             "y".into(),
             Payload::empty(),
+            None,
             None,
         );
         assert_eq!((e1.seq, e2.seq), (Seq::new(1, 1), Seq::new(1, 2)));
@@ -397,14 +424,15 @@ mod tests {
     fn replay_gives_missed_events_once_in_order() {
         let mut c = core();
         c.join(conn("a"), "null".into(), 1);
-        c.publish(0, Target::All, "1".into(), Payload::empty(), None);
-        c.detach(&conn("a"), 10, None);
-        c.publish(20, Target::All, "2".into(), Payload::empty(), None);
+        c.publish(0, Target::All, "1".into(), Payload::empty(), None, None);
+        c.detach(&conn("a"), 10, None, &c.head().clone());
+        c.publish(20, Target::All, "2".into(), Payload::empty(), None, None);
         c.publish(
             20,
             Target::Only(conn("b")),
             "not-mine".into(),
             Payload::empty(),
+            None,
             None,
         );
         c.publish(
@@ -412,6 +440,7 @@ mod tests {
             Target::Only(conn("a")),
             "3".into(),
             Payload::empty(),
+            None,
             None,
         );
         let r = c.reattach(&conn("a"), None).unwrap();
@@ -430,7 +459,7 @@ mod tests {
         let mut c = core();
         c.join(conn("a"), "null".into(), 1);
         for i in 0..5 {
-            c.publish(i, Target::All, i.to_string(), Payload::empty(), None);
+            c.publish(i, Target::All, i.to_string(), Payload::empty(), None, None);
         }
         assert_eq!(c.log_len(), 3);
         let r = c.replay_for(&conn("a"), &"n1:1.1".parse().unwrap());
@@ -462,6 +491,7 @@ mod tests {
             event: "x".into(),
             payload: Payload::empty(),
             from: None,
+            key: None,
         });
         let r = c.replay_for(&conn("a"), &joined_at);
         assert_eq!((r.events.len(), r.missing), (1, 0));
@@ -476,7 +506,7 @@ mod tests {
         let mut c = core();
         c.join(conn("a"), "null".into(), 1);
         c.join(conn("b"), "null".into(), 1);
-        c.detach(&conn("a"), 100, None);
+        c.detach(&conn("a"), 100, None, &c.head().clone());
         assert!(c.expire(150, 100).is_empty());
         assert_eq!(c.expire(200, 100), vec![conn("a")]);
         assert_eq!(c.attached().cloned().collect::<Vec<_>>(), vec![conn("b")]);

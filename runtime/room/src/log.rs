@@ -40,6 +40,10 @@ pub struct LogEntry {
     pub payload: Payload,
     /// The connection whose event caused this one (none for timers).
     pub from: Option<ConnId>,
+    /// For an event an idempotent emit caused: the emit's key and the event's place
+    /// among the ones it caused (`<conn>/<id>#<i>`). A replica that already has an
+    /// event with this key does not deliver it again (the emit was retried elsewhere).
+    pub key: Option<String>,
     /// The room's cursor once this event is delivered.
     pub cursor: String,
     /// Encoded once per wire form, on first use, then shared by every recipient: the
@@ -59,6 +63,7 @@ impl LogEntry {
             event: e.event,
             payload: e.payload,
             from: e.from,
+            key: e.key,
             cursor,
             encoded: Default::default(),
         }
@@ -75,6 +80,7 @@ impl LogEntry {
             event: self.event.clone(),
             payload: self.payload.clone(),
             from: self.from.clone(),
+            key: self.key.clone(),
             cursor,
             encoded: Default::default(),
         }
@@ -105,4 +111,6 @@ pub struct Sequenced {
     pub event: String,
     pub payload: Payload,
     pub from: Option<ConnId>,
+    /// See [`LogEntry::key`].
+    pub key: Option<String>,
 }

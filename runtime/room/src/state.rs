@@ -77,6 +77,22 @@ impl RoomDoc {
             .collect()
     }
 
+    /// Whether a replica whose heads are `theirs` holds every change of `mine` (which
+    /// this document holds): none of `mine` is among what this document has beyond
+    /// `theirs`. How a replica learns that another has its latest change.
+    pub fn covered(&mut self, mine: &[ChangeHash], theirs: &[ChangeHash]) -> bool {
+        if mine.iter().all(|h| theirs.contains(h)) {
+            return true;
+        }
+        let beyond: std::collections::HashSet<ChangeHash> = self
+            .doc
+            .get_changes_meta(theirs)
+            .iter()
+            .map(|c| c.hash)
+            .collect();
+        mine.iter().all(|h| !beyond.contains(h))
+    }
+
     /// The whole document as JSON.
     pub fn to_json(&self) -> Json {
         value_json(&self.doc, Value::Object(ObjType::Map), &ROOT)
@@ -486,6 +502,16 @@ mod tests {
         );
         a.doc.merge(&mut b.doc).unwrap();
         assert!(a.missing(&theirs).is_empty());
+        // a now holds b's change: b's heads cover a's old ones, not a's new ones.
+        let old: Vec<ChangeHash> = mine.iter().map(|h| h.parse().unwrap()).collect();
+        let theirs_h: Vec<ChangeHash> = theirs.iter().map(|h| h.parse().unwrap()).collect();
+        let now = a.heads();
+        assert!(a.covered(&old, &theirs_h), "b forked from a");
+        assert!(a.covered(&theirs_h, &theirs_h));
+        assert!(
+            !a.covered(&now, &old),
+            "a's merged heads are beyond its old ones"
+        );
         assert_eq!(a.missing(&["nonsense".to_string()]), ["nonsense"]);
     }
 

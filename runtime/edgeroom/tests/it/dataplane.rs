@@ -330,9 +330,14 @@ async fn a_partition_heals_without_losing_either_sides_events_or_changes() {
         let r = counters[0].emit("split", "incr", json!({"by": 1})).await;
         assert!(r["error"].is_null(), "{r}");
     }
-    for _ in 0..7 {
-        let r = counters[2].emit("split", "incr", json!({"by": 1})).await;
-        assert!(r["error"].is_null(), "{r}");
+    // Pune takes its member's increments but cannot have another node confirm them
+    // while it is cut off: they are not answered (an answer means another node holds
+    // the change), and not lost either — they count everywhere after the heal.
+    for i in 0..7 {
+        counters[2]
+            .send(json!({"type": "emit", "room": "split", "event": "incr",
+                         "data": {"by": 1}, "ref": format!("pune-{i}")}))
+            .await;
     }
     broadcast_range(&mut feed[0], "split-feed", 0..20).await;
     // Virginia's side no longer lists Pune's members.
@@ -348,6 +353,15 @@ async fn a_partition_heals_without_losing_either_sides_events_or_changes() {
     // Pune's reader: what it got before it was sent away, and where it was.
     let token = feed[2].token();
     let (mut got, cursor) = feed[2].numbered_until_closed().await;
+    let answered = loop {
+        let f = counters[2].recv().await;
+        match f["type"].as_str() {
+            Some("reply") => break Some(f),
+            Some("closed") => break None,
+            _ => {}
+        }
+    };
+    assert!(answered.is_none(), "answered while cut off: {answered:?}");
 
     fleet.wan.heal(majority, cut_off);
     broadcast_range(&mut feed[0], "split-feed", 30..35).await;
@@ -768,4 +782,59 @@ async fn a_node_killed_in_process_restarts_from_its_data_and_rejoins_at_once() {
     for h in [h2, h0, h1] {
         h.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+/// An answered emit survives a crash of the node that answered it: its event and its
+/// change are on another node before the answer goes out. The links are slow (80 ms
+/// each way, as between continents), so an answer sent before the event and the change
+/// crossed would be taken back by the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_emit_survives_a_kill_of_the_node_that_answered() {
+    let fleet = Fleet::new();
+    let mut nodes = fleet.inner.start().await.unwrap();
+    {
+        let all: Vec<&edgeroom_gateway::Gateway> =
+            nodes.iter().map(|n| &*n.node().gateway).collect();
+        let secs = Duration::from_secs(20);
+        for app in ["echo", "counter"] {
+            edgeroom::fleet::deploy(all[0], &all, app, example(app), secs)
+                .await
+                .unwrap();
+        }
+    }
+    for (i, a) in fleet.peers.iter().enumerate() {
+        for b in &fleet.peers[i + 1..] {
+            let slow = edgeroom_transport::LinkRule::delay(Duration::from_millis(80));
+            fleet.wan.set_both(*a, *b, slow);
+        }
+    }
+    let h2 = nodes.pop().unwrap();
+    let (h0, h1) = (nodes.remove(0), nodes.remove(0));
+    let n1 = h1.running();
+    let mut writer = Client::connect(h0.running().addr, "echo", "json").await;
+    writer.join("feed", json!({})).await;
+    let mut counting = Client::connect(h0.running().addr, "counter", "json").await;
+    counting.join("tally", json!({})).await;
+    let mut reader = Client::connect(n1.addr, "echo", "json").await;
+    reader.join("feed", json!({})).await;
+    let mut other = Client::connect(n1.addr, "counter", "json").await;
+    other.join("tally", json!({})).await;
+    wait_room(n1, "echo", "feed", "both members", |v| member_count(v) == 2).await;
+    wait_room(n1, "counter", "tally", "both members", |v| {
+        member_count(v) == 2
+    })
+    .await;
+
+    let r = writer.emit("feed", "broadcast", json!({"i": 1})).await;
+    assert!(r["error"].is_null(), "{r}");
+    let r = counting.emit("tally", "incr", json!({"by": 5})).await;
+    assert!(r["error"].is_null(), "{r}");
+    // kill -9 the moment both answers are in.
+    drop(h0.kill().await);
+    assert_eq!(reader.numbered(1).await.0, [1], "the answered event");
+    wait_room(n1, "counter", "tally", "the answered increment", |v| {
+        v["state"]["count"] == 5
+    })
+    .await;
+    drop(h2);
 }

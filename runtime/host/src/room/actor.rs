@@ -88,7 +88,12 @@ pub(super) fn spawn(
         let patience = Duration::from_millis(env.limits.adopt_patience_ms);
         let replica = env.replicator.as_ref().map(|_| {
             let room = (key.app.clone(), key.room.clone());
-            Replica::new(room, patience, env.limits.held_per_origin)
+            Replica::new(
+                room,
+                patience,
+                env.limits.held_per_origin,
+                env.limits.unconfirmed_replies,
+            )
         });
         let core = RoomCore::new(env.node.clone(), key.room.clone(), first_seq, limits);
         let place = Place {
@@ -131,6 +136,14 @@ impl Peers for PeerView<'_> {
 
     fn alive(&self) -> Vec<NodeId> {
         self.rep.alive_peers()
+    }
+
+    fn cut_off(&self) -> bool {
+        self.rep.cut_off()
+    }
+
+    fn region_of(&self, node: &NodeId) -> Option<String> {
+        self.rep.region_of(node)
     }
 }
 
@@ -196,8 +209,16 @@ impl Actor {
         };
         let clock = &self.rooms.env().clock;
         let (now_ms, wall_ms) = (clock.mono_ms(), clock.wall_ms());
+        let idempotent = self.world().call_key.is_some();
+        let hold = self
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.holds_events(idempotent));
         let w = self.world();
         (w.now_ms, w.wall_ms) = (now_ms, wall_ms);
+        if hold {
+            w.held.get_or_insert_with(Vec::new);
+        }
         let sandbox = self.rooms.env().sandbox.clone();
         let result = self.slot.call(&sandbox, &live.compiled, call).await;
         if let Err(f) = &result {
@@ -206,8 +227,31 @@ impl Actor {
         result.map(Some)
     }
 
+    /// Answer an emit. In a cluster an answer waits until another replica holds what
+    /// the call produced (see `replica`); an error without a ref is no answer and goes
+    /// out at once.
     fn reply(&mut self, conn: &ConnId, r#ref: Option<Ref>, result: EmitResult) {
         let room = self.key.room.clone();
+        match (r#ref, result) {
+            (Some(r#ref), result) if self.replica.is_some() => {
+                let frame = ServerFrame::Reply { r#ref, result };
+                self.replicate(Input::Reply {
+                    conn: conn.clone(),
+                    frame,
+                });
+            }
+            (r, result) => self.answer_now(conn, &room, r, result),
+        }
+    }
+
+    fn answer_now(
+        &mut self,
+        conn: &ConnId,
+        room: &edgeroom_proto::ids::RoomId,
+        r#ref: Option<Ref>,
+        result: EmitResult,
+    ) {
+        let room = room.clone();
         let w = self.world();
         match (r#ref, result) {
             (Some(r#ref), result) => {
@@ -282,7 +326,8 @@ impl Actor {
                 let w = self.world();
                 if w.links.get(&conn).is_some_and(|l| l.outbox.same(&outbox)) {
                     w.links.remove(&conn);
-                    w.core.detach(&conn, now, None);
+                    let shown = w.shown();
+                    w.core.detach(&conn, now, None, &shown);
                 }
             }
             RoomCmd::Reattach {
@@ -429,6 +474,9 @@ impl Actor {
         // What on-join sent the newcomer (a greeting, say) follows the reply; a returning
         // member first gets everything it missed since its cursor.
         let replay = w.core.replay_for(&conn, &resume_from.unwrap_or(before));
+        if let Some(r) = &mut self.replica {
+            r.replayed(&conn);
+        }
         self.world().send_replay(&conn, replay);
         self.world().send_snapshot(&conn);
         self.replicate(Input::MemberJoined);
@@ -441,6 +489,9 @@ impl Actor {
             return ReattachOutcome::NotMember;
         };
         w.links.insert(conn.clone(), link);
+        if let Some(r) = &mut self.replica {
+            r.replayed(&conn);
+        }
         self.world().send_replay(&conn, replay);
         self.world().send_snapshot(&conn);
         ReattachOutcome::Reattached
@@ -500,14 +551,33 @@ impl Actor {
         r#ref: Option<Ref>,
         id: Option<String>,
     ) {
-        if let Some(id) = &id
-            && let Some(result) = self.world().core.remembered(id).cloned()
-        {
-            self.reply(&conn, r#ref, result);
+        // Ids are the client's: two clients may pick the same one.
+        let key = id.map(|id| format!("{conn}/{id}"));
+        if let Some(key) = &key {
+            let w = self.world();
+            let earlier = w.core.remembered(key).cloned().or_else(|| {
+                // Its first event reached this replica from the node that handled it,
+                // but not (yet) its answer.
+                w.core.remembered(&format!("{key}#0")).map(|_| Ok(None))
+            });
+            if let Some(result) = earlier {
+                self.reply(&conn, r#ref, result);
+                return;
+            }
+        }
+        if self.replica.as_ref().is_some_and(|r| !r.accepts_emits()) {
+            self.rooms.env().metrics.emits_unconfirmed_refused.inc();
+            let error = ProtoError::new(
+                ErrorCode::Internal,
+                "too many answers of this room wait for another node to confirm; try again",
+            );
+            let room = self.key.room.clone();
+            self.answer_now(&conn, &room, r#ref, Err(error));
             return;
         }
         self.rooms.env().metrics.events.inc();
         self.world().current = Some(conn.clone());
+        self.world().call_key = key.clone().map(|k| (k, 0));
         let wants_reply = r#ref.is_some();
         let result = self
             .call(Call::Message {
@@ -530,9 +600,14 @@ impl Actor {
             )),
             Err(f) => Err(ProtoError::new(ErrorCode::HandlerFailed, f.message())),
         };
-        if let Some(id) = id {
-            let now = self.world().now_ms;
-            self.world().core.remember(id, now, result.clone());
+        let w = self.world();
+        w.call_key = None;
+        if let Some(key) = key {
+            let now = w.now_ms;
+            w.core.remember(key.clone(), now, result.clone());
+            if let (Ok(reply), Some(out)) = (&result, w.outgoing.as_mut()) {
+                out.handled.push((key, reply.clone()));
+            }
         }
         self.reply(&conn, r#ref, result);
     }
@@ -580,7 +655,8 @@ impl Actor {
         lost.dedup_by(|later, first| later.0 == first.0);
         for (conn, lost_at) in lost {
             w.links.remove(&conn);
-            w.core.detach(&conn, now, lost_at.as_deref());
+            let shown = w.shown();
+            w.core.detach(&conn, now, lost_at.as_deref(), &shown);
         }
         if std::mem::take(&mut w.state_changed) {
             let frame = w.state_frame();

@@ -28,6 +28,18 @@
 //!   until every live peer has said what it has for it (`Backfill`/`Backfilled`), at
 //!   most `adopt_patience`; then it gets what any of them had, once and in order, and
 //!   an exact count of what nobody had (`room::catchup`).
+//! - **Confirmed replies.** The answer to an emit goes out once another replica holds
+//!   what the call produced — its events (the replicas the origin sends to directly
+//!   say how far they got, `Got`) and its change to the document (the sync protocol's
+//!   shared heads) — so a crash of this node cannot take back what a client was told
+//!   is done. Members here get the events at once. A room no other node has answers at
+//!   once; so does one whose other replicas all left, or died while this node still
+//!   hears a majority (a node cut off holds its answers: it is about to send its
+//!   clients away, and they retry elsewhere).
+//! - **Idempotency across replicas.** An emit with an id is remembered by every replica
+//!   (`Handled`), and each event it causes carries its key: a retry that lands on
+//!   another replica gets the first answer, and an event a replica already has under
+//!   another origin (the emit ran twice, on both sides of a partition) is passed over.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -37,6 +49,7 @@ use automerge::sync;
 use tokio::sync::oneshot;
 
 use super::outbox::Link;
+use super::outbox::Outbound;
 use super::replicate::{self, Relay};
 use super::world::{Outgoing, RemoteMember, World};
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq};
@@ -65,6 +78,8 @@ pub struct WireEvent {
     pub json: String,
     pub binaries: Vec<Vec<u8>>,
     pub from: Option<ConnId>,
+    /// See `LogEntry::key`.
+    pub key: Option<String>,
 }
 
 impl WireEvent {
@@ -77,6 +92,7 @@ impl WireEvent {
             json: e.payload.json.clone(),
             binaries: e.payload.binaries.clone(),
             from: e.from.clone(),
+            key: e.key.clone(),
         }
     }
 
@@ -95,6 +111,7 @@ impl WireEvent {
                 binaries: self.binaries,
             },
             from: self.from,
+            key: self.key,
         }
     }
 
@@ -167,6 +184,27 @@ pub enum RoomMsg {
     /// "Say hello to me": the sender has no members here to greet the receiver with,
     /// but it heard from the receiver's replica before it lost touch.
     AskHello,
+    /// The sender (which the receiver sends its events to directly) has every event of
+    /// the receiver's up to `upto`.
+    Got {
+        upto: Seq,
+    },
+    /// An idempotent emit was handled with success: its key, and its reply.
+    Handled {
+        key: String,
+        reply: Option<(String, Vec<Vec<u8>>)>,
+    },
+    /// `origin` was declared dead: send me its events your log holds after `after`
+    /// (it may have reached some replicas and not others before it died).
+    Orphaned {
+        origin: NodeId,
+        after: Seq,
+    },
+    /// The answer: what the sender has of `origin`'s events after the asked point.
+    Orphans {
+        origin: NodeId,
+        events: Vec<WireEvent>,
+    },
 }
 
 impl Relay for RoomMsg {
@@ -183,6 +221,9 @@ pub enum Input {
     MemberLeft,
     /// The room's handler finished a call: send what it produced to the other replicas.
     Flush,
+    /// The answer to `conn`'s emit, to go out with the call's events once another
+    /// replica holds what the call produced (before the call's `Flush`).
+    Reply { conn: ConnId, frame: ServerFrame },
     /// A message from `from`'s replica of the room.
     Receive { from: NodeId, msg: RoomMsg },
     /// Time passed: gaps to repair, origins to ask where they start.
@@ -221,6 +262,10 @@ pub trait Peers {
     fn interested(&self) -> Vec<NodeId>;
     /// Other nodes alive now.
     fn alive(&self) -> Vec<NodeId>;
+    /// Whether this node hears too few of its cluster to serve (the minority side).
+    fn cut_off(&self) -> bool;
+    /// The region `node` is in, if known.
+    fn region_of(&self, node: &NodeId) -> Option<String>;
 }
 
 /// One step's inputs (the time, the mesh) and outputs (effects).
@@ -313,11 +358,43 @@ pub struct Replica {
     /// cut them off), whether or not it still has members, so it is greeted again when
     /// its link is back.
     known: HashSet<NodeId>,
+    /// Origins declared dead whose events the other replicas were asked for: the
+    /// peers still to answer, and until when they are waited for. What nobody has is
+    /// given up after.
+    orphans: HashMap<NodeId, (HashSet<NodeId>, Instant)>,
+    /// What calls produced that waits for another replica to hold it, in call order.
+    pending: std::collections::VecDeque<Pending>,
+    /// The answer to the call being flushed next.
+    answer: Option<(ConnId, ServerFrame)>,
+    /// Per peer this node sends its events to directly, how far it has them.
+    acked: HashMap<NodeId, Seq>,
+    max_pending: usize,
+}
+
+/// What a call produced that waits until its effects are on another replica too: the
+/// events it caused that members here get only then (those of an idempotent emit, and
+/// any behind them), and its answer.
+struct Pending {
+    events: Vec<Arc<LogEntry>>,
+    /// The members attached when the events were held: those who come later get them
+    /// in their catch-up from the log.
+    targets: HashSet<ConnId>,
+    reply: Option<(ConnId, ServerFrame)>,
+    /// The call's last event, if it caused any.
+    upto: Option<Seq>,
+    /// The document's heads after the call, if the call changed it.
+    heads: Vec<automerge::ChangeHash>,
 }
 
 impl Replica {
-    /// `held_per_origin`: see `Limits::held_per_origin`.
-    pub fn new(room: RoomRef, adopt_patience: Duration, held_per_origin: usize) -> Self {
+    /// `held_per_origin`: see `Limits::held_per_origin`; `max_pending`: see
+    /// `Limits::unconfirmed_replies`.
+    pub fn new(
+        room: RoomRef,
+        adopt_patience: Duration,
+        held_per_origin: usize,
+        max_pending: usize,
+    ) -> Self {
         Self {
             room,
             inbound: Inbound::new(REPAIR_PATIENCE, held_per_origin),
@@ -326,11 +403,38 @@ impl Replica {
             adopt_patience,
             owed: HashMap::new(),
             known: HashSet::new(),
+            orphans: HashMap::new(),
+            pending: std::collections::VecDeque::new(),
+            answer: None,
+            acked: HashMap::new(),
+            max_pending,
         }
     }
 
     pub fn room(&self) -> &RoomRef {
         &self.room
+    }
+
+    /// Whether the room can take another emit: its answers waiting for confirmation
+    /// are fewer than the bound (else replication is far behind: the client retries).
+    pub fn accepts_emits(&self) -> bool {
+        self.pending.len() < self.max_pending
+    }
+
+    /// `conn` was just given what the log holds after its cursor (it joined, came back,
+    /// or was adopted): held events are in there, so it is not sent them again.
+    pub fn replayed(&mut self, conn: &ConnId) {
+        for p in &mut self.pending {
+            p.targets.remove(conn);
+        }
+    }
+
+    /// Whether the next call's events must wait, for members here, until another
+    /// replica holds them: an idempotent emit's (a client may retry it elsewhere, and
+    /// a member must not see it twice), and any call's while earlier ones wait (this
+    /// node's own events reach its members in their order; other nodes' do not wait).
+    pub fn holds_events(&self, idempotent: bool) -> bool {
+        idempotent || self.pending.iter().any(|p| !p.events.is_empty())
     }
 
     /// One step: `input` changes the replica and the room's `World`; what the actor
@@ -341,6 +445,7 @@ impl Replica {
             Input::MemberJoined => self.member_joined(ctx),
             Input::MemberLeft => self.member_left(ctx),
             Input::Flush => self.flush(w, ctx),
+            Input::Reply { conn, frame } => self.reply(conn, frame),
             Input::Receive { from, msg } => self.receive(w, from, msg, ctx),
             Input::Tick => self.poll(w, ctx),
             Input::Adopt(a) => self.adopt(w, a, ctx),
@@ -401,7 +506,14 @@ impl Replica {
             left,
             state,
             kicks,
+            handled,
         } = out;
+        self.hold(w, events.last().map(|e| e.seq), state, ctx);
+        for (key, reply) in handled {
+            let reply = reply.map(|p| (p.json, p.binaries));
+            ctx.out
+                .push(Effect::Publish(RoomMsg::Handled { key, reply }));
+        }
         for e in events {
             ctx.out
                 .push(Effect::Publish(RoomMsg::Event(WireEvent::new(&e))));
@@ -416,6 +528,96 @@ impl Replica {
         // After the call's events, so a kicked member gets those sent straight to it.
         for (node, conn, reason) in kicks {
             ctx.send(&node, RoomMsg::Kick { conn, reason });
+        }
+    }
+
+    /// The answer to the emit whose call just ran: it goes with that call's effects
+    /// when they are flushed.
+    fn reply(&mut self, conn: ConnId, frame: ServerFrame) {
+        debug_assert!(self.answer.is_none(), "one answer per call");
+        self.answer = Some((conn, frame));
+    }
+
+    /// What the call just flushed holds back (its held events, its answer) waits until
+    /// another replica holds its effects — at once if no other node has the room.
+    fn hold(&mut self, w: &mut World, upto: Option<Seq>, changed: bool, ctx: &Ctx) {
+        let events = w.held.take().unwrap_or_default();
+        let reply = self.answer.take();
+        if events.is_empty() && reply.is_none() {
+            return;
+        }
+        let heads = if changed { w.doc.heads() } else { Vec::new() };
+        let targets = match events.is_empty() {
+            true => HashSet::new(),
+            false => w.links.keys().cloned().collect(),
+        };
+        self.pending.push_back(Pending {
+            events,
+            targets,
+            reply,
+            upto,
+            heads,
+        });
+        match self.alone(ctx) {
+            true => self.release_all(w),
+            false => self.release(w, ctx),
+        }
+    }
+
+    /// No other replica can confirm anything: none has the room, and this node is not
+    /// the one cut off (then the others are likely alive with members, out of reach).
+    fn alone(&self, ctx: &Ctx) -> bool {
+        ctx.peers.interested().is_empty() && !ctx.peers.cut_off()
+    }
+
+    /// What a pending call held goes out: its events to the members here, then its
+    /// answer.
+    fn send_out(w: &mut World, p: Pending) {
+        for e in &p.events {
+            w.deliver_among(e, &p.targets);
+        }
+        if let Some((conn, frame)) = p.reply {
+            w.push(&conn, Outbound::frame(frame));
+        }
+    }
+
+    /// Send the answers whose calls' effects another replica now holds, in call order:
+    /// a replica in another region when the room has one (a region can go down whole),
+    /// else any other.
+    fn release(&mut self, w: &mut World, ctx: &Ctx) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let home = Some(w.place.region.clone());
+        let elsewhere = ctx
+            .peers
+            .interested()
+            .iter()
+            .any(|n| ctx.peers.region_of(n) != home);
+        let counts = |n: &NodeId| !elsewhere || ctx.peers.region_of(n) != home;
+        while let Some(p) = self.pending.front() {
+            let events = p
+                .upto
+                .is_none_or(|s| self.acked.iter().any(|(n, a)| *a >= s && counts(n)));
+            let doc = p.heads.is_empty()
+                || self
+                    .sync
+                    .iter()
+                    .any(|(n, st)| counts(n) && w.doc.covered(&p.heads, &st.shared_heads));
+            if !(events && doc) {
+                return;
+            }
+            if let Some(p) = self.pending.pop_front() {
+                Self::send_out(w, p);
+            }
+        }
+    }
+
+    /// Send every answer held, confirmed or not: no other replica is left to hold
+    /// them (they left the room, or died while this node still hears a majority).
+    fn release_all(&mut self, w: &mut World) {
+        for p in std::mem::take(&mut self.pending) {
+            Self::send_out(w, p);
         }
     }
 
@@ -435,6 +637,22 @@ impl Replica {
             RoomMsg::Unloaded => self.known.remove(&from),
             _ => self.known.insert(from.clone()),
         };
+        let had = self.inbound.delivered(&from);
+        // A hello starts over (a link came back): what was said before may be lost.
+        let again = matches!(msg, RoomMsg::Hello { .. });
+        self.take(w, &from, msg, ctx);
+        // The sender sent its own events here directly: say how far this replica has
+        // them, so it can answer its clients.
+        let has = self.inbound.delivered(&from);
+        if let Some(upto) = has
+            && (has != had || again)
+        {
+            ctx.send(&from, RoomMsg::Got { upto });
+        }
+    }
+
+    fn take(&mut self, w: &mut World, from: &NodeId, msg: RoomMsg, ctx: &mut Ctx) {
+        let from = from.clone();
         match msg {
             RoomMsg::Event(e) => self.take_event(w, e, ctx),
             RoomMsg::Hello {
@@ -529,6 +747,7 @@ impl Replica {
                         if changed {
                             w.doc_changed();
                         }
+                        self.release(w, ctx);
                     }
                     Err(e) => {
                         tracing::warn!(peer = %from, room = %self.room.1, "bad sync message: {e}");
@@ -558,6 +777,38 @@ impl Replica {
                 }
             }
             RoomMsg::AskHello => self.hello(w, &from, false, ctx),
+            RoomMsg::Got { upto } => {
+                let a = self.acked.entry(from).or_default();
+                *a = (*a).max(upto);
+                self.release(w, ctx);
+            }
+            RoomMsg::Orphaned { origin, after } => {
+                let events = w
+                    .core
+                    .origin_after(&origin, after)
+                    .iter()
+                    .map(|e| WireEvent::new(e))
+                    .collect();
+                ctx.send(&from, RoomMsg::Orphans { origin, events });
+            }
+            RoomMsg::Orphans { origin, events } => {
+                for e in events.into_iter().filter(|e| e.origin == origin) {
+                    self.take_event(w, e, ctx);
+                }
+                let done = self.orphans.get_mut(&origin).is_some_and(|(waiting, _)| {
+                    waiting.remove(&from);
+                    waiting.is_empty()
+                });
+                if done {
+                    self.orphans.remove(&origin);
+                    let (ready, skipped) = self.inbound.give_up(&origin);
+                    self.deliver(w, &origin, ready, skipped, ctx.now_ms);
+                }
+            }
+            RoomMsg::Handled { key, reply } => {
+                let reply = reply.map(|(json, binaries)| Payload { json, binaries });
+                w.core.remember(key, ctx.now_ms, Ok(reply));
+            }
             RoomMsg::Unloaded => {
                 // It has nothing more to say: what is held from it goes out.
                 let (ready, skipped) = self.inbound.give_up(&from);
@@ -664,7 +915,17 @@ impl Replica {
             "one origin's events are delivered in its order"
         );
         for (_, _, e) in ready {
+            if let Some(key) = &e.key {
+                if w.core.remembered(key).is_some() {
+                    // This replica has the event already, from the same emit run
+                    // elsewhere (a retry on the other side of a partition).
+                    w.core.pass(&e.origin, e.seq);
+                    continue;
+                }
+                w.core.remember(key.clone(), now_ms, Ok(None));
+            }
             let entry = w.core.append(e.into_sequenced(now_ms));
+            // At once, even while this node's own wait: its cursor stops before them.
             w.deliver(&entry);
         }
     }
@@ -672,6 +933,20 @@ impl Replica {
     /// Ask origins for the events of gaps that stayed open too long, and for the
     /// hello of those whose messages wait for one.
     fn poll(&mut self, w: &mut World, ctx: &mut Ctx) {
+        let overdue: Vec<NodeId> = self
+            .orphans
+            .iter()
+            .filter(|(_, (_, until))| ctx.now >= *until)
+            .map(|(o, _)| o.clone())
+            .collect();
+        for origin in overdue {
+            self.orphans.remove(&origin);
+            let (ready, skipped) = self.inbound.give_up(&origin);
+            self.deliver(w, &origin, ready, skipped, ctx.now_ms);
+        }
+        if !self.pending.is_empty() && self.alone(ctx) {
+            self.release_all(w);
+        }
         for ask in self.inbound.poll(ctx.now) {
             match ask {
                 Ask::Repair { origin, from, to } => {
@@ -843,6 +1118,7 @@ impl Replica {
             w.floors.insert(conn.clone(), cursor);
         }
         w.links.insert(conn.clone(), a.link);
+        self.replayed(&conn);
         w.send_replay(&conn, catch_up);
         w.send_snapshot(&conn);
         Ok(Settled {
@@ -865,6 +1141,7 @@ impl Replica {
     /// missing here is repaired) and starts a fresh state sync both ways.
     fn peer_up(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
         self.inbound.revived(node);
+        self.orphans.remove(node);
         if ctx.peers.interested().contains(node) {
             self.hello(w, node, true, ctx);
         } else if self.known.contains(node) {
@@ -883,6 +1160,7 @@ impl Replica {
     fn peer_down(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
         self.sync.remove(node);
         self.owed.remove(node);
+        self.acked.remove(node);
         for a in &mut self.adoptions {
             a.waiting.remove(node);
         }
@@ -893,8 +1171,28 @@ impl Replica {
                 .extend(gone.into_iter().map(|(c, m)| (c, (m, now))));
             w.push_presence(vec![], left);
         }
-        let (ready, skipped) = self.inbound.give_up(node);
-        self.deliver(w, node, ready, skipped, ctx.now_ms);
+        // What it sent some replicas and not this one comes from them: ask every live
+        // peer before giving the rest up (at most `adopt_patience`).
+        let peers: HashSet<NodeId> = ctx
+            .peers
+            .alive()
+            .into_iter()
+            .filter(|n| n != node)
+            .collect();
+        match self.inbound.delivered(node) {
+            Some(after) if !peers.is_empty() => {
+                for p in &peers {
+                    let origin = node.clone();
+                    ctx.send(p, RoomMsg::Orphaned { origin, after });
+                }
+                self.orphans
+                    .insert(node.clone(), (peers, ctx.now + self.adopt_patience));
+            }
+            _ => {
+                let (ready, skipped) = self.inbound.give_up(node);
+                self.deliver(w, node, ready, skipped, ctx.now_ms);
+            }
+        }
     }
 }
 
@@ -915,6 +1213,10 @@ pub(super) fn unloaded(msg: RoomMsg) -> Option<RoomMsg> {
             head: Cursor::default(),
         }),
         RoomMsg::Hello { .. } | RoomMsg::AskHello => Some(RoomMsg::Unloaded),
+        RoomMsg::Orphaned { origin, .. } => Some(RoomMsg::Orphans {
+            origin,
+            events: Vec::new(),
+        }),
         _ => None,
     }
 }

@@ -182,6 +182,19 @@ where
             .collect()
     }
 
+    /// The region `node` is in, as the control plane says.
+    pub fn region_of(&self, node: &NodeId) -> Option<String> {
+        self.interest.lock().region_of(node).map(str::to_owned)
+    }
+
+    /// Whether this node hears too few of the cluster to serve (see
+    /// `edgeroom_cluster::minority`).
+    pub fn cut_off(&self) -> bool {
+        let nodes: Vec<NodeId> = self.links.lock().keys().cloned().collect();
+        let alive = nodes.iter().filter(|n| self.health.is_alive(n)).count();
+        edgeroom_cluster::minority(nodes.len() + 1, alive + 1)
+    }
+
     /// How many connections the link to `node` has made.
     fn sessions(&self, node: &NodeId) -> u64 {
         self.links

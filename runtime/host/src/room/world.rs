@@ -42,6 +42,10 @@ pub struct World {
     pub floors: HashMap<ConnId, Cursor>,
     /// The connection whose event is being handled (the `from` of what it causes).
     pub current: Option<ConnId>,
+    /// The idempotency key (`<conn>/<id>`) of the emit being handled, if it has one,
+    /// and how many events it caused so far: each event it causes carries
+    /// `<key>#<i>`, so a replica that has it under another origin passes it over.
+    pub call_key: Option<(String, u32)>,
     /// The connection whose `on-join` is running: its presence is announced with the
     /// join, once accepted, not before.
     pub joining: Option<ConnId>,
@@ -52,6 +56,14 @@ pub struct World {
     pub lost: Vec<(ConnId, Option<Arc<LogEntry>>)>,
     /// In a cluster: what peers must hear of, gathered during a call and sent after it.
     pub outgoing: Option<Outgoing>,
+    /// When set, this node's events of the current call are kept here instead of going
+    /// to members at once: the replica sends them once another replica holds them.
+    pub held: Option<Vec<Arc<LogEntry>>>,
+    /// The last of this node's own events its members have been shown. While later
+    /// ones are held for confirmation, the cursors members are given (and the point a
+    /// dropped member resumes from) stop there for this origin: a cursor never covers
+    /// an event its member did not get.
+    pub own_shown: edgeroom_proto::ids::Seq,
     /// Members on other nodes, by the node that holds them.
     pub remote: BTreeMap<NodeId, BTreeMap<ConnId, RemoteMember>>,
     /// Members of nodes declared dead, since when: gone from presence, but a client
@@ -85,10 +97,13 @@ impl World {
             links: HashMap::new(),
             floors: HashMap::new(),
             current: None,
+            call_key: None,
             joining: None,
             kicks: Vec::new(),
             lost: Vec::new(),
             outgoing: None,
+            held: None,
+            own_shown: edgeroom_proto::ids::Seq::default(),
             remote: BTreeMap::new(),
             departed: HashMap::new(),
             state_changed: false,
@@ -122,19 +137,69 @@ impl World {
     /// Sequence an event and queue it to every attached member it targets.
     pub fn publish(&mut self, target: Target, event: String, payload: Payload) -> Arc<LogEntry> {
         let from = self.current.clone();
-        let entry = self.core.publish(self.now_ms, target, event, payload, from);
+        let key = self.call_key.as_mut().map(|(key, i)| {
+            *i += 1;
+            format!("{key}#{}", *i - 1)
+        });
+        if let Some(k) = &key {
+            // Remembered like a delivered one: the same event from elsewhere is passed.
+            self.core.remember(k.clone(), self.now_ms, Ok(None));
+        }
+        let entry = self
+            .core
+            .publish(self.now_ms, target, event, payload, from, key);
         if let Some(out) = &mut self.outgoing {
             out.events.push(entry.clone());
         }
-        self.deliver(&entry);
+        match &mut self.held {
+            Some(held) => held.push(entry.clone()),
+            None => self.deliver(&entry),
+        }
         entry
+    }
+
+    /// The cursor members here have been given: the head, but for this node's own
+    /// events still held.
+    pub fn shown(&self) -> Cursor {
+        let mut c = self.core.head().clone();
+        let own = self.core.origin();
+        if c.seen(own).is_some_and(|s| s > self.own_shown) {
+            c.set(own, self.own_shown);
+        }
+        c
+    }
+
+    /// `entry` as members here get it: with the cursor they are at once they have it.
+    /// That is the log's own cursor for the latest event, unless this node's events are
+    /// being held, or one of them goes out after later events from elsewhere.
+    fn as_shown(&mut self, entry: &Arc<LogEntry>) -> Outbound {
+        if entry.origin == *self.core.origin() {
+            self.own_shown = self.own_shown.max(entry.seq);
+        }
+        let shown = self.shown();
+        let same = shown == *self.core.head() && entry.cursor == shown.to_string();
+        match same {
+            true => Outbound::Event(entry.clone()),
+            false => Outbound::Event(Arc::new(entry.with_cursor(shown.to_string()))),
+        }
     }
 
     /// Queue a logged event to every attached member it targets.
     pub fn deliver(&mut self, entry: &Arc<LogEntry>) {
-        let item = Outbound::Event(entry.clone());
+        let item = self.as_shown(entry);
         let target = &entry.target;
         self.fan_out(&item, |c| target.includes(c));
+    }
+
+    /// Queue a logged event to the attached members it targets among `among`.
+    pub fn deliver_among(
+        &mut self,
+        entry: &Arc<LogEntry>,
+        among: &std::collections::HashSet<ConnId>,
+    ) {
+        let item = self.as_shown(entry);
+        let target = &entry.target;
+        self.fan_out(&item, |c| among.contains(c) && target.includes(c));
     }
 
     /// Members joined (with their presence) or left here: tell the members here and,
@@ -338,6 +403,9 @@ pub struct Outgoing {
     pub state: bool,
     /// Kicks of members another node holds, for that node to carry out.
     pub kicks: Vec<(NodeId, ConnId, String)>,
+    /// Idempotent emits handled with success, and their replies: a retry that lands on
+    /// another replica gets the same answer instead of running again.
+    pub handled: Vec<(String, Option<Payload>)>,
 }
 
 fn parse_json(json: &str) -> Result<serde_json::Value, String> {

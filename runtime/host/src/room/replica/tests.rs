@@ -34,6 +34,8 @@ struct Seen {
     events: Vec<(String, u64)>,
     /// `history_gap` notices.
     gaps: Vec<String>,
+    /// Answers to its emits, by ref.
+    replies: Vec<String>,
     /// The cursor of the last event (what the client would resume with).
     cursor: Cursor,
 }
@@ -56,10 +58,12 @@ impl Client {
                 Outbound::Frame(f) => *f,
                 Outbound::Shared(s) => s.frame.clone(),
             };
-            if let ServerFrame::Error { error, .. } = frame
-                && error.code == ErrorCode::HistoryGap
-            {
-                self.seen.gaps.push(error.message);
+            match frame {
+                ServerFrame::Error { error, .. } if error.code == ErrorCode::HistoryGap => {
+                    self.seen.gaps.push(error.message);
+                }
+                ServerFrame::Reply { r#ref, .. } => self.seen.replies.push(format!("{ref:?}")),
+                _ => {}
             }
         }
     }
@@ -99,6 +103,8 @@ fn world(id: &NodeId, run: u64, limits: LogLimits) -> World {
 struct View {
     interested: Vec<NodeId>,
     alive: Vec<NodeId>,
+    regions: HashMap<NodeId, String>,
+    cut_off: bool,
 }
 
 impl Peers for View {
@@ -107,6 +113,12 @@ impl Peers for View {
     }
     fn alive(&self) -> Vec<NodeId> {
         self.alive.clone()
+    }
+    fn cut_off(&self) -> bool {
+        self.cut_off
+    }
+    fn region_of(&self, node: &NodeId) -> Option<String> {
+        self.regions.get(node).cloned()
     }
 }
 
@@ -170,6 +182,7 @@ impl Sim {
                     ),
                     PATIENCE,
                     HELD,
+                    HELD,
                 ),
                 world: world(&id, run, limits),
                 id,
@@ -202,11 +215,24 @@ impl Sim {
             .filter(|&j| j != i && self.nodes[j].interest > 0 && self.nodes[j].alive)
             .map(|j| self.nodes[j].id.clone())
             .collect();
-        let alive = (0..self.nodes.len())
+        let alive: Vec<NodeId> = (0..self.nodes.len())
             .filter(|&j| self.reachable(i, j) && self.reachable(j, i))
             .map(|j| self.nodes[j].id.clone())
             .collect();
-        let view = View { interested, alive };
+        let regions = self
+            .nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.world.place.region.clone()))
+            .collect();
+        // As the cluster reckons it: hearing half the nodes or fewer, itself counted.
+        let total = self.nodes.len();
+        let cut_off = total >= 3 && (alive.len() + 1) * 2 <= total;
+        let view = View {
+            interested,
+            alive,
+            regions,
+            cut_off,
+        };
         let local = self.now + self.skew[i];
         let now = self.t0 + local;
         let now_ms = local.as_millis() as u64;
@@ -377,12 +403,59 @@ impl Sim {
         node.published += 1;
         let n = node.published;
         node.world.current = None;
+        // As the actor does before every call: behind held events, hold.
+        if node.replica.holds_events(false) {
+            node.world.held = Some(Vec::new());
+        }
         node.world.publish(
             Target::All,
             "n".into(),
             edgeroom_proto::payload::Payload {
                 json: format!("[{n}]"),
                 binaries: vec![],
+            },
+        );
+        self.after(i);
+    }
+
+    /// Member `conn` of node `i` emits with idempotency key `key`: the handler
+    /// broadcasts one event and increments the room's counter, and the emit is
+    /// answered (ref `key`).
+    fn emit(&mut self, i: usize, conn: &ConnId, key: &str) {
+        let node = &mut self.nodes[i];
+        node.published += 1;
+        let n = node.published;
+        let hold = node.replica.holds_events(true);
+        let w = &mut node.world;
+        w.current = Some(conn.clone());
+        w.call_key = Some((key.to_string(), 0));
+        if hold {
+            w.held = Some(Vec::new());
+        }
+        w.publish(
+            Target::All,
+            "n".into(),
+            edgeroom_proto::payload::Payload {
+                json: format!("[{n}]"),
+                binaries: vec![],
+            },
+        );
+        w.doc.increment("count", 1).unwrap();
+        w.doc_changed();
+        w.call_key = None;
+        w.core.remember(key.to_string(), 0, Ok(None));
+        if let Some(out) = w.outgoing.as_mut() {
+            out.handled.push((key.to_string(), None));
+        }
+        let frame = ServerFrame::Reply {
+            r#ref: edgeroom_proto::native::Ref::from(key.to_string()),
+            result: Ok(None),
+        };
+        self.step(
+            i,
+            Input::Reply {
+                conn: conn.clone(),
+                frame,
             },
         );
         self.after(i);
@@ -410,7 +483,7 @@ impl Sim {
             edgeroom_proto::ids::AppName::new("app").unwrap(),
             RoomId::new("r").unwrap(),
         );
-        self.nodes[i].replica = Replica::new(room, PATIENCE, HELD);
+        self.nodes[i].replica = Replica::new(room, PATIENCE, HELD, HELD);
         self.nodes[i].world = world(&id, run, self.limits);
         self.nodes[i].clients.clear();
         self.nodes[i].interest = 0;
@@ -827,6 +900,194 @@ fn what_a_cut_off_node_published_reaches_the_majority_after_the_heal() {
     }
 }
 
+/// The answer to an emit goes out once another replica holds the call's event and
+/// change: not while the way back from the other replica is cut, and at once in a room
+/// no other node has.
+#[test]
+fn an_answer_waits_until_another_replica_holds_what_its_call_produced() {
+    for seed in 0..10 {
+        let mut sim = Sim::new(2, seed);
+        let a = sim.join(0, "a");
+        let b = sim.join(1, "b");
+        sim.settle();
+        // n1 gets everything n0 sends, but n0 hears nothing back.
+        sim.cut.insert((1, 0));
+        sim.emit(0, &a, "a/1");
+        sim.settle();
+        assert!(
+            sim.seen(0, &a).replies.is_empty(),
+            "seed {seed}: answered unconfirmed"
+        );
+        assert!(
+            sim.seen(0, &a).events.is_empty(),
+            "seed {seed}: an idempotent emit's event shown here before another node has it"
+        );
+        assert_eq!(
+            by_origin(sim.seen(1, &b))["n0"],
+            [1],
+            "seed {seed}: n1 has it"
+        );
+        sim.cut.clear();
+        // The next sync or repair round brings the confirmation.
+        let id0 = sim.nodes[0].id.clone();
+        let id1 = sim.nodes[1].id.clone();
+        sim.step(1, Input::PeerUp(id0));
+        sim.step(0, Input::PeerUp(id1));
+        sim.settle();
+        assert_eq!(sim.seen(0, &a).replies.len(), 1, "seed {seed}");
+        assert_eq!(
+            by_origin(sim.seen(0, &a))["n0"],
+            [1],
+            "seed {seed}: then shown here"
+        );
+        assert_eq!(
+            sim.nodes[1].world.doc.to_json()["count"],
+            serde_json::json!(1)
+        );
+    }
+    let mut alone = Sim::new(2, 1);
+    let a = alone.join(0, "a");
+    alone.emit(0, &a, "a/1");
+    alone.read_all();
+    assert_eq!(
+        alone.seen(0, &a).replies.len(),
+        1,
+        "no other replica: at once"
+    );
+}
+
+/// An event from another node that arrives while this node's own waits for
+/// confirmation goes to members at once, with a cursor that stops before the held one;
+/// the held one follows with a cursor that covers both. A member's cursor never covers
+/// an event it did not get, and never goes back.
+#[test]
+fn a_cursor_never_covers_an_event_held_for_confirmation() {
+    let mut sim = Sim::new(2, 9);
+    let a = sim.join(0, "a");
+    sim.join(1, "b");
+    sim.settle();
+    sim.cut.insert((1, 0));
+    sim.emit(0, &a, "a/1");
+    sim.settle();
+    sim.cut.clear();
+    sim.publish(1);
+    while sim.deliver_one() {}
+    sim.read_all();
+    let (id0, id1) = (sim.nodes[0].id.clone(), sim.nodes[1].id.clone());
+    let held = sim.nodes[0].world.core.next_seq().prev();
+    let seen = sim.seen(0, &a);
+    assert_eq!(
+        seen.events,
+        [("n1".to_string(), 1)],
+        "the other node's, at once"
+    );
+    assert!(!seen.cursor.covers(&id0, held), "{:?}", seen.cursor);
+    sim.step(1, Input::PeerUp(id0.clone()));
+    sim.step(0, Input::PeerUp(id1.clone()));
+    sim.settle();
+    let seen = sim.seen(0, &a);
+    let order: Vec<&str> = seen.events.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(order, ["n1", "n0"]);
+    assert!(seen.cursor.covers(&id0, held), "{:?}", seen.cursor);
+    assert!(
+        seen.cursor
+            .covers(&id1, sim.nodes[1].world.core.next_seq().prev())
+    );
+}
+
+/// A node cut off from the others holds what it cannot have confirmed, whatever else
+/// it does meanwhile: its members never see an idempotent emit's events that the
+/// others may run again.
+#[test]
+fn a_cut_off_node_holds_its_unconfirmed_events() {
+    let mut sim = Sim::new(3, 2);
+    sim.join(0, "a");
+    sim.join(1, "b");
+    let c = sim.join(2, "c");
+    sim.settle();
+    for other in [0, 1] {
+        sim.cut.insert((2, other));
+        sim.cut.insert((other, 2));
+    }
+    let (id0, id1) = (sim.nodes[0].id.clone(), sim.nodes[1].id.clone());
+    sim.emit(2, &c, "c/1");
+    // It declares the others dead (their interest goes), then goes on handling calls.
+    sim.step(2, Input::PeerDown(id0));
+    sim.step(2, Input::PeerDown(id1));
+    sim.nodes[0].interest = 0;
+    sim.nodes[1].interest = 0;
+    sim.publish(2);
+    sim.tick(1000);
+    sim.read_all();
+    assert!(
+        sim.seen(2, &c).events.is_empty(),
+        "{:?}",
+        sim.seen(2, &c).events
+    );
+    assert!(sim.seen(2, &c).replies.is_empty());
+}
+
+/// A region can go down whole: where the room has a replica in another region, the
+/// answer waits for one there, not for the one next door.
+#[test]
+fn an_answer_waits_for_a_replica_in_another_region_when_there_is_one() {
+    let mut sim = Sim::new(3, 5);
+    sim.nodes[2].world.place.region = "far".into();
+    let a = sim.join(0, "a");
+    sim.join(1, "b");
+    sim.join(2, "c");
+    sim.settle();
+    // The far replica hears n0 but n0 does not hear it.
+    sim.cut.insert((2, 0));
+    sim.emit(0, &a, "a/1");
+    sim.settle();
+    assert!(
+        sim.seen(0, &a).replies.is_empty(),
+        "confirmed next door only"
+    );
+    sim.cut.clear();
+    let (id0, id2) = (sim.nodes[0].id.clone(), sim.nodes[2].id.clone());
+    sim.step(2, Input::PeerUp(id0));
+    sim.step(0, Input::PeerUp(id2));
+    sim.settle();
+    assert_eq!(sim.seen(0, &a).replies.len(), 1);
+}
+
+/// An idempotent emit is remembered by every replica, with its answer; and an emit
+/// that ran on both sides of a partition (a client retried it on the other side)
+/// reaches every member once.
+#[test]
+fn an_emit_retried_on_the_other_side_of_a_partition_reaches_members_once() {
+    for seed in 0..10 {
+        let mut sim = Sim::new(3, seed);
+        let members: Vec<_> = (0..3).map(|i| (i, sim.join(i, &format!("m{i}")))).collect();
+        let m2 = members[2].1.clone();
+        sim.emit(2, &m2, "m2/1");
+        sim.settle();
+        assert!(
+            sim.nodes[0].world.core.remembered("m2/1").is_some(),
+            "seed {seed}: a retry on n0 would get the first answer"
+        );
+        for other in [0, 1] {
+            sim.cut.insert((2, other));
+            sim.cut.insert((other, 2));
+        }
+        // Runs on n2, cut off; the client, unanswered, retries on n0.
+        sim.emit(2, &m2, "m2/2");
+        sim.emit(0, &members[0].1, "m2/2");
+        sim.settle();
+        sim.cut.clear();
+        sim.link_up_all(2);
+        sim.settle();
+        for (i, m) in &members {
+            let got = by_origin(sim.seen(*i, m));
+            // m2/1 and one version of m2/2.
+            let all = got.get("n2").map_or(0, Vec::len) + got.get("n0").map_or(0, Vec::len);
+            assert_eq!(all, 2, "seed {seed}: m{i} got {got:?}");
+        }
+    }
+}
+
 /// A dead node's members leave presence everywhere, and its events that wait behind
 /// a gap are delivered with a notice counting exactly the missing ones.
 #[test]
@@ -837,10 +1098,11 @@ fn a_dead_nodes_members_vanish_and_its_held_events_go_out() {
     sim.join(2, "c");
     sim.settle();
     assert_eq!(sim.nodes[0].world.all_presence().len(), 3);
-    // n2's events 2 and 3 never reach n0; 4 does; then n2 dies.
+    // n2's events 2 and 3 reach nobody; 4 does; then n2 dies.
     sim.publish(2);
     sim.settle();
     sim.cut.insert((2, 0));
+    sim.cut.insert((2, 1));
     sim.publish(2);
     sim.publish(2);
     sim.cut.clear();
@@ -857,6 +1119,30 @@ fn a_dead_nodes_members_vanish_and_its_held_events_go_out() {
         "{:?}",
         seen.gaps
     );
+}
+
+/// A node dies after some of its events reached one replica and not another: the
+/// one they missed gets them from the one that has them, in order, with no gap.
+#[test]
+fn what_a_dead_node_sent_one_replica_reaches_the_others() {
+    for seed in 0..10 {
+        let mut sim = Sim::new(3, seed);
+        sim.join(0, "a");
+        sim.join(1, "b");
+        let c = sim.join(2, "c");
+        sim.publish(0);
+        sim.settle();
+        sim.cut.insert((0, 2));
+        sim.publish(0);
+        sim.publish(0);
+        while sim.deliver_one() {}
+        sim.kill(0);
+        sim.cut.clear();
+        sim.settle();
+        let seen = sim.seen(2, &c);
+        assert_eq!(by_origin(seen)["n0"], [1, 2, 3], "seed {seed}");
+        assert!(seen.gaps.is_empty(), "seed {seed}: {:?}", seen.gaps);
+    }
 }
 
 /// The nodes that hold `conn` as a local member, and whether every other live node
