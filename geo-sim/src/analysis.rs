@@ -81,6 +81,10 @@ pub struct Figures {
     pub never_resumed: usize,
     /// Resume times of drops the edge caused (closed, broken, silent), ms.
     pub resume_ms: Spread,
+    /// The same, per protocol (`native`, `socketio`).
+    pub resume_by_protocol: BTreeMap<String, Spread>,
+    /// Users per protocol.
+    pub users_by_protocol: BTreeMap<String, usize>,
     /// Per fault start: how long until users noticed (their first drops), ms.
     pub detection_ms: BTreeMap<String, Spread>,
     /// Seconds since the start → users connected per region.
@@ -318,6 +322,27 @@ pub fn figures(history: &[Record], plan: &Plan, map: &Map) -> Figures {
         .filter_map(|r| r.resumed_after_ms.map(|ms| ms as f64))
         .collect();
     f.resume_ms = Spread::of(&resume);
+    let protocol_of: HashMap<&str, &str> = plan
+        .users
+        .iter()
+        .map(|u| {
+            let p = match u.protocol {
+                crate::plan::Protocol::Native => "native",
+                crate::plan::Protocol::SocketIo => "socketio",
+            };
+            (u.name.as_str(), p)
+        })
+        .collect();
+    for p in protocol_of.values() {
+        *f.users_by_protocol.entry(p.to_string()).or_default() += 1;
+    }
+    let mut by: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in &unplanned {
+        if let (Some(ms), Some(p)) = (r.resumed_after_ms, protocol_of.get(r.client.as_str())) {
+            by.entry(p.to_string()).or_default().push(ms as f64);
+        }
+    }
+    f.resume_by_protocol = by.into_iter().map(|(p, v)| (p, Spread::of(&v))).collect();
     // Detection: a fault's users noticed it with their first drops within 30 s.
     for (what, t) in fault_starts {
         let noticed: Vec<f64> = f

@@ -153,6 +153,13 @@ impl Fleet {
             if let Some(ms) = plan.node_settings.presence_grace_ms {
                 limits.push_str(&format!("presence_grace_ms = {ms}\n"));
             }
+            let mut socketio = String::new();
+            if let Some(ms) = plan.node_settings.socketio_ping_interval_ms {
+                socketio.push_str(&format!("ping_interval_ms = {ms}\n"));
+            }
+            if let Some(ms) = plan.node_settings.socketio_ping_timeout_ms {
+                socketio.push_str(&format!("ping_timeout_ms = {ms}\n"));
+            }
             let mut cluster = String::new();
             if n.plan.voter {
                 cluster.push_str(&format!("voters = [{}]\n", voters.join(", ")));
@@ -169,7 +176,7 @@ impl Fleet {
             }
             let text = format!(
                 "node_id = \"{name}\"\nregion = \"{region}\"\nlisten = \"{client}\"\n\
-                 data_dir = {data:?}\ndev = true\n\n[limits]\n{limits}\n\
+                 data_dir = {data:?}\ndev = true\n\n[limits]\n{limits}\n[socketio]\n{socketio}\n\
                  [cluster]\npeer_listen = \"{peer}\"\ntls_dir = {certs:?}\n\
                  lat = {lat}\nlon = {lon}\n{cluster}",
                 name = n.plan.name,

@@ -50,6 +50,13 @@ pub struct RoomPlan {
     pub app: App,
 }
 
+/// How a user talks to its edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Native,
+    SocketIo,
+}
+
 /// A simulated user.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserPlan {
@@ -68,6 +75,7 @@ pub struct UserPlan {
     pub rate_per_s: f64,
     /// Its own seed: its send times, churn, and which edge URL it picks.
     pub seed: u64,
+    pub protocol: Protocol,
 }
 
 /// A fault with its times resolved, relative to the start of the run proper.
@@ -166,6 +174,7 @@ impl Plan {
                 join_at: arrival.mul_f64(rng.random::<f64>()),
                 rate_per_s: s.users.rate_per_s,
                 seed: rng.random(),
+                protocol: protocol(s.users.socketio, &mut rng),
             });
         }
 
@@ -189,6 +198,7 @@ impl Plan {
                         join_at: lead_in + at + span.mul_f64(rng.random::<f64>()),
                         rate_per_s: s.users.rate_per_s,
                         seed: rng.random(),
+                        protocol: protocol(s.users.socketio, &mut rng),
                     });
                 }
             }
@@ -240,6 +250,13 @@ impl Plan {
             }
         }
         out
+    }
+}
+
+fn protocol(socketio: f64, rng: &mut impl Rng) -> Protocol {
+    match rng.random::<f64>() < socketio {
+        true => Protocol::SocketIo,
+        false => Protocol::Native,
     }
 }
 

@@ -708,6 +708,15 @@ fn html(
         f.never_resumed,
         f.returns.iter().filter(|r| r.rejoined).count()
     );
+    for (protocol, s) in &f.resume_by_protocol {
+        let _ = write!(
+            h,
+            "<p>Resume times, {} users ({} of them): {}.</p>",
+            esc(protocol),
+            f.users_by_protocol.get(protocol).copied().unwrap_or(0),
+            spread(s)
+        );
+    }
     for (what, s) in &f.detection_ms {
         let _ = write!(
             h,

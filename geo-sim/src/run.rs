@@ -244,9 +244,15 @@ impl Conductor {
         }
     }
 
-    /// Keep trying deploys through live nodes until one is accepted; record each.
+    /// Keep trying deploys through live nodes until one is accepted; record each. A
+    /// write waits for a leader inside the node (up to its own patience), so each
+    /// attempt may take that long: the time recorded is from the kill to the answer.
     fn probe_deploys(&mut self, after: String) {
-        let (http, recorder) = (self.http.clone(), self.recorder.clone());
+        let recorder = self.recorder.clone();
+        let http = reqwest::Client::builder()
+            .timeout(PROBE_PATIENCE)
+            .build()
+            .unwrap_or_else(|_| self.http.clone());
         let urls: Vec<(String, String)> = self
             .fleet
             .nodes

@@ -75,6 +75,10 @@ pub struct NodeSettings {
     pub presence_grace_ms: Option<u64>,
     /// How long a silent peer takes to be declared dead.
     pub failure_timeout_ms: Option<u64>,
+    /// Engine.IO heartbeat: the server pings this often, and a client gives the
+    /// connection up after the interval plus the timeout without a ping.
+    pub socketio_ping_interval_ms: Option<u64>,
+    pub socketio_ping_timeout_ms: Option<u64>,
 }
 
 /// Where the nodes are.
@@ -111,6 +115,10 @@ pub struct Users {
     /// Over how many seconds from the start the users arrive.
     #[serde(default = "default_join_s")]
     pub join_s: f64,
+    /// The share of users (0–1) that speak Socket.IO (as socket.io-client does, with
+    /// connection state recovery); the others speak the native protocol.
+    #[serde(default)]
+    pub socketio: f64,
 }
 
 fn default_join_s() -> f64 {
@@ -314,6 +322,12 @@ impl Scenario {
         }
         if weights.get_ref().values().sum::<f64>() <= 0.0 {
             return Err(at(weights.span(), "no region has users".into()));
+        }
+        if !(0.0..=1.0).contains(&self.users.socketio) {
+            return Err(at(
+                weights.span(),
+                "[users] socketio is a share, 0 to 1".into(),
+            ));
         }
         let l = self.links();
         let links_at = self.links_table.as_ref().map_or(0..0, |t| t.span());

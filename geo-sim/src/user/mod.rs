@@ -5,9 +5,11 @@
 //! (fibre at 200 km/ms plus a last mile); client-link faults (churn, resets, stalls)
 //! come from the plan. What it sees goes to the history.
 //!
-//! `session` is the protocol side, sans-IO; this module is its driver.
+//! `session` (native) and `sio` (Socket.IO as socket.io-client does it) are the
+//! protocol sides, sans-IO; this module is their driver.
 
 pub mod session;
+pub mod sio;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,10 +26,77 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::geo::{Map, access_ms};
-use crate::plan::{App, Plan, UserPlan};
+use crate::plan::{App, Plan, Protocol, UserPlan};
 use crate::recorder::Recorder;
 use crate::scenario::FaultKind;
 use session::{Out, Session};
+use sio::SioSession;
+
+/// A user's protocol side.
+enum Client {
+    Native(Session),
+    SocketIo(SioSession),
+}
+
+impl Client {
+    fn new(me: &UserPlan, room: &str, app: App) -> Self {
+        match me.protocol {
+            Protocol::Native => Client::Native(Session::new(&me.name, room, app)),
+            Protocol::SocketIo => Client::SocketIo(SioSession::new(&me.name, room, app)),
+        }
+    }
+
+    fn connected(&mut self, node: &str) {
+        if let Client::SocketIo(s) = self {
+            s.connected(node);
+        }
+    }
+
+    fn frame(&mut self, text: &str) -> Vec<Out> {
+        match self {
+            Client::Native(s) => s.frame(text),
+            Client::SocketIo(s) => s.frame(text),
+        }
+    }
+
+    fn closed(&mut self, why: &str) -> Vec<Out> {
+        match self {
+            Client::Native(s) => s.closed(why),
+            Client::SocketIo(s) => s.closed(why),
+        }
+    }
+
+    fn send_next(&mut self) -> Vec<Out> {
+        match self {
+            Client::Native(s) => s.send_next(),
+            Client::SocketIo(s) => s.send_next(),
+        }
+    }
+
+    fn live(&self) -> bool {
+        match self {
+            Client::Native(s) => s.live(),
+            Client::SocketIo(s) => s.live(),
+        }
+    }
+
+    /// A native client pings when things go quiet; a Socket.IO client answers the
+    /// server's pings and waits for them.
+    fn ping(&mut self) -> Option<Out> {
+        match self {
+            Client::Native(s) => Some(s.ping()),
+            Client::SocketIo(_) => None,
+        }
+    }
+
+    /// Silence after which the connection is given up.
+    fn dead_after(&self) -> Duration {
+        match self {
+            Client::Native(_) => DEAD,
+            Client::SocketIo(s) => s.dead_after(),
+        }
+    }
+}
 
 /// How long a connection attempt may take.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
@@ -136,7 +205,7 @@ pub async fn until(flag: &mut watch::Receiver<bool>) {
 pub async fn run(world: Arc<World>, me: UserPlan) {
     let room = &world.plan.rooms[me.room];
     let mut rng = StdRng::seed_from_u64(me.seed);
-    let mut session = Session::new(&me.name, &room.name, room.app);
+    let mut session = Client::new(&me, &room.name, room.app);
     let mut faults = link_faults(&world, &mut rng);
     let mut finish = world.finish.clone();
     tokio::select! {
@@ -260,11 +329,7 @@ async fn connect(world: &World, me: &UserPlan, rng: &mut StdRng) -> Option<(Ws, 
                 let Some(front) = fronts.iter().find(|f| f.url == url).cloned() else {
                     continue;
                 };
-                let ws_url = format!(
-                    "ws{}/v1/ws?app={}&state=0&presence={presence}",
-                    url.trim_start_matches("http"),
-                    room.app.name()
-                );
+                let ws_url = ws_url(me, &url, room.app, presence);
                 // The handshake crosses the access link once each way.
                 let one_way = access(world, me, front.place);
                 sleep(one_way).await;
@@ -280,6 +345,22 @@ async fn connect(world: &World, me: &UserPlan, rng: &mut StdRng) -> Option<(Ws, 
     None
 }
 
+/// Where a user's WebSocket goes: the native endpoint (no state frames; presence in
+/// chat rooms), or the app's Engine.IO endpoint.
+fn ws_url(me: &UserPlan, base: &str, app: App, presence: u8) -> String {
+    let base = format!("ws{}", base.trim_start_matches("http"));
+    match me.protocol {
+        Protocol::Native => format!(
+            "{base}/v1/ws?app={}&state=0&presence={presence}",
+            app.name()
+        ),
+        Protocol::SocketIo => format!(
+            "{base}/apps/{}/socket.io/?EIO=4&transport=websocket",
+            app.name()
+        ),
+    }
+}
+
 /// Set SO_LINGER to zero, so closing the socket resets it (RST, not FIN).
 fn reset_on_close(ws: &Ws) {
     if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
@@ -291,13 +372,14 @@ fn reset_on_close(ws: &Ws) {
 async fn serve(
     world: &World,
     me: &UserPlan,
-    session: &mut Session,
+    session: &mut Client,
     ws: Ws,
     front: &Front,
     rng: &mut StdRng,
     faults: &mut VecDeque<(Instant, LinkFault)>,
 ) -> End {
     let mut ws = ws;
+    session.connected(&front.node);
     // Faults that fell due while away are gone.
     while faults.front().is_some_and(|(t, _)| *t <= Instant::now()) {
         faults.pop_front();
@@ -369,12 +451,12 @@ async fn serve(
             }
             _ = heartbeat.tick() => {
                 let silent = last_heard.elapsed();
-                if silent > DEAD {
+                if silent > session.dead_after() {
                     return End::Silent;
                 }
                 if silent > QUIET && !pinged {
                     pinged = true;
-                    outs = vec![session.ping()];
+                    outs = session.ping().into_iter().collect();
                 }
             }
         }

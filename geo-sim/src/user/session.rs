@@ -99,9 +99,15 @@ impl Session {
     }
 
     /// The connection went away: the member (if it is one) dropped; what was waiting
-    /// for an answer waits for the resume.
+    /// for an answer waits for the resume — a chat message, which the room passes over
+    /// if it has it already, not an increment: an increment the node took before it
+    /// was cut off may still count after the heal, so sending it again could count it
+    /// twice (see `docs/protocol.md`). It stays unanswered.
     pub fn closed(&mut self, why: &str) -> Vec<Out> {
         self.waiting.clear();
+        if self.app == App::Counter {
+            self.unanswered.clear();
+        }
         self.node = None;
         let was_live = std::mem::take(&mut self.live);
         if self.member && was_live {
@@ -438,6 +444,22 @@ mod tests {
         assert!(matches!(&records(&out)[0], Op::Join { .. }));
         // The unanswered increment is not sent again under a new membership.
         assert_eq!(sent(&s.send_next())[0]["id"], "u1-2");
+    }
+
+    #[test]
+    fn an_unanswered_increment_is_not_sent_again_after_a_resume() {
+        let mut s = Session::new("u1", "counter-1", App::Counter);
+        s.frame(&welcome("a-1", false));
+        s.frame(&reply(1, true));
+        s.send_next();
+        s.closed("edge");
+        let out = s.frame(&welcome("b-1", false));
+        let r = sent(&out)[0]["ref"].as_u64().unwrap();
+        let out = s.frame(&reply(r, true));
+        let ping = sent(&out)[0]["ref"].as_u64().unwrap();
+        let out = s.frame(&reply(ping, true));
+        assert!(matches!(&records(&out)[0], Op::Resume { .. }));
+        assert!(sent(&out).is_empty(), "the increment stays unanswered");
     }
 
     #[test]

@@ -88,7 +88,7 @@ fn validate_accepts_the_shipped_scenario_and_names_the_line_of_a_bad_one() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("line 20") && stderr.contains("does not fit"),
+        stderr.contains("line 25") && stderr.contains("does not fit"),
         "{stderr}"
     );
 }

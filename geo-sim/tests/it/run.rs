@@ -66,6 +66,48 @@ fn assert_passed(name: &str, seed: u64, code: i32, report: &Value, said: &str) {
 }
 
 #[test]
+fn quick_region_outage_passes_the_checker_and_its_users_resume_elsewhere() {
+    let (code, report, out, said) = quick("region-outage", 13);
+    assert_passed("region-outage", 13, code, &report, &said);
+    let returns = report["figures"]["returns"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let moved = returns.iter().filter(|r| r["why"] == "edge").count();
+    assert!(moved > 20, "the region's users lost their edge: {moved}");
+    assert_eq!(report["figures"]["never_resumed"], 0, "{returns:?}");
+    // Its nodes came back and the rooms' documents agree with the others again.
+    let converged = report["figures"]["converged"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !converged.is_empty() && converged.iter().all(|c| c[2].is_u64()),
+        "{converged:?}"
+    );
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn quick_partition_heal_passes_the_checker_and_converges() {
+    let (code, report, out, said) = quick("partition-heal", 11);
+    assert_passed("partition-heal", 11, code, &report, &said);
+    let converged = report["figures"]["converged"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !converged.is_empty(),
+        "convergence was measured after the heal"
+    );
+    assert!(
+        converged.iter().all(|c| c[2].is_u64()),
+        "every room converged: {converged:?}"
+    );
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
 fn quick_churn_passes_the_checker_and_its_report_renders_in_chromium() {
     let (code, report, out, said) = quick("churn", 12);
     assert_passed("churn", 12, code, &report, &said);
