@@ -21,6 +21,23 @@ pub enum Out {
     Reconnect,
 }
 
+/// Who sent a chat message and its number: the chat example's broadcast is
+/// `{user, text: "<user> <n>", ts}` and geo-sim's users write `<name> <n>`.
+pub fn numbered(message: &Value) -> Option<(String, u64)> {
+    let (from, n) = message["text"].as_str()?.split_once(' ')?;
+    Some((from.to_string(), n.parse().ok()?))
+}
+
+/// How many events a `history_gap` notice says were lost (its message starts with the
+/// count).
+pub fn gap_count(message: &str) -> u64 {
+    message
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// What a `ref` was for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Waiting {
@@ -295,12 +312,7 @@ impl Session {
         if f["event"].as_str() != Some("message") {
             return Vec::new();
         }
-        // `{user, text: "<user> <n>"}`: who sent it and its number.
-        let text = f["data"]["text"].as_str().unwrap_or_default();
-        let Some((from, n)) = text
-            .split_once(' ')
-            .and_then(|(from, n)| Some((from.to_string(), n.parse::<u64>().ok()?)))
-        else {
+        let Some((from, n)) = numbered(&f["data"]) else {
             return Vec::new();
         };
         vec![self.record(Op::Deliver {
@@ -315,11 +327,7 @@ impl Session {
         let message = f["message"].as_str().unwrap_or_default();
         match f["code"].as_str() {
             Some("history_gap") => {
-                let missed = message
-                    .split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
+                let missed = gap_count(message);
                 vec![self.record(Op::Gap {
                     client: self.name.clone(),
                     room: self.room.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::session::Out;
+use super::session::{Out, gap_count, numbered};
 use crate::history::Op;
 use crate::plan::App;
 
@@ -200,11 +200,7 @@ impl SioSession {
                 if let Some(offset) = args.last().and_then(Value::as_str) {
                     self.offset = Some(offset.to_string());
                 }
-                let text = args[1]["text"].as_str().unwrap_or_default();
-                let Some((from, n)) = text
-                    .split_once(' ')
-                    .and_then(|(f, n)| Some((f.to_string(), n.parse::<u64>().ok()?)))
-                else {
+                let Some((from, n)) = numbered(&args[1]) else {
                     return Vec::new();
                 };
                 vec![Out::Record(Op::Deliver {
@@ -215,11 +211,7 @@ impl SioSession {
                 })]
             }
             "edgeroom:error" if args[1]["code"] == "history_gap" => {
-                let missed = args[1]["message"]
-                    .as_str()
-                    .and_then(|m| m.split_whitespace().next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
+                let missed = gap_count(args[1]["message"].as_str().unwrap_or_default());
                 vec![Out::Record(Op::Gap {
                     client: self.name.clone(),
                     room: self.room.clone(),

@@ -152,3 +152,64 @@ fn quick_churn_passes_the_checker_and_its_report_renders_in_chromium() {
     }
     let _ = std::fs::remove_dir_all(out);
 }
+
+/// Node processes of runs whose output goes to `out`, by their command lines.
+fn nodes_of(out: &Path) -> Vec<String> {
+    let needle = out.to_string_lossy().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(" node ") && c.contains(&needle))
+        .collect()
+}
+
+#[test]
+fn ctrl_c_ends_a_run_keeps_its_history_writes_a_report_and_leaves_no_node_behind() {
+    let out = std::env::temp_dir().join(format!("geo-sim-it-ctrl-c-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut run = Command::new(env!("CARGO_BIN_EXE_geo-sim"))
+        .arg("run")
+        .arg(scenario("churn"))
+        .args(["--quick", "--seed", "3", "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("geo-sim runs");
+    // Interrupt once users are sending.
+    let history = out.join("history.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while std::fs::read_to_string(&history).map_or(0, |h| h.matches("\"ack\"").count()) < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never got going"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!nodes_of(&out).is_empty(), "its nodes run as processes");
+    // SAFETY: a signal to our own child.
+    unsafe {
+        libc::kill(run.id() as i32, libc::SIGINT);
+    }
+    let status = run.wait().expect("geo-sim ends");
+    assert_eq!(status.code(), Some(1), "an interrupted run is no pass");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["interrupted"], true);
+    assert_eq!(report["verdict"], "fail");
+    assert!(
+        report["counts"]["acknowledged"].as_u64() >= Some(20),
+        "{}",
+        report["counts"]
+    );
+    assert!(out.join("report.html").exists());
+    assert!(
+        nodes_of(&out).is_empty(),
+        "left behind: {:?}",
+        nodes_of(&out)
+    );
+    let _ = std::fs::remove_dir_all(out);
+}
