@@ -12,7 +12,8 @@
 //! And after the run settles: every node's counter equals the acknowledged increments
 //! (plus at most the unacknowledged ones, which may have landed); every replica's
 //! document is the same; nobody is listed present who is not a member; every node's
-//! control plane applied the same entry at every index and never went back.
+//! control plane applied the same entry at every index and never went back. And no
+//! node panicked, even where it went on serving.
 //!
 //! Pure: a history in, a [`Report`] out. Violations come sorted by time, each with the
 //! records around it, so the earliest counter-example is first.
@@ -78,6 +79,7 @@ pub enum Kind {
     Diverged,
     Ghost,
     ControlPlane,
+    Panic,
 }
 
 /// A message: its room, sender and the sender's number for it.
@@ -267,6 +269,9 @@ pub fn check(history: &[Record]) -> Report {
                         applied.insert(*index, (node.clone(), digest.clone(), i));
                     }
                 }
+            }
+            Op::Panicked { node, what } => {
+                found.push((Kind::Panic, i, format!("{node} panicked at {what}")));
             }
             Op::Connect { .. }
             | Op::Refused { .. }
@@ -678,6 +683,22 @@ mod tests {
         let mut back = ok;
         back.push(applied(5, "n1", 1, "a"));
         assert_eq!(kinds(&check(&back)), vec![Kind::ControlPlane]);
+
+        let mut h = clean();
+        h.push(at(
+            300,
+            Op::Panicked {
+                node: "n1".into(),
+                what: "core.rs:292:9: sequence numbers only grow per origin".into(),
+            },
+        ));
+        let r = check(&h);
+        assert_eq!(kinds(&r), vec![Kind::Panic]);
+        assert!(
+            r.violations[0]
+                .what
+                .contains("n1 panicked at core.rs:292:9")
+        );
     }
 
     #[test]

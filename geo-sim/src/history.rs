@@ -137,6 +137,9 @@ pub enum Op {
         after: String,
         took_ms: Option<u64>,
     },
+    /// `node`'s process panicked (its log says where and what), whether or not it
+    /// went on serving: found in the logs when the run ends.
+    Panicked { node: String, what: String },
     /// A run phase began: `arrival`, `calibration`, `run`, `settle`.
     Phase { name: String },
     /// A fault began (`what` says which, e.g. `kill us-east-1`).

@@ -118,6 +118,15 @@ fn free_port(udp: bool) -> anyhow::Result<u16> {
     })
 }
 
+/// The panics in a log: where (the line after "panicked at") and what (the line after).
+fn panics_in(log: &str) -> impl Iterator<Item = String> + '_ {
+    let mut lines = log.lines();
+    std::iter::from_fn(move || {
+        let at = lines.find_map(|l| l.split_once(" panicked at ").map(|(_, at)| at))?;
+        Some(format!("{at} {}", lines.next().unwrap_or_default()))
+    })
+}
+
 impl Fleet {
     /// Certificates, ports, data directories and config files for every node of the
     /// plan under `dir`; nothing runs yet.
@@ -201,6 +210,20 @@ impl Fleet {
 
     pub fn peers(&self) -> Vec<SocketAddr> {
         self.nodes.iter().map(|n| n.peer).collect()
+    }
+
+    /// Every panic the nodes' logs show, as (node, where: what): a panic is a defect
+    /// even where the node survives it (a room's actor restarts).
+    pub fn panics(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            let Ok(bytes) = std::fs::read(&n.log) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&bytes);
+            out.extend(panics_in(&text).map(|p| (n.plan.name.clone(), p)));
+        }
+        out
     }
 
     pub fn index(&self, name: &str) -> Option<usize> {
@@ -399,5 +422,29 @@ impl Drop for Fleet {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_shows_where_and_what_each_panic_was() {
+        let log = "\
+2026-12-06T16:00:00Z  WARN edgeroom: a line that mentions nothing
+thread 'tokio-rt-worker' (6283) panicked at runtime/room/src/core.rs:292:9:
+sequence numbers only grow per origin
+stack backtrace:
+thread 'main' panicked at src/main.rs:1:1:
+";
+        let found: Vec<String> = panics_in(log).collect();
+        assert_eq!(
+            found,
+            vec![
+                "runtime/room/src/core.rs:292:9: sequence numbers only grow per origin",
+                "src/main.rs:1:1: ",
+            ]
+        );
     }
 }

@@ -652,6 +652,9 @@ pub async fn run(plan: Plan, map: Arc<Map>, opts: &Options) -> anyhow::Result<Ou
     }
     conductor.side.abort_all();
     conductor.fleet.kill_all().await;
+    for (node, what) in conductor.fleet.panics() {
+        recorder.record(Op::Panicked { node, what });
+    }
     background.abort_all();
     while background.join_next().await.is_some() {}
     if let Some(p) = progress {

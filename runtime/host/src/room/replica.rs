@@ -823,9 +823,7 @@ impl Replica {
     fn greeted(&mut self, w: &mut World, from: &NodeId, first: Seq, next: Seq, ctx: &mut Ctx) {
         let lacking = match self.inbound.delivered(from) {
             None => {
-                let ready = self.inbound.start(from, first);
-                self.deliver(w, from, ready, 0, ctx.now_ms);
-                w.core.mark_start(from, first);
+                self.start(w, from, first, ctx.now_ms);
                 self.inbound.delivered(from).map_or(first, Seq::next)
             }
             Some(d) => match next.run == d.run {
@@ -878,6 +876,18 @@ impl Replica {
             };
             ctx.send(to, msg);
         }
+    }
+
+    /// Start taking `origin`'s events at `first` (it said so, or a member's history
+    /// starts there): nothing before is owed here. Its events relayed by other
+    /// replicas may have come already, from earlier still: it starts there instead,
+    /// and what lies between them and `first` is repaired, not marked as never owed
+    /// (the log would take it twice).
+    fn start(&mut self, w: &mut World, origin: &NodeId, first: Seq, now_ms: u64) {
+        let ready = self.inbound.start(origin, first);
+        let start = ready.first().map_or(first, |(_, s, _)| (*s).min(first));
+        self.deliver(w, origin, ready, 0, now_ms);
+        w.core.mark_start(origin, start);
     }
 
     fn take_event(&mut self, w: &mut World, e: WireEvent, ctx: &Ctx) {
@@ -1089,9 +1099,7 @@ impl Replica {
         }
         for (origin, first) in firsts {
             if origin != me && self.inbound.delivered(&origin).is_none() {
-                let ready = self.inbound.start(&origin, first);
-                self.deliver(w, &origin, ready, 0, ctx.now_ms);
-                w.core.mark_start(&origin, first);
+                self.start(w, &origin, first, ctx.now_ms);
             }
         }
         let before = w.core.head().clone();
