@@ -3,10 +3,10 @@
 # Used by geo-sim-quick.sh and geo-sim-full.sh: [--quick] [SCENARIO...] (default: all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-mode=()
-if [ "${1:-}" = "--quick" ]; then mode=(--quick); shift; fi
+mode=() scale=full
+if [ "${1:-}" = "--quick" ]; then mode=(--quick) scale=quick; shift; fi
 seed=${SEED:-1}
-out=${OUT:-target/geo-sim-bench/${mode[0]#--}${mode[0]:+-}seed$seed}
+out=${OUT:-target/geo-sim-bench/$scale-seed$seed}
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   for f in geo-sim/scenarios/*.toml; do names+=("$(basename "$f" .toml)"); done

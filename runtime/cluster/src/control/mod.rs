@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -143,6 +143,9 @@ pub const MAX_ENTRIES_PER_APPEND: u64 = 3;
 /// How long a forwarded write may wait for a leader.
 const WRITE_PATIENCE: Duration = Duration::from_secs(10);
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a joining node keeps asking: membership changes go one at a time, each a
+/// few round trips of the longest link, and a fleet starting at once queues up.
+const JOIN_PATIENCE: Duration = Duration::from_secs(60);
 
 impl ControlPlane {
     /// Open (or create) this node's Raft storage under `dir` and start its Raft. A new
@@ -239,9 +242,11 @@ impl ControlPlane {
                     index: w.log_id().index,
                 }),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
-                    match fwd.leader_node {
-                        Some(leader) => self.forward(&leader, command.clone()).await,
-                        None => Err(WriteError::NoLeader),
+                    match (fwd.leader_id, fwd.leader_node) {
+                        (Some(id), Some(leader)) => {
+                            self.forward(id, &leader, command.clone()).await
+                        }
+                        _ => Err(WriteError::NoLeader),
                     }
                 }
                 Err(e) => Err(WriteError::Failed(e.to_string())),
@@ -256,11 +261,27 @@ impl ControlPlane {
         }
     }
 
-    async fn forward(&self, leader: &Member, command: Command) -> Result<Written, WriteError> {
-        let reply = self
-            .network
-            .call(leader, &RaftRequest::Write(command), RPC_TIMEOUT)
-            .await;
+    /// Send the write to the leader `id`. Given up as soon as this node sees another
+    /// leader or none: a killed leader never answers, and waiting out `RPC_TIMEOUT`
+    /// would hold the write for seconds after a new one is elected. (A write the old
+    /// leader committed just before it went is then tried again, as after any timeout:
+    /// a deploy of the same bytes comes back `unchanged`, the other commands set what
+    /// they set again.)
+    async fn forward(
+        &self,
+        id: RaftId,
+        leader: &Member,
+        command: Command,
+    ) -> Result<Written, WriteError> {
+        let mut metrics = self.raft.metrics();
+        let request = RaftRequest::Write(command);
+        let call = self.network.call(leader, &request, RPC_TIMEOUT);
+        let reply = tokio::select! {
+            reply = call => reply,
+            _ = metrics.wait_for(|m| m.current_leader != Some(id)) => {
+                return Err(WriteError::NoLeader);
+            }
+        };
         match reply {
             Ok(RaftReply::Write(result)) => result,
             Ok(_) => Err(WriteError::Failed("unexpected reply".into())),
@@ -281,11 +302,11 @@ impl ControlPlane {
             info,
             voter,
         };
-        let deadline = tokio::time::Instant::now() + WRITE_PATIENCE;
+        let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
         loop {
             match self.network.call(seed, &request, RPC_TIMEOUT).await {
                 Ok(RaftReply::Write(Ok(_))) => return Ok(()),
-                Ok(RaftReply::Write(Err(WriteError::NoLeader)))
+                Ok(RaftReply::Write(Err(WriteError::NoLeader | WriteError::Busy)))
                     if tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(100)).await
@@ -314,6 +335,9 @@ impl ControlPlane {
             .map_err(|e| WriteError::Failed(e.to_string()))?;
         let fail = |e: RaftError<RaftId, ClientWriteError<RaftId, Member>>| match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => WriteError::NoLeader,
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            )) => WriteError::Busy,
             e => WriteError::Failed(e.to_string()),
         };
         self.raft

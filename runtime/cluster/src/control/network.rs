@@ -62,6 +62,9 @@ pub struct Written {
 pub enum WriteError {
     #[error("no leader: the control plane has no quorum right now")]
     NoLeader,
+    /// Another membership change is under way (nodes joining at once): try again.
+    #[error("the cluster is changing its membership; try again")]
+    Busy,
     #[error("the control plane refused the write: {0}")]
     Failed(String),
 }

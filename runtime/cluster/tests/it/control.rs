@@ -10,7 +10,7 @@ use edgeroom_cluster::control::state::{Command, NodeInfo, Response};
 use edgeroom_cluster::control::{ControlPlane, Member, RaftTiming};
 use edgeroom_cluster::mesh;
 use edgeroom_proto::ids::{AppName, NodeId};
-use edgeroom_transport::{ClusterCa, Endpoint, NodeTls, Timing};
+use edgeroom_transport::{ClusterCa, Endpoint, NodeTls, Timing, Wan};
 
 struct TestNode {
     name: String,
@@ -31,13 +31,24 @@ fn timing() -> RaftTiming {
 }
 
 async fn start(ca: &ClusterCa, name: &str, addr: SocketAddr, dir: &std::path::Path) -> TestNode {
+    start_behind(ca, name, addr, dir, None).await
+}
+
+/// A node whose peer traffic goes through `wan` when given (cuts, delays).
+async fn start_behind(
+    ca: &ClusterCa,
+    name: &str,
+    addr: SocketAddr,
+    dir: &std::path::Path,
+    wan: Option<&Wan>,
+) -> TestNode {
     let node = NodeId::new(name).unwrap();
     let (cert, key) = ca.issue(&node).unwrap();
     let tls = NodeTls::from_pem(node.clone(), ca.cert_pem(), &cert, &key).unwrap();
     // A restarted node takes its old port back; the old socket may take a moment to go.
     let deadline = Instant::now() + Duration::from_secs(5);
     let endpoint = loop {
-        match Endpoint::bind(addr, &tls, None, Timing::default()) {
+        match Endpoint::bind(addr, &tls, wan, Timing::default()) {
             Ok(e) => break Arc::new(e),
             Err(e) if Instant::now() > deadline => panic!("rebinding {addr}: {e:#}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -81,10 +92,20 @@ impl TestNode {
 }
 
 async fn cluster(ca: &ClusterCa, dirs: &tempfile::TempDir, names: &[&str]) -> Vec<TestNode> {
+    cluster_behind(ca, dirs, names, None).await
+}
+
+async fn cluster_behind(
+    ca: &ClusterCa,
+    dirs: &tempfile::TempDir,
+    names: &[&str],
+    wan: Option<&Wan>,
+) -> Vec<TestNode> {
     let mut nodes = Vec::new();
     for name in names {
         let dir = dirs.path().join(name);
-        nodes.push(start(ca, name, "127.0.0.1:0".parse().unwrap(), &dir).await);
+        let addr = "127.0.0.1:0".parse().unwrap();
+        nodes.push(start_behind(ca, name, addr, &dir, wan).await);
     }
     let voters: Vec<Member> = nodes.iter().map(TestNode::member).collect();
     for n in &nodes {
@@ -226,6 +247,42 @@ async fn losing_the_leader_elects_another_and_writes_go_on() {
     }
 }
 
+/// A leader that goes silent (cut off, as a killed process is) never answers a write
+/// forwarded to it: the follower gives the call up once it sees the election, and the
+/// next leader commits the write, well before the call's own timeout (5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_to_a_leader_that_goes_silent_goes_to_the_next_leader() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let wan = Wan::new();
+    let nodes = cluster_behind(&ca, &dirs, &["a", "b", "c"], Some(&wan)).await;
+    let leader = wait_for("a leader", Duration::from_secs(10), || leader_of(&nodes)).await;
+    let follower = (leader + 1) % nodes.len();
+    nodes[follower]
+        .control
+        .write(deploy("counter", b"one", None))
+        .await
+        .unwrap();
+
+    let others: Vec<SocketAddr> = (0..nodes.len())
+        .filter(|&i| i != leader)
+        .map(|i| nodes[i].addr)
+        .collect();
+    wan.partition(&[nodes[leader].addr], &others);
+    let cut = Instant::now();
+    let r = nodes[follower]
+        .control
+        .write(deploy("counter", b"two", None))
+        .await
+        .unwrap();
+    let took = cut.elapsed();
+    assert!(matches!(r, Response::Deployed { version: 2, .. }), "{r:?}");
+    assert!(took < Duration::from_secs(4), "the write took {took:?}");
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_down_during_deploys_catches_up_from_its_disk_and_the_leader() {
     let ca = ClusterCa::generate("t").unwrap();
@@ -334,4 +391,48 @@ async fn a_new_node_joins_as_a_learner_and_receives_the_state() {
     );
     assert!(started.elapsed() < Duration::from_secs(15));
     joiner.stop().await;
+}
+
+/// A fleet that starts at once joins at once: membership changes go one at a time, so
+/// a join that meets another under way waits its turn instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_join_at_once_all_become_voters() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let nodes = cluster(&ca, &dirs, &["a", "b", "c"]).await;
+    wait_for("a leader", Duration::from_secs(10), || leader_of(&nodes)).await;
+    let mut joiners = Vec::new();
+    for name in ["d", "e", "f", "g"] {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        joiners.push(start(&ca, name, addr, &dirs.path().join(name)).await);
+    }
+    let joins = joiners.iter().enumerate().map(|(i, j)| {
+        let info = NodeInfo {
+            region: "sa-east".into(),
+            peer_addr: j.addr,
+            client_urls: vec!["http://127.0.0.1:1".into()],
+            lat: -23.55,
+            lon: -46.63,
+        };
+        let seed = nodes[i % nodes.len()].member();
+        async move { j.control.join(&seed, info, true).await }
+    });
+    for (r, j) in futures_util::future::join_all(joins)
+        .await
+        .into_iter()
+        .zip(&joiners)
+    {
+        assert!(r.is_ok(), "{} did not join: {r:?}", j.name);
+    }
+    let voters = wait_for("seven voters", Duration::from_secs(10), || {
+        let v = nodes[0].control.status().voters;
+        (v.len() == 7).then_some(v)
+    })
+    .await;
+    for name in ["d", "e", "f", "g"] {
+        assert!(voters.contains(&name.to_string()), "{voters:?}");
+    }
+    for n in nodes.into_iter().chain(joiners) {
+        n.stop().await;
+    }
 }
