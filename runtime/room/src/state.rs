@@ -2,8 +2,9 @@
 //!
 //! Handlers read and write JSON at a path; lists take numeric segments. Counters are
 //! Automerge counters, so increments made concurrently on different replicas sum
-//! instead of overwriting each other. The document is what replicas sync (the
-//! Automerge sync protocol, [`RoomDoc::sync_message`] and [`RoomDoc::receive_sync`]).
+//! instead of overwriting each other. Replicas send each other their changes
+//! ([`RoomDoc::changes_since`], [`RoomDoc::apply_changes`]) and catch up with the
+//! Automerge sync protocol ([`RoomDoc::sync_message`], [`RoomDoc::receive_sync`]).
 //!
 //! Replicas create containers concurrently: two nodes whose first `incr` lands at the
 //! same moment would each create a counter at `count`, Automerge would keep one, and
@@ -276,6 +277,40 @@ impl RoomDoc {
         })
     }
 
+    /// This document's changes that are not among `heads` or their ancestors, encoded:
+    /// what a replica sends its peers after it changed the document.
+    pub fn changes_since(&mut self, heads: &[ChangeHash]) -> Vec<Vec<u8>> {
+        self.doc
+            .get_changes(heads)
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect()
+    }
+
+    /// Take in changes a peer sent. One whose dependencies this document lacks waits
+    /// inside it until they come (the sync protocol brings them). Whether the document
+    /// changed, and which of the given changes it holds now.
+    pub fn apply_changes(
+        &mut self,
+        changes: &[Vec<u8>],
+    ) -> Result<(bool, Vec<ChangeHash>), String> {
+        let parsed = changes
+            .iter()
+            .map(|b| Change::from_bytes(b.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        let hashes: Vec<ChangeHash> = parsed.iter().map(Change::hash).collect();
+        let before = self.doc.get_heads();
+        self.doc.apply_changes(parsed).map_err(err)?;
+        let held = hashes.into_iter().filter(|h| self.knows(h)).collect();
+        Ok((self.doc.get_heads() != before, held))
+    }
+
+    /// Whether this document holds the change `hash`.
+    pub fn knows(&mut self, hash: &ChangeHash) -> bool {
+        self.doc.get_change_meta_by_hash(hash).is_some()
+    }
+
     /// The next Automerge sync message for a peer whose sync state is `state`, if
     /// there is anything to say.
     pub fn sync_message(&mut self, state: &mut sync::State) -> Option<Vec<u8>> {
@@ -482,6 +517,42 @@ mod tests {
         assert!(a.increment("", 1).is_err());
         a.put("s", &json!("x")).unwrap();
         assert!(a.increment("s", 1).is_err());
+    }
+
+    #[test]
+    fn changes_sent_as_they_are_apply_once_their_dependencies_are_there() {
+        let mut a = RoomDoc::new();
+        a.increment("count", 1).unwrap();
+        let mut b = RoomDoc { doc: a.doc.fork() };
+        let start = a.heads();
+        a.increment("count", 2).unwrap();
+        let first = a.changes_since(&start);
+        let middle = a.heads();
+        a.increment("count", 4).unwrap();
+        let second = a.changes_since(&middle);
+        assert_eq!(
+            (first.len(), second.len()),
+            (1, 1),
+            "a call's own changes only"
+        );
+
+        // The second arrives first: it waits, and is not held.
+        let (changed, held) = b.apply_changes(&second).unwrap();
+        assert!(!changed && held.is_empty());
+        assert_eq!(b.get("count").unwrap(), Some(json!(1)));
+        let (changed, held) = b.apply_changes(&first).unwrap();
+        assert!(changed);
+        assert_eq!(held.len(), 1);
+        assert_eq!(
+            b.get("count").unwrap(),
+            Some(json!(7)),
+            "the waiting one applied too"
+        );
+        assert_eq!(b.heads(), a.heads());
+        // Again: nothing changes, and it is held.
+        let (changed, held) = b.apply_changes(&second).unwrap();
+        assert!(!changed && held.len() == 1);
+        assert!(b.apply_changes(&[vec![1, 2, 3]]).is_err());
     }
 
     #[test]

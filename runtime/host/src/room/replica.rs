@@ -18,8 +18,13 @@
 //! - **Numbering.** A room takes a fresh run of sequence numbers each time it loads
 //!   (`room::runs`), so numbers only grow per origin however nodes restart or their
 //!   clocks step, and a new run is never a gap.
-//! - **State.** The Automerge sync protocol with every other replica, after every
-//!   change on either side; a peer's reconnection restarts it from scratch.
+//! - **State.** A call's Automerge changes go to every other replica as they are
+//!   (`Changes`), which answers with what it applied and its heads (`Applied`). A
+//!   replica passes what peers sent it to those not known to have it a second later
+//!   (for one its origin could not reach), and catches up by the Automerge sync
+//!   protocol when it meets a peer (hello) or gets a change without what it depends
+//!   on. (The sync protocol after every change, relayed by every replica, cost a
+//!   conversation between every pair of replicas per change: half of a busy node.)
 //! - **Presence.** Each node owns its members' entries. `Hello` carries them all (a
 //!   replica greets a node that newly has members in the room, and every peer after a
 //!   reconnection; the greeted one answers), `Presence` the changes; a node declared
@@ -30,8 +35,8 @@
 //!   an exact count of what nobody had (`room::catchup`).
 //! - **Confirmed replies.** The answer to an emit goes out once another replica holds
 //!   what the call produced — its events (the replicas the origin sends to directly
-//!   say how far they got, `Got`) and its change to the document (the sync protocol's
-//!   shared heads) — so a crash of this node cannot take back what a client was told
+//!   say how far they got, `Got`) and its change to the document (`Applied`, or the
+//!   sync protocol's shared heads) — so a crash of this node cannot take back what a client was told
 //!   is done. Members here get the events at once. A room no other node has answers at
 //!   once; so does one whose other replicas all left, or died while this node still
 //!   hears a majority (a node cut off holds its answers: it is about to send its
@@ -45,7 +50,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use automerge::sync;
+use automerge::{ChangeHash, sync};
 use tokio::sync::oneshot;
 
 use super::outbox::Link;
@@ -65,6 +70,12 @@ pub type Replicator = replicate::Replicator<RoomMsg>;
 /// How long a gap waits for the missing events before the origin is asked for them
 /// (and how often an origin whose start is unknown is asked for its hello).
 const REPAIR_PATIENCE: Duration = Duration::from_millis(300);
+/// How long changes that came from peers wait before they are offered to the other
+/// replicas (their origin offers them first; a relay per change cost a sync between
+/// every pair of replicas).
+const RELAY_AFTER: Duration = Duration::from_secs(1);
+/// Bytes of changes sent as they are, at most; more go by the sync protocol.
+const CHANGES_PART: usize = 1 << 20;
 /// Payload bytes per backfill message, at most (well below the frame limit).
 const BACKFILL_PART: usize = 1 << 20;
 
@@ -167,8 +178,19 @@ pub enum RoomMsg {
         conn: ConnId,
         reason: String,
     },
-    /// An Automerge sync message.
+    /// An Automerge sync message: how replicas catch up when they meet (hello) or a
+    /// change came without what it depends on.
     Sync(Vec<u8>),
+    /// Automerge changes, encoded: the sender's own after a call changed the document,
+    /// or, a moment later, what it took in from others (for replicas their origin could
+    /// not reach). Answered with `Applied`.
+    Changes(Vec<Vec<u8>>),
+    /// The sender took in `Changes`: which of them it holds now (one missing what it
+    /// depends on waits), and its heads.
+    Applied {
+        held: Vec<ChangeHash>,
+        heads: Vec<ChangeHash>,
+    },
     /// Ask the receiver (the origin) for its events `from..=to`.
     Repair {
         from: Seq,
@@ -369,6 +391,16 @@ pub struct Replica {
     /// Per peer this node sends its events to directly, how far it has them.
     acked: HashMap<NodeId, Seq>,
     max_pending: usize,
+    /// When the changes peers sent are next offered to the replicas not known to have
+    /// them (see `relay`), and the heads from before the first of them.
+    relay_at: Option<(Instant, Vec<ChangeHash>)>,
+    /// The document's heads when this replica last sent its changes or took in
+    /// others': a call's own changes are those beyond (unknown until the first call).
+    sent_heads: Option<Vec<ChangeHash>>,
+    /// Per peer, changes it is known to hold: its last heads and what it said it
+    /// applied that a held answer waits for (those this document knows). How a call's
+    /// change is confirmed without asking Automerge for ancestry on every message.
+    confirmed: HashMap<NodeId, HashSet<ChangeHash>>,
 }
 
 /// What a call produced that waits until its effects are on another replica too: the
@@ -408,6 +440,9 @@ impl Replica {
             answer: None,
             acked: HashMap::new(),
             max_pending,
+            relay_at: None,
+            sent_heads: None,
+            confirmed: HashMap::new(),
         }
     }
 
@@ -523,7 +558,7 @@ impl Replica {
                 .push(Effect::Publish(RoomMsg::Presence { joined, left }));
         }
         if state {
-            self.sync_all(w, ctx);
+            self.send_changes(w, ctx);
         }
         // After the call's events, so a kicked member gets those sent straight to it.
         for (node, conn, reason) in kicks {
@@ -585,6 +620,12 @@ impl Replica {
     /// a replica in another region when the room has one (a region can go down whole),
     /// else any other.
     fn release(&mut self, w: &mut World, ctx: &Ctx) {
+        self.release_confirmed(w, ctx, false);
+    }
+
+    /// `release`; `thorough` also asks Automerge whether a peer's heads descend from a
+    /// call's change (costly in a long history: on ticks, not on every message).
+    fn release_confirmed(&mut self, w: &mut World, ctx: &Ctx, thorough: bool) {
         if self.pending.is_empty() {
             return;
         }
@@ -599,11 +640,20 @@ impl Replica {
             let events = p
                 .upto
                 .is_none_or(|s| self.acked.iter().any(|(n, a)| *a >= s && counts(n)));
+            let mut holds = |theirs: &mut dyn Iterator<Item = &ChangeHash>| {
+                let theirs: Vec<ChangeHash> = theirs.copied().collect();
+                p.heads.iter().all(|h| theirs.contains(h))
+                    || (thorough && w.doc.covered(&p.heads, &theirs))
+            };
             let doc = p.heads.is_empty()
                 || self
                     .sync
                     .iter()
-                    .any(|(n, st)| counts(n) && w.doc.covered(&p.heads, &st.shared_heads));
+                    .any(|(n, st)| counts(n) && holds(&mut st.shared_heads.iter()))
+                || self
+                    .confirmed
+                    .iter()
+                    .any(|(n, theirs)| counts(n) && holds(&mut theirs.iter()));
             if !(events && doc) {
                 return;
             }
@@ -618,6 +668,61 @@ impl Replica {
     fn release_all(&mut self, w: &mut World) {
         for p in std::mem::take(&mut self.pending) {
             Self::send_out(w, p);
+        }
+    }
+
+    /// A peer's changes came in: members get the state, and the other replicas get
+    /// them a moment later from here too, if they are not known to have them.
+    fn took_in(&mut self, w: &mut World, before: Vec<ChangeHash>, ctx: &Ctx) {
+        w.doc_received();
+        self.sent_heads = Some(w.doc.heads());
+        self.relay_at.get_or_insert((ctx.now + RELAY_AFTER, before));
+    }
+
+    /// Send this replica's changes since it last sent (a call's) to every other.
+    /// Before the first, a sync conversation with each: what is new is not known.
+    fn send_changes(&mut self, w: &mut World, ctx: &mut Ctx) {
+        let Some(since) = self.sent_heads.replace(w.doc.heads()) else {
+            return self.sync_all(w, ctx);
+        };
+        let changes = w.doc.changes_since(&since);
+        if changes.is_empty() {
+            return;
+        }
+        if bytes_of(&changes) > CHANGES_PART {
+            return self.sync_all(w, ctx);
+        }
+        for node in ctx.peers.interested() {
+            ctx.send(&node, RoomMsg::Changes(changes.clone()));
+        }
+    }
+
+    /// Pass what peers sent since `from` to the replicas not known to have it all. A
+    /// change's origin sends it to every replica itself; this is for those it could not
+    /// reach (a one-way cut, or it died just after reaching one). Passing every change
+    /// on at once made each cost a message between every pair of replicas; this is one
+    /// per pair and second, at most, and none to a replica that said it has it.
+    fn relay(&mut self, w: &mut World, from: &[ChangeHash], ctx: &mut Ctx) {
+        let heads = w.doc.heads();
+        let mut changes = None;
+        for node in ctx.peers.interested() {
+            if self
+                .confirmed
+                .get(&node)
+                .is_some_and(|theirs| heads.iter().all(|h| theirs.contains(h)))
+            {
+                continue;
+            }
+            let changes = changes.get_or_insert_with(|| w.doc.changes_since(from));
+            if bytes_of(changes) > CHANGES_PART {
+                // Too much to send blind: the sync protocol sends only what it lacks.
+                let state = self.sync.entry(node.clone()).or_default();
+                if let Some(msg) = w.doc.sync_message(state) {
+                    ctx.send(&node, RoomMsg::Sync(msg));
+                }
+            } else if !changes.is_empty() {
+                ctx.send(&node, RoomMsg::Changes(changes.clone()));
+            }
         }
     }
 
@@ -737,6 +842,7 @@ impl Replica {
                 }
             }
             RoomMsg::Sync(bytes) => {
+                let before = w.doc.heads();
                 let state = self.sync.entry(from.clone()).or_default();
                 match w.doc.receive_sync(state, &bytes) {
                     Ok(changed) => {
@@ -745,7 +851,7 @@ impl Replica {
                             ctx.send(&from, RoomMsg::Sync(msg));
                         }
                         if changed {
-                            w.doc_changed();
+                            self.took_in(w, before, ctx);
                         }
                         self.release(w, ctx);
                     }
@@ -754,6 +860,44 @@ impl Replica {
                         self.sync.remove(&from);
                     }
                 }
+            }
+            RoomMsg::Changes(changes) => {
+                let before = w.doc.heads();
+                match w.doc.apply_changes(&changes) {
+                    Ok((changed, held)) => {
+                        if changed {
+                            self.took_in(w, before, ctx);
+                        }
+                        if held.len() < changes.len() {
+                            // Some wait for changes this replica lacks: catch up with
+                            // the sender (a fresh conversation, as after a hello).
+                            let state = self.sync.entry(from.clone()).or_default();
+                            *state = sync::State::new();
+                            if let Some(msg) = w.doc.sync_message(state) {
+                                ctx.send(&from, RoomMsg::Sync(msg));
+                            }
+                        }
+                        let heads = w.doc.heads();
+                        ctx.send(&from, RoomMsg::Applied { held, heads });
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %from, room = %self.room.1, "bad changes: {e}");
+                    }
+                }
+            }
+            RoomMsg::Applied { held, heads } => {
+                let waited: HashSet<ChangeHash> = self
+                    .pending
+                    .iter()
+                    .flat_map(|p| p.heads.iter().copied())
+                    .collect();
+                let theirs = self.confirmed.entry(from).or_default();
+                // Changes go to a peer in order and are applied only after what they
+                // depend on: held ones stay known while an answer waits for them.
+                theirs.retain(|h| waited.contains(h));
+                theirs.extend(held.into_iter().filter(|h| waited.contains(h)));
+                theirs.extend(heads.into_iter().filter(|h| w.doc.knows(h)));
+                self.release(w, ctx);
             }
             RoomMsg::Repair { from: first, to } => {
                 let (events, first_available) = w.core.own_range(first, to);
@@ -943,6 +1087,12 @@ impl Replica {
     /// Ask origins for the events of gaps that stayed open too long, and for the
     /// hello of those whose messages wait for one.
     fn poll(&mut self, w: &mut World, ctx: &mut Ctx) {
+        if let Some((at, from)) = self.relay_at.take() {
+            match ctx.now >= at {
+                true => self.relay(w, &from, ctx),
+                false => self.relay_at = Some((at, from)),
+            }
+        }
         let overdue: Vec<NodeId> = self
             .orphans
             .iter()
@@ -957,6 +1107,7 @@ impl Replica {
         if !self.pending.is_empty() && self.alone(ctx) {
             self.release_all(w);
         }
+        self.release_confirmed(w, ctx, true);
         for ask in self.inbound.poll(ctx.now) {
             match ask {
                 Ask::Repair { origin, from, to } => {
@@ -1167,6 +1318,7 @@ impl Replica {
     /// not come.
     fn peer_down(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
         self.sync.remove(node);
+        self.confirmed.remove(node);
         self.owed.remove(node);
         self.acked.remove(node);
         for a in &mut self.adoptions {
@@ -1202,6 +1354,10 @@ impl Replica {
             }
         }
     }
+}
+
+fn bytes_of(changes: &[Vec<u8>]) -> usize {
+    changes.iter().map(Vec::len).sum()
 }
 
 /// A peer's message for a room that is not loaded here: a repair request gets "nothing

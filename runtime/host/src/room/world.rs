@@ -361,14 +361,20 @@ impl World {
         r
     }
 
-    /// The document changed (here or through a peer): members get the state, the disk
-    /// and the other replicas the change.
+    /// The document changed here: members get the state, the disk and the other
+    /// replicas the change.
     pub fn doc_changed(&mut self) {
-        self.state_changed = true;
-        self.unsaved = true;
+        self.doc_received();
         if let Some(out) = &mut self.outgoing {
             out.state = true;
         }
+    }
+
+    /// A peer's change came in: members get the state and the disk the change; the
+    /// replica passes it on to the others later, if they still lack it.
+    pub fn doc_received(&mut self) {
+        self.state_changed = true;
+        self.unsaved = true;
     }
 }
 

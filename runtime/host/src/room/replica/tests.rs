@@ -1355,3 +1355,26 @@ fn concurrent_claims_settle_on_one_holder_everywhere() {
         );
     }
 }
+
+/// A change whose origin cannot reach one replica (a one-way cut) still gets there: a
+/// replica that has it offers what peers sent it to the others a moment later.
+#[test]
+fn a_change_reaches_a_replica_its_origin_cannot_reach_through_another() {
+    for seed in 0..5 {
+        let mut sim = Sim::new(3, seed);
+        for (i, name) in ["m0", "m1", "m2"].into_iter().enumerate() {
+            sim.join(i, name);
+        }
+        sim.settle();
+        sim.cut.insert((0, 2));
+        sim.nodes[0].world.doc.increment("count", 1).unwrap();
+        sim.nodes[0].world.doc_changed();
+        sim.after(0);
+        sim.settle();
+        let count = |sim: &Sim, i: usize| sim.nodes[i].world.doc.to_json()["count"].clone();
+        assert_eq!(count(&sim, 1), serde_json::json!(1), "seed {seed}");
+        sim.tick(1100);
+        sim.settle();
+        assert_eq!(count(&sim, 2), serde_json::json!(1), "seed {seed}: relayed");
+    }
+}
