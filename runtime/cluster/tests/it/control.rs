@@ -139,6 +139,17 @@ fn deploy(app: &str, wasm: &[u8], base: Option<u64>) -> Command {
     }
 }
 
+/// What a node joining in these tests says of itself.
+fn joiner_info(peer_addr: SocketAddr) -> NodeInfo {
+    NodeInfo {
+        region: "sa-east".into(),
+        peer_addr,
+        client_urls: vec!["http://127.0.0.1:1".into()],
+        lat: -23.55,
+        lon: -46.63,
+    }
+}
+
 fn live(node: &TestNode, app: &str) -> Option<(u64, Vec<u8>)> {
     let state = node.control.state();
     let (v, bytes) = state.live_handler(&AppName::new(app).unwrap())?;
@@ -349,13 +360,7 @@ async fn a_new_node_joins_as_a_learner_and_receives_the_state() {
         &dirs.path().join("d"),
     )
     .await;
-    let info = NodeInfo {
-        region: "sa-east".into(),
-        peer_addr: joiner.addr,
-        client_urls: vec!["http://127.0.0.1:1".into()],
-        lat: -23.55,
-        lon: -46.63,
-    };
+    let info = joiner_info(joiner.addr);
     // Through a node that may not be the leader.
     joiner
         .control
@@ -407,13 +412,7 @@ async fn nodes_that_join_at_once_all_become_voters() {
         joiners.push(start(&ca, name, addr, &dirs.path().join(name)).await);
     }
     let joins = joiners.iter().enumerate().map(|(i, j)| {
-        let info = NodeInfo {
-            region: "sa-east".into(),
-            peer_addr: j.addr,
-            client_urls: vec!["http://127.0.0.1:1".into()],
-            lat: -23.55,
-            lon: -46.63,
-        };
+        let info = joiner_info(j.addr);
         let seed = nodes[i % nodes.len()].member();
         async move { j.control.join(&seed, info, true).await }
     });

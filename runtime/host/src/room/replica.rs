@@ -400,7 +400,7 @@ pub struct Replica {
     /// Per peer, changes it is known to hold: its last heads and what it said it
     /// applied that a held answer waits for (those this document knows). How a call's
     /// change is confirmed without asking Automerge for ancestry on every message.
-    confirmed: HashMap<NodeId, HashSet<ChangeHash>>,
+    confirmed: HashMap<NodeId, Vec<ChangeHash>>,
 }
 
 /// What a call produced that waits until its effects are on another replica too: the
@@ -523,11 +523,7 @@ impl Replica {
                 reply,
             },
         );
-        let state = self.sync.entry(node.clone()).or_default();
-        *state = sync::State::new();
-        if let Some(msg) = w.doc.sync_message(state) {
-            ctx.send(node, RoomMsg::Sync(msg));
-        }
+        self.sync_with(w, node, true, ctx);
     }
 
     /// Send what the last call produced to the other replicas.
@@ -640,20 +636,19 @@ impl Replica {
             let events = p
                 .upto
                 .is_none_or(|s| self.acked.iter().any(|(n, a)| *a >= s && counts(n)));
-            let mut holds = |theirs: &mut dyn Iterator<Item = &ChangeHash>| {
-                let theirs: Vec<ChangeHash> = theirs.copied().collect();
+            let mut holds = |theirs: &[ChangeHash]| {
                 p.heads.iter().all(|h| theirs.contains(h))
-                    || (thorough && w.doc.covered(&p.heads, &theirs))
+                    || (thorough && w.doc.covered(&p.heads, theirs))
             };
             let doc = p.heads.is_empty()
                 || self
                     .sync
                     .iter()
-                    .any(|(n, st)| counts(n) && holds(&mut st.shared_heads.iter()))
+                    .any(|(n, st)| counts(n) && holds(&st.shared_heads))
                 || self
                     .confirmed
                     .iter()
-                    .any(|(n, theirs)| counts(n) && holds(&mut theirs.iter()));
+                    .any(|(n, theirs)| counts(n) && holds(theirs));
             if !(events && doc) {
                 return;
             }
@@ -686,14 +681,8 @@ impl Replica {
             return self.sync_all(w, ctx);
         };
         let changes = w.doc.changes_since(&since);
-        if changes.is_empty() {
-            return;
-        }
-        if bytes_of(&changes) > CHANGES_PART {
-            return self.sync_all(w, ctx);
-        }
         for node in ctx.peers.interested() {
-            ctx.send(&node, RoomMsg::Changes(changes.clone()));
+            self.offer(w, &node, &changes, ctx);
         }
     }
 
@@ -714,25 +703,37 @@ impl Replica {
                 continue;
             }
             let changes = changes.get_or_insert_with(|| w.doc.changes_since(from));
-            if bytes_of(changes) > CHANGES_PART {
-                // Too much to send blind: the sync protocol sends only what it lacks.
-                let state = self.sync.entry(node.clone()).or_default();
-                if let Some(msg) = w.doc.sync_message(state) {
-                    ctx.send(&node, RoomMsg::Sync(msg));
-                }
-            } else if !changes.is_empty() {
-                ctx.send(&node, RoomMsg::Changes(changes.clone()));
-            }
+            self.offer(w, &node, changes, ctx);
         }
     }
 
     /// Offer every other replica what it lacks of the document.
     fn sync_all(&mut self, w: &mut World, ctx: &mut Ctx) {
         for node in ctx.peers.interested() {
-            let state = self.sync.entry(node.clone()).or_default();
-            if let Some(msg) = w.doc.sync_message(state) {
-                ctx.send(&node, RoomMsg::Sync(msg));
-            }
+            self.sync_with(w, &node, false, ctx);
+        }
+    }
+
+    /// Say the next thing of the sync conversation with `node`, if there is one;
+    /// `afresh` starts the conversation over (a hello, or this replica lacks what a
+    /// change depends on: what was said before may be lost).
+    fn sync_with(&mut self, w: &mut World, node: &NodeId, afresh: bool, ctx: &mut Ctx) {
+        let state = self.sync.entry(node.clone()).or_default();
+        if afresh {
+            *state = sync::State::new();
+        }
+        if let Some(msg) = w.doc.sync_message(state) {
+            ctx.send(node, RoomMsg::Sync(msg));
+        }
+    }
+
+    /// Send `changes` to `node` as they are, or, past `CHANGES_PART`, by the sync
+    /// protocol (which sends only what the peer lacks).
+    fn offer(&mut self, w: &mut World, node: &NodeId, changes: &[Vec<u8>], ctx: &mut Ctx) {
+        if bytes_of(changes) > CHANGES_PART {
+            self.sync_with(w, node, false, ctx);
+        } else if !changes.is_empty() {
+            ctx.send(node, RoomMsg::Changes(changes.to_vec()));
         }
     }
 
@@ -783,12 +784,7 @@ impl Replica {
                 w.push_presence(joined, left);
                 match reply {
                     true => self.hello(w, &from, false, ctx),
-                    false => {
-                        let state = self.sync.entry(from.clone()).or_default();
-                        if let Some(msg) = w.doc.sync_message(state) {
-                            ctx.send(&from, RoomMsg::Sync(msg));
-                        }
-                    }
+                    false => self.sync_with(w, &from, false, ctx),
                 }
             }
             RoomMsg::Presence { joined, left } => {
@@ -847,9 +843,7 @@ impl Replica {
                 match w.doc.receive_sync(state, &bytes) {
                     Ok(changed) => {
                         // Answer (the protocol is a conversation), and pass the change on.
-                        if let Some(msg) = w.doc.sync_message(state) {
-                            ctx.send(&from, RoomMsg::Sync(msg));
-                        }
+                        self.sync_with(w, &from, false, ctx);
                         if changed {
                             self.took_in(w, before, ctx);
                         }
@@ -870,12 +864,8 @@ impl Replica {
                         }
                         if held.len() < changes.len() {
                             // Some wait for changes this replica lacks: catch up with
-                            // the sender (a fresh conversation, as after a hello).
-                            let state = self.sync.entry(from.clone()).or_default();
-                            *state = sync::State::new();
-                            if let Some(msg) = w.doc.sync_message(state) {
-                                ctx.send(&from, RoomMsg::Sync(msg));
-                            }
+                            // the sender.
+                            self.sync_with(w, &from, true, ctx);
                         }
                         let heads = w.doc.heads();
                         ctx.send(&from, RoomMsg::Applied { held, heads });
@@ -897,6 +887,8 @@ impl Replica {
                 theirs.retain(|h| waited.contains(h));
                 theirs.extend(held.into_iter().filter(|h| waited.contains(h)));
                 theirs.extend(heads.into_iter().filter(|h| w.doc.knows(h)));
+                theirs.sort_unstable();
+                theirs.dedup();
                 self.release(w, ctx);
             }
             RoomMsg::Repair { from: first, to } => {

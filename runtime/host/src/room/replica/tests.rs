@@ -503,6 +503,35 @@ impl Sim {
         }
     }
 
+    /// Three replicas with a member each ("m" on n0) and five events of n1's that
+    /// everyone has.
+    fn three_with_history(seed: u64) -> (Sim, ConnId) {
+        let mut sim = Sim::new(3, seed);
+        let m = sim.join(0, "m");
+        sim.join(1, "a");
+        sim.join(2, "x");
+        sim.settle();
+        for _ in 0..5 {
+            sim.publish(1);
+        }
+        sim.settle();
+        (sim, m)
+    }
+
+    /// n1's second event reaches n0 now, relayed by n2 (as a history answer would).
+    fn relay_n1s_second_event_from_n2_to_n0(&mut self) {
+        let n1 = self.nodes[1].id.clone();
+        let second = WireEvent::new(&self.nodes[2].world.core.origin_after(&n1, Seq::new(0, 0))[1]);
+        let n2 = self.nodes[2].id.clone();
+        self.step(
+            0,
+            Input::Receive {
+                from: n2,
+                msg: RoomMsg::Event(second),
+            },
+        );
+    }
+
     /// A client that was a member elsewhere resumes on node `i` with `cursor`.
     fn adopt(&mut self, i: usize, name: &str, cursor: Cursor) -> ConnId {
         let conn = ConnId::from_trusted(name.into());
@@ -1152,15 +1181,7 @@ fn what_a_dead_node_sent_one_replica_reaches_the_others() {
 #[test]
 fn history_that_arrives_before_an_origins_hello_is_no_gap_and_comes_once() {
     for seed in 0..40 {
-        let mut sim = Sim::new(3, seed);
-        let m = sim.join(0, "m");
-        sim.join(1, "a");
-        sim.join(2, "x");
-        sim.settle();
-        for _ in 0..5 {
-            sim.publish(1);
-        }
-        sim.settle();
+        let (mut sim, m) = Sim::three_with_history(seed);
         let cursor = sim.cursor_of(0, &m);
         sim.kill(0);
         sim.restart(0);
@@ -1202,16 +1223,7 @@ fn an_origins_event_relayed_before_its_hello_is_logged_once() {
     // n0 gets a member: n1 greets it ("from the 6th on")...
     let m = sim.join(0, "m");
     // ...but its 2nd event, relayed by n2, gets there first.
-    let n1 = sim.nodes[1].id.clone();
-    let second = WireEvent::new(&sim.nodes[2].world.core.origin_after(&n1, Seq::new(0, 0))[1]);
-    let n2 = sim.nodes[2].id.clone();
-    sim.step(
-        0,
-        Input::Receive {
-            from: n2,
-            msg: RoomMsg::Event(second),
-        },
-    );
+    sim.relay_n1s_second_event_from_n2_to_n0();
     sim.after(0);
     sim.settle();
     sim.publish(1);
@@ -1227,29 +1239,12 @@ fn an_origins_event_relayed_before_its_hello_is_logged_once() {
 /// nothing its cursor covers.
 #[test]
 fn an_origins_event_relayed_before_a_resume_starts_it_is_logged_once() {
-    let mut sim = Sim::new(3, 0);
-    let m = sim.join(0, "m");
-    sim.join(1, "a");
-    sim.join(2, "x");
-    sim.settle();
-    for _ in 0..5 {
-        sim.publish(1);
-    }
-    sim.settle();
+    let (mut sim, m) = Sim::three_with_history(0);
     let cursor = sim.cursor_of(0, &m);
     sim.kill(0);
     sim.restart(0);
     sim.cut.extend([(0, 1), (1, 0)]);
-    let n1 = sim.nodes[1].id.clone();
-    let second = WireEvent::new(&sim.nodes[2].world.core.origin_after(&n1, Seq::new(0, 0))[1]);
-    let n2 = sim.nodes[2].id.clone();
-    sim.step(
-        0,
-        Input::Receive {
-            from: n2,
-            msg: RoomMsg::Event(second),
-        },
-    );
+    sim.relay_n1s_second_event_from_n2_to_n0();
     let m = sim.adopt(0, "m", cursor);
     sim.settle();
     sim.cut.clear();
