@@ -16,11 +16,14 @@
 //! - A gap that stays open for `patience` becomes a [`Ask::Repair`] for the origin's
 //!   log, asked again every `patience` until filled; skipping what the origin no
 //!   longer has counts only numbers known to have been used.
+//! - A lost *last* message leaves no gap behind it: the origin says how far it went
+//!   ([`heard`]) once it falls quiet, and what is missing up to there is a gap too.
 //!
 //! Sans-IO: fed messages and time, returns actions; the room's replica does the I/O.
 //!
 //! [`start`]: Inbound::start
 //! [`poll`]: Inbound::poll
+//! [`heard`]: Inbound::heard
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -59,6 +62,9 @@ struct Origin<T> {
     /// Declared dead: whatever arrives next starts it (nobody will say where).
     gone: bool,
     waiting: BTreeMap<Seq, T>,
+    /// The last number the origin said it used, while it is beyond what was delivered
+    /// (its tail: nothing after it shows the gap).
+    told: Option<Seq>,
     /// When the current wait (a gap, or for the start) began, and when it was last
     /// asked about.
     waiting_since: Option<Instant>,
@@ -76,8 +82,19 @@ impl<T> Origin<T> {
             delivered: None,
             gone: false,
             waiting: BTreeMap::new(),
+            told: None,
             waiting_since: None,
             asked_at: None,
+        }
+    }
+
+    /// The last number known to be missing: before the first held message, or the
+    /// last the origin said it used.
+    fn missing_upto(&self) -> Option<Seq> {
+        let d = self.delivered?;
+        match self.waiting.keys().next() {
+            Some(first) => Some(first.prev()),
+            None => self.told.filter(|t| *t > d),
         }
     }
 
@@ -94,8 +111,11 @@ impl<T> Origin<T> {
             out.push((origin.clone(), seq, msg));
         }
         self.delivered = Some(d);
+        if self.told.is_some_and(|t| t <= d) {
+            self.told = None;
+        }
         // A wait is over once nothing waits; otherwise the rest of it is still open.
-        if self.waiting.is_empty() {
+        if self.waiting.is_empty() && self.told.is_none() {
             self.waiting_since = None;
             self.asked_at = None;
         }
@@ -181,28 +201,29 @@ impl<T> Inbound<T> {
     pub fn poll(&mut self, now: Instant) -> Vec<Ask> {
         let mut out = Vec::new();
         for (origin, o) in &mut self.origins {
-            let (Some(since), Some(&first_waiting)) = (o.waiting_since, o.waiting.keys().next())
-            else {
+            let Some(since) = o.waiting_since else {
                 continue;
             };
             let due = now.saturating_duration_since(o.asked_at.unwrap_or(since)) >= self.patience;
             if !due {
                 continue;
             }
-            o.asked_at = Some(now);
-            out.push(match o.delivered {
-                None => Ask::Start {
+            let ask = match (o.delivered, o.missing_upto()) {
+                (None, _) if !o.waiting.is_empty() => Ask::Start {
                     origin: origin.clone(),
                 },
-                Some(d) => Ask::Repair {
+                (Some(d), Some(to)) => Ask::Repair {
                     origin: origin.clone(),
-                    from: match first_waiting.run == d.run {
+                    from: match to.run == d.run {
                         true => d.next(),
-                        false => Seq::first(first_waiting.run),
+                        false => Seq::first(to.run),
                     },
-                    to: first_waiting.prev(),
+                    to,
                 },
-            });
+                _ => continue,
+            };
+            o.asked_at = Some(now);
+            out.push(ask);
         }
         out
     }
@@ -234,6 +255,19 @@ impl<T> Inbound<T> {
         o.delivered = Some(seq.prev().max(at));
         o.release(origin, &mut out);
         (out, skipped)
+    }
+
+    /// The origin says the last number it used is `upto`: if that was not delivered, it
+    /// is missing like a gap (repaired after `patience`). Ignored before the origin's
+    /// start is known (its hello says where it is).
+    pub fn heard(&mut self, origin: &NodeId, upto: Seq, now: Instant) {
+        let o = self.origin(origin);
+        let Some(d) = o.delivered else { return };
+        if upto <= d || o.told.is_some_and(|t| t >= upto) {
+            return;
+        }
+        o.told = Some(upto);
+        o.waiting_since.get_or_insert(now);
     }
 
     /// The last number delivered from `origin`; `None` if not started.
@@ -411,6 +445,48 @@ mod tests {
         }
         assert_eq!(seqs(inb.receive(&a, s(1, 4), 4, t)), [(1, 4), (1, 5)]);
         assert!(inb.poll(t + 20 * p).is_empty(), "closed");
+    }
+
+    #[test]
+    fn a_lost_last_message_is_repaired_once_the_origin_says_how_far_it_went() {
+        let t = Instant::now();
+        let p = Duration::from_millis(50);
+        let (mut inb, a) = started(s(1, 1));
+        inb.receive(&a, s(1, 1), 1, t);
+        // 2 and 3 were lost and nothing came after them: no gap to see.
+        assert!(inb.poll(t + 10 * p).is_empty());
+        inb.heard(&a, s(1, 3), t);
+        assert!(inb.poll(t + p / 2).is_empty(), "not before patience");
+        let repair = Ask::Repair {
+            origin: a.clone(),
+            from: s(1, 2),
+            to: s(1, 3),
+        };
+        assert_eq!(inb.poll(t + p), std::slice::from_ref(&repair));
+        assert_eq!(inb.poll(t + 2 * p), [repair], "asked again");
+        assert_eq!(seqs(inb.receive(&a, s(1, 2), 2, t)), [(1, 2)]);
+        assert_eq!(seqs(inb.receive(&a, s(1, 3), 3, t)), [(1, 3)]);
+        assert!(inb.poll(t + 10 * p).is_empty(), "closed");
+        // Told what was already delivered: nothing to ask.
+        inb.heard(&a, s(1, 3), t);
+        assert!(inb.poll(t + 20 * p).is_empty());
+    }
+
+    #[test]
+    fn a_tail_the_origin_no_longer_has_is_not_asked_for_forever() {
+        let t = Instant::now();
+        let p = Duration::from_millis(50);
+        let (mut inb, a) = started(s(1, 1));
+        inb.receive(&a, s(1, 1), 1, t);
+        inb.heard(&a, s(1, 4), t);
+        assert_eq!(inb.poll(t + p).len(), 1);
+        // The origin's answer: its log starts at 6 now (trimmed); 2..=4 are lost.
+        assert_eq!(inb.skip_to(&a, s(1, 6)), (vec![], 4));
+        assert!(inb.poll(t + 10 * p).is_empty());
+        // A tail heard before the origin's start is known is the hello's business.
+        let mut fresh: Inbound<u32> = Inbound::new(p, 100);
+        fresh.heard(&a, s(1, 4), t);
+        assert!(fresh.poll(t + 10 * p).is_empty());
     }
 
     #[test]

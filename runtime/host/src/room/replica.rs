@@ -10,7 +10,9 @@
 //!   forwarded (one copy per interested region). What arrives from a peer goes through
 //!   `edgeroom_room::order::Inbound`: per-origin FIFO, duplicates dropped, gaps held and then
 //!   repaired from the origin's log (`Repair`/`Repaired`), or skipped with a notice that
-//!   counts exactly the events lost. A replica picks up an origin where the origin's
+//!   counts exactly the events lost. A lost last event leaves no gap to see (a relayed
+//!   copy goes down with a relay's link): once its events fall quiet, an origin says
+//!   how far they go (`Tail`). A replica picks up an origin where the origin's
 //!   hello says (`Hello::next`: what it sends from then on is owed here), never at
 //!   whatever arrives first; the origin keeps that point until it hears the replica
 //!   went away, so a hello lost with a link loses nothing. Remote events enter this replica's log, so a client
@@ -74,6 +76,9 @@ const REPAIR_PATIENCE: Duration = Duration::from_millis(300);
 /// replicas (their origin offers them first; a relay per change cost a sync between
 /// every pair of replicas).
 const RELAY_AFTER: Duration = Duration::from_secs(1);
+/// How long after its last event an origin tells the other replicas how far its events
+/// go, and when it says so again (in case that word was lost too).
+const TELL_TAIL_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
 /// Bytes of changes sent as they are, at most; more go by the sync protocol.
 const CHANGES_PART: usize = 1 << 20;
 /// Payload bytes per backfill message, at most (well below the frame limit).
@@ -185,6 +190,12 @@ pub enum RoomMsg {
     /// or, a moment later, what it took in from others (for replicas their origin could
     /// not reach). Answered with `Applied`.
     Changes(Vec<Vec<u8>>),
+    /// `origin`'s events here go up to `upto` (it fell quiet): what a replica lacks of
+    /// them it asks `origin` for. Relayed like the events.
+    Tail {
+        origin: NodeId,
+        upto: Seq,
+    },
     /// The sender took in `Changes`: which of them it holds now (one missing what it
     /// depends on waits), and its heads.
     Applied {
@@ -231,7 +242,7 @@ pub enum RoomMsg {
 
 impl Relay for RoomMsg {
     fn relayed(&self) -> bool {
-        matches!(self, RoomMsg::Event(_))
+        matches!(self, RoomMsg::Event(_) | RoomMsg::Tail { .. })
     }
 }
 
@@ -401,6 +412,15 @@ pub struct Replica {
     /// applied that a held answer waits for (those this document knows). How a call's
     /// change is confirmed without asking Automerge for ancestry on every message.
     confirmed: HashMap<NodeId, Vec<ChangeHash>>,
+    /// This node's last event here and when it was sent, until the others were told
+    /// how far its events go (`told` times: see `TELL_TAIL_AFTER`).
+    tail: Option<Tail>,
+}
+
+struct Tail {
+    upto: Seq,
+    since: Instant,
+    told: usize,
 }
 
 /// What a call produced that waits until its effects are on another replica too: the
@@ -443,6 +463,7 @@ impl Replica {
             relay_at: None,
             sent_heads: None,
             confirmed: HashMap::new(),
+            tail: None,
         }
     }
 
@@ -539,7 +560,16 @@ impl Replica {
             kicks,
             handled,
         } = out;
-        self.hold(w, events.last().map(|e| e.seq), state, ctx);
+        let upto = events.last().map(|e| e.seq);
+        self.hold(w, upto, state, ctx);
+        if let Some(upto) = upto {
+            let since = ctx.now;
+            self.tail = Some(Tail {
+                upto,
+                since,
+                told: 0,
+            });
+        }
         for (key, reply) in handled {
             let reply = reply.map(|p| (p.json, p.binaries));
             ctx.out
@@ -913,6 +943,11 @@ impl Replica {
                 }
             }
             RoomMsg::AskHello => self.hello(w, &from, false, ctx),
+            RoomMsg::Tail { origin, upto } => {
+                if origin != *w.core.origin() {
+                    self.inbound.heard(&origin, upto, ctx.now);
+                }
+            }
             RoomMsg::Got { upto } => {
                 let a = self.acked.entry(from).or_default();
                 *a = (*a).max(upto);
@@ -1100,6 +1135,7 @@ impl Replica {
             self.release_all(w);
         }
         self.release_confirmed(w, ctx, true);
+        self.tell_tail(w, ctx);
         for ask in self.inbound.poll(ctx.now) {
             match ask {
                 Ask::Repair { origin, from, to } => {
@@ -1108,6 +1144,24 @@ impl Replica {
                 Ask::Start { origin } => self.hello(w, &origin, true, ctx),
             }
         }
+    }
+
+    /// Once this node's events here fall quiet, tell the other replicas how far they
+    /// go: one lost on its way (a relay's link died with it in flight) has no later
+    /// event to show the gap.
+    fn tell_tail(&mut self, w: &World, ctx: &mut Ctx) {
+        let Some(t) = &mut self.tail else { return };
+        let Some(after) = TELL_TAIL_AFTER.get(t.told) else {
+            self.tail = None;
+            return;
+        };
+        if ctx.now.saturating_duration_since(t.since) < *after {
+            return;
+        }
+        t.told += 1;
+        let (origin, upto) = (w.core.origin().clone(), t.upto);
+        ctx.out
+            .push(Effect::Publish(RoomMsg::Tail { origin, upto }));
     }
 
     /// Members another node says it holds. A member held by two nodes belongs to the

@@ -1373,3 +1373,34 @@ fn a_change_reaches_a_replica_its_origin_cannot_reach_through_another() {
         assert_eq!(count(&sim, 2), serde_json::json!(1), "seed {seed}: relayed");
     }
 }
+
+/// The last event an origin sent before falling quiet is lost on its way to one
+/// replica (a relay's link died with it in flight; the origin's own link never failed,
+/// so no hello follows, and no later event shows the gap): the origin's word on how
+/// far its events go brings it, in order, once.
+#[test]
+fn a_lost_last_event_reaches_the_replica_once_its_origin_falls_quiet() {
+    for seed in 0..10 {
+        let mut sim = Sim::new(3, seed);
+        sim.join(0, "a");
+        sim.join(1, "b");
+        let x = sim.join(2, "x");
+        sim.settle();
+        for _ in 0..3 {
+            sim.publish(0);
+        }
+        sim.settle();
+        sim.cut.insert((0, 2));
+        sim.publish(0);
+        while sim.deliver_one() {}
+        sim.cut.clear();
+        sim.settle();
+        assert_eq!(by_origin(sim.seen(2, &x))["n0"], range(1, 3), "seed {seed}");
+        // A second later n0 says how far its events go.
+        sim.tick(1_000);
+        sim.settle();
+        let seen = sim.seen(2, &x);
+        assert!(seen.gaps.is_empty(), "seed {seed}: {:?}", seen.gaps);
+        assert_eq!(by_origin(seen)["n0"], range(1, 4), "seed {seed}");
+    }
+}
