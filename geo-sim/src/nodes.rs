@@ -158,7 +158,9 @@ impl Fleet {
             .map(|n| format!("\"{}@{}\"", n.plan.name, n.peer))
             .collect();
         for n in &nodes {
-            let mut limits = String::new();
+            // Every simulated user comes from this machine's one address: a node may
+            // hold them all (after its region's neighbours fail), a few sockets each.
+            let mut limits = format!("sockets_per_ip = {}\n", plan.users.len() * 4 + 64);
             if let Some(ms) = plan.node_settings.presence_grace_ms {
                 limits.push_str(&format!("presence_grace_ms = {ms}\n"));
             }

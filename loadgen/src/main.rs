@@ -180,7 +180,10 @@ async fn fanout(args: &Args, target: &Target) -> anyhow::Result<Value> {
     for r in 0..args.rooms {
         let room = format!("load-{r}");
         for m in 0..args.subs {
-            let (tx, rx) = target.connect_to(m, &room, None).await?;
+            // Members come from many loopback sources, as a crowd comes from many
+            // addresses (a node caps sockets per address).
+            let from = std::net::IpAddr::from([127, 0, 0, 2 + ((r * args.subs + m) % 249) as u8]);
+            let (tx, rx) = target.connect_to(m, &room, Some(from)).await?;
             let publisher = (m < args.pubs).then_some(r * args.pubs + m);
             // Which publishers of the run sit on another node than this member.
             let remote: Vec<bool> = (0..n_pubs)

@@ -201,14 +201,10 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
             gateway.shutdown_rx(),
         ));
     }
-    let mut stop = gateway.shutdown_rx();
-    let server = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!("server stopped: {e}");
-        }
+    let server = tokio::spawn({
+        let (stop, limits) = (gateway.shutdown_rx(), gateway.config.limits.clone());
+        let metrics = gateway.metrics.clone();
+        async move { edgeroom_gateway::front::serve(listener, app, &limits, metrics, stop).await }
     });
     let upkeep = tokio::spawn(upkeep(gateway.clone()));
     if gateway.cluster.is_some() {

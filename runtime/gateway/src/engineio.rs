@@ -7,6 +7,7 @@
 //! polls, posts and its WebSocket — are handled in arrival order by one owner.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::socketio::SocketIo;
 use crate::Gateway;
+use edgeroom_host::metrics;
 use edgeroom_host::room::{KillSwitch, Outbound, Outbox};
 use edgeroom_proto::close::Disconnect;
 use edgeroom_proto::engineio::session::{
@@ -40,6 +42,10 @@ const READ_BUFFER: usize = 1024;
 const RACING_POLL: Duration = Duration::from_millis(200);
 /// Messages already read from a WebSocket handled in one go before writing.
 const READ_BATCH: usize = 32;
+/// The most of an unwanted request body read (and dropped) before answering, and for
+/// how long (see `drain`).
+const DRAIN_BYTES: usize = 16 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// How long a probing WebSocket may take to send `5`.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -109,6 +115,42 @@ struct Link {
 #[derive(Default)]
 pub struct Engine {
     sessions: Mutex<HashMap<String, Link>>,
+    /// Sessions per client address (see `limits.engineio_sessions_per_ip`).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A session's place in its client address's count; given back when it drops.
+struct IpPlace {
+    node: Arc<Gateway>,
+    ip: IpAddr,
+}
+
+impl IpPlace {
+    /// A place for one more session from `ip`, unless that address holds its share.
+    fn take(node: &Arc<Gateway>, ip: IpAddr) -> Option<IpPlace> {
+        let mut per_ip = node.engine.per_ip.lock();
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= node.config.limits.engineio_sessions_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpPlace {
+            node: node.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpPlace {
+    fn drop(&mut self) {
+        let mut per_ip = self.node.engine.per_ip.lock();
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Engine.IO's error body: `{"code": N, "message": ...}`.
@@ -154,30 +196,63 @@ pub struct EioQuery {
 }
 
 /// Serve one Engine.IO request for `service`.
-pub async fn handle(
-    node: Arc<Gateway>,
-    service: Service,
+pub async fn handle(node: Arc<Gateway>, service: Service, req: Request) -> Response {
+    let (method, headers) = (req.method.clone(), req.headers.clone());
+    let origin = headers.get(header::ORIGIN).cloned();
+    let mut res = route(&node, service, req).await;
+    cors(&node, origin, &headers, &method, &mut res);
+    res
+}
+
+/// An Engine.IO request's parts, as the Engine.IO server takes them.
+pub struct Request {
     method: Method,
     headers: HeaderMap,
     query: Option<EioQuery>,
     ws: Option<WebSocketUpgrade>,
     body: Body,
-) -> Response {
-    let origin = headers.get(header::ORIGIN).cloned();
-    let mut res = route(&node, service, &method, &headers, query, ws, body).await;
-    cors(&node, origin, &headers, &method, &mut res);
-    res
+    /// The client's address, when it connected here (see `front::ClientAddr`).
+    client: Option<IpAddr>,
 }
 
-async fn route(
-    node: &Arc<Gateway>,
-    service: Service,
-    method: &Method,
-    headers: &HeaderMap,
-    query: Option<EioQuery>,
-    ws: Option<WebSocketUpgrade>,
-    body: Body,
-) -> Response {
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Request {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let query = axum::extract::Query::<EioQuery>::try_from_uri(&parts.uri)
+            .ok()
+            .map(|q| q.0);
+        let ws = <WebSocketUpgrade as axum::extract::FromRequestParts<S>>::from_request_parts(
+            &mut parts, state,
+        )
+        .await
+        .ok();
+        let client = parts
+            .extensions
+            .get::<crate::front::ClientAddr>()
+            .map(|a| a.0.ip().to_canonical());
+        Ok(Self {
+            method: parts.method,
+            headers: parts.headers,
+            query,
+            ws,
+            body,
+            client,
+        })
+    }
+}
+
+async fn route(node: &Arc<Gateway>, service: Service, req: Request) -> Response {
+    let Request {
+        method,
+        headers,
+        query,
+        ws,
+        body,
+        client,
+    } = req;
+    let (method, headers) = (&method, &headers);
     if method == Method::OPTIONS && headers.contains_key(header::ORIGIN) {
         return empty(StatusCode::NO_CONTENT);
     }
@@ -204,6 +279,7 @@ async fn route(
                 .map(|l| l.inbox.clone())
         };
         let Some(inbox) = link else {
+            drain(body).await;
             return eio_error(node, StatusCode::BAD_REQUEST, RequestError::UnknownSid);
         };
         if websocket {
@@ -219,15 +295,15 @@ async fn route(
             Method::GET => ask(&inbox, Input::Poll).await,
             Method::POST => {
                 let max = node.config.socketio.max_payload;
-                let body = match http_body_util::Limited::new(body, max).collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                let body = match read_post(body, max).await {
+                    Ok(b) => b,
+                    Err(PostBody::TooLarge) => {
                         node.metrics.bad_frame("engineio_too_large");
                         return empty(StatusCode::PAYLOAD_TOO_LARGE);
                     }
-                    Err(_) => return empty(StatusCode::BAD_REQUEST),
+                    Err(PostBody::Broken) => return empty(StatusCode::BAD_REQUEST),
                 };
-                let Ok(body) = String::from_utf8(body.to_vec()) else {
+                let Ok(body) = String::from_utf8(body) else {
                     node.metrics.bad_frame("engineio_not_utf8");
                     return empty(StatusCode::BAD_REQUEST);
                 };
@@ -270,12 +346,29 @@ async fn route(
         );
     }
     if node.metrics.connections.get() >= node.config.limits.max_connections as i64 {
+        metrics::count(&node.metrics.sessions_refused, "node");
         return eio_refuse(
             node,
             StatusCode::SERVICE_UNAVAILABLE,
             "this node is at its connection limit; try another",
         );
     }
+    // Requests a peer forwarded carry no address: their client was counted where it
+    // connected, and a handshake is never forwarded.
+    let place = match client {
+        Some(ip) => match IpPlace::take(node, ip) {
+            Some(place) => Some(place),
+            None => {
+                metrics::count(&node.metrics.sessions_refused, "ip");
+                return eio_refuse(
+                    node,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many sessions from this address",
+                );
+            }
+        },
+        None => None,
+    };
     let sid = super::forward::new_sid(node);
     let transport = if websocket {
         Transport::WebSocket
@@ -301,7 +394,8 @@ async fn route(
             service: service.clone(),
         },
     );
-    let driver = Driver::new(node.clone(), sid, service, transport, inbox);
+    let mut driver = Driver::new(node.clone(), sid, service, transport, inbox);
+    driver.place = place;
     match ws {
         Some(ws) if websocket => {
             let max = node.config.socketio.max_payload;
@@ -320,6 +414,52 @@ async fn route(
             text(engineio::encode(&handshake.packet()))
         }
     }
+}
+
+/// Why a POST body was not taken.
+enum PostBody {
+    /// Over `max_payload` (what followed was read and dropped).
+    TooLarge,
+    /// The client's body broke off.
+    Broken,
+}
+
+/// A POST body of at most `max` bytes. A larger one is still read to its end (and
+/// dropped) before the answer, as [`drain`] does.
+async fn read_post(mut body: Body, max: usize) -> Result<Vec<u8>, PostBody> {
+    let mut got = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(PostBody::Broken);
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if got.len() + data.len() > max {
+            drain(body).await;
+            return Err(PostBody::TooLarge);
+        }
+        got.extend_from_slice(&data);
+    }
+    Ok(got)
+}
+
+/// Read and drop a request body answered without it, up to `DRAIN_BYTES` for at most
+/// `DRAIN_TIME`: a socket closed with unread bytes is reset, and the client loses the
+/// answer with it (the reference server reads them too). Past the bound the
+/// connection is closed anyway.
+async fn drain(mut body: Body) {
+    let read = async {
+        let mut left = DRAIN_BYTES;
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, |d| d.len());
+            if n >= left {
+                break;
+            }
+            left -= n;
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
 /// A WebSocket with the payload limit, and a small read buffer: most sessions are idle,
@@ -411,6 +551,8 @@ struct Driver {
     /// Boxed: rarely there, and large.
     probe: Option<Box<(WebSocket, Instant)>>,
     inbox: Arc<Inbox>,
+    /// Its place in its client address's count, for as long as the session lives.
+    place: Option<IpPlace>,
 }
 
 impl Driver {
@@ -449,6 +591,7 @@ impl Driver {
             ws: None,
             probe: None,
             inbox,
+            place: None,
         }
     }
 

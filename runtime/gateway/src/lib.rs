@@ -10,6 +10,7 @@
 mod admin;
 pub mod engineio;
 pub mod forward;
+pub mod front;
 pub mod native;
 pub mod socketio;
 mod state;
@@ -19,10 +20,9 @@ pub use state::{Gateway, gone};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
@@ -119,54 +119,7 @@ async fn index(State(node): State<Arc<Gateway>>) -> impl IntoResponse {
     )
 }
 
-/// An Engine.IO request's parts, as the Engine.IO server takes them.
-struct EioRequest {
-    method: Method,
-    headers: HeaderMap,
-    query: Option<engineio::EioQuery>,
-    ws: Option<WebSocketUpgrade>,
-    body: Body,
-}
-
-impl EioRequest {
-    async fn serve(self, node: Arc<Gateway>, service: engineio::Service) -> Response {
-        engineio::handle(
-            node,
-            service,
-            self.method,
-            self.headers,
-            self.query,
-            self.ws,
-            self.body,
-        )
-        .await
-    }
-}
-
-impl<S: Send + Sync> axum::extract::FromRequest<S> for EioRequest {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let (mut parts, body) = req.into_parts();
-        let query = Query::<engineio::EioQuery>::try_from_uri(&parts.uri)
-            .ok()
-            .map(|q| q.0);
-        let ws = <WebSocketUpgrade as axum::extract::FromRequestParts<S>>::from_request_parts(
-            &mut parts, state,
-        )
-        .await
-        .ok();
-        Ok(Self {
-            method: parts.method,
-            headers: parts.headers,
-            query,
-            ws,
-            body,
-        })
-    }
-}
-
-async fn socketio_default(State(node): State<Arc<Gateway>>, req: EioRequest) -> Response {
+async fn socketio_default(State(node): State<Arc<Gateway>>, req: engineio::Request) -> Response {
     let Some(app) = node.config.default_app.clone() else {
         return http_error(
             StatusCode::NOT_FOUND,
@@ -174,22 +127,22 @@ async fn socketio_default(State(node): State<Arc<Gateway>>, req: EioRequest) -> 
             "this node has no default app; use /apps/{app}/socket.io/",
         );
     };
-    req.serve(node, engineio::Service::SocketIo(app)).await
+    engineio::handle(node, engineio::Service::SocketIo(app), req).await
 }
 
 async fn socketio_app(
     State(node): State<Arc<Gateway>>,
     Path(app): Path<String>,
-    req: EioRequest,
+    req: engineio::Request,
 ) -> Response {
     match AppName::new(&app) {
-        Ok(app) => req.serve(node, engineio::Service::SocketIo(app)).await,
+        Ok(app) => engineio::handle(node, engineio::Service::SocketIo(app), req).await,
         Err(e) => http_error(StatusCode::BAD_REQUEST, "invalid_name", e),
     }
 }
 
-async fn engineio_echo(State(node): State<Arc<Gateway>>, req: EioRequest) -> Response {
-    req.serve(node, engineio::Service::Echo).await
+async fn engineio_echo(State(node): State<Arc<Gateway>>, req: engineio::Request) -> Response {
+    engineio::handle(node, engineio::Service::Echo, req).await
 }
 
 /// 200 while the node takes clients; 503 while it sends them away (stopping, or cut

@@ -143,6 +143,23 @@ pub struct Limits {
     pub max_rooms_per_conn: usize,
     /// Concurrent client connections.
     pub max_connections: usize,
+    /// Engine.IO sessions (Socket.IO clients) one IP address may hold; a handshake
+    /// beyond it is refused with 429 and counted in
+    /// `edgeroom_sessions_refused{kind="ip"}`. (A polling session outlives the requests
+    /// that made it, so the socket caps do not bound it.)
+    pub engineio_sessions_per_ip: usize,
+    /// Client TCP sockets open at once (HTTP requests, long-polls, WebSockets); a new
+    /// one beyond it is closed at once and counted in
+    /// `edgeroom_sockets_refused{kind="node"}`. 0: the process's open-file limit less
+    /// 256 (kept for the store, peers and logs).
+    pub max_sockets: usize,
+    /// Client TCP sockets one IP address may hold open; a new one beyond it is closed
+    /// at once and counted in `edgeroom_sockets_refused{kind="ip"}`.
+    pub sockets_per_ip: usize,
+    /// How long a client may take to send a request's head, and how long a kept-alive
+    /// HTTP connection may sit idle before its next request; past it the socket is
+    /// closed and counted in `edgeroom_http_timeouts`.
+    pub http_header_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -168,6 +185,10 @@ impl Default for Limits {
             max_handler_bytes: 16 * 1024 * 1024,
             max_rooms_per_conn: 100,
             max_connections: 19_000,
+            engineio_sessions_per_ip: 256,
+            max_sockets: 0,
+            sockets_per_ip: 1024,
+            http_header_timeout_ms: 10_000,
         }
     }
 }
@@ -226,6 +247,12 @@ impl NodeConfig {
                 && self.limits.peer_streams > 0
                 && self.limits.engineio_queue > 0,
             "queues must hold at least one item"
+        );
+        anyhow::ensure!(
+            self.limits.sockets_per_ip > 0
+                && self.limits.engineio_sessions_per_ip > 0
+                && self.limits.http_header_timeout_ms > 0,
+            "sockets_per_ip, engineio_sessions_per_ip and http_header_timeout_ms must be positive"
         );
         anyhow::ensure!(
             self.sandbox.tick_ms > 0 && self.sandbox.call_deadline_ms >= self.sandbox.tick_ms,

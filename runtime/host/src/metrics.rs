@@ -18,6 +18,16 @@ pub struct KindLabel {
 pub struct Metrics {
     registry: Registry,
     pub connections: Gauge,
+    /// Client TCP sockets open now (see `gateway::front`).
+    pub sockets: Gauge,
+    /// Client sockets closed on arrival over a cap, by cap (`node`, `ip`).
+    pub sockets_refused: Family<KindLabel, Counter>,
+    /// Engine.IO handshakes refused over a cap, by cap (`node`: `max_connections`;
+    /// `ip`: `engineio_sessions_per_ip`).
+    pub sessions_refused: Family<KindLabel, Counter>,
+    /// Client sockets closed because a request's head (or the next request on a
+    /// kept-alive connection) did not come in time.
+    pub http_timeouts: Counter,
     pub rooms: Gauge,
     pub handler_instances: Gauge,
     pub events: Counter,
@@ -50,6 +60,10 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("edgeroom");
         let connections = Gauge::default();
+        let sockets = Gauge::default();
+        let sockets_refused = Family::default();
+        let http_timeouts = Counter::default();
+        let sessions_refused = Family::default();
         let rooms = Gauge::default();
         let handler_instances = Gauge::default();
         let events = Counter::default();
@@ -72,6 +86,22 @@ impl Metrics {
             "connections",
             "Client connections open now",
             connections.clone(),
+        );
+        registry.register("sockets", "Client TCP sockets open now", sockets.clone());
+        registry.register(
+            "sockets_refused",
+            "Client sockets closed on arrival over a cap, by cap (node, ip)",
+            sockets_refused.clone(),
+        );
+        registry.register(
+            "sessions_refused",
+            "Engine.IO handshakes refused over a cap, by cap (node, ip)",
+            sessions_refused.clone(),
+        );
+        registry.register(
+            "http_timeouts",
+            "Client sockets closed for sending no request head in time",
+            http_timeouts.clone(),
         );
         registry.register("rooms", "Rooms loaded on this node", rooms.clone());
         registry.register(
@@ -139,6 +169,10 @@ impl Metrics {
         Self {
             registry,
             connections,
+            sockets,
+            sockets_refused,
+            http_timeouts,
+            sessions_refused,
             rooms,
             handler_instances,
             events,
@@ -170,9 +204,7 @@ impl Metrics {
     }
 
     pub fn bad_frame(&self, code: &str) {
-        self.bad_frames
-            .get_or_create(&KindLabel { kind: code.into() })
-            .inc();
+        count(&self.bad_frames, code);
     }
 
     /// Prometheus text exposition.
@@ -206,4 +238,9 @@ impl edgeroom_sandbox::Meter for Metrics {
     fn failed(&self, kind: &str) {
         self.handler_error(kind);
     }
+}
+
+/// One more of `kind` in a counter family.
+pub fn count(family: &Family<KindLabel, Counter>, kind: &str) {
+    family.get_or_create(&KindLabel { kind: kind.into() }).inc();
 }

@@ -10,6 +10,7 @@ mod cluster;
 mod dataplane;
 mod deploy;
 mod examples;
+mod hostile;
 mod native;
 mod resume;
 mod sandbox;

@@ -117,3 +117,36 @@ async fn a_poll_that_raced_the_close_gets_its_noop() {
     assert_eq!(after.status(), 400);
     node.stop().await;
 }
+
+/// A POST answered without its body being read (an unknown sid, or a body over
+/// `max_payload`) still gets its answer: the node reads the body and drops it, as the
+/// reference server does. Answering first and closing with bytes unread reset the
+/// connection, and the client never saw the 400 (most often with large bodies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_post_that_is_refused_gets_its_answer_not_a_reset() {
+    let node = node().await;
+    let big = vec![b'4'; 2_000_000];
+    for _ in 0..10 {
+        // A fresh connection each time, as a client whose session died would.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let url = node.url("/socket.io/?EIO=4&transport=polling&sid=nosuchsession");
+        let res = http.post(&url).body(big.clone()).send().await;
+        let res = res.expect("an answer, not a reset");
+        assert_eq!(res.status().as_u16(), 400);
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["code"], 1, "{body}");
+    }
+    // Over max_payload on a live session: 413, and the session goes on.
+    let http = reqwest::Client::new();
+    let url = open_polling(&node, &http).await;
+    let res = http.post(&url).body(big).send().await.expect("an answer");
+    assert_eq!(res.status().as_u16(), 413);
+    let res = http.post(&url).body("40").send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let connected = http.get(&url).send().await.unwrap().text().await.unwrap();
+    assert!(connected.starts_with("40{"), "{connected}");
+    node.stop().await;
+}
