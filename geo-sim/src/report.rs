@@ -576,8 +576,9 @@ fn html(
     let _ = write!(
         h,
         "</table><h2>Checks</h2><table><tr><th>sent</th><th>acknowledged</th><th>delivered</th><th>lost</th>\
-         <th>duplicated</th><th>unexpected</th><th>out of order</th><th>skipped</th><th>reported missing</th></tr>\
-         <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+         <th>duplicated</th><th>unexpected</th><th>out of order</th><th>unacknowledged, overtaken after a reconnection</th>\
+         <th>skipped</th><th>reported missing</th></tr>\
+         <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
         n.sent,
         n.acknowledged,
         n.delivered,
@@ -585,6 +586,7 @@ fn html(
         n.duplicated,
         n.unexpected,
         n.out_of_order,
+        n.reordered_unacknowledged,
         n.skipped,
         n.reported_missing
     );
