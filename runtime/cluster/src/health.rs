@@ -210,9 +210,25 @@ async fn ping_forever(
 ) {
     let interval = health.timing.interval;
     loop {
-        // Any failure: wait a beat and dial again; silence makes the verdict.
+        // Any failure: dial again (at most once a beat); silence makes the verdict.
+        let began = Instant::now();
         let _ = ping_session(&health, &endpoint, &node, addr).await;
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(interval.saturating_sub(began.elapsed())).await;
+    }
+}
+
+impl Health {
+    /// How long a ping, or a dial, may go unanswered before the pinger gives that
+    /// connection up and dials afresh: two beats, or twice the round trip when that is
+    /// longer, never past the timeout. A connection that lost everything for a while
+    /// (a partition) backs its retransmissions off exponentially and can stay mute for
+    /// seconds after the network heals; a fresh one is heard within a round trip, so
+    /// a healed peer is alive again (and its links redialled) at once.
+    fn patience(&self, node: &NodeId) -> Duration {
+        let rtt = self.rtt(node).unwrap_or_default();
+        (self.timing.interval * 2)
+            .max(rtt * 2)
+            .min(self.timing.timeout)
     }
 }
 
@@ -222,14 +238,14 @@ async fn ping_session(
     node: &NodeId,
     addr: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
-    let peer = tokio::time::timeout(health.timing.timeout, endpoint.connect(node, addr)).await??;
+    let peer = tokio::time::timeout(health.patience(node), endpoint.connect(node, addr)).await??;
     let (mut tx, mut rx) = peer.open::<Beat, Beat>(Purpose::Health).await?;
     let mut tick = tokio::time::interval(health.timing.interval);
     for n in 0u64.. {
         tick.tick().await;
         let sent = Instant::now();
         tx.send(&Beat::Ping(n)).await?;
-        match tokio::time::timeout(health.timing.timeout, rx.next()).await {
+        match tokio::time::timeout(health.patience(node), rx.next()).await {
             Ok(Some(Ok(Beat::Pong(m)))) if m == n => {
                 let now = Instant::now();
                 health.detector.lock().heard(node, now - sent, now);

@@ -12,12 +12,12 @@ use edgeroom_cluster::mesh;
 use edgeroom_proto::ids::{AppName, NodeId};
 use edgeroom_transport::{ClusterCa, Endpoint, NodeTls, Timing, Wan};
 
-struct TestNode {
+pub(crate) struct TestNode {
     name: String,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     dir: std::path::PathBuf,
-    control: Arc<ControlPlane>,
-    endpoint: Arc<Endpoint>,
+    pub(crate) control: Arc<ControlPlane>,
+    pub(crate) endpoint: Arc<Endpoint>,
     serving: tokio::task::JoinHandle<()>,
 }
 
@@ -83,7 +83,7 @@ impl TestNode {
     }
 
     /// Stop as a crash would, as far as the others can tell: no goodbye, state on disk.
-    async fn stop(self) -> (String, SocketAddr, std::path::PathBuf) {
+    pub(crate) async fn stop(self) -> (String, SocketAddr, std::path::PathBuf) {
         self.control.shutdown().await;
         self.serving.abort();
         self.endpoint.close();
@@ -95,7 +95,7 @@ async fn cluster(ca: &ClusterCa, dirs: &tempfile::TempDir, names: &[&str]) -> Ve
     cluster_behind(ca, dirs, names, None).await
 }
 
-async fn cluster_behind(
+pub(crate) async fn cluster_behind(
     ca: &ClusterCa,
     dirs: &tempfile::TempDir,
     names: &[&str],
@@ -114,7 +114,11 @@ async fn cluster_behind(
     nodes
 }
 
-async fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) async fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f() {
@@ -140,7 +144,7 @@ fn deploy(app: &str, wasm: &[u8], base: Option<u64>) -> Command {
 }
 
 /// What a node joining in these tests says of itself.
-fn joiner_info(peer_addr: SocketAddr) -> NodeInfo {
+pub(crate) fn joiner_info(peer_addr: SocketAddr) -> NodeInfo {
     NodeInfo {
         region: "sa-east".into(),
         peer_addr,

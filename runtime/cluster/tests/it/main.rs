@@ -1,3 +1,4 @@
 //! edgeroom-cluster's integration tests: real QUIC endpoints, real redb, real openraft.
 
 mod control;
+mod health;
