@@ -160,7 +160,9 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         tasks.spawn(rooms.clone().serve_peers(deliveries));
     }
     let clients_go = watch::channel(None).0;
+    let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
     let gateway = Arc::new(Gateway {
+        connection_slots,
         config,
         addr,
         metrics,

@@ -345,14 +345,13 @@ async fn route(node: &Arc<Gateway>, service: Service, req: Request) -> Response 
             &format!("app {app} does not exist"),
         );
     }
-    if node.metrics.connections.get() >= node.config.limits.max_connections as i64 {
-        metrics::count(&node.metrics.sessions_refused, "node");
+    let Some(slot) = node.connection_slot() else {
         return eio_refuse(
             node,
             StatusCode::SERVICE_UNAVAILABLE,
             "this node is at its connection limit; try another",
         );
-    }
+    };
     // Requests a peer forwarded carry no address: their client was counted where it
     // connected, and a handshake is never forwarded.
     let place = match client {
@@ -395,7 +394,7 @@ async fn route(node: &Arc<Gateway>, service: Service, req: Request) -> Response 
         },
     );
     let mut driver = Driver::new(node.clone(), sid, service, transport, inbox);
-    driver.place = place;
+    driver.places = (Some(slot), place);
     match ws {
         Some(ws) if websocket => {
             let max = node.config.socketio.max_payload;
@@ -551,8 +550,9 @@ struct Driver {
     /// Boxed: rarely there, and large.
     probe: Option<Box<(WebSocket, Instant)>>,
     inbox: Arc<Inbox>,
-    /// Its place in its client address's count, for as long as the session lives.
-    place: Option<IpPlace>,
+    /// Its connection slot and its place in its client address's count, for as long
+    /// as the session lives.
+    places: (Option<tokio::sync::OwnedSemaphorePermit>, Option<IpPlace>),
 }
 
 impl Driver {
@@ -591,7 +591,7 @@ impl Driver {
             ws: None,
             probe: None,
             inbox,
-            place: None,
+            places: (None, None),
         }
     }
 

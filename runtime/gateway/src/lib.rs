@@ -249,16 +249,18 @@ async fn native_ws(
             return http_error(StatusCode::BAD_REQUEST, "bad_format", e);
         }
     };
-    let limits = &node.config.limits;
-    if node.metrics.connections.get() >= limits.max_connections as i64 {
+    let Some(slot) = node.connection_slot() else {
         return http_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_connections",
             "this node is at its connection limit; try another",
         );
-    }
-    let hard = limits.max_frame_hard_bytes;
+    };
+    let hard = node.config.limits.max_frame_hard_bytes;
     ws.max_message_size(hard)
         .max_frame_size(hard)
-        .on_upgrade(move |socket| native::serve(socket, node, app, format, interest))
+        .on_upgrade(move |socket| async move {
+            native::serve(socket, node, app, format, interest).await;
+            drop(slot);
+        })
 }

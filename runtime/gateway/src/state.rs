@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use edgeroom_cluster::Cluster;
 use edgeroom_host::apps::Apps;
@@ -30,6 +30,10 @@ pub struct Gateway {
     pub sessions: Arc<Sessions>,
     /// Engine.IO sessions (the Socket.IO gateway's transport layer): the gateway's own.
     pub engine: crate::engineio::Engine,
+    /// One permit per client connection (native WebSocket or Engine.IO session), taken
+    /// before it is accepted and held while it lives: `limits.max_connections` holds
+    /// however many arrive at once.
+    pub connection_slots: Arc<Semaphore>,
     pub tokens: TokenKey,
     /// Membership in a cluster; `None` for a standalone node.
     pub cluster: Option<Arc<Cluster>>,
@@ -52,6 +56,16 @@ impl Gateway {
     /// See `clients_go`: wait on it with [`gone`].
     pub fn clients_go_rx(&self) -> watch::Receiver<Option<Going>> {
         self.clients_go.clone()
+    }
+
+    /// A place for one more client connection, or `None` at `limits.max_connections`
+    /// (counted as a refusal).
+    pub fn connection_slot(&self) -> Option<OwnedSemaphorePermit> {
+        let slot = self.connection_slots.clone().try_acquire_owned().ok();
+        if slot.is_none() {
+            edgeroom_host::metrics::count(&self.metrics.sessions_refused, "node");
+        }
+        slot
     }
 
     /// Why new clients are refused now, if they are.

@@ -22,8 +22,8 @@ pub struct Metrics {
     pub sockets: Gauge,
     /// Client sockets closed on arrival over a cap, by cap (`node`, `ip`).
     pub sockets_refused: Family<KindLabel, Counter>,
-    /// Engine.IO handshakes refused over a cap, by cap (`node`: `max_connections`;
-    /// `ip`: `engineio_sessions_per_ip`).
+    /// Client connections (native WebSockets, Engine.IO handshakes) refused over a
+    /// cap, by cap (`node`: `max_connections`; `ip`: `engineio_sessions_per_ip`).
     pub sessions_refused: Family<KindLabel, Counter>,
     /// Client sockets closed because a request's head (or the next request on a
     /// kept-alive connection) did not come in time.
@@ -95,7 +95,7 @@ impl Metrics {
         );
         registry.register(
             "sessions_refused",
-            "Engine.IO handshakes refused over a cap, by cap (node, ip)",
+            "Client connections refused over a cap, by cap (node: max_connections, ip: Engine.IO sessions per address)",
             sessions_refused.clone(),
         );
         registry.register(

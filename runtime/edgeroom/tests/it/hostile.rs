@@ -212,3 +212,45 @@ async fn a_handshake_flood_from_one_address_holds_only_its_share() {
     assert_eq!(res.status().as_u16(), 200, "{}", res.text().await.unwrap());
     node.stop().await;
 }
+
+/// `max_connections` holds however many clients arrive at once: each takes a slot
+/// before it is accepted (the check and the count used to be two steps), the rest get
+/// 503, counted; a slot comes back when its connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_against_clients_arriving_at_once() {
+    let node = TestNode::start_with(|c| c.limits.max_connections = 5).await;
+    let url = format!("ws://{}/v1/ws?app=echo", node.addr);
+    let tries = (0..40).map(|_| tokio_tungstenite::connect_async(url.clone()));
+    let results = futures_util::future::join_all(tries).await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for r in results {
+        match r {
+            Ok((ws, _)) => held.push(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status().as_u16(), 503);
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((held.len(), refused), (5, 35));
+    // A Socket.IO handshake meets the same cap.
+    let res = reqwest::get(node.url("/apps/chat/socket.io/?EIO=4&transport=polling"))
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    let m = node.metrics().await;
+    assert_eq!(
+        metric(&m, "edgeroom_sessions_refused_total{kind=\"node\"}"),
+        36.0
+    );
+    // A slot comes back when its connection ends.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio_tungstenite::connect_async(url.clone()).await.is_err() {
+        assert!(Instant::now() < deadline, "no slot came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.stop().await;
+}
