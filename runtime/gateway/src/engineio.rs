@@ -116,7 +116,7 @@ struct Link {
 pub struct Engine {
     sessions: Mutex<HashMap<String, Link>>,
     /// Sessions per client address (see `limits.engineio_sessions_per_ip`).
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip: crate::front::PerAddress,
 }
 
 /// A session's place in its client address's count; given back when it drops.
@@ -128,13 +128,8 @@ struct IpPlace {
 impl IpPlace {
     /// A place for one more session from `ip`, unless that address holds its share.
     fn take(node: &Arc<Gateway>, ip: IpAddr) -> Option<IpPlace> {
-        let mut per_ip = node.engine.per_ip.lock();
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= node.config.limits.engineio_sessions_per_ip {
-            return None;
-        }
-        *n += 1;
-        Some(IpPlace {
+        let max = node.config.limits.engineio_sessions_per_ip;
+        node.engine.per_ip.take(ip, max).then(|| IpPlace {
             node: node.clone(),
             ip,
         })
@@ -143,13 +138,7 @@ impl IpPlace {
 
 impl Drop for IpPlace {
     fn drop(&mut self) {
-        let mut per_ip = self.node.engine.per_ip.lock();
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
+        self.node.engine.per_ip.give_back(self.ip);
     }
 }
 

@@ -44,11 +44,42 @@ const FDS_KEPT: usize = 256;
 /// Pause after `accept` fails (out of descriptors, most likely) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// How many of something each client address holds, under a cap per address (the
+/// sockets here; Engine.IO sessions in `engineio`).
+#[derive(Default)]
+pub struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerAddress {
+    /// One more for `ip`, unless it holds `max` already.
+    pub fn take(&self, ip: IpAddr, max: usize) -> bool {
+        let mut held = self.0.lock();
+        let n = held.entry(ip).or_insert(0);
+        let taken = *n < max;
+        if taken {
+            *n += 1;
+        } else if *n == 0 {
+            held.remove(&ip);
+        }
+        taken
+    }
+
+    /// One fewer for `ip` (one it took).
+    pub fn give_back(&self, ip: IpAddr) {
+        let mut held = self.0.lock();
+        if let Some(n) = held.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&ip);
+            }
+        }
+    }
+}
+
 /// The caps, and what is open now.
 struct Caps {
     node: Arc<Semaphore>,
     per_ip: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
+    open: PerAddress,
     metrics: Arc<Metrics>,
 }
 
@@ -61,13 +92,7 @@ struct Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut open = self.caps.open.lock();
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
+        self.caps.open.give_back(self.ip);
         self.caps.metrics.sockets.dec();
     }
 }
@@ -76,16 +101,9 @@ impl Caps {
     /// A place for a socket from `ip`, or why there is none.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Place, &'static str> {
         let node = self.node.clone().try_acquire_owned().map_err(|_| "node")?;
-        let mut open = self.open.lock();
-        let n = open.entry(ip).or_insert(0);
-        if *n >= self.per_ip {
-            if *n == 0 {
-                open.remove(&ip);
-            }
+        if !self.open.take(ip, self.per_ip) {
             return Err("ip");
         }
-        *n += 1;
-        drop(open);
         self.metrics.sockets.inc();
         Ok(Place {
             caps: self.clone(),
@@ -178,7 +196,7 @@ pub async fn serve(
     let caps = Arc::new(Caps {
         node: Arc::new(Semaphore::new(cap)),
         per_ip: limits.sockets_per_ip.max(1),
-        open: Mutex::new(HashMap::new()),
+        open: PerAddress::default(),
         metrics,
     });
     let header_timeout = Duration::from_millis(limits.http_header_timeout_ms.max(1));
@@ -255,5 +273,28 @@ fn admit(caps: &Arc<Caps>, stream: TcpStream, peer: SocketAddr) -> Option<Counte
             metrics::count(&caps.metrics.sockets_refused, kind);
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_holds_at_most_its_share_and_gets_places_back() {
+        let held = PerAddress::default();
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        assert!(held.take(a, 2) && held.take(a, 2));
+        assert!(!held.take(a, 2), "a third place for one address");
+        assert!(held.take(b, 2), "another address has its own share");
+        held.give_back(a);
+        assert!(held.take(a, 2));
+        held.give_back(a);
+        held.give_back(a);
+        held.give_back(b);
+        assert!(
+            held.0.lock().is_empty(),
+            "addresses holding nothing are forgotten"
+        );
     }
 }
