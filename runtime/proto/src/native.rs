@@ -136,6 +136,17 @@ fn decode_json(text: &str, binaries: Vec<Vec<u8>>, max: usize) -> Result<ClientF
     if text.len() > max {
         return Err(too_large(text.len(), max, ref_of()));
     }
+    // Kept as raw JSON, a deeper value would pass here and fail every later parse
+    // (it reached members as no arguments at all): refused at the door instead.
+    if json_depth(text) > MAX_FRAME_DEPTH {
+        return Err(DecodeError {
+            error: ProtoError::new(
+                ErrorCode::BadFrame,
+                format!("frame nested deeper than {MAX_FRAME_DEPTH} levels"),
+            ),
+            r#ref: ref_of(),
+        });
+    }
     let raw: RawFrame = serde_json::from_str(text).map_err(|e| DecodeError {
         error: ProtoError::new(ErrorCode::BadFrame, format!("not a valid frame: {e}")),
         r#ref: ref_of(),
@@ -287,7 +298,38 @@ fn payload_from(args: &str, mut binaries: Vec<Vec<u8>>) -> Result<Payload, Strin
     })
 }
 
-const MAX_DEPTH: usize = 128;
+/// Deepest nesting of arrays and objects a JSON frame may have, the frame itself
+/// counted: every value in it must parse again later, within serde_json's limit.
+pub const MAX_FRAME_DEPTH: usize = 120;
+
+/// How deeply arrays and objects nest in JSON `text` (0 for a scalar), without parsing
+/// it: brackets inside strings do not count. Linear, and never recursive, so a hostile
+/// frame cannot make it deep.
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in text.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
 
 fn msgpack_to_json(
     v: rmpv::Value,
@@ -295,8 +337,10 @@ fn msgpack_to_json(
     depth: usize,
 ) -> Result<Value, String> {
     use rmpv::Value as M;
-    if depth > MAX_DEPTH {
-        return Err("MessagePack nested too deeply".into());
+    if depth > MAX_FRAME_DEPTH {
+        return Err(format!(
+            "MessagePack nested deeper than {MAX_FRAME_DEPTH} levels"
+        ));
     }
     Ok(match v {
         M::Nil => Value::Null,
@@ -614,6 +658,32 @@ mod tests {
 
     fn room(n: &str) -> RoomId {
         RoomId::new(n).unwrap()
+    }
+
+    #[test]
+    fn json_depth_counts_brackets_outside_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(json_depth(r#"["[[[", "\"]]]", {}]"#), 2);
+    }
+
+    /// A value nested deeper than later parses allow is refused with a code, never
+    /// taken and delivered empty; one just within is taken and parses again.
+    #[test]
+    fn a_frame_nested_too_deeply_is_refused() {
+        let nested = |levels: usize| "[".repeat(levels) + &"]".repeat(levels);
+        let frame = |data: String| {
+            format!(r#"{{"type":"emit","room":"r","event":"e","data":{data},"ref":7}}"#)
+        };
+        let e = decode_text(&frame(nested(30_000)), 1 << 20).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::BadFrame);
+        assert!(e.error.message.contains("nested"), "{}", e.error.message);
+        let ok = decode_text(&frame(nested(MAX_FRAME_DEPTH - 1)), 1 << 20).unwrap();
+        let ClientFrame::Emit { payload, .. } = ok else {
+            panic!("{ok:?}")
+        };
+        let again: Result<Value, _> = serde_json::from_str(&payload.json);
+        assert!(again.is_ok(), "the payload no longer parses");
     }
 
     #[test]

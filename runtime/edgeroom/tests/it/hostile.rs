@@ -254,3 +254,27 @@ async fn the_connection_cap_holds_against_clients_arriving_at_once() {
     }
     node.stop().await;
 }
+
+/// A value nested 30,000 levels deep fits in 60 KB: it was acknowledged `ok` and
+/// reached members as no arguments at all. It is refused with `bad_frame` (and its
+/// ref), and nothing is broadcast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_nested_too_deeply_is_refused_not_delivered_empty() {
+    let node = TestNode::start().await;
+    let mut a = node.client("echo").await;
+    let joined = a.join("r", serde_json::json!(null)).await;
+    assert_eq!(joined["ok"], true, "{joined}");
+    let deep = "[".repeat(30_000) + &"]".repeat(30_000);
+    let frame =
+        format!(r#"{{"type":"emit","room":"r","event":"echo","data":{deep},"ref":"deep"}}"#);
+    a.send_raw(tokio_tungstenite::tungstenite::Message::Text(frame.into()))
+        .await;
+    let answer = a.next_of("reply").await;
+    assert_eq!(answer["ref"], "deep", "{answer}");
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert_eq!(answer["error"]["code"], "bad_frame", "{answer}");
+    // The connection goes on.
+    let r = a.emit("r", "echo", serde_json::json!([[["fine"]]])).await;
+    assert_eq!(r["data"], serde_json::json!([[["fine"]]]));
+    node.stop().await;
+}
