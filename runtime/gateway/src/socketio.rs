@@ -39,6 +39,22 @@ enum Recovered {
     Elsewhere(ConnId),
 }
 
+impl Recovered {
+    fn member(&self) -> &ConnId {
+        match self {
+            Recovered::Here(m, _) | Recovered::Elsewhere(m) => m,
+        }
+    }
+}
+
+/// What a recovering CONNECT asks for.
+struct Resume<'a> {
+    nsp: &'a str,
+    room: &'a RoomId,
+    link: &'a Link,
+    offset: Option<Cursor>,
+}
+
 /// How long a recovering CONNECT waits for the old connection to let go.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
 
@@ -293,85 +309,21 @@ impl SocketIo {
             && let Some(Value::String(pid)) = auth.get("pid")
             && let Some(found) = self.recover(pid, &room).await
         {
-            let (member, old_auth) = match &found {
-                Recovered::Here(member, auth) => (member.clone(), auth.clone()),
-                // Until the room says otherwise, the auth of this CONNECT.
-                Recovered::Elsewhere(member) => (member.clone(), auth_json.clone()),
-            };
             let offset = match auth.get("offset") {
                 Some(Value::String(o)) => o.parse::<Cursor>().ok(),
                 _ => None,
             };
-            let socket = Socket {
-                nsp: nsp.clone(),
-                room: room.clone(),
-                member: member.clone(),
-                recoverable: true,
-                handle: None,
-                connected: true,
-                auth: old_auth.clone(),
+            let resumed = Resume {
+                nsp: &nsp,
+                room: &room,
+                link: &link,
+                offset,
             };
-            // CONNECT goes out before the replay the room is about to queue.
-            s.send(self.connect_ok(&nsp, &socket));
-            self.sockets.push(socket);
-            self.node
-                .sessions
-                .attach(member.clone(), self.outbox.kill_switch());
-            let key = self.key(&room);
-            let back = match found {
-                Recovered::Here(..) => self
-                    .node
-                    .rooms
-                    .reattach(&key, &member, &link, offset.clone())
-                    .await
-                    .map(|(o, h)| (o == ReattachOutcome::Reattached, h)),
-                // Another node held it: the room takes it over from its replicas.
-                Recovered::Elsewhere(_) => {
-                    match self
-                        .node
-                        .rooms
-                        .adopt(&key, &member, &link, offset.clone())
-                        .await
-                    {
-                        Some((AdoptOutcome::Adopted { auth }, h)) => {
-                            if let Some(sk) = self.sockets.get_mut(&nsp) {
-                                sk.auth = auth;
-                            }
-                            Some((true, h))
-                        }
-                        Some((_, h)) => Some((false, h)),
-                        None => None,
-                    }
-                }
-            };
-            let handle = match back {
-                Some((true, h)) => Some(h),
-                // Gone from the room (away past the presence grace): join again, then
-                // replay from the offset.
-                Some(_) => match self
-                    .node
-                    .rooms
-                    .join(&key, &member, &old_auth, &link, None, offset)
-                    .await
-                {
-                    Some((JoinOutcome::Joined, h)) => Some(h),
-                    _ => None,
-                },
-                None => None,
-            };
-            match handle {
-                Some(h) => {
-                    if let Some(sk) = self.sockets.get_mut(&nsp) {
-                        sk.handle = Some(h);
-                    }
-                }
-                None => {
-                    self.sockets.remove(&nsp);
-                    self.node.sessions.end(&member);
-                    send_packet(s, Packet::new(Kind::Disconnect, &nsp, None));
-                }
+            if self.resume(found, resumed, s).await {
+                return Ok(());
             }
-            return Ok(());
+            // Not recoverable after all (the member left the room for good): a new
+            // session, as socket.io gives once the old one is gone.
         }
 
         let member = ConnId::random();
@@ -407,6 +359,71 @@ impl SocketIo {
             }
         }
         Ok(())
+    }
+
+    /// Takes a recovering member back into its room (from this node's detached
+    /// sessions, or from the room's replicas when another node held it) and answers the
+    /// CONNECT with its old id. False when the room no longer has it as a member and
+    /// the session cannot be restored: nothing has been sent, the caller starts afresh.
+    async fn resume(&mut self, found: Recovered, r: Resume<'_>, s: &mut Session) -> bool {
+        let key = self.key(r.room);
+        let member = found.member().clone();
+        // A takeover of this member from now on closes this connection.
+        self.node
+            .sessions
+            .attach(member.clone(), self.outbox.kill_switch());
+        let back = match found {
+            Recovered::Here(_, auth) => {
+                let reattached = self
+                    .node
+                    .rooms
+                    .reattach(&key, &member, r.link, r.offset.clone())
+                    .await;
+                match reattached {
+                    Some((ReattachOutcome::Reattached, h)) => Some((h, auth)),
+                    // Away past the presence grace but within the resume window (the
+                    // session was kept, so it did not leave): join again, then replay
+                    // from the offset.
+                    Some(_) => match self
+                        .node
+                        .rooms
+                        .join(&key, &member, &auth, r.link, None, r.offset)
+                        .await
+                    {
+                        Some((JoinOutcome::Joined, h)) => Some((h, auth)),
+                        _ => None,
+                    },
+                    None => None,
+                }
+            }
+            // Another node held it, or it left: only the room's replicas can tell, and
+            // only a member they still hold is taken over. One that left (an explicit
+            // disconnect, or away past the grace) is not restored, as in socket.io.
+            Recovered::Elsewhere(_) => {
+                match self.node.rooms.adopt(&key, &member, r.link, r.offset).await {
+                    Some((AdoptOutcome::Adopted { auth }, h)) => Some((h, auth)),
+                    _ => None,
+                }
+            }
+        };
+        let Some((handle, auth)) = back else {
+            self.node.sessions.end(&member);
+            return false;
+        };
+        let socket = Socket {
+            nsp: r.nsp.to_owned(),
+            room: r.room.clone(),
+            member,
+            recoverable: true,
+            handle: Some(handle),
+            connected: true,
+            auth,
+        };
+        // The replay the room queued leaves after this CONNECT: both go through this
+        // task, and the outbox is read only once this packet is handled.
+        s.send(self.connect_ok(r.nsp, &socket));
+        self.sockets.push(socket);
+        true
     }
 
     /// The member a `pid` names, if it can be taken over for `room`: detached here

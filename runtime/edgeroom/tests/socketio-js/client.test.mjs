@@ -321,6 +321,35 @@ for (const transport of ["websocket", "polling"]) {
   });
 }
 
+for (const transport of ["websocket", "polling"]) {
+  test(`${transport}: an explicit disconnect ends the session; connect() again is a new one`, async () => {
+    const room = fresh(`leave-${transport}`);
+    const a = client("/", { transports: [transport], auth: { room } });
+    const b = client("/", { auth: { room }, transports: ["websocket"] });
+    try {
+      await Promise.all([connected(a), connected(b)]);
+      const got = [];
+      a.on("broadcast", (...args) => got.push(withoutOffset(args)[0]));
+      await b.timeout(WAIT).emitWithAck("broadcast", 0);
+      await until(() => got.length === 1, "the first broadcast");
+      const id = a.id;
+      a.disconnect();
+      for (let i = 1; i <= 5; i++) await b.timeout(WAIT).emitWithAck("broadcast", 100 + i);
+      a.connect();
+      await connected(a);
+      assert.equal(a.recovered, false, "socket.recovered after an explicit disconnect");
+      assert.notEqual(a.id, id, "a new socket id");
+      await b.timeout(WAIT).emitWithAck("broadcast", 1);
+      await until(() => got.length === 2, "the broadcast after reconnecting");
+      await a.timeout(WAIT).emitWithAck("echo", "sync");
+      assert.deepEqual(got, [0, 1], "what was sent while disconnected is not replayed");
+    } finally {
+      a.disconnect();
+      b.disconnect();
+    }
+  });
+}
+
 test("a namespace outside the app's pattern is an invalid namespace", async () => {
   const path = "/apps/scoped/socket.io/";
   const bad = client("/nope", { path });

@@ -101,3 +101,35 @@ test("connection state recovery through the balancer, on whichever node it lands
     b.disconnect();
   }
 });
+
+// socket.disconnect() leaves for good, as in socket.io: connect() again is a new session
+// (new id, not recovered, nothing replayed) on whichever node it lands.
+for (const transport of ["polling", "websocket"]) {
+  test(`${transport}: an explicit disconnect ends the session; connect() again is a new one`, async () => {
+    const room = fresh(`rr-leave-${transport}`);
+    const a = io(lb.url, { path: PATH, forceNew: true, reconnection: false, transports: [transport], auth: { room } });
+    const b = io(NODES[1], { path: PATH, forceNew: true, reconnection: false, transports: ["websocket"], auth: { room } });
+    try {
+      await Promise.all([connected(a), connected(b)]);
+      const got = broadcasts(a);
+      await b.timeout(WAIT).emitWithAck("broadcast", 0);
+      await until(() => got.length === 1, "the first broadcast");
+      const id = a.id;
+      for (let round = 1; round <= 3; round++) {
+        a.disconnect();
+        for (let i = 1; i <= 5; i++) await b.timeout(WAIT).emitWithAck("broadcast", round * 100 + i);
+        a.connect();
+        await connected(a);
+        assert.equal(a.recovered, false, `socket.recovered after explicit disconnect ${round}`);
+        assert.notEqual(a.id, id, `a new socket id after explicit disconnect ${round}`);
+        await b.timeout(WAIT).emitWithAck("broadcast", round);
+        await until(() => got.length === round + 1, `the broadcast after reconnecting ${round}`);
+      }
+      await a.timeout(WAIT).emitWithAck("echo", "sync");
+      assert.deepEqual(got, [0, 1, 2, 3], "what was sent while disconnected is not replayed");
+    } finally {
+      a.disconnect();
+      b.disconnect();
+    }
+  });
+}
