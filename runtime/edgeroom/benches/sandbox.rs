@@ -53,7 +53,7 @@ async fn main() {
     let handler = sandbox.compile(edgeroom::examples::ECHO).unwrap();
 
     // Cold start: instantiate a fresh instance for a room (store + instance from the pool).
-    let mut slot = Slot::new(world(&metrics), &sandbox);
+    let mut slot = Slot::new(world(&metrics), "bench", &sandbox);
     let mut cold = Vec::new();
     for _ in 0..2000 {
         let t = Instant::now();

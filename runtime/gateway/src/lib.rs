@@ -12,6 +12,7 @@ pub mod engineio;
 pub mod forward;
 pub mod front;
 pub mod native;
+mod rate;
 pub mod socketio;
 mod state;
 

@@ -15,6 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Gateway;
+use crate::rate::{self, Bucket};
 use edgeroom_host::room::{
     AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
     RoomHandle, RoomKey,
@@ -53,6 +54,8 @@ struct Conn {
     interest: Interest,
     rooms: BTreeMap<RoomId, Joined>,
     bad_in_a_row: u32,
+    /// Rooms this connection may still cause the node to load (see `rate`).
+    creations: Bucket,
 }
 
 /// Serve one upgraded connection until it ends.
@@ -88,6 +91,7 @@ pub async fn serve(
         interest,
         rooms: BTreeMap::new(),
         bad_in_a_row: 0,
+        creations: Bucket::new(limits.room_creations_per_sec, node.clock.mono_ms()),
     };
     c.send(ServerFrame::Welcome {
         session: c.conn.clone(),
@@ -393,6 +397,10 @@ impl Conn {
             return;
         }
         let key = self.key(&room);
+        if let Err(e) = rate::may_create(&self.node, &mut self.creations, &key) {
+            self.answer(r#ref, e, Some(room));
+            return;
+        }
         match self
             .node
             .rooms

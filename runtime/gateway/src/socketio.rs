@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::Gateway;
+use crate::rate::{self, Bucket};
 use edgeroom_host::apps::AppSettings;
 use edgeroom_host::room::{
     AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
@@ -123,6 +124,8 @@ pub struct SocketIo {
     next_ref: u64,
     /// Close the session if no namespace is connected by then.
     connect_by: Option<Instant>,
+    /// Rooms this session may still cause the node to load (see `rate`).
+    creations: Bucket,
 }
 
 /// A protocol error: the whole Engine.IO session closes.
@@ -138,7 +141,6 @@ impl SocketIo {
         let connect_by = node.clock.now().into_std()
             + Duration::from_millis(node.config.socketio.connect_timeout_ms);
         Self {
-            node,
             app,
             settings,
             outbox,
@@ -147,6 +149,11 @@ impl SocketIo {
             pending: Vec::new(),
             next_ref: 0,
             connect_by: Some(connect_by),
+            creations: Bucket::new(
+                node.config.limits.room_creations_per_sec,
+                node.clock.mono_ms(),
+            ),
+            node,
         }
     }
 
@@ -326,6 +333,11 @@ impl SocketIo {
             // session, as socket.io gives once the old one is gone.
         }
 
+        let key = self.key(&room);
+        if let Err(e) = rate::may_create(&self.node, &mut self.creations, &key) {
+            self.connect_error(s, &nsp, &e.message, Some(e.code.as_str()));
+            return Ok(());
+        }
         let member = ConnId::random();
         self.sockets.push(Socket {
             nsp: nsp.clone(),
@@ -337,7 +349,6 @@ impl SocketIo {
             auth: auth_json.clone(),
         });
         let r#ref = self.remember(Pending::Connect { nsp: nsp.clone() });
-        let key = self.key(&room);
         match self
             .node
             .rooms

@@ -141,6 +141,11 @@ pub struct Limits {
     pub max_handler_bytes: usize,
     /// Rooms a connection may join at once.
     pub max_rooms_per_conn: usize,
+    /// Rooms one connection may cause this node to load, a second (a bucket of as many,
+    /// refilled at that rate); a join beyond it is refused with `rate_limited` and counted
+    /// in `edgeroom_room_creations_refused`. Joining a room already loaded is not counted.
+    /// 0: no limit.
+    pub room_creations_per_sec: u32,
     /// Concurrent client connections.
     pub max_connections: usize,
     /// Engine.IO sessions (Socket.IO clients) one IP address may hold; a handshake
@@ -184,6 +189,7 @@ impl Default for Limits {
             room_idle_ms: 300_000,
             max_handler_bytes: 16 * 1024 * 1024,
             max_rooms_per_conn: 100,
+            room_creations_per_sec: 20,
             max_connections: 19_000,
             engineio_sessions_per_ip: 256,
             max_sockets: 0,

@@ -48,6 +48,12 @@ pub struct Metrics {
     /// Emits refused because a room had `limits.unconfirmed_replies` answers waiting
     /// for another node to confirm.
     pub emits_unconfirmed_refused: Counter,
+    /// Handler instances refused over a cap, by cap (`node`: `sandbox.max_instances`;
+    /// `app`: `sandbox.max_instances_per_app`).
+    pub instances_refused: Family<KindLabel, Counter>,
+    /// Joins refused because their connection created rooms faster than
+    /// `limits.room_creations_per_sec`.
+    pub room_creations_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -82,6 +88,8 @@ impl Metrics {
         let peer_frames_refused = Family::default();
         let peer_streams_dropped = Counter::default();
         let emits_unconfirmed_refused = Counter::default();
+        let instances_refused = Family::default();
+        let room_creations_refused = Counter::default();
         registry.register(
             "connections",
             "Client connections open now",
@@ -166,6 +174,16 @@ impl Metrics {
             "Emits refused because their room had too many answers waiting for another node to confirm",
             emits_unconfirmed_refused.clone(),
         );
+        registry.register(
+            "instances_refused",
+            "Handler instances refused over a cap, by cap (node, app)",
+            instances_refused.clone(),
+        );
+        registry.register(
+            "room_creations_refused",
+            "Joins refused because their connection created rooms too fast",
+            room_creations_refused.clone(),
+        );
         Self {
             registry,
             connections,
@@ -188,6 +206,8 @@ impl Metrics {
             peer_frames_refused,
             peer_streams_dropped,
             emits_unconfirmed_refused,
+            instances_refused,
+            room_creations_refused,
         }
     }
 
@@ -237,6 +257,10 @@ impl edgeroom_sandbox::Meter for Metrics {
 
     fn failed(&self, kind: &str) {
         self.handler_error(kind);
+    }
+
+    fn refused(&self, scope: &str) {
+        count(&self.instances_refused, scope);
     }
 }
 

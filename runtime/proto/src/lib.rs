@@ -46,6 +46,11 @@ pub enum ErrorCode {
     /// Events were lost from history before the client resumed.
     HistoryGap,
     BadState,
+    /// The node has no capacity for this now (its handler instances, or the app's share
+    /// of them, are all in use); try again later.
+    Overloaded,
+    /// The client did this too often (rooms created per second); try again later.
+    RateLimited,
     Internal,
 }
 
@@ -68,6 +73,8 @@ impl ErrorCode {
             ErrorCode::ResumeFailed => "resume_failed",
             ErrorCode::HistoryGap => "history_gap",
             ErrorCode::BadState => "bad_state",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
         }
     }

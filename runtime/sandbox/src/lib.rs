@@ -8,6 +8,7 @@
 //! by sha256 in memory and on disk. Any failure of a call ends that call only: the
 //! instance is dropped and the next call gets a fresh one.
 
+mod budget;
 mod host;
 mod slot;
 
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use budget::{Instances, Permit, Reclaim, Refused};
 pub use host::{HostState, RoomApi};
 pub use slot::{Call, Failure, Returned, Slot};
 
@@ -34,6 +36,10 @@ pub struct SandboxConfig {
     pub max_memory_bytes: usize,
     /// Handler instances (rooms with a live handler) per node: slots of the pooling allocator.
     pub max_instances: u32,
+    /// Handler instances one app's rooms may hold live on the node, so one app (or one
+    /// client creating rooms of it) cannot starve the others. A room refused an instance
+    /// answers `overloaded`; counted in `edgeroom_instances_refused{scope}`.
+    pub max_instances_per_app: u32,
     /// Epoch tick: the granularity of deadlines and of yielding to other rooms.
     pub tick_ms: u64,
 }
@@ -44,6 +50,7 @@ impl Default for SandboxConfig {
             call_deadline_ms: 50,
             max_memory_bytes: 32 * 1024 * 1024,
             max_instances: 1000,
+            max_instances_per_app: 750,
             tick_ms: 5,
         }
     }
@@ -57,6 +64,8 @@ pub trait Meter: Send + Sync + 'static {
     fn call_seconds(&self, seconds: f64);
     /// A call failed, of this kind (`Failure::kind`).
     fn failed(&self, kind: &str);
+    /// An instance was refused by this cap (`Refused::scope`).
+    fn refused(&self, scope: &str);
 }
 
 pub(crate) mod bindings {
@@ -90,6 +99,7 @@ pub struct Sandbox<W: 'static> {
     cache_dir: PathBuf,
     compiled: Mutex<HashMap<String, CompiledHandler<W>>>,
     metrics: Arc<dyn Meter>,
+    instances: Arc<Instances>,
 }
 
 /// Hex sha256 of a handler's bytes: its identity everywhere.
@@ -137,10 +147,11 @@ impl<W: RoomApi> Sandbox<W> {
         Ok(Arc::new(Self {
             engine,
             linker,
-            config,
             cache_dir,
             compiled: Mutex::new(HashMap::new()),
             metrics,
+            instances: Instances::new(instances, config.max_instances_per_app),
+            config,
         }))
     }
 
@@ -154,6 +165,15 @@ impl<W: RoomApi> Sandbox<W> {
 
     pub(crate) fn metrics(&self) -> &dyn Meter {
         &*self.metrics
+    }
+
+    pub(crate) fn instances(&self) -> &Arc<Instances> {
+        &self.instances
+    }
+
+    /// Calls for idle instances to be dropped (see [`Instances`]), for a room to watch.
+    pub fn reclaims(&self) -> tokio::sync::watch::Receiver<Reclaim> {
+        self.instances.reclaims()
     }
 
     /// Compile (or fetch from cache) and check a handler. Blocking: compiling takes tens

@@ -2,13 +2,13 @@
 //! failure or when the room goes idle. The room's [`RoomApi`] lives in the store data and
 //! survives all of that.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::Handler;
 use super::host::{HostState, RoomApi, from_wit, to_wit};
-use super::{CompiledHandler, Sandbox};
+use super::{CompiledHandler, Permit, Refused, Sandbox};
 use edgeroom_proto::payload::Payload;
 
 /// Why a handler call did not complete.
@@ -22,6 +22,8 @@ pub enum Failure {
     Trap(String),
     /// The instance could not be created.
     Instantiate(String),
+    /// No instance may be created now: the node or the app holds all it may.
+    Busy(Refused),
 }
 
 impl Failure {
@@ -32,6 +34,7 @@ impl Failure {
             Failure::OutOfMemory => "memory",
             Failure::Trap(_) => "trap",
             Failure::Instantiate(_) => "instantiate",
+            Failure::Busy(_) => "busy",
         }
     }
 
@@ -42,6 +45,13 @@ impl Failure {
             Failure::OutOfMemory => "handler exceeded its memory limit".into(),
             Failure::Trap(t) => format!("handler crashed: {t}"),
             Failure::Instantiate(e) => format!("handler could not start: {e}"),
+            Failure::Busy(Refused::Node) => {
+                "this node runs as many handler instances as it may; try again later".into()
+            }
+            Failure::Busy(Refused::App) => {
+                "this app runs as many handler instances as one app may on this node; try again later"
+                    .into()
+            }
         }
     }
 }
@@ -74,12 +84,17 @@ pub enum Returned {
     Unit,
 }
 
+/// How long a room refused an instance waits for an idle one to be given back.
+const RECLAIM_WAIT: Duration = Duration::from_millis(250);
+
 enum State<W: 'static> {
     Idle(Box<HostState<W>>),
     Live {
         store: Store<HostState<W>>,
         handler: Handler,
         sha256: String,
+        /// Its slot in the node's and the app's budget, given back when it is dropped.
+        _permit: Permit,
     },
     /// Only between taking the store data out and putting it back, inside one method.
     Transit,
@@ -87,10 +102,12 @@ enum State<W: 'static> {
 
 pub struct Slot<W: 'static> {
     state: State<W>,
+    /// The app whose budget its instances count against.
+    app: String,
 }
 
 impl<W: RoomApi> Slot<W> {
-    pub fn new(world: W, sandbox: &Sandbox<W>) -> Self {
+    pub fn new(world: W, app: &str, sandbox: &Sandbox<W>) -> Self {
         let c = sandbox.config();
         let max_ticks = (c.call_deadline_ms / c.tick_ms).max(1);
         Self {
@@ -99,6 +116,7 @@ impl<W: RoomApi> Slot<W> {
                 c.max_memory_bytes,
                 max_ticks,
             ))),
+            app: app.to_owned(),
         }
     }
 
@@ -141,6 +159,14 @@ impl<W: RoomApi> Slot<W> {
             Some(_) => self.unload(sandbox),
             None => {}
         }
+        let permit = sandbox
+            .instances()
+            .take_waiting(&self.app, RECLAIM_WAIT)
+            .await
+            .map_err(|refused| {
+                sandbox.metrics().refused(refused.scope());
+                Failure::Busy(refused)
+            })?;
         let State::Idle(data) = std::mem::replace(&mut self.state, State::Transit) else {
             unreachable!("unloaded above");
         };
@@ -164,6 +190,7 @@ impl<W: RoomApi> Slot<W> {
                     store,
                     handler: h,
                     sha256: handler.sha256.clone(),
+                    _permit: permit,
                 };
                 Ok(())
             }

@@ -278,3 +278,106 @@ async fn a_value_nested_too_deeply_is_refused_not_delivered_empty() {
     assert_eq!(r["data"], serde_json::json!([[["fine"]]]));
     node.stop().await;
 }
+
+/// One connection joining and leaving room after room held the node's whole pool of
+/// handler instances: every new room of every app failed for 30 s. Now a connection
+/// creates at most `room_creations_per_sec` rooms a second (`rate_limited` beyond),
+/// one app holds at most `max_instances_per_app` instances (`overloaded` beyond, while
+/// other apps still get theirs), and rooms left empty give their instances back at the
+/// next housekeeping once their app runs short, not after `instance_idle_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_opening_rooms_cannot_starve_other_apps_of_handler_instances() {
+    let node = TestNode::start_with(|c| {
+        c.sandbox.max_instances = 20;
+        c.sandbox.max_instances_per_app = 15;
+        c.limits.room_creations_per_sec = 10;
+    })
+    .await;
+    let joined = |r: &serde_json::Value| r["ok"] == true;
+
+    // One connection, rooms as fast as it can: the bucket's 10, then a refusal each.
+    let mut flood = node.client("echo").await;
+    let started = Instant::now();
+    let (mut created, mut limited) = (0u32, 0u32);
+    for i in 0..40 {
+        let r = flood
+            .join(&format!("flood-{i}"), serde_json::json!(null))
+            .await;
+        if joined(&r) {
+            created += 1;
+            let left = flood
+                .request(serde_json::json!({"type": "leave", "room": format!("flood-{i}")}))
+                .await;
+            assert_eq!(left["ok"], true, "{left}");
+        } else {
+            assert_eq!(r["error"]["code"], "rate_limited", "{r}");
+            limited += 1;
+        }
+    }
+    // Refilled at 10 a second while it ran.
+    let refilled = (started.elapsed().as_secs_f64() * 10.0).ceil() as u32;
+    assert!(
+        created <= 10 + refilled,
+        "{created} rooms created in {:?}",
+        started.elapsed()
+    );
+    assert!(limited >= 40 - 10 - refilled, "{limited} refused");
+    let m = node.metrics().await;
+    assert_eq!(
+        metric(&m, "edgeroom_room_creations_refused_total"),
+        f64::from(limited)
+    );
+
+    // Many connections (one room each, so no bucket runs dry) holding echo rooms: the
+    // app's 15 instances, then `overloaded`.
+    let mut holders = Vec::new();
+    let mut overloaded = 0;
+    for i in 0..18 {
+        let mut c = node.client("echo").await;
+        let r = c.join(&format!("held-{i}"), serde_json::json!(null)).await;
+        if joined(&r) {
+            holders.push((c, format!("held-{i}")));
+        } else {
+            assert_eq!(r["error"]["code"], "overloaded", "{r}");
+            overloaded += 1;
+        }
+    }
+    // The flood's empty rooms gave their instances back when the app ran short, so the
+    // holders got all 15.
+    assert_eq!((holders.len(), overloaded), (15, 3));
+    // Another app still gets the rest of the node's pool...
+    let mut other = node.client("counter").await;
+    for i in 0..5 {
+        let r = other.join(&format!("c-{i}"), serde_json::json!(null)).await;
+        assert!(joined(&r), "counter room {i}: {r}");
+    }
+    // ...and past the node's 20, any app is refused.
+    let r = other.join("c-5", serde_json::json!(null)).await;
+    assert_eq!(r["error"]["code"], "overloaded", "{r}");
+    let m = node.metrics().await;
+    assert_eq!(
+        metric(&m, r#"edgeroom_instances_refused_total{kind="app"}"#),
+        3.0
+    );
+    assert_eq!(
+        metric(&m, r#"edgeroom_instances_refused_total{kind="node"}"#),
+        1.0
+    );
+
+    // The holders leave: their rooms are empty but keep their instances warm
+    // (instance_idle_ms is 30 s), until new rooms need them.
+    for (mut c, room) in holders {
+        let left = c
+            .request(serde_json::json!({"type": "leave", "room": room}))
+            .await;
+        assert_eq!(left["ok"], true, "{left}");
+    }
+    let m = node.metrics().await;
+    assert_eq!(metric(&m, "edgeroom_handler_instances"), 20.0);
+    for i in 0..15 {
+        let mut c = node.client("echo").await;
+        let r = c.join(&format!("after-{i}"), serde_json::json!(null)).await;
+        assert!(joined(&r), "echo room after the holders left {i}: {r}");
+    }
+    node.stop().await;
+}

@@ -106,7 +106,7 @@ pub(super) fn spawn(
         if replica.is_some() {
             world.outgoing = Some(Outgoing::default());
         }
-        let slot = Slot::new(world, &env.sandbox);
+        let slot = Slot::new(world, key.app.as_str(), &env.sandbox);
         env.metrics.rooms.inc();
         let actor = Actor {
             rooms: rooms.clone(),
@@ -161,6 +161,7 @@ impl Actor {
         }
         let mut repairs = tokio::time::interval(Duration::from_millis(100));
         repairs.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut reclaims = self.rooms.env().sandbox.reclaims();
         loop {
             let timer = self.timer_at;
             tokio::select! {
@@ -180,6 +181,13 @@ impl Actor {
                     }
                 }
                 changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
+                // Another room was refused an instance: an empty room gives its own back.
+                Ok(()) = reclaims.changed() => {
+                    let call = reclaims.borrow_and_update().applies_to(self.key.app.as_str());
+                    if call && self.world().core.is_empty() && self.slot.live().is_some() {
+                        self.slot.unload(&self.rooms.env().sandbox);
+                    }
+                }
                 _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {
                     self.timer_at = None;
                     self.world().current = None;
@@ -221,7 +229,10 @@ impl Actor {
         }
         let sandbox = self.rooms.env().sandbox.clone();
         let result = self.slot.call(&sandbox, &live.compiled, call).await;
-        if let Err(f) = &result {
+        // A refused instance is counted, not logged: under a flood it would be every call.
+        if let Err(f) = &result
+            && !matches!(f, Failure::Busy(_))
+        {
             tracing::warn!(app = %self.key.app, room = %self.key.room, kind = f.kind(), "handler call failed: {}", f.message());
         }
         result.map(Some)
@@ -448,7 +459,7 @@ impl Actor {
                 ErrorCode::NoHandler,
                 format!("app {} has no handler deployed", self.key.app),
             )),
-            Err(f) => Some(ProtoError::new(ErrorCode::HandlerFailed, f.message())),
+            Err(f) => Some(failed(&f)),
         };
         if let Some(error) = error {
             self.world().core.leave(&conn);
@@ -598,7 +609,7 @@ impl Actor {
                 ErrorCode::NoHandler,
                 format!("app {} has no handler deployed", self.key.app),
             )),
-            Err(f) => Err(ProtoError::new(ErrorCode::HandlerFailed, f.message())),
+            Err(f) => Err(failed(&f)),
         };
         let w = self.world();
         w.call_key = None;
@@ -763,4 +774,13 @@ impl Actor {
             handler_sha256: sha,
         }
     }
+}
+
+/// What a client is told of a handler call that failed.
+fn failed(f: &Failure) -> ProtoError {
+    let code = match f {
+        Failure::Busy(_) => ErrorCode::Overloaded,
+        _ => ErrorCode::HandlerFailed,
+    };
+    ProtoError::new(code, f.message())
 }
