@@ -128,6 +128,11 @@ async fn broadcasts_reach_members_on_every_node_in_per_origin_order() {
             got.iter().all(|(f, _)| f != me),
             "{me} got its own broadcast"
         );
+        // A leave in a cluster is answered too (it was not: the answer waited for
+        // another node's confirmation and the member was gone by then).
+        let mut c = c;
+        let left = c.request(json!({"type": "leave", "room": "lobby"})).await;
+        assert_eq!(left["ok"], true, "{me}: {left}");
         c.close().await;
     }
     shutdown(nodes).await;

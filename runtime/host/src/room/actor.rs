@@ -298,7 +298,10 @@ impl Actor {
                     let _ = done.send(false);
                     return;
                 }
-                self.reply(&conn, r#ref, Ok(None));
+                // Answered at once, not held for another replica's confirmation like an
+                // emit's answer: once the member is gone there is no link to release it to.
+                let room = self.key.room.clone();
+                self.answer_now(&conn, &room, r#ref, Ok(None));
                 self.remove_member(&conn).await;
                 let _ = done.send(true);
                 self.after_call().await;
