@@ -1,7 +1,8 @@
-//! How fast one connection may create rooms: a token bucket per connection. Loading a
-//! room costs the node an actor and a handler instance, and an empty room keeps them a
-//! while, so a client opening room after room is refused (`rate_limited`) instead of
-//! filling the node.
+//! Whether a client may make this node load a room: at most `room_creations_per_sec`
+//! a second per connection (a token bucket each) and `max_rooms` loaded at once.
+//! Loading a room costs the node an actor and a handler instance, and an empty room
+//! keeps them a while, so a client opening room after room is refused
+//! (`rate_limited`, then `overloaded`) instead of filling the node.
 
 use edgeroom_host::room::RoomKey;
 use edgeroom_proto::{ErrorCode, ProtoError};
@@ -49,13 +50,29 @@ impl Bucket {
 }
 
 /// Whether a connection with `bucket` may join `key` now: a room loaded here costs
-/// nothing more; one that would be created takes a token. The refusal is counted.
+/// nothing more; one that would be loaded takes a token and a place under
+/// `max_rooms` (checked, not reserved: joins racing past it overshoot by a few at
+/// most). A refusal is counted.
 pub fn may_create(node: &Gateway, bucket: &mut Bucket, key: &RoomKey) -> Result<(), ProtoError> {
-    if node.rooms.loaded(key).is_some() || bucket.take(node.clock.mono_ms()) {
+    if node.rooms.loaded(key).is_some() {
+        return Ok(());
+    }
+    let limits = &node.config.limits;
+    if node.rooms.count() >= limits.max_rooms {
+        node.metrics.rooms_refused.inc();
+        return Err(ProtoError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "this node has {} rooms loaded, as many as it may; try again later or elsewhere",
+                limits.max_rooms
+            ),
+        ));
+    }
+    if bucket.take(node.clock.mono_ms()) {
         return Ok(());
     }
     node.metrics.room_creations_refused.inc();
-    let per_sec = node.config.limits.room_creations_per_sec;
+    let per_sec = limits.room_creations_per_sec;
     Err(ProtoError::new(
         ErrorCode::RateLimited,
         format!("a connection may create at most {per_sec} rooms a second; try again shortly"),

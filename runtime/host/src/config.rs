@@ -146,6 +146,10 @@ pub struct Limits {
     /// in `edgeroom_room_creations_refused`. Joining a room already loaded is not counted.
     /// 0: no limit.
     pub room_creations_per_sec: u32,
+    /// Rooms loaded on this node at once (an empty room stays loaded while it keeps
+    /// history for resume); a client join that would load one more is refused with
+    /// `overloaded` and counted in `edgeroom_rooms_refused`.
+    pub max_rooms: usize,
     /// Concurrent client connections.
     pub max_connections: usize,
     /// Engine.IO sessions (Socket.IO clients) one IP address may hold; a handshake
@@ -190,6 +194,7 @@ impl Default for Limits {
             max_handler_bytes: 16 * 1024 * 1024,
             max_rooms_per_conn: 100,
             room_creations_per_sec: 20,
+            max_rooms: 20_000,
             max_connections: 19_000,
             engineio_sessions_per_ip: 256,
             max_sockets: 0,

@@ -54,6 +54,8 @@ pub struct Metrics {
     /// Joins refused because their connection created rooms faster than
     /// `limits.room_creations_per_sec`.
     pub room_creations_refused: Counter,
+    /// Client joins refused because the node had `limits.max_rooms` loaded.
+    pub rooms_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -90,6 +92,7 @@ impl Metrics {
         let emits_unconfirmed_refused = Counter::default();
         let instances_refused = Family::default();
         let room_creations_refused = Counter::default();
+        let rooms_refused = Counter::default();
         registry.register(
             "connections",
             "Client connections open now",
@@ -184,6 +187,11 @@ impl Metrics {
             "Joins refused because their connection created rooms too fast",
             room_creations_refused.clone(),
         );
+        registry.register(
+            "rooms_refused",
+            "Client joins refused because the node had as many rooms loaded as it may",
+            rooms_refused.clone(),
+        );
         Self {
             registry,
             connections,
@@ -208,6 +216,7 @@ impl Metrics {
             emits_unconfirmed_refused,
             instances_refused,
             room_creations_refused,
+            rooms_refused,
         }
     }
 

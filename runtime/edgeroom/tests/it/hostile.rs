@@ -381,3 +381,28 @@ async fn one_client_opening_rooms_cannot_starve_other_apps_of_handler_instances(
     }
     node.stop().await;
 }
+
+/// Rooms a node has loaded are capped: past `max_rooms` a join that would load one
+/// more is refused with `overloaded` and counted, while rooms already loaded can still
+/// be joined. (Left empty, a room stays loaded while it keeps history, so without a
+/// cap one client spread over many connections loaded thousands a second.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_loaded_on_a_node_are_capped() {
+    let node = TestNode::start_with(|c| c.limits.max_rooms = 5).await;
+    let mut a = node.client("echo").await;
+    for i in 0..5 {
+        let r = a.join(&format!("r-{i}"), serde_json::json!(null)).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let r = a.join("r-5", serde_json::json!(null)).await;
+    assert_eq!(r["error"]["code"], "overloaded", "{r}");
+    let mut b = node.client("counter").await;
+    let r = b.join("elsewhere", serde_json::json!(null)).await;
+    assert_eq!(r["error"]["code"], "overloaded", "{r}");
+    let mut c = node.client("echo").await;
+    let r = c.join("r-0", serde_json::json!(null)).await;
+    assert_eq!(r["ok"], true, "a loaded room is joined: {r}");
+    let m = node.metrics().await;
+    assert_eq!(metric(&m, "edgeroom_rooms_refused_total"), 2.0);
+    node.stop().await;
+}

@@ -231,6 +231,11 @@ impl Rooms {
         Some(handle)
     }
 
+    /// How many rooms are loaded.
+    pub fn count(&self) -> usize {
+        self.map.lock().len()
+    }
+
     /// The actor of `key` if it is loaded.
     pub fn loaded(&self, key: &RoomKey) -> Option<RoomHandle> {
         self.map
