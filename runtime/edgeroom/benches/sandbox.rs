@@ -25,6 +25,7 @@ fn world(metrics: &Arc<Metrics>) -> World {
         LogLimits {
             max_age_ms: 120_000,
             max_events: 1000,
+            max_bytes: usize::MAX,
         },
     );
     let place = Place {

@@ -124,6 +124,11 @@ pub struct Limits {
     pub history_ms: u64,
     /// Most events a room keeps, whatever their age.
     pub history_max_events: usize,
+    /// Most bytes of events a room keeps, whatever their age: an event's name and
+    /// arguments count twice (the event, and the wire form kept for the next member),
+    /// plus 256 bytes and its cursor. The oldest go first; the newest is kept whatever
+    /// its size. A client resuming from before what is kept gets `history_gap`.
+    pub history_max_bytes: usize,
     /// How long a disconnected session stays resumable.
     pub resume_window_ms: u64,
     /// How long a disconnected session keeps its presence before it leaves its rooms.
@@ -186,6 +191,7 @@ impl Default for Limits {
             engineio_queue: 4096,
             history_ms: 120_000,
             history_max_events: 100_000,
+            history_max_bytes: 8 * 1024 * 1024,
             resume_window_ms: 120_000,
             presence_grace_ms: 15_000,
             adopt_patience_ms: 2_000,

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub http_timeouts: Counter,
     pub rooms: Gauge,
     pub handler_instances: Gauge,
+    /// Bytes of events rooms keep for resume (see `limits.history_max_bytes`).
+    pub history_bytes: Gauge,
     pub events: Counter,
     pub events_per_second: Gauge<f64, AtomicU64>,
     pub deliveries: Counter,
@@ -74,6 +76,7 @@ impl Metrics {
         let sessions_refused = Family::default();
         let rooms = Gauge::default();
         let handler_instances = Gauge::default();
+        let history_bytes = Gauge::default();
         let events = Counter::default();
         let events_per_second = Gauge::<f64, AtomicU64>::default();
         let deliveries = Counter::default();
@@ -119,6 +122,11 @@ impl Metrics {
             "handler_instances",
             "Live handler instances",
             handler_instances.clone(),
+        );
+        registry.register(
+            "history_bytes",
+            "Bytes of events rooms keep for resume, as history limits count them",
+            history_bytes.clone(),
         );
         registry.register("events", "Client events handled", events.clone());
         registry.register(
@@ -201,6 +209,7 @@ impl Metrics {
             sessions_refused,
             rooms,
             handler_instances,
+            history_bytes,
             events,
             events_per_second,
             deliveries,

@@ -40,11 +40,14 @@ pub struct Remembered<R> {
     pub result: R,
 }
 
-/// Limits of the log.
+/// Limits of the log: an event goes once it is older than `max_age_ms`, or the oldest
+/// goes while there are more than `max_events` or they cost more than `max_bytes` (see
+/// [`LogEntry::cost`]; the newest event is kept whatever it costs).
 #[derive(Debug, Clone, Copy)]
 pub struct LogLimits {
     pub max_age_ms: u64,
     pub max_events: usize,
+    pub max_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -54,6 +57,8 @@ pub struct RoomCore<R> {
     next_seq: Seq,
     members: BTreeMap<ConnId, Member>,
     log: VecDeque<Arc<LogEntry>>,
+    /// What the events in `log` cost, in bytes (see [`LogEntry::cost`]).
+    log_bytes: usize,
     limits: LogLimits,
     /// This node's first sequence number in this room since the room was loaded.
     first_seq: Seq,
@@ -75,6 +80,7 @@ impl<R: Clone> RoomCore<R> {
             first_seq,
             members: BTreeMap::new(),
             log: VecDeque::new(),
+            log_bytes: 0,
             limits,
             evicted: Cursor::default(),
             head: Cursor::default(),
@@ -295,8 +301,11 @@ impl<R: Clone> RoomCore<R> {
         );
         self.head.advance(&e.origin, e.seq);
         let entry = Arc::new(LogEntry::new(self.room.clone(), e, self.head.to_string()));
+        self.log_bytes += entry.cost();
         self.log.push_back(entry.clone());
-        while self.log.len() > self.limits.max_events {
+        while self.log.len() > self.limits.max_events
+            || (self.log_bytes > self.limits.max_bytes && self.log.len() > 1)
+        {
             self.evict_front();
         }
         entry
@@ -305,7 +314,17 @@ impl<R: Clone> RoomCore<R> {
     fn evict_front(&mut self) {
         if let Some(e) = self.log.pop_front() {
             self.evicted.advance(&e.origin, e.seq);
+            debug_assert!(
+                self.log_bytes >= e.cost(),
+                "the log's bytes count what it holds"
+            );
+            self.log_bytes = self.log_bytes.saturating_sub(e.cost());
         }
+    }
+
+    /// What the events kept for resume cost, in bytes (see [`LogEntry::cost`]).
+    pub fn log_bytes(&self) -> usize {
+        self.log_bytes
     }
 
     /// This node's events of this room in `from..=to` still in the log, and the first
@@ -393,12 +412,52 @@ mod tests {
             LogLimits {
                 max_age_ms: 1000,
                 max_events: 3,
+                max_bytes: usize::MAX,
             },
         )
     }
 
     fn conn(s: &str) -> ConnId {
         ConnId::from_trusted(s.into())
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes_keeping_the_newest_event() {
+        let limits = LogLimits {
+            max_age_ms: u64::MAX,
+            max_events: 1000,
+            max_bytes: 10_000,
+        };
+        let mut c: RoomCore<()> = RoomCore::new(
+            NodeId::new("n1").unwrap(),
+            RoomId::new("r").unwrap(),
+            Seq::first(1),
+            limits,
+        );
+        let big = |n: usize| Payload {
+            json: format!("[\"{}\"]", "x".repeat(n)),
+            binaries: vec![],
+        };
+        let mut costs = Vec::new();
+        for _ in 0..10 {
+            costs.push(
+                c.publish(0, Target::All, "e".into(), big(1_000), None, None)
+                    .cost(),
+            );
+        }
+        assert!(c.log_bytes() <= 10_000, "{}", c.log_bytes());
+        let kept = c.replay_all(&Cursor::default()).len();
+        assert_eq!(c.log_bytes(), costs[10 - kept..].iter().sum::<usize>());
+        assert!((3..10).contains(&kept), "{kept} kept");
+        // What went is known to be gone (resume from before it is a gap).
+        assert_eq!(
+            c.evicted.get(&NodeId::new("n1").unwrap()).n,
+            (10 - kept) as u64
+        );
+        // One event bigger than the whole budget replaces everything, and is kept.
+        let huge = c.publish(0, Target::All, "e".into(), big(20_000), None, None);
+        assert_eq!(c.replay_all(&Cursor::default()).len(), 1);
+        assert_eq!(c.log_bytes(), huge.cost());
     }
 
     #[test]

@@ -86,6 +86,17 @@ impl LogEntry {
         }
     }
 
+    /// What keeping this event costs, in bytes, as history limits count it: its name
+    /// and arguments twice (the event itself, and the wire form its members were sent,
+    /// which it keeps for the next one), plus a fixed amount for the entry, its ids
+    /// and its cursor.
+    pub fn cost(&self) -> usize {
+        const ENTRY: usize = 256;
+        let binaries: usize = self.payload.binaries.iter().map(Vec::len).sum();
+        let body = self.event.len() + self.payload.json.len() + binaries;
+        ENTRY + self.cursor.len() + 2 * body
+    }
+
     /// Cache slots of the Socket.IO gateway's forms of an event: in the namespace named
     /// after the room or in the main namespace, each without and with a recovery offset.
     pub const SOCKETIO_SLOTS: [usize; 4] = [2, 3, 4, 5];

@@ -406,3 +406,28 @@ async fn rooms_loaded_on_a_node_are_capped() {
     assert_eq!(metric(&m, "edgeroom_rooms_refused_total"), 2.0);
     node.stop().await;
 }
+
+/// History was bounded by count and age only: 90 MB of 60 KB broadcasts stayed in
+/// memory for the history window. Now a room keeps at most `history_max_bytes` of
+/// events (the oldest go first), and `edgeroom_history_bytes` says what rooms hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_history_is_bounded_in_bytes() {
+    const BUDGET: usize = 1 << 20;
+    let node = TestNode::start_with(|c| c.limits.history_max_bytes = BUDGET).await;
+    let mut a = node.client("echo").await;
+    let joined = a.join("big", serde_json::json!(null)).await;
+    assert_eq!(joined["ok"], true, "{joined}");
+    let blob = "x".repeat(50_000);
+    for i in 0..60 {
+        let r = a
+            .emit("big", "broadcast", serde_json::json!([i, blob]))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let held = metric(&node.metrics().await, "edgeroom_history_bytes");
+    // 60 events of ~100 KB each as counted: 6 MB by count; at most the budget now,
+    // and not far below it (an event is ~100 KB).
+    assert!(held <= BUDGET as f64, "{held} bytes of history");
+    assert!(held >= (BUDGET - 110_000) as f64, "{held} bytes of history");
+    node.stop().await;
+}

@@ -38,6 +38,8 @@ struct Actor {
     last_save_ms: u64,
     /// In a cluster: this room's part in replication.
     replica: Option<Replica>,
+    /// The history bytes last added to the node's `history_bytes` gauge.
+    history_bytes: usize,
 }
 
 pub(super) fn spawn(
@@ -80,6 +82,7 @@ pub(super) fn spawn(
         let limits = LogLimits {
             max_age_ms: env.limits.history_ms,
             max_events: env.limits.history_max_events,
+            max_bytes: env.limits.history_max_bytes,
         };
         if first_seq.n == 0 {
             tracing::error!(room = %key.room, "room load task failed");
@@ -117,6 +120,7 @@ pub(super) fn spawn(
             empty_since_ms: None,
             last_save_ms: env.clock.mono_ms(),
             replica,
+            history_bytes: 0,
         };
         actor.run(rx).await;
         rooms.env().metrics.rooms.dec();
@@ -195,7 +199,13 @@ impl Actor {
                     self.after_call().await;
                 }
             }
+            self.count_history();
         }
+        self.rooms
+            .env()
+            .metrics
+            .history_bytes
+            .dec_by(self.history_bytes as i64);
         // Stopping: anything that slipped in is told to retry against a fresh actor.
         rx.close();
         while let Ok(cmd) = rx.try_recv() {
@@ -208,6 +218,16 @@ impl Actor {
         }
         self.save().await;
         self.slot.unload(&self.rooms.env().sandbox);
+    }
+
+    /// Brings the node's gauge of history bytes up to date with this room's log.
+    fn count_history(&mut self) {
+        let now = self.world().core.log_bytes();
+        if now != self.history_bytes {
+            let gauge = &self.rooms.env().metrics.history_bytes;
+            gauge.inc_by(now as i64 - self.history_bytes as i64);
+            self.history_bytes = now;
+        }
     }
 
     /// One handler call with the live version. `Ok(None)`: no handler is deployed.

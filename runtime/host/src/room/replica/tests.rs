@@ -150,6 +150,7 @@ impl Sim {
             LogLimits {
                 max_age_ms: u64::MAX,
                 max_events: 100_000,
+                max_bytes: usize::MAX,
             },
         )
     }
@@ -742,6 +743,7 @@ fn what_no_replica_has_is_counted_exactly() {
         LogLimits {
             max_age_ms: u64::MAX,
             max_events: 4,
+            max_bytes: usize::MAX,
         },
     );
     let _a = sim.join(0, "a");
