@@ -15,7 +15,6 @@ use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
@@ -742,7 +741,7 @@ impl Driver {
             }
             Some(Ok(Message::Binary(b))) => {
                 // Binary frames are binary messages as they are (no type byte).
-                self.deliver(Inbound::Binary(b.to_vec())).await;
+                self.deliver(Inbound::Binary(b)).await;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             Some(Ok(Message::Close(_))) | None => {
@@ -928,7 +927,7 @@ impl Driver {
 /// One Engine.IO packet as one WebSocket frame.
 fn ws_message(p: Packet) -> Message {
     match p {
-        Packet::Binary(b) => Message::Binary(Bytes::from(b)),
+        Packet::Binary(b) => Message::Binary(b),
         // Shared bytes go out as they are: no copy per session.
         Packet::Encoded(b) => match Utf8Bytes::try_from(b) {
             Ok(t) => Message::Text(t),

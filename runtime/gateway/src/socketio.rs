@@ -177,7 +177,7 @@ impl SocketIo {
     }
 
     /// A binary message from the client: an attachment.
-    pub async fn on_binary(&mut self, bytes: Vec<u8>, s: &mut Session) {
+    pub async fn on_binary(&mut self, bytes: bytes::Bytes, s: &mut Session) {
         let whole = self.reassembly.binary(bytes);
         self.on_decoded(whole.map_err(|e| e.to_string()), s).await;
     }
@@ -201,7 +201,7 @@ impl SocketIo {
     async fn dispatch(
         &mut self,
         p: Packet,
-        binaries: Vec<Vec<u8>>,
+        binaries: Vec<bytes::Bytes>,
         s: &mut Session,
     ) -> Result<(), Fatal> {
         match p.kind {

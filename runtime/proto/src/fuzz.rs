@@ -128,7 +128,7 @@ fn decoders_never_panic_and_round_trip() {
         let mut r = socketio::Reassembly::default();
         if r.text(&input).is_ok() {
             for _ in 0..rng.random_range(0..3) {
-                let _ = r.binary(vec![1, 2, 3]);
+                let _ = r.binary(vec![1, 2, 3].into());
             }
         }
         if let Ok(Some((p, _))) = socketio::Reassembly::default().text(&input)

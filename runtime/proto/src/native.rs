@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -126,7 +127,7 @@ fn too_large(len: usize, max: usize, r#ref: Option<Ref>) -> DecodeError {
     }
 }
 
-fn decode_json(text: &str, binaries: Vec<Vec<u8>>, max: usize) -> Result<ClientFrame, DecodeError> {
+fn decode_json(text: &str, binaries: Vec<Bytes>, max: usize) -> Result<ClientFrame, DecodeError> {
     let ref_of = || {
         serde_json::from_str::<RefOnly>(text)
             .ok()
@@ -280,7 +281,7 @@ fn truncate(s: &str, n: usize) -> &str {
 
 /// Turn an argument array (JSON text, maybe with `$binary` objects) into a payload.
 /// Text without `$binary` is kept as it came, byte for byte.
-fn payload_from(args: &str, mut binaries: Vec<Vec<u8>>) -> Result<Payload, String> {
+fn payload_from(args: &str, mut binaries: Vec<Bytes>) -> Result<Payload, String> {
     if !args.trim_start().starts_with('[') {
         return Err("`args` must be an array".into());
     }
@@ -333,7 +334,7 @@ fn json_depth(text: &str) -> usize {
 
 fn msgpack_to_json(
     v: rmpv::Value,
-    binaries: &mut Vec<Vec<u8>>,
+    binaries: &mut Vec<Bytes>,
     depth: usize,
 ) -> Result<Value, String> {
     use rmpv::Value as M;
@@ -362,7 +363,7 @@ fn msgpack_to_json(
             .ok_or("non-finite float")?,
         M::String(s) => Value::String(s.into_str().ok_or("string is not UTF-8")?),
         M::Binary(b) => {
-            binaries.push(b);
+            binaries.push(b.into());
             placeholder(binaries.len() - 1)
         }
         M::Array(a) => Value::Array(
@@ -387,10 +388,10 @@ fn msgpack_to_json(
     })
 }
 
-fn json_to_msgpack(v: Value, binaries: &[Vec<u8>]) -> rmpv::Value {
+fn json_to_msgpack(v: Value, binaries: &[Bytes]) -> rmpv::Value {
     use rmpv::Value as M;
     if let Some(b) = crate::payload::as_placeholder(&v).and_then(|n| binaries.get(n)) {
-        return M::Binary(b.clone());
+        return M::Binary(b.to_vec());
     }
     match v {
         Value::Null => M::Nil,
@@ -865,7 +866,7 @@ mod tests {
         assert!(String::from_utf8(out).unwrap().contains(r#""args":[1,2]"#));
         let bin = Payload {
             json: r#"[{"_placeholder":true,"num":0}]"#.into(),
-            binaries: vec![vec![0, 255]],
+            binaries: vec![vec![0, 255].into()],
         };
         let out = encode(
             &ServerFrame::Reply {

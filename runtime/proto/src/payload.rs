@@ -6,6 +6,7 @@
 //! the way out; handlers and rooms never re-encode it.
 
 use base64::Engine as _;
+use bytes::Bytes;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -14,7 +15,8 @@ use serde_json::value::RawValue;
 pub struct Payload {
     /// A JSON array, with binary values replaced by placeholders.
     pub json: String,
-    pub binaries: Vec<Vec<u8>>,
+    /// Shared, not copied: an event's attachments go to every recipient as they are.
+    pub binaries: Vec<Bytes>,
 }
 
 /// The key of the object that carries binary in the native protocol's JSON form.
@@ -30,7 +32,7 @@ impl Payload {
     }
 
     /// The argument list from already-parsed values with binaries as placeholders.
-    pub fn from_values(args: &[Value], binaries: Vec<Vec<u8>>) -> Self {
+    pub fn from_values(args: &[Value], binaries: Vec<Bytes>) -> Self {
         Self {
             json: Value::Array(args.to_vec()).to_string(),
             binaries,
@@ -100,7 +102,7 @@ fn walk_placeholders(v: &Value, f: &mut impl FnMut(usize)) {
 }
 
 /// Replace `{"$binary": "<base64>"}` objects by placeholders, moving the bytes to `binaries`.
-pub fn extract_base64_binaries(v: &mut Value, binaries: &mut Vec<Vec<u8>>) -> Result<(), String> {
+pub fn extract_base64_binaries(v: &mut Value, binaries: &mut Vec<Bytes>) -> Result<(), String> {
     match v {
         Value::Object(o) if o.len() == 1 && o.contains_key(BINARY_KEY) => {
             let Some(Value::String(s)) = o.get(BINARY_KEY) else {
@@ -109,7 +111,7 @@ pub fn extract_base64_binaries(v: &mut Value, binaries: &mut Vec<Vec<u8>>) -> Re
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(s)
                 .map_err(|e| format!("{BINARY_KEY} is not valid base64: {e}"))?;
-            binaries.push(bytes);
+            binaries.push(bytes.into());
             *v = placeholder(binaries.len() - 1);
         }
         Value::Object(o) => o
@@ -124,7 +126,7 @@ pub fn extract_base64_binaries(v: &mut Value, binaries: &mut Vec<Vec<u8>>) -> Re
 }
 
 /// Replace placeholders by `{"$binary": "<base64>"}` objects.
-pub fn inline_base64_binaries(v: &mut Value, binaries: &[Vec<u8>]) {
+pub fn inline_base64_binaries(v: &mut Value, binaries: &[Bytes]) {
     if let Some(n) = as_placeholder(v) {
         if let Some(b) = binaries.get(n) {
             *v = serde_json::json!({ BINARY_KEY: base64::engine::general_purpose::STANDARD.encode(b) });

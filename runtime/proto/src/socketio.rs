@@ -6,6 +6,7 @@
 //! [`Reassembly`] puts them back together. JSON is kept as the text that arrived, so
 //! arguments are relayed byte for byte.
 
+use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::payload::Payload;
@@ -198,7 +199,7 @@ pub fn encode(p: &Packet) -> String {
 
 /// An EVENT's name and arguments, from its data array (`["name", arg, ...]`).
 /// Arguments keep their exact text.
-pub fn split_event(data: &str, binaries: Vec<Vec<u8>>) -> Result<(String, Payload), DecodeError> {
+pub fn split_event(data: &str, binaries: Vec<Bytes>) -> Result<(String, Payload), DecodeError> {
     let items: Vec<&RawValue> = serde_json::from_str(data).map_err(|_| DecodeError::BadPayload)?;
     let (first, args) = items.split_first().ok_or(DecodeError::BadPayload)?;
     let name = match serde_json::from_str::<serde_json::Value>(first.get()) {
@@ -263,7 +264,7 @@ fn join_raw<'a>(items: impl Iterator<Item = &'a str>) -> String {
 }
 
 /// A packet with its attachments.
-pub type Whole = (Packet, Vec<Vec<u8>>);
+pub type Whole = (Packet, Vec<Bytes>);
 
 /// Collects a binary packet's attachments.
 #[derive(Debug, Default)]
@@ -288,7 +289,7 @@ impl Reassembly {
     }
 
     /// A binary message arrived: the next attachment of the waiting packet.
-    pub fn binary(&mut self, bytes: Vec<u8>) -> Result<Option<Whole>, DecodeError> {
+    pub fn binary(&mut self, bytes: Bytes) -> Result<Option<Whole>, DecodeError> {
         let (p, bins) = self.waiting.as_mut().ok_or(DecodeError::UnexpectedBinary)?;
         bins.push(bytes);
         if bins.len() < p.attachments {
@@ -397,7 +398,7 @@ mod tests {
     #[test]
     fn attachments_are_collected_in_order() {
         let mut r = Reassembly::default();
-        assert_eq!(r.binary(vec![1]), Err(DecodeError::UnexpectedBinary));
+        assert_eq!(r.binary(vec![1].into()), Err(DecodeError::UnexpectedBinary));
         assert!(
             r.text(
                 "52-[\"up\",{\"_placeholder\":true,\"num\":0},{\"_placeholder\":true,\"num\":1}]"
@@ -406,9 +407,12 @@ mod tests {
             .is_none()
         );
         assert_eq!(r.text("2[\"x\"]"), Err(DecodeError::ExpectedBinary));
-        assert!(r.binary(vec![1]).unwrap().is_none());
-        let (pkt, bins) = r.binary(vec![2, 3]).unwrap().unwrap();
-        assert_eq!((pkt.attachments, bins), (2, vec![vec![1], vec![2, 3]]));
+        assert!(r.binary(vec![1].into()).unwrap().is_none());
+        let (pkt, bins) = r.binary(vec![2, 3].into()).unwrap().unwrap();
+        assert_eq!(
+            (pkt.attachments, bins),
+            (2, vec![Bytes::from(vec![1]), Bytes::from(vec![2, 3])])
+        );
         assert!(r.text("2[\"x\"]").unwrap().is_some());
     }
 }

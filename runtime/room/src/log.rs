@@ -92,7 +92,7 @@ impl LogEntry {
     /// and its cursor.
     pub fn cost(&self) -> usize {
         const ENTRY: usize = 256;
-        let binaries: usize = self.payload.binaries.iter().map(Vec::len).sum();
+        let binaries: usize = self.payload.binaries.iter().map(bytes::Bytes::len).sum();
         let body = self.event.len() + self.payload.json.len() + binaries;
         ENTRY + self.cursor.len() + 2 * body
     }

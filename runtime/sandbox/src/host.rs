@@ -102,14 +102,15 @@ impl<W: Send> WasiView for HostState<W> {
 fn to_host(p: WitPayload) -> Payload {
     Payload {
         json: p.json,
-        binaries: p.binaries,
+        binaries: p.binaries.into_iter().map(Into::into).collect(),
     }
 }
 
+/// The guest gets its own copy of the attachments (one not shared is moved, not copied).
 pub(crate) fn to_wit(p: Payload) -> WitPayload {
     WitPayload {
         json: p.json,
-        binaries: p.binaries,
+        binaries: p.binaries.into_iter().map(Vec::from).collect(),
     }
 }
 

@@ -92,7 +92,7 @@ pub struct WireEvent {
     pub target: Target,
     pub event: String,
     pub json: String,
-    pub binaries: Vec<Vec<u8>>,
+    pub binaries: Vec<bytes::Bytes>,
     pub from: Option<ConnId>,
     /// See `LogEntry::key`.
     pub key: Option<String>,
@@ -225,7 +225,7 @@ pub enum RoomMsg {
     /// An idempotent emit was handled with success: its key, and its reply.
     Handled {
         key: String,
-        reply: Option<(String, Vec<Vec<u8>>)>,
+        reply: Option<(String, Vec<bytes::Bytes>)>,
     },
     /// `origin` was declared dead: send me its events your log holds after `after`
     /// (it may have reached some replicas and not others before it died).
@@ -1018,7 +1018,12 @@ impl Replica {
                 parts.push(Vec::new());
                 bytes = 0;
             }
-            bytes += e.payload.json.len() + e.payload.binaries.iter().map(Vec::len).sum::<usize>();
+            bytes += e.payload.json.len()
+                + e.payload
+                    .binaries
+                    .iter()
+                    .map(bytes::Bytes::len)
+                    .sum::<usize>();
             if let Some(part) = parts.last_mut() {
                 part.push(WireEvent::new(&e));
             }

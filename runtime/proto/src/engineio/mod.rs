@@ -61,7 +61,7 @@ pub enum Packet {
     Ping(String),
     Pong(String),
     Message(String),
-    Binary(Vec<u8>),
+    Binary(bytes::Bytes),
     Upgrade,
     Noop,
     /// A whole text packet, type digit included, encoded once and shared by every
@@ -93,7 +93,7 @@ pub fn decode(text: &str) -> Result<Packet, DecodeError> {
         '4' => Packet::Message(data.to_owned()),
         '5' => Packet::Upgrade,
         '6' => Packet::Noop,
-        'b' => Packet::Binary(B64.decode(data).map_err(|_| DecodeError::BadBase64)?),
+        'b' => Packet::Binary(B64.decode(data).map_err(|_| DecodeError::BadBase64)?.into()),
         other => return Err(DecodeError::UnknownType(other)),
     })
 }
@@ -158,14 +158,17 @@ mod tests {
             Packet::Ping("probe".into()),
             Packet::Pong(String::new()),
             Packet::Message("héllo".into()),
-            Packet::Binary(vec![1, 2, 3, 4]),
-            Packet::Binary(vec![]),
+            Packet::Binary(vec![1, 2, 3, 4].into()),
+            Packet::Binary(bytes::Bytes::new()),
             Packet::Upgrade,
             Packet::Noop,
         ] {
             assert_eq!(decode(&encode(&p)).unwrap(), p);
         }
-        assert_eq!(encode(&Packet::Binary(vec![1, 2, 3, 4])), "bAQIDBA==");
+        assert_eq!(
+            encode(&Packet::Binary(vec![1, 2, 3, 4].into())),
+            "bAQIDBA=="
+        );
     }
 
     #[test]
@@ -176,7 +179,7 @@ mod tests {
             packets,
             vec![
                 Packet::Message("hello".into()),
-                Packet::Binary(vec![1, 2, 3, 4]),
+                Packet::Binary(vec![1, 2, 3, 4].into()),
                 Packet::Ping(String::new())
             ]
         );

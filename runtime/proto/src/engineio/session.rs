@@ -63,7 +63,7 @@ impl std::fmt::Display for CloseReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     Text(String),
-    Binary(Vec<u8>),
+    Binary(bytes::Bytes),
 }
 
 /// What a polling GET gets.
@@ -350,14 +350,14 @@ mod tests {
         assert_eq!(s.on_poll(), PollAnswer::Wait);
         assert_eq!(s.take_poll(), None);
         s.send(Packet::Message("a".into()));
-        s.send(Packet::Binary(vec![1, 2, 3, 4]));
+        s.send(Packet::Binary(vec![1, 2, 3, 4].into()));
         assert_eq!(s.take_poll().as_deref(), Some("4a\u{1e}bAQIDBA=="));
         s.send(Packet::Message("b".into()));
         assert_eq!(s.on_poll(), PollAnswer::Now("4b".into()));
         let got = s.on_post("4x\u{1e}bAQ==\u{1e}6", now).unwrap();
         assert_eq!(
             got,
-            vec![Inbound::Text("x".into()), Inbound::Binary(vec![1])]
+            vec![Inbound::Text("x".into()), Inbound::Binary(vec![1].into())]
         );
     }
 
