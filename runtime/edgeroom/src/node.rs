@@ -118,6 +118,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
                 cluster.health.clone(),
                 config.limits.peer_queue,
                 refused,
+                metrics.peer_messages_too_large.clone(),
             );
             tasks.spawn(replicator.clone().run(
                 cluster.control.clone(),

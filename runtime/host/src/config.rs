@@ -144,6 +144,15 @@ pub struct Limits {
     pub room_idle_ms: u64,
     /// Largest handler upload.
     pub max_handler_bytes: usize,
+    /// Largest event a client may emit, in bytes: its name, JSON arguments and binary
+    /// attachments together (Socket.IO attachments travel apart, so only this bounds
+    /// their sum). A larger one is refused with `too_large`: it has to fit one frame
+    /// between nodes (4 MiB).
+    pub max_event_bytes: usize,
+    /// Largest `auth` a member may join with, in bytes; a larger one is refused with
+    /// `too_large`. Every replica keeps it, and a room's members travel together when
+    /// nodes meet.
+    pub max_auth_bytes: usize,
     /// Rooms a connection may join at once.
     pub max_rooms_per_conn: usize,
     /// Rooms one connection may cause this node to load, a second (a bucket of as many,
@@ -198,6 +207,8 @@ impl Default for Limits {
             instance_idle_ms: 30_000,
             room_idle_ms: 300_000,
             max_handler_bytes: 16 * 1024 * 1024,
+            max_event_bytes: 2 * 1024 * 1024,
+            max_auth_bytes: 16 * 1024,
             max_rooms_per_conn: 100,
             room_creations_per_sec: 20,
             max_rooms: 20_000,

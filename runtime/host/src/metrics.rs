@@ -58,6 +58,8 @@ pub struct Metrics {
     pub room_creations_refused: Counter,
     /// Client joins refused because the node had `limits.max_rooms` loaded.
     pub rooms_refused: Counter,
+    /// Room messages dropped because they would not fit a peer frame.
+    pub peer_messages_too_large: Counter,
 }
 
 impl Default for Metrics {
@@ -96,6 +98,7 @@ impl Metrics {
         let instances_refused = Family::default();
         let room_creations_refused = Counter::default();
         let rooms_refused = Counter::default();
+        let peer_messages_too_large = Counter::default();
         registry.register(
             "connections",
             "Client connections open now",
@@ -200,6 +203,11 @@ impl Metrics {
             "Client joins refused because the node had as many rooms loaded as it may",
             rooms_refused.clone(),
         );
+        registry.register(
+            "peer_messages_too_large",
+            "Room messages to peers dropped because they would not fit a frame",
+            peer_messages_too_large.clone(),
+        );
         Self {
             registry,
             connections,
@@ -226,6 +234,7 @@ impl Metrics {
             instances_refused,
             room_creations_refused,
             rooms_refused,
+            peer_messages_too_large,
         }
     }
 

@@ -18,11 +18,16 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
     #[error("undecodable peer frame: {0}")]
     Malformed(#[from] postcard::Error),
+    /// A message to send encodes longer than the stream's limit. Nothing was written:
+    /// the stream goes on, and the caller decides what becomes of the message.
+    #[error("a {len}-byte message is over this stream's {max}-byte frame limit")]
+    TooLarge { len: usize, max: usize },
 }
 
 /// Length-delimited postcard messages of type `T`, at most `max` bytes each.
 pub struct FrameCodec<T> {
     length: LengthDelimitedCodec,
+    max: usize,
     _message: PhantomData<fn() -> T>,
 }
 
@@ -32,6 +37,7 @@ impl<T> FrameCodec<T> {
             length: LengthDelimitedCodec::builder()
                 .max_frame_length(max)
                 .new_codec(),
+            max,
             _message: PhantomData,
         }
     }
@@ -54,6 +60,12 @@ impl<T: Serialize> Encoder<&T> for FrameCodec<T> {
 
     fn encode(&mut self, item: &T, dst: &mut BytesMut) -> Result<(), FrameError> {
         let body = postcard::to_stdvec(item)?;
+        if body.len() > self.max {
+            return Err(FrameError::TooLarge {
+                len: body.len(),
+                max: self.max,
+            });
+        }
         self.length.encode(bytes::Bytes::from(body), dst)?;
         Ok(())
     }
@@ -113,6 +125,25 @@ mod tests {
         buf.extend_from_slice(&(1025u32).to_be_bytes());
         let err = FrameCodec::<Msg>::new(1024).decode(&mut buf).unwrap_err();
         assert!(matches!(err, FrameError::Io(_)), "{err}");
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_refused_before_anything_is_written() {
+        let mut codec = FrameCodec::<Msg>::new(1024);
+        let mut buf = BytesMut::new();
+        let big = Msg::Text {
+            room: "lobby".into(),
+            body: vec![7; 2000],
+        };
+        let err = codec.encode(&big, &mut buf).unwrap_err();
+        assert!(
+            matches!(err, FrameError::TooLarge { max: 1024, .. }),
+            "{err}"
+        );
+        assert!(buf.is_empty());
+        // The codec goes on with the next message.
+        codec.encode(&Msg::Ping(1), &mut buf).unwrap();
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Msg::Ping(1)));
     }
 
     #[test]

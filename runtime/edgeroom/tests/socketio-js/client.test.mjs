@@ -350,6 +350,39 @@ for (const transport of ["websocket", "polling"]) {
   });
 }
 
+// Attachments travel as separate messages, each under maxHttpBufferSize, so only a cap
+// on the whole event bounds their sum (limits.max_event_bytes, 2 MiB): a larger event
+// is refused with too_large and reaches no one; the socket goes on.
+test("an event over max_event_bytes is refused with too_large, not delivered", async () => {
+  const room = fresh("too-large");
+  const a = client("/", { auth: { room }, transports: ["websocket"] });
+  const b = client("/", { auth: { room }, transports: ["websocket"] });
+  try {
+    await Promise.all([connected(a), connected(b)]);
+    const got = [];
+    b.on("broadcast", (...args) => got.push(withoutOffset(args)[0]));
+    const parts = [0, 1, 2].map((i) => Buffer.alloc(900_000, i));
+    const [answer] = [await a.timeout(WAIT).emitWithAck("broadcast", "big", ...parts)];
+    assert.equal(answer?.error?.code, "too_large", JSON.stringify(answer));
+    await a.timeout(WAIT).emitWithAck("broadcast", "small", Buffer.alloc(900_000, 7));
+    await until(() => got.length === 1, "the small broadcast");
+    assert.deepEqual(got, ["small"]);
+  } finally {
+    a.disconnect();
+    b.disconnect();
+  }
+});
+
+test("auth over max_auth_bytes is refused with too_large", async () => {
+  const s = client("/", { auth: { room: fresh("big-auth"), blob: "x".repeat(20_000) } });
+  try {
+    const err = await within(new Promise((resolve) => s.once("connect_error", resolve)), "connect_error");
+    assert.equal(err.data?.code, "too_large", JSON.stringify(err));
+  } finally {
+    s.disconnect();
+  }
+});
+
 test("a namespace outside the app's pattern is an invalid namespace", async () => {
   const path = "/apps/scoped/socket.io/";
   const bad = client("/nope", { path });

@@ -106,6 +106,7 @@ pub(super) fn spawn(
             region: env.region.clone(),
         };
         let mut world = World::new(place, core, doc, env.metrics.clone());
+        world.max_event_bytes = env.limits.max_event_bytes;
         if replica.is_some() {
             world.outgoing = Some(Outgoing::default());
         }
@@ -452,6 +453,16 @@ impl Actor {
             let _ = link.outbox.frame(frame);
             JoinOutcome::Refused
         };
+        let max_auth = self.rooms.env().limits.max_auth_bytes;
+        if auth.len() > max_auth {
+            return refuse(ProtoError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "auth of {} bytes is over the {max_auth}-byte limit",
+                    auth.len()
+                ),
+            ));
+        }
         if self.world().core.member(&conn).is_some() {
             return refuse(ProtoError::new(
                 ErrorCode::AlreadyJoined,
@@ -598,6 +609,27 @@ impl Actor {
                 self.reply(&conn, r#ref, result);
                 return;
             }
+        }
+        let size = event.len()
+            + payload.json.len()
+            + payload
+                .binaries
+                .iter()
+                .map(bytes::Bytes::len)
+                .sum::<usize>();
+        let max = self.rooms.env().limits.max_event_bytes;
+        if size > max {
+            self.rooms
+                .env()
+                .metrics
+                .bad_frame(ErrorCode::TooLarge.as_str());
+            let error = ProtoError::new(
+                ErrorCode::TooLarge,
+                format!("an event of {size} bytes is over the {max}-byte limit"),
+            );
+            let room = self.key.room.clone();
+            self.answer_now(&conn, &room, r#ref, Err(error));
+            return;
         }
         if self.replica.as_ref().is_some_and(|r| !r.accepts_emits()) {
             self.rooms.env().metrics.emits_unconfirmed_refused.inc();

@@ -40,7 +40,7 @@ use edgeroom_cluster::control::ControlPlane;
 use edgeroom_cluster::health::Health;
 use edgeroom_proto::ids::NodeId;
 use edgeroom_room::interest::{Announce, Interest, RoomRef};
-use edgeroom_transport::{Endpoint, Incoming, Purpose};
+use edgeroom_transport::{Endpoint, FrameError, Incoming, Purpose};
 use tokio::sync::watch;
 
 /// Deliveries waiting for the node's rooms at most (the peer readers wait beyond it).
@@ -126,6 +126,8 @@ pub struct Replicator<M> {
     health: Arc<Health>,
     peer_queue: usize,
     refused: Counter,
+    /// Messages dropped because they would not fit a peer frame.
+    too_large: Counter,
     interest: Mutex<Interest>,
     links: Mutex<HashMap<NodeId, Link<M>>>,
     /// The incarnation each peer's streams last came from.
@@ -141,13 +143,15 @@ where
 {
     /// A replicator and the channel its deliveries come out of.
     /// `peer_queue`: messages queued to one peer at most (`Limits::peer_queue`);
-    /// `refused`: counts frames from peers that do not parse.
+    /// `refused`: counts frames from peers that do not parse; `too_large`: messages
+    /// dropped because they would not fit a frame.
     pub fn new(
         me: NodeId,
         region: String,
         health: Arc<Health>,
         peer_queue: usize,
         refused: Counter,
+        too_large: Counter,
     ) -> (Arc<Self>, mpsc::Receiver<Delivery<M>>) {
         let (to_rooms, rx) = mpsc::channel(ROOMS_QUEUE);
         let this = Arc::new(Self {
@@ -157,6 +161,7 @@ where
             health,
             peer_queue,
             refused,
+            too_large,
             interest: Mutex::new(Interest::new()),
             links: Mutex::new(HashMap::new()),
             peers_seen: Mutex::new(HashMap::new()),
@@ -560,7 +565,16 @@ where
             // Batch what is already queued into one flush.
             loop {
                 match cmd {
-                    LinkCmd::Send(msg) => tx.feed(&msg).await?,
+                    // A message that cannot fit a frame is dropped here, not sent to
+                    // break the link (which would redial and meet it again, forever).
+                    // Clients' events are refused before they get this big.
+                    LinkCmd::Send(msg) => match tx.feed(&msg).await {
+                        Err(FrameError::TooLarge { len, max }) => {
+                            self.too_large.inc();
+                            tracing::error!(peer = %dial.node, len, max, "dropped a room message too large for a peer frame");
+                        }
+                        sent => sent?,
+                    },
                     LinkCmd::Drain(done) => {
                         tx.flush().await?;
                         let stream = tx.get_mut();

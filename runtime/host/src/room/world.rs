@@ -81,6 +81,9 @@ pub struct World {
     /// Wall time for the handler's `now-ms`, shown, never compared across nodes.
     pub wall_ms: u64,
     pub metrics: Arc<Metrics>,
+    /// Largest event the handler may send (`limits.max_event_bytes`): a larger one is
+    /// dropped and counted, since it could not reach the room's other replicas.
+    pub max_event_bytes: usize,
 }
 
 impl World {
@@ -112,7 +115,26 @@ impl World {
             now_ms: 0,
             wall_ms: 0,
             metrics,
+            max_event_bytes: usize::MAX,
         }
+    }
+
+    /// Whether the handler's event fits `max_event_bytes`; one that does not is counted
+    /// (`edgeroom_handler_errors{kind="too_large"}`) and logged.
+    fn fits(&self, event: &str, payload: &Payload) -> bool {
+        let size = event.len()
+            + payload.json.len()
+            + payload
+                .binaries
+                .iter()
+                .map(bytes::Bytes::len)
+                .sum::<usize>();
+        let fits = size <= self.max_event_bytes;
+        if !fits {
+            self.metrics.handler_error("too_large");
+            tracing::warn!(app = %self.place.app, room = %self.place.room, size, max = self.max_event_bytes, "handler event over max_event_bytes dropped");
+        }
+        fits
     }
 
     /// Queue a frame to one member's connection.
@@ -424,12 +446,16 @@ impl RoomApi for World {
             Some(c) => Target::AllExcept(ConnId::from_trusted(c)),
             None => Target::All,
         };
-        self.publish(target, event, payload);
+        if self.fits(&event, &payload) {
+            self.publish(target, event, payload);
+        }
     }
 
     fn send(&mut self, conn: String, event: String, payload: Payload) {
         // A member on another node gets it there: every replica has every event.
-        if let Some(conn) = self.is_anywhere(&conn) {
+        if let Some(conn) = self.is_anywhere(&conn)
+            && self.fits(&event, &payload)
+        {
             self.publish(Target::Only(conn), event, payload);
         }
     }
