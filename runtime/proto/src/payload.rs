@@ -39,6 +39,11 @@ impl Payload {
         }
     }
 
+    /// Its bytes: the JSON text and every attachment (what size limits count).
+    pub fn size(&self) -> usize {
+        self.json.len() + self.binaries.iter().map(Bytes::len).sum::<usize>()
+    }
+
     /// The arguments as raw JSON texts (placeholders left as they are).
     pub fn raw_args(&self) -> Result<Vec<Box<RawValue>>, serde_json::Error> {
         serde_json::from_str(&self.json)

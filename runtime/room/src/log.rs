@@ -92,8 +92,7 @@ impl LogEntry {
     /// and its cursor.
     pub fn cost(&self) -> usize {
         const ENTRY: usize = 256;
-        let binaries: usize = self.payload.binaries.iter().map(bytes::Bytes::len).sum();
-        let body = self.event.len() + self.payload.json.len() + binaries;
+        let body = self.event.len() + self.payload.size();
         ENTRY + self.cursor.len() + 2 * body
     }
 

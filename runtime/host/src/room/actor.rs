@@ -610,13 +610,7 @@ impl Actor {
                 return;
             }
         }
-        let size = event.len()
-            + payload.json.len()
-            + payload
-                .binaries
-                .iter()
-                .map(bytes::Bytes::len)
-                .sum::<usize>();
+        let size = event.len() + payload.size();
         let max = self.rooms.env().limits.max_event_bytes;
         if size > max {
             self.rooms

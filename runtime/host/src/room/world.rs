@@ -122,13 +122,7 @@ impl World {
     /// Whether the handler's event fits `max_event_bytes`; one that does not is counted
     /// (`edgeroom_handler_errors{kind="too_large"}`) and logged.
     fn fits(&self, event: &str, payload: &Payload) -> bool {
-        let size = event.len()
-            + payload.json.len()
-            + payload
-                .binaries
-                .iter()
-                .map(bytes::Bytes::len)
-                .sum::<usize>();
+        let size = event.len() + payload.size();
         let fits = size <= self.max_event_bytes;
         if !fits {
             self.metrics.handler_error("too_large");
