@@ -26,6 +26,8 @@ fn world(metrics: &Arc<Metrics>) -> World {
             max_age_ms: 120_000,
             max_events: 1000,
             max_bytes: usize::MAX,
+            max_ids: usize::MAX,
+            max_ids_bytes: usize::MAX,
         },
     );
     let place = Place {

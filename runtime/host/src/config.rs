@@ -129,6 +129,13 @@ pub struct Limits {
     /// plus 256 bytes and its cursor. The oldest go first; the newest is kept whatever
     /// its size. A client resuming from before what is kept gets `history_gap`.
     pub history_max_bytes: usize,
+    /// Idempotency ids (an emit's `id`, with its answer, for a retry to get the same
+    /// answer) a room remembers at most; they are kept as long as history, and the
+    /// oldest go first. A retry after its id went runs again.
+    pub idempotency_max_ids: usize,
+    /// Bytes of idempotency ids and answers a room remembers at most (key, answer and
+    /// 64 bytes each); the oldest go first.
+    pub idempotency_max_bytes: usize,
     /// How long a disconnected session stays resumable.
     pub resume_window_ms: u64,
     /// How long a disconnected session keeps its presence before it leaves its rooms.
@@ -201,6 +208,8 @@ impl Default for Limits {
             history_ms: 120_000,
             history_max_events: 100_000,
             history_max_bytes: 8 * 1024 * 1024,
+            idempotency_max_ids: 10_000,
+            idempotency_max_bytes: 4 * 1024 * 1024,
             resume_window_ms: 120_000,
             presence_grace_ms: 15_000,
             adopt_patience_ms: 2_000,

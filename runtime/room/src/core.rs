@@ -38,16 +38,47 @@ pub struct Member {
 pub struct Remembered<R> {
     pub at_ms: u64,
     pub result: R,
+    /// What keeping it costs (see [`Weight`]), counted against `LogLimits::max_ids_bytes`.
+    weight: usize,
 }
+
+/// What a remembered result costs to keep, in bytes, as the idempotency limits count it.
+pub trait Weight {
+    fn weight(&self) -> usize;
+}
+
+impl Weight for () {
+    fn weight(&self) -> usize {
+        0
+    }
+}
+
+impl Weight for Result<Option<Payload>, edgeroom_proto::ProtoError> {
+    fn weight(&self) -> usize {
+        match self {
+            Ok(Some(p)) => p.size(),
+            Ok(None) => 0,
+            Err(e) => e.message.len(),
+        }
+    }
+}
+
+/// A remembered id's fixed cost besides its key and result: the map entry and the
+/// order queue's copy of the key.
+const ID_OVERHEAD: usize = 64;
 
 /// Limits of the log: an event goes once it is older than `max_age_ms`, or the oldest
 /// goes while there are more than `max_events` or they cost more than `max_bytes` (see
-/// [`LogEntry::cost`]; the newest event is kept whatever it costs).
+/// [`LogEntry::cost`]; the newest event is kept whatever it costs). Idempotency ids
+/// are kept as long as events, and the oldest go while there are more than `max_ids`
+/// or they cost more than `max_ids_bytes` (key, result and 64 bytes each).
 #[derive(Debug, Clone, Copy)]
 pub struct LogLimits {
     pub max_age_ms: u64,
     pub max_events: usize,
     pub max_bytes: usize,
+    pub max_ids: usize,
+    pub max_ids_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -66,9 +97,14 @@ pub struct RoomCore<R> {
     evicted: Cursor,
     head: Cursor,
     ids: HashMap<String, Remembered<R>>,
+    /// The ids in the order they were remembered, oldest first (an id remembered again
+    /// keeps its place).
+    ids_order: VecDeque<String>,
+    /// What the remembered ids cost, in bytes.
+    ids_bytes: usize,
 }
 
-impl<R: Clone> RoomCore<R> {
+impl<R: Clone + Weight> RoomCore<R> {
     /// A room whose events from this node are numbered from `first_seq` on (the first
     /// number of a fresh run: see `room::runs`).
     pub fn new(origin: NodeId, room: RoomId, first_seq: Seq, limits: LogLimits) -> Self {
@@ -85,6 +121,8 @@ impl<R: Clone> RoomCore<R> {
             evicted: Cursor::default(),
             head: Cursor::default(),
             ids: HashMap::new(),
+            ids_order: VecDeque::new(),
+            ids_bytes: 0,
         }
     }
 
@@ -364,13 +402,40 @@ impl<R: Clone> RoomCore<R> {
     }
 
     pub fn remember(&mut self, id: String, now_ms: u64, result: R) {
-        self.ids.insert(
-            id,
-            Remembered {
-                at_ms: now_ms,
-                result,
-            },
+        let weight = ID_OVERHEAD + 2 * id.len() + result.weight();
+        self.ids_bytes += weight;
+        let entry = Remembered {
+            at_ms: now_ms,
+            result,
+            weight,
+        };
+        match self.ids.insert(id.clone(), entry) {
+            Some(old) => self.ids_bytes -= old.weight,
+            None => self.ids_order.push_back(id),
+        }
+        while self.ids.len() > self.limits.max_ids
+            || (self.ids_bytes > self.limits.max_ids_bytes && self.ids.len() > 1)
+        {
+            self.forget_oldest_id();
+        }
+        debug_assert_eq!(
+            self.ids.len(),
+            self.ids_order.len(),
+            "every id has its place"
         );
+    }
+
+    fn forget_oldest_id(&mut self) {
+        if let Some(id) = self.ids_order.pop_front()
+            && let Some(r) = self.ids.remove(&id)
+        {
+            self.ids_bytes -= r.weight;
+        }
+    }
+
+    /// What the remembered idempotency ids cost, in bytes.
+    pub fn ids_bytes(&self) -> usize {
+        self.ids_bytes
     }
 
     /// Drop what is older than the log window. Returns the members whose connection has
@@ -380,7 +445,14 @@ impl<R: Clone> RoomCore<R> {
         while self.log.front().is_some_and(|e| e.at_ms < cutoff) {
             self.evict_front();
         }
-        self.ids.retain(|_, r| r.at_ms >= cutoff);
+        // Remembered in time order, so what is too old is at the front (an id
+        // remembered again keeps its older place and goes a little early).
+        while let Some(id) = self.ids_order.front() {
+            match self.ids.get(id) {
+                Some(r) if r.at_ms >= cutoff => break,
+                _ => self.forget_oldest_id(),
+            }
+        }
         self.members
             .iter()
             .filter(|(_, m)| {
@@ -413,6 +485,8 @@ mod tests {
                 max_age_ms: 1000,
                 max_events: 3,
                 max_bytes: usize::MAX,
+                max_ids: usize::MAX,
+                max_ids_bytes: usize::MAX,
             },
         )
     }
@@ -427,6 +501,8 @@ mod tests {
             max_age_ms: u64::MAX,
             max_events: 1000,
             max_bytes: 10_000,
+            max_ids: usize::MAX,
+            max_ids_bytes: usize::MAX,
         };
         let mut c: RoomCore<()> = RoomCore::new(
             NodeId::new("n1").unwrap(),
@@ -458,6 +534,50 @@ mod tests {
         let huge = c.publish(0, Target::All, "e".into(), big(20_000), None, None);
         assert_eq!(c.replay_all(&Cursor::default()).len(), 1);
         assert_eq!(c.log_bytes(), huge.cost());
+    }
+
+    #[test]
+    fn idempotency_ids_are_bounded_by_count_and_bytes_oldest_first() {
+        let limits = LogLimits {
+            max_age_ms: 1_000,
+            max_events: 10,
+            max_bytes: usize::MAX,
+            max_ids: 3,
+            max_ids_bytes: 1_000,
+        };
+        type Answer = Result<Option<Payload>, edgeroom_proto::ProtoError>;
+        let mut c: RoomCore<Answer> = RoomCore::new(
+            NodeId::new("n1").unwrap(),
+            RoomId::new("r").unwrap(),
+            Seq::first(1),
+            limits,
+        );
+        for id in ["a", "b", "c", "d"] {
+            c.remember(id.into(), 0, Ok(None));
+        }
+        // By count: the oldest went.
+        assert!(c.remembered("a").is_none());
+        assert!(["b", "c", "d"].iter().all(|id| c.remembered(id).is_some()));
+        // By bytes: an answer of 900 bytes leaves room for itself alone.
+        let big = Payload {
+            json: format!("[\"{}\"]", "x".repeat(896)),
+            binaries: vec![],
+        };
+        c.remember("e".into(), 10, Ok(Some(big)));
+        assert!(c.remembered("d").is_none() && c.remembered("e").is_some());
+        assert_eq!(c.ids_bytes(), ID_OVERHEAD + 2 + 900);
+        // Remembered again: counted once.
+        c.remember("e".into(), 20, Ok(None));
+        assert_eq!(c.ids_bytes(), ID_OVERHEAD + 2);
+        // By age, as before.
+        c.remember("f".into(), 900, Ok(None));
+        c.expire(1_500, u64::MAX);
+        assert!(
+            c.remembered("e").is_none(),
+            "remembered at 20 (its place from 10)"
+        );
+        assert!(c.remembered("f").is_some());
+        assert_eq!(c.ids_bytes(), ID_OVERHEAD + 2);
     }
 
     #[test]

@@ -431,3 +431,30 @@ async fn a_rooms_history_is_bounded_in_bytes() {
     assert!(held >= (BUDGET - 110_000) as f64, "{held} bytes of history");
     node.stop().await;
 }
+
+/// The idempotency table was bounded by age only (500 answers of 60 KB held for the
+/// history window). Now a room remembers at most `idempotency_max_ids` ids (and
+/// `idempotency_max_bytes`), the oldest going first: a retry of a remembered id gets its
+/// first answer without running again; a retry of one that went runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_ids_are_bounded_oldest_first() {
+    let node = TestNode::start_with(|c| c.limits.idempotency_max_ids = 5).await;
+    let mut a = node.client("counter").await;
+    let joined = a.join("ids", serde_json::json!(null)).await;
+    assert_eq!(joined["ok"], true, "{joined}");
+    let incr = |id: u32| {
+        serde_json::json!({"type": "emit", "room": "ids", "event": "incr",
+            "data": {"by": 1}, "id": format!("k{id}")})
+    };
+    for id in 1..=7 {
+        let r = a.request(incr(id)).await;
+        assert_eq!(r["data"]["count"], id, "{r}");
+    }
+    // k7 is remembered: the same answer, the count unchanged.
+    let again = a.request(incr(7)).await;
+    assert_eq!(again["data"]["count"], 7, "{again}");
+    // k1 went (only five are kept): it runs again.
+    let again = a.request(incr(1)).await;
+    assert_eq!(again["data"]["count"], 8, "{again}");
+    node.stop().await;
+}

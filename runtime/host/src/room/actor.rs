@@ -83,6 +83,8 @@ pub(super) fn spawn(
             max_age_ms: env.limits.history_ms,
             max_events: env.limits.history_max_events,
             max_bytes: env.limits.history_max_bytes,
+            max_ids: env.limits.idempotency_max_ids,
+            max_ids_bytes: env.limits.idempotency_max_bytes,
         };
         if first_seq.n == 0 {
             tracing::error!(room = %key.room, "room load task failed");

@@ -151,6 +151,8 @@ impl Sim {
                 max_age_ms: u64::MAX,
                 max_events: 100_000,
                 max_bytes: usize::MAX,
+                max_ids: usize::MAX,
+                max_ids_bytes: usize::MAX,
             },
         )
     }
@@ -744,6 +746,8 @@ fn what_no_replica_has_is_counted_exactly() {
             max_age_ms: u64::MAX,
             max_events: 4,
             max_bytes: usize::MAX,
+            max_ids: usize::MAX,
+            max_ids_bytes: usize::MAX,
         },
     );
     let _a = sim.join(0, "a");
