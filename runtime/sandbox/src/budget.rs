@@ -101,16 +101,20 @@ impl Instances {
             r.calls += 1;
             r.app = (refused == Refused::App).then(|| app.to_owned());
         });
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let released = self.released.notified();
-            match self.take(app) {
-                Ok(p) => return Ok(p),
-                Err(r) if tokio::time::timeout_at(deadline, released).await.is_err() => {
-                    return Err(r);
+        // Each permit given back wakes the waiters; the first to take it keeps it.
+        let given_back = tokio::time::timeout(wait, async {
+            loop {
+                let released = self.released.notified();
+                if let Ok(p) = self.take(app) {
+                    return p;
                 }
-                Err(_) => {}
+                released.await;
             }
+        });
+        match given_back.await {
+            Ok(p) => Ok(p),
+            // Still short when the wait ends: refused by whichever cap holds now.
+            Err(_) => self.take(app),
         }
     }
 

@@ -457,6 +457,10 @@ impl Actor {
         };
         let max_auth = self.rooms.env().limits.max_auth_bytes;
         if auth.len() > max_auth {
+            self.rooms
+                .env()
+                .metrics
+                .bad_frame(ErrorCode::TooLarge.as_str());
             return refuse(ProtoError::new(
                 ErrorCode::TooLarge,
                 format!(
