@@ -63,6 +63,12 @@ pub fn presence(conn: &str) -> Option<serde_json::Value> {
         .map(|m| m.presence)
 }
 
+/// A member's verified identity: the `sub` of the token its client connected with.
+/// `None` for an anonymous client. Trust this, never a name in the client's `auth`.
+pub fn user(conn: &str) -> Option<String> {
+    wit::user(conn)
+}
+
 /// Set a member's presence; the other members are told.
 pub fn set_presence<T: Serialize + ?Sized>(conn: &str, presence: &T) -> Result<(), String> {
     let json = serde_json::to_string(presence).map_err(|e| e.to_string())?;

@@ -1,13 +1,16 @@
 //! `chat`: a moderated chat room.
 //!
-//! - joins need `auth.user`, which becomes the member's presence; the first user to
-//!   join a room owns it (state `owner`);
+//! - a member's name is its verified identity (the `sub` of its token) when it has
+//!   one; an anonymous client (where the app allows those) names itself in `auth.user`.
+//!   The presence is `{user, verified}`. The first *verified* user to join a room owns
+//!   it (state `owner`): a name in `auth` proves nothing, so it never owns or moderates;
 //! - `message {text}`: refused with `blocked` when the text holds a word of the room's
 //!   blocklist (state `blocklist`, default `["badword"]`), with `rate limited` past 5
 //!   messages per second per member; otherwise `message {user, text, ts}` goes to every
 //!   member (the sender too) and is kept in state `messages` (the last 100);
-//! - `kick {user, reason?}`, by the owner only: every connection of that user leaves
-//!   the room, wherever in the cluster it is connected; the reply is `{kicked: n}`.
+//! - `kick {user, reason?}`, by the owner only (checked against the sender's verified
+//!   identity): every connection named that user leaves the room, wherever in the
+//!   cluster it is connected; the reply is `{kicked: n}`.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -54,15 +57,25 @@ fn blocked(text: &str) -> bool {
 
 impl Handler for Chat {
     fn on_join(conn: String, auth: serde_json::Value) -> Result<(), String> {
-        let user = auth
+        let verified = room::user(&conn);
+        let claimed = auth
             .get("user")
             .and_then(|u| u.as_str())
-            .filter(|u| !u.is_empty());
-        let user = user.ok_or("auth.user is required to join a chat room")?;
-        if state::get::<String>("owner").is_none() {
-            state::put("owner", user)?;
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned);
+        let user = verified
+            .clone()
+            .or(claimed)
+            .ok_or("a token or auth.user is required to join a chat room")?;
+        if let Some(me) = &verified
+            && state::get::<String>("owner").is_none()
+        {
+            state::put("owner", me)?;
         }
-        room::set_presence(&conn, &json!({ "user": user }))
+        room::set_presence(
+            &conn,
+            &json!({ "user": user, "verified": verified.is_some() }),
+        )
     }
 
     fn on_message(ev: Event) -> Result<Option<Args>, String> {
@@ -83,7 +96,7 @@ fn user_of(conn: &str) -> Option<String> {
 }
 
 fn kick(ev: Event) -> Result<Option<Args>, String> {
-    let me = user_of(&ev.conn);
+    let me = room::user(&ev.conn);
     if me.is_none() || me != state::get::<String>("owner") {
         return Err("only the room's owner can kick".into());
     }

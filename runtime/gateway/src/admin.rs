@@ -164,7 +164,7 @@ async fn app(State(node): State<Arc<Gateway>>, Path(app): Path<String>) -> Respo
             "version": live.map(|v| v.version),
             "sha256": live.map(|v| v.sha256.clone()),
             "versions": record.versions,
-            "config": record.config,
+            "config": record.config.redacted(),
         }),
     )
 }
@@ -194,7 +194,7 @@ async fn configure(
     match configured {
         Ok(()) => json(
             StatusCode::OK,
-            serde_json::json!({"app": app.as_str(), "config": config}),
+            serde_json::json!({"app": app.as_str(), "config": config.redacted()}),
         ),
         Err(DeployError::Invalid(reason)) => {
             http_error(StatusCode::BAD_REQUEST, "bad_config", reason)

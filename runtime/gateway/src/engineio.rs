@@ -624,7 +624,7 @@ impl Driver {
                 why = crate::gone(&mut go) => {
                     self.session.close(CloseReason::Server(why.to_string()));
                 }
-                _ = &mut timer => self.on_timeout(),
+                _ = &mut timer => self.on_timeout().await,
                 // Boxed: upgrades are rare and this future holds a whole WebSocket.
                 m = recv_probe(&mut self.probe) => Box::pin(self.on_probe(m)).await,
                 input = self.inbox.recv() => self.on_input(input).await,
@@ -661,11 +661,11 @@ impl Driver {
         }
     }
 
-    fn on_timeout(&mut self) {
+    async fn on_timeout(&mut self) {
         let now = self.node.clock.now().into_std();
         self.session.on_timeout(now);
         if let Upper::SocketIo(sio) = &mut self.upper {
-            sio.on_timeout(now, &mut self.session);
+            sio.on_timeout(now, &mut self.session).await;
         }
         if let Some(probe) = &self.probe
             && now >= probe.1 + UPGRADE_TIMEOUT

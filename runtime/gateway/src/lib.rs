@@ -8,6 +8,7 @@
 //! commands in order, and what rooms queue for it becomes frames.
 
 mod admin;
+mod auth;
 pub mod engineio;
 pub mod forward;
 pub mod front;
@@ -183,6 +184,8 @@ struct WsQuery {
     presence: Option<String>,
     /// `0` or `false`: no state frames on this connection.
     state: Option<String>,
+    /// The client's credential, a JWT of the app (or sent later in an `authenticate`).
+    token: Option<String>,
 }
 
 /// A yes/no query parameter: absent is yes.
@@ -233,6 +236,18 @@ async fn native_ws(
             format!("app {app} does not exist"),
         );
     }
+    // A bad token is refused before the upgrade; none at all may still come in the
+    // first frame where the app needs one.
+    let credential = match q.token.as_deref() {
+        Some(token) => match auth::check(&node, &app, Some(token)) {
+            Ok(c) => Some(c),
+            Err(e) => return http_error(StatusCode::UNAUTHORIZED, e.code.as_str(), e.message),
+        },
+        None => node
+            .apps
+            .settings(&app)
+            .and_then(|s| s.credentials.anonymous().ok()),
+    };
     let format = match q.format.as_deref() {
         None | Some("json") => Format::Json,
         Some("msgpack") => Format::MsgPack,
@@ -261,7 +276,7 @@ async fn native_ws(
     ws.max_message_size(hard)
         .max_frame_size(hard)
         .on_upgrade(move |socket| async move {
-            native::serve(socket, node, app, format, interest).await;
+            native::serve(socket, node, app, format, interest, credential).await;
             drop(slot);
         })
 }

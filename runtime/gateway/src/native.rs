@@ -13,9 +13,12 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::Gateway;
+use crate::auth;
 use crate::rate::{self, Bucket};
+use edgeroom_host::credential::{Capability, Credential};
 use edgeroom_host::room::{
     AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
     RoomHandle, RoomKey,
@@ -24,6 +27,7 @@ use edgeroom_host::session::token::Claims;
 use edgeroom_host::session::{ResumeError, SessionRooms};
 use edgeroom_proto::close::Disconnect;
 use edgeroom_proto::ids::{AppName, ConnId, RoomId};
+use edgeroom_proto::member::JoinAuth;
 use edgeroom_proto::native::{self, ClientFrame, DecodeError, EventView, Format, Ref, ServerFrame};
 use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 
@@ -41,7 +45,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 struct Joined {
     handle: RoomHandle,
-    auth: String,
+    auth: JoinAuth,
 }
 
 struct Conn {
@@ -56,6 +60,11 @@ struct Conn {
     bad_in_a_row: u32,
     /// Rooms this connection may still cause the node to load (see `rate`).
     creations: Bucket,
+    /// Who the client is and what it may do; `None` until it presents a token where
+    /// its app needs one.
+    credential: Option<Credential>,
+    /// When the connection is closed unless it authenticates (or refreshes) first.
+    deadline: Option<Instant>,
 }
 
 /// Serve one upgraded connection until it ends.
@@ -65,6 +74,7 @@ pub async fn serve(
     app: AppName,
     format: Format,
     interest: Interest,
+    credential: Option<Credential>,
 ) {
     let metrics = node.metrics.clone();
     metrics.connections.inc();
@@ -76,7 +86,8 @@ pub async fn serve(
         app: app.clone(),
         node: Some(node.config.node_id.clone()),
     });
-    node.sessions.attach(conn_id.clone(), kill.clone());
+    let user = credential.as_ref().and_then(|c| c.user.clone());
+    node.sessions.attach(conn_id.clone(), kill.clone(), user);
 
     let (sink, mut stream) = socket.split();
     let (writer_done_tx, writer_done) = oneshot::channel();
@@ -92,7 +103,13 @@ pub async fn serve(
         rooms: BTreeMap::new(),
         bad_in_a_row: 0,
         creations: Bucket::new(limits.room_creations_per_sec, node.clock.mono_ms()),
+        deadline: None,
+        credential: None,
     };
+    match credential {
+        Some(credential) => c.set_credential(credential),
+        None => c.deadline = Some(node.clock.now() + auth::AUTH_WAIT),
+    }
     c.send(ServerFrame::Welcome {
         session: c.conn.clone(),
         node: node.config.node_id.to_string(),
@@ -110,6 +127,13 @@ pub async fn serve(
             _ = &mut writer_done => break,
             why = crate::gone(&mut go) => {
                 kill.kill(why);
+                break;
+            }
+            _ = until(c.deadline) => {
+                kill.kill(match c.credential {
+                    Some(_) => Disconnect::TokenExpired,
+                    None => Disconnect::Unauthenticated,
+                });
                 break;
             }
         };
@@ -219,6 +243,14 @@ async fn write_loop(
     let _ = done.send(());
 }
 
+/// Sleeps until `at`; never wakes for `None`.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Close reasons must fit a control frame (123 bytes).
 fn truncate_reason(r: &str) -> String {
     let mut end = r.len().min(123);
@@ -268,10 +300,56 @@ impl Conn {
         }
     }
 
-    /// How rooms reach this connection: presence and state frames unless the client
-    /// said otherwise when it connected.
-    fn link(&self) -> Link {
-        Link::new(self.outbox.clone(), self.interest)
+    /// How `room` reaches this connection: presence and state frames unless the client
+    /// said otherwise when it connected, presence only where its token allows.
+    fn link(&self, room: &RoomId) -> Link {
+        let presence = self
+            .credential
+            .as_ref()
+            .is_some_and(|c| c.allows(room, Capability::Presence));
+        let interest = Interest {
+            presence: self.interest.presence && presence,
+            state: self.interest.state,
+        };
+        Link::new(self.outbox.clone(), interest)
+    }
+
+    fn set_credential(&mut self, credential: Credential) {
+        self.deadline = auth::expiry(&self.node, &credential);
+        self.credential = Some(credential);
+    }
+
+    /// The connection's credential, or the error to answer with if it has none.
+    fn credential(&self) -> Result<&Credential, ProtoError> {
+        self.credential
+            .as_ref()
+            .ok_or_else(|| auth::required(&self.node))
+    }
+
+    /// A token presented after connecting: the first, or a fresh one before the
+    /// current expires. A fresh token must name the same user.
+    fn authenticate(&mut self, token: &str, r#ref: Option<Ref>) {
+        let credential = match auth::check(&self.node, &self.app, Some(token)) {
+            Ok(c) => c,
+            Err(e) => return self.answer(r#ref, e, None),
+        };
+        if let Some(current) = &self.credential
+            && current.user.is_some()
+            && current.user != credential.user
+        {
+            let e = ProtoError::new(
+                ErrorCode::BadToken,
+                "a fresh token must name the same user as the connection's",
+            );
+            return self.answer(r#ref, e, None);
+        }
+        self.set_credential(credential);
+        if let Some(r#ref) = r#ref {
+            self.send(ServerFrame::Reply {
+                r#ref,
+                result: Ok(None),
+            });
+        }
     }
 
     fn key(&self, room: &RoomId) -> RoomKey {
@@ -344,6 +422,13 @@ impl Conn {
                     );
                     return true;
                 };
+                let allowed = self
+                    .credential()
+                    .and_then(|c| auth::may(&self.node, c, &room, Capability::Publish));
+                if let Err(e) = allowed {
+                    self.answer(r#ref, e, Some(room));
+                    return true;
+                }
                 let cmd = RoomCmd::Emit {
                     conn: self.conn.clone(),
                     outbox: self.outbox.clone(),
@@ -369,6 +454,7 @@ impl Conn {
                 cursors,
                 r#ref,
             } => self.resume(token, cursors, r#ref).await,
+            ClientFrame::Authenticate { token, r#ref } => self.authenticate(&token, r#ref),
             ClientFrame::Ping { r#ref } => {
                 if let Some(r#ref) = r#ref {
                     self.send(ServerFrame::Reply {
@@ -382,6 +468,14 @@ impl Conn {
     }
 
     async fn join(&mut self, room: RoomId, auth: String, r#ref: Option<Ref>) {
+        let user = match self
+            .credential()
+            .and_then(|c| auth::may(&self.node, c, &room, Capability::Join).map(|()| c))
+        {
+            Ok(c) => c.user.clone(),
+            Err(e) => return self.answer(r#ref, e, Some(room)),
+        };
+        let auth = JoinAuth { json: auth, user };
         // A room already in `rooms` still gets the join: it knows whether we are a
         // member (it answers `already_joined`) or were kicked meanwhile.
         let max = self.node.config.limits.max_rooms_per_conn;
@@ -404,7 +498,14 @@ impl Conn {
         match self
             .node
             .rooms
-            .join(&key, &self.conn, &auth, &self.link(), r#ref.clone(), None)
+            .join(
+                &key,
+                &self.conn,
+                &auth,
+                &self.link(&room),
+                r#ref.clone(),
+                None,
+            )
             .await
         {
             Some((JoinOutcome::Joined, handle)) => {
@@ -428,6 +529,10 @@ impl Conn {
         cursors: BTreeMap<RoomId, Cursor>,
         r#ref: Option<Ref>,
     ) {
+        let user = match self.credential() {
+            Ok(c) => c.user.clone(),
+            Err(e) => return self.answer(r#ref, e, None),
+        };
         let claims = match self.node.tokens.verify(&token) {
             Ok(c) if c.app == self.app => c,
             Ok(_) => {
@@ -470,14 +575,19 @@ impl Conn {
         let rooms = match self
             .node
             .sessions
-            .take(&old, &self.app, TAKEOVER_WAIT)
+            .take(&old, &self.app, user.as_ref(), TAKEOVER_WAIT)
             .await
         {
             Ok(rooms) => Some(rooms),
             // Another node held the session (it may be dead): the rooms the client
             // names take the member over from their other replicas.
             Err(ResumeError::Gone) if self.node.cluster.is_some() && !cursors.is_empty() => None,
-            Err(e @ (ResumeError::Gone | ResumeError::WrongApp | ResumeError::Busy)) => {
+            Err(
+                e @ (ResumeError::Gone
+                | ResumeError::WrongApp
+                | ResumeError::Busy
+                | ResumeError::OtherUser),
+            ) => {
                 self.answer(
                     r#ref,
                     ProtoError::new(
@@ -495,7 +605,7 @@ impl Conn {
         self.token = token;
         self.node
             .sessions
-            .attach(self.conn.clone(), self.outbox.kill_switch());
+            .attach(self.conn.clone(), self.outbox.kill_switch(), user);
         self.send(ServerFrame::Welcome {
             session: self.conn.clone(),
             node: self.node.config.node_id.to_string(),
@@ -519,14 +629,14 @@ impl Conn {
             let handle = match self
                 .node
                 .rooms
-                .reattach(&key, &self.conn, &self.link(), cursor.clone())
+                .reattach(&key, &self.conn, &self.link(&room), cursor.clone())
                 .await
             {
                 Some((ReattachOutcome::Reattached, h)) => Some(h),
                 Some((_, _)) => match self
                     .node
                     .rooms
-                    .join(&key, &self.conn, &auth, &self.link(), None, cursor)
+                    .join(&key, &self.conn, &auth, &self.link(&room), None, cursor)
                     .await
                 {
                     Some((JoinOutcome::Joined, h)) => Some(h),
@@ -545,11 +655,12 @@ impl Conn {
     async fn adopt(&mut self, cursors: BTreeMap<RoomId, Cursor>) {
         for (room, cursor) in cursors {
             let key = self.key(&room);
-            let link = self.link();
+            let link = self.link(&room);
+            let user = self.credential.as_ref().and_then(|c| c.user.as_ref());
             let adopted = self
                 .node
                 .rooms
-                .adopt(&key, &self.conn, &link, Some(cursor))
+                .adopt(&key, &self.conn, &link, Some(cursor), user)
                 .await;
             match adopted {
                 Some((AdoptOutcome::Adopted { auth }, handle)) => {

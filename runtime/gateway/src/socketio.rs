@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::Gateway;
+use crate::auth;
 use crate::rate::{self, Bucket};
 use edgeroom_host::apps::AppSettings;
+use edgeroom_host::credential::{Capability, Credential};
 use edgeroom_host::room::{
     AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
     RoomHandle, RoomKey,
@@ -26,16 +28,17 @@ use edgeroom_host::session::{ResumeError, SessionRooms};
 use edgeroom_proto::engineio::session::{CloseReason, Session};
 use edgeroom_proto::engineio::{self, Packet as EioPacket};
 use edgeroom_proto::ids::{AppName, ConnId, RoomId};
+use edgeroom_proto::member::JoinAuth;
 use edgeroom_proto::native::ServerFrame;
 use edgeroom_proto::payload::Payload;
 use edgeroom_proto::socketio::{self, Kind, Packet, Reassembly};
-use edgeroom_proto::{Cursor, ProtoError};
+use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 use edgeroom_room::core::LogEntry;
 
 /// Where a recovering member was found.
 enum Recovered {
     /// Detached on this node, with the auth it joined with.
-    Here(ConnId, String),
+    Here(ConnId, JoinAuth),
     /// Not here: in a cluster, another node held it (it may be dead).
     Elsewhere(ConnId),
 }
@@ -54,6 +57,7 @@ struct Resume<'a> {
     room: &'a RoomId,
     link: &'a Link,
     offset: Option<Cursor>,
+    credential: &'a Credential,
 }
 
 /// How long a recovering CONNECT waits for the old connection to let go.
@@ -63,6 +67,9 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
 pub const PRESENCE_EVENT: &str = "edgeroom:presence";
 pub const STATE_EVENT: &str = "edgeroom:state";
 pub const ERROR_EVENT: &str = "edgeroom:error";
+/// What a client emits (with an ack) to present a fresh token before its current one
+/// expires: `socket.emit("edgeroom:authenticate", token, ack)`.
+pub const AUTHENTICATE_EVENT: &str = "edgeroom:authenticate";
 
 /// One connected (or connecting) namespace.
 struct Socket {
@@ -73,7 +80,11 @@ struct Socket {
     recoverable: bool,
     handle: Option<RoomHandle>,
     connected: bool,
-    auth: String,
+    auth: JoinAuth,
+    /// What its CONNECT's `auth.token` allows (or the anonymous credential).
+    credential: Credential,
+    /// When the namespace is disconnected unless a fresh token comes first.
+    expires: Option<Instant>,
 }
 
 /// A session's namespaces: a few at most, so a vector (a map's buckets would cost
@@ -158,15 +169,31 @@ impl SocketIo {
     }
 
     pub fn deadline(&self) -> Option<Instant> {
-        self.connect_by
+        let expiries = self.sockets.0.iter().filter_map(|sk| sk.expires);
+        self.connect_by.into_iter().chain(expiries).min()
     }
 
-    pub fn on_timeout(&mut self, now: Instant, s: &mut Session) {
+    pub async fn on_timeout(&mut self, now: Instant, s: &mut Session) {
         if self.connect_by.is_some_and(|t| now >= t) {
             self.connect_by = None;
             if self.sockets.0.is_empty() {
                 s.close(CloseReason::Server("no namespace connected in time".into()));
             }
+        }
+        // A namespace whose token expired is disconnected, as a kicked one is.
+        while let Some(i) = self
+            .sockets
+            .0
+            .iter()
+            .position(|sk| sk.expires.is_some_and(|t| now >= t))
+        {
+            let socket = self.sockets.0.swap_remove(i);
+            let nsp = socket.nsp.clone();
+            self.end(socket).await;
+            let body =
+                json!({ "code": ErrorCode::TokenExpired.as_str(), "message": "token expired" });
+            self.emit(s, &nsp, ERROR_EVENT, &body);
+            send_packet(s, Packet::new(Kind::Disconnect, &nsp, None));
         }
     }
 
@@ -225,6 +252,21 @@ impl SocketIo {
                 let (event, payload) =
                     socketio::split_event(data, binaries).map_err(|e| e.to_string())?;
                 payload.validate()?;
+                if event == AUTHENTICATE_EVENT {
+                    let result = self.authenticate(&p.nsp, &payload);
+                    self.answer_local(s, &p.nsp, p.id, result);
+                    return Ok(());
+                }
+                let allowed = auth::may(
+                    &self.node,
+                    &socket.credential,
+                    &socket.room,
+                    Capability::Publish,
+                );
+                if let Err(e) = allowed {
+                    self.answer_local(s, &p.nsp, p.id, Err(e));
+                    return Ok(());
+                }
                 let handle = socket.handle.clone().ok_or("namespace has no room")?;
                 let member = socket.member.clone();
                 let r#ref = p.id.map(|id| {
@@ -306,15 +348,38 @@ impl SocketIo {
             self.connect_error(s, &nsp, &msg, Some("too_many_rooms"));
             return Ok(());
         }
+        // The token is checked here and kept from the handler, which gets its `sub`.
+        let mut auth = auth;
+        let credential = match auth.remove("token") {
+            None => auth::check(&self.node, &self.app, None),
+            Some(Value::String(t)) => auth::check(&self.node, &self.app, Some(&t)),
+            Some(_) => Err(ProtoError::new(
+                ErrorCode::BadToken,
+                "auth.token must be a string",
+            )),
+        };
+        let credential = match credential
+            .and_then(|c| auth::may(&self.node, &c, &room, Capability::Join).map(|()| c))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.connect_error(s, &nsp, &e.message, Some(e.code.as_str()));
+                return Ok(());
+            }
+        };
         let flag = |k: &str| auth.get(k) == Some(&Value::Bool(true));
-        let (presence, state) = (flag("presence"), flag("state"));
+        let presence = flag("presence") && credential.allows(&room, Capability::Presence);
+        let state = flag("state");
         let link = Link::new(self.outbox.clone(), Interest { presence, state });
-        let auth_json = Value::Object(auth.clone()).to_string();
+        let auth_json = JoinAuth {
+            json: Value::Object(auth.clone()).to_string(),
+            user: credential.user.clone(),
+        };
         self.connect_by = None;
 
         if self.settings.config.recovery
             && let Some(Value::String(pid)) = auth.get("pid")
-            && let Some(found) = self.recover(pid, &room).await
+            && let Some(found) = self.recover(pid, &room, &credential).await
         {
             let offset = match auth.get("offset") {
                 Some(Value::String(o)) => o.parse::<Cursor>().ok(),
@@ -325,6 +390,7 @@ impl SocketIo {
                 room: &room,
                 link: &link,
                 offset,
+                credential: &credential,
             };
             if self.resume(found, resumed, s).await {
                 return Ok(());
@@ -347,6 +413,8 @@ impl SocketIo {
             handle: None,
             connected: false,
             auth: auth_json.clone(),
+            expires: auth::expiry(&self.node, &credential).map(|t| t.into_std()),
+            credential: credential.clone(),
         });
         let r#ref = self.remember(Pending::Connect { nsp: nsp.clone() });
         match self
@@ -356,7 +424,10 @@ impl SocketIo {
             .await
         {
             Some((JoinOutcome::Joined, h)) => {
-                self.node.sessions.attach(member, self.outbox.kill_switch());
+                let user = credential.user;
+                self.node
+                    .sessions
+                    .attach(member, self.outbox.kill_switch(), user);
                 if let Some(sk) = self.sockets.get_mut(&nsp) {
                     sk.handle = Some(h);
                 }
@@ -380,9 +451,11 @@ impl SocketIo {
         let key = self.key(r.room);
         let member = found.member().clone();
         // A takeover of this member from now on closes this connection.
-        self.node
-            .sessions
-            .attach(member.clone(), self.outbox.kill_switch());
+        self.node.sessions.attach(
+            member.clone(),
+            self.outbox.kill_switch(),
+            r.credential.user.clone(),
+        );
         let back = match found {
             Recovered::Here(_, auth) => {
                 let reattached = self
@@ -411,7 +484,13 @@ impl SocketIo {
             // only a member they still hold is taken over. One that left (an explicit
             // disconnect, or away past the grace) is not restored, as in socket.io.
             Recovered::Elsewhere(_) => {
-                match self.node.rooms.adopt(&key, &member, r.link, r.offset).await {
+                let user = r.credential.user.as_ref();
+                match self
+                    .node
+                    .rooms
+                    .adopt(&key, &member, r.link, r.offset, user)
+                    .await
+                {
                     Some((AdoptOutcome::Adopted { auth }, h)) => Some((h, auth)),
                     _ => None,
                 }
@@ -429,6 +508,8 @@ impl SocketIo {
             handle: Some(handle),
             connected: true,
             auth,
+            expires: auth::expiry(&self.node, r.credential).map(|t| t.into_std()),
+            credential: r.credential.clone(),
         };
         // The replay the room queued leaves after this CONNECT: both go through this
         // task, and the outbox is read only once this packet is handled.
@@ -440,7 +521,12 @@ impl SocketIo {
     /// The member a `pid` names, if it can be taken over for `room`: detached here
     /// (with the auth it joined with), or, in a cluster, held by another node. A
     /// session of another room is left as it was.
-    async fn recover(&self, pid: &str, room: &RoomId) -> Option<Recovered> {
+    async fn recover(
+        &self,
+        pid: &str,
+        room: &RoomId,
+        credential: &Credential,
+    ) -> Option<Recovered> {
         let claims = self.node.tokens.verify(pid).ok()?;
         if claims.app != self.app {
             return None;
@@ -449,7 +535,7 @@ impl SocketIo {
         let rooms = match self
             .node
             .sessions
-            .take(&member, &self.app, TAKEOVER_WAIT)
+            .take(&member, &self.app, credential.user.as_ref(), TAKEOVER_WAIT)
             .await
         {
             Ok(rooms) => rooms,
@@ -500,6 +586,57 @@ impl SocketIo {
             nsp,
             Some(reply),
         )))
+    }
+
+    /// A fresh token for namespace `nsp` (its first argument), before the current
+    /// expires. It must name the same user.
+    fn authenticate(&mut self, nsp: &str, payload: &Payload) -> Result<(), ProtoError> {
+        let args: Vec<Value> = serde_json::from_str(&payload.json).unwrap_or_default();
+        let Some(Value::String(token)) = args.first() else {
+            return Err(ProtoError::new(
+                ErrorCode::MissingField,
+                format!("{AUTHENTICATE_EVENT} takes the token as its argument"),
+            ));
+        };
+        let credential = auth::check(&self.node, &self.app, Some(token))?;
+        let expires = auth::expiry(&self.node, &credential).map(|t| t.into_std());
+        let socket = self
+            .sockets
+            .get_mut(nsp)
+            .ok_or_else(|| ProtoError::new(ErrorCode::NotJoined, "namespace not connected"))?;
+        if socket.credential.user.is_some() && socket.credential.user != credential.user {
+            return Err(ProtoError::new(
+                ErrorCode::BadToken,
+                "a fresh token must name the same user as the namespace's",
+            ));
+        }
+        socket.credential = credential;
+        socket.expires = expires;
+        Ok(())
+    }
+
+    /// Answer an event the gateway handled itself: its ack if it asked for one
+    /// (`[{ok: true}]` or `[{error}]`, as room replies), else an error event.
+    fn answer_local(
+        &self,
+        s: &mut Session,
+        nsp: &str,
+        ack: Option<u64>,
+        result: Result<(), ProtoError>,
+    ) {
+        let body = match &result {
+            Ok(()) => json!({ "ok": true }),
+            Err(e) => json!({ "error": { "code": e.code.as_str(), "message": e.message } }),
+        };
+        match (ack, result) {
+            (Some(id), _) => {
+                let mut p = Packet::new(Kind::Ack, nsp, Some(json!([body]).to_string()));
+                p.id = Some(id);
+                send_packet(s, p);
+            }
+            (None, Ok(())) => {}
+            (None, Err(_)) => self.emit(s, nsp, ERROR_EVENT, &body["error"]),
+        }
     }
 
     fn connect_error(&self, s: &mut Session, nsp: &str, message: &str, code: Option<&str>) {

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
+use crate::credential::Verifier;
 use crate::metrics::Metrics;
 use crate::store::{AppRecord, Store, VersionRecord};
 use edgeroom_proto::app::AppConfig;
@@ -37,6 +38,8 @@ struct AppEntry<W: 'static> {
 pub struct AppSettings {
     pub config: AppConfig,
     namespaces: Option<regex::Regex>,
+    /// Checks its clients' tokens.
+    pub credentials: Verifier,
 }
 
 impl AppSettings {
@@ -48,7 +51,12 @@ impl AppSettings {
             ),
             None => None,
         };
-        Ok(Self { config, namespaces })
+        let credentials = Verifier::new(&config.auth)?;
+        Ok(Self {
+            config,
+            namespaces,
+            credentials,
+        })
     }
 
     /// Whether Socket.IO clients may connect to namespace `nsp`. The main namespace

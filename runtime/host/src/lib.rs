@@ -14,6 +14,7 @@
 pub mod apps;
 pub mod clock;
 pub mod config;
+pub mod credential;
 pub mod metrics;
 pub mod registry;
 pub mod room;

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub rooms_refused: Counter,
     /// Room messages dropped because they would not fit a peer frame.
     pub peer_messages_too_large: Counter,
+    /// Client credentials refused, by error code (`unauthorized`, `bad_token`,
+    /// `token_expired`, `forbidden`).
+    pub auth_refused: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -99,6 +102,7 @@ impl Metrics {
         let room_creations_refused = Counter::default();
         let rooms_refused = Counter::default();
         let peer_messages_too_large = Counter::default();
+        let auth_refused = Family::default();
         registry.register(
             "connections",
             "Client connections open now",
@@ -204,6 +208,11 @@ impl Metrics {
             rooms_refused.clone(),
         );
         registry.register(
+            "auth_refused",
+            "Client credentials refused, by error code",
+            auth_refused.clone(),
+        );
+        registry.register(
             "peer_messages_too_large",
             "Room messages to peers dropped because they would not fit a frame",
             peer_messages_too_large.clone(),
@@ -235,6 +244,7 @@ impl Metrics {
             room_creations_refused,
             rooms_refused,
             peer_messages_too_large,
+            auth_refused,
         }
     }
 

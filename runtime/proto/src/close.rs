@@ -12,6 +12,9 @@ pub mod ws_code {
     pub const GOING_AWAY: u16 = 1001;
     /// The client broke a rule (read too slowly, sent garbage).
     pub const POLICY: u16 = 1008;
+    /// The client's credential is missing or has expired: connect again with a fresh
+    /// token (private range, RFC 6455 §7.4.2).
+    pub const UNAUTHORIZED: u16 = 4001;
 }
 
 /// Why a node sends all its clients away (and refuses new ones meanwhile).
@@ -68,6 +71,10 @@ pub enum Disconnect {
     ResumedElsewhere,
     /// The node sends every client away.
     Going(Going),
+    /// Its token expired and no fresh one came.
+    TokenExpired,
+    /// It presented no token in time where the app needs one.
+    Unauthenticated,
 }
 
 impl Disconnect {
@@ -78,6 +85,7 @@ impl Disconnect {
             | Disconnect::TooManyBadFrames
             | Disconnect::ProtocolError(_) => ws_code::POLICY,
             Disconnect::ConnectionClosed => ws_code::NORMAL,
+            Disconnect::TokenExpired | Disconnect::Unauthenticated => ws_code::UNAUTHORIZED,
             Disconnect::NoTraffic
             | Disconnect::SessionClosed
             | Disconnect::ResumedElsewhere
@@ -99,6 +107,8 @@ impl fmt::Display for Disconnect {
             Disconnect::SessionClosed => f.write_str("session closed"),
             Disconnect::ResumedElsewhere => f.write_str("session resumed on another connection"),
             Disconnect::Going(g) => g.fmt(f),
+            Disconnect::TokenExpired => f.write_str("token expired"),
+            Disconnect::Unauthenticated => f.write_str("no token presented"),
         }
     }
 }

@@ -77,6 +77,22 @@ impl RoomId {
     }
 }
 
+/// A member's verified identity: the `sub` of the token its client presented.
+/// Any non-control characters, 1 to 256 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn new(name: &str) -> Result<Self, InvalidName> {
+        check("user id", name, 256, |c| !c.is_control())?;
+        Ok(Self(name.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A client session. Stays the same when the client resumes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ConnId(String);
@@ -215,7 +231,7 @@ macro_rules! string_conversions {
         }
     )*};
 }
-string_conversions!(AppName, RoomId, NodeId);
+string_conversions!(AppName, RoomId, NodeId, UserId);
 
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -12,6 +12,7 @@ pub mod close;
 pub mod cursor;
 pub mod engineio;
 pub mod ids;
+pub mod member;
 pub mod native;
 pub mod payload;
 pub mod socketio;
@@ -42,6 +43,12 @@ pub enum ErrorCode {
     /// No handler is deployed for the app.
     NoHandler,
     BadToken,
+    /// This app needs a token and the connection has presented none.
+    Unauthorized,
+    /// The connection's token has expired: present a fresh one.
+    TokenExpired,
+    /// The connection's token does not allow this in this room.
+    Forbidden,
     ResumeFailed,
     /// Events were lost from history before the client resumed.
     HistoryGap,
@@ -70,6 +77,9 @@ impl ErrorCode {
             ErrorCode::HandlerFailed => "handler_failed",
             ErrorCode::NoHandler => "no_handler",
             ErrorCode::BadToken => "bad_token",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::ResumeFailed => "resume_failed",
             ErrorCode::HistoryGap => "history_gap",
             ErrorCode::BadState => "bad_state",

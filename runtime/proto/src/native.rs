@@ -64,6 +64,12 @@ pub enum ClientFrame {
     Ping {
         r#ref: Option<Ref>,
     },
+    /// Present a credential (a JWT of the app), or a fresh one before the current
+    /// expires.
+    Authenticate {
+        token: String,
+        r#ref: Option<Ref>,
+    },
 }
 
 /// A frame that could not be decoded; `r#ref` is set when the frame had a readable one,
@@ -257,6 +263,15 @@ fn decode_json(text: &str, binaries: Vec<Bytes>, max: usize) -> Result<ClientFra
             })
         }
         "ping" => Ok(ClientFrame::Ping { r#ref }),
+        "authenticate" => {
+            let token = raw.token.ok_or_else(|| {
+                fail(
+                    ErrorCode::MissingField,
+                    "`authenticate` needs field `token`".into(),
+                )
+            })?;
+            Ok(ClientFrame::Authenticate { token, r#ref })
+        }
         other => Err(fail(
             ErrorCode::UnknownType,
             format!("unknown frame type {:?}", truncate(other, 64)),
@@ -733,6 +748,20 @@ mod tests {
         assert!(matches!(
             decode_text(r#"{"type":"ping","ref":3}"#, 100),
             Ok(ClientFrame::Ping { .. })
+        ));
+        assert!(matches!(
+            decode_text(r#"{"type":"authenticate","token":"t.k.n","ref":4}"#, 100),
+            Ok(ClientFrame::Authenticate { token, .. }) if token == "t.k.n"
+        ));
+        assert!(matches!(
+            decode_text(r#"{"type":"authenticate"}"#, 100),
+            Err(DecodeError {
+                error: ProtoError {
+                    code: ErrorCode::MissingField,
+                    ..
+                },
+                ..
+            })
         ));
     }
 

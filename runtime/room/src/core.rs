@@ -11,6 +11,7 @@ use crate::catchup::{CatchUp, catch_up};
 pub use crate::log::{LogEntry, Sequenced, Target};
 use edgeroom_proto::Cursor;
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq};
+use edgeroom_proto::member::JoinAuth;
 use edgeroom_proto::payload::Payload;
 
 /// A member of the room.
@@ -18,8 +19,8 @@ use edgeroom_proto::payload::Payload;
 pub struct Member {
     /// JSON; `null` until the handler sets it.
     pub presence: String,
-    /// The auth JSON the member joined with (kept to re-join after a long absence).
-    pub auth: String,
+    /// What the member joined with (kept to re-join after a long absence).
+    pub auth: JoinAuth,
     /// The member's claim: 1 when it joined, and each time its client resumes on
     /// another node, one more than the highest claim that node heard of. Of two nodes
     /// that both think they hold a member, the higher claim wins, a tie going to the
@@ -152,7 +153,7 @@ impl<R: Clone + Weight> RoomCore<R> {
     }
 
     /// Add a member with its claim (1 for a fresh join). False if it already is one.
-    pub fn join(&mut self, conn: ConnId, auth: String, claim: u64) -> bool {
+    pub fn join(&mut self, conn: ConnId, auth: JoinAuth, claim: u64) -> bool {
         debug_assert!(claim > 0, "claims start at 1");
         if self.members.contains_key(&conn) {
             return false;
@@ -583,8 +584,8 @@ mod tests {
     #[test]
     fn sequences_and_targets() {
         let mut c = core();
-        assert!(c.join(conn("a"), "null".into(), 1));
-        assert!(!c.join(conn("a"), "null".into(), 1));
+        assert!(c.join(conn("a"), JoinAuth::anonymous("null"), 1));
+        assert!(!c.join(conn("a"), JoinAuth::anonymous("null"), 1));
         let e1 = c.publish(0, Target::All, "x".into(), Payload::empty(), None, None);
         let e2 = c.publish(
             0,
@@ -602,7 +603,7 @@ mod tests {
     #[test]
     fn replay_gives_missed_events_once_in_order() {
         let mut c = core();
-        c.join(conn("a"), "null".into(), 1);
+        c.join(conn("a"), JoinAuth::anonymous("null"), 1);
         c.publish(0, Target::All, "1".into(), Payload::empty(), None, None);
         c.detach(&conn("a"), 10, None, &c.head().clone());
         c.publish(20, Target::All, "2".into(), Payload::empty(), None, None);
@@ -636,7 +637,7 @@ mod tests {
     #[test]
     fn eviction_makes_a_replay_incomplete() {
         let mut c = core();
-        c.join(conn("a"), "null".into(), 1);
+        c.join(conn("a"), JoinAuth::anonymous("null"), 1);
         for i in 0..5 {
             c.publish(i, Target::All, i.to_string(), Payload::empty(), None, None);
         }
@@ -660,7 +661,7 @@ mod tests {
         let mut c = core();
         let b = NodeId::new("b").unwrap();
         c.mark_start(&b, Seq::new(4, 20));
-        c.join(conn("a"), "null".into(), 1);
+        c.join(conn("a"), JoinAuth::anonymous("null"), 1);
         let joined_at = c.head().clone();
         c.append(Sequenced {
             origin: b.clone(),
@@ -683,8 +684,8 @@ mod tests {
     #[test]
     fn detached_members_leave_after_grace() {
         let mut c = core();
-        c.join(conn("a"), "null".into(), 1);
-        c.join(conn("b"), "null".into(), 1);
+        c.join(conn("a"), JoinAuth::anonymous("null"), 1);
+        c.join(conn("b"), JoinAuth::anonymous("null"), 1);
         c.detach(&conn("a"), 100, None, &c.head().clone());
         assert!(c.expire(150, 100).is_empty());
         assert_eq!(c.expire(200, 100), vec![conn("a")]);

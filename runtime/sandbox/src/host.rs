@@ -19,6 +19,8 @@ pub trait RoomApi: Send + 'static {
     fn kick(&mut self, conn: String, reason: String);
     /// (conn, presence JSON) of every member.
     fn members(&mut self) -> Vec<(String, String)>;
+    /// A member's verified identity (its token's `sub`); `None` if anonymous or not a member.
+    fn user(&mut self, conn: &str) -> Option<String>;
     fn set_presence(&mut self, conn: String, presence_json: String) -> Result<(), String>;
     fn state_get(&mut self, path: &str) -> Option<String>;
     fn state_put(&mut self, path: &str, json: &str) -> Result<(), String>;
@@ -139,6 +141,9 @@ impl<W: RoomApi> room::Host for HostState<W> {
             .into_iter()
             .map(|(conn, presence)| types::Member { conn, presence })
             .collect()
+    }
+    fn user(&mut self, conn: String) -> Option<String> {
+        self.world.user(&conn)
     }
     fn set_presence(&mut self, conn: String, presence_json: String) -> Result<(), String> {
         self.world.set_presence(conn, presence_json)

@@ -250,6 +250,7 @@ mod tests {
         let config = AppConfig {
             namespaces: Some("^/game-\\d+$".into()),
             recovery: false,
+            ..AppConfig::default()
         };
         let r = s.apply(Command::Configure {
             app: app("new"),

@@ -430,18 +430,25 @@ async fn a_kick_removes_members_that_other_nodes_hold() {
     for n in &nodes {
         wait_version(n, "chat", 1).await;
     }
+    common::add_test_key(nodes[0].addr, "chat").await;
+    for n in &nodes {
+        wait_app(n, "chat", "the test key everywhere", |v| {
+            v["config"]["auth"]["keys"][0]["kid"] == "k1"
+        })
+        .await;
+    }
     // ann joins on every node first, so each node's first join names her the owner
     // (concurrent first joins on different nodes would each claim the room).
     let mut anns = Vec::new();
     for n in &nodes {
-        let mut ann = Client::connect(n.addr, "chat", "json").await;
-        assert!(ann.join("mods", json!({"user": "ann"})).await["error"].is_null());
+        let mut ann = Client::connect_as(n.addr, "chat", "ann").await;
+        assert!(ann.join("mods", json!({})).await["error"].is_null());
         anns.push(ann);
     }
     let mut bobs = Vec::new();
     for n in &nodes[1..] {
-        let mut bob = Client::connect(n.addr, "chat", "json").await;
-        assert!(bob.join("mods", json!({"user": "bob"})).await["error"].is_null());
+        let mut bob = Client::connect_as(n.addr, "chat", "bob").await;
+        assert!(bob.join("mods", json!({})).await["error"].is_null());
         bobs.push(bob);
     }
     for n in &nodes {

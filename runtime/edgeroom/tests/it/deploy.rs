@@ -85,7 +85,10 @@ async fn admin_api_shows_apps_rooms_health_and_metrics() {
     c.join("/lobby", json!({"user": "ann"})).await;
     c.emit("/lobby", "message", json!({"text": "hi"})).await;
     let room = node.room("chat", "/lobby").await;
-    assert_eq!(room["members"][0]["presence"], json!({"user": "ann"}));
+    assert_eq!(
+        room["members"][0]["presence"],
+        json!({"user": "ann", "verified": false})
+    );
     assert_eq!(room["members"][0]["connected"], true);
     assert_eq!(room["state"]["messages"][0]["text"], "hi");
     let unknown = reqwest::get(node.url("/v1/apps/nosuch/rooms/x"))

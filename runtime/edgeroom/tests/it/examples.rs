@@ -59,15 +59,16 @@ async fn chat_needs_a_user_and_moderates() {
     );
 }
 
-/// The room's first user owns it and may kick; nobody else may. A kicked member is
-/// told why, is gone from the room, and others see it leave.
+/// The room's first verified user owns it and may kick; nobody else may. A kicked
+/// member is told why, is gone from the room, and others see it leave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_owner_kicks_and_nobody_else_can() {
     let node = TestNode::start().await;
-    let mut ann = node.client("chat").await;
-    let mut bob = node.client("chat").await;
-    ann.join("mod", json!({"user": "ann"})).await;
-    bob.join("mod", json!({"user": "bob"})).await;
+    common::add_test_key(node.addr, "chat").await;
+    let mut ann = common::Client::connect_as(node.addr, "chat", "ann").await;
+    let mut bob = common::Client::connect_as(node.addr, "chat", "bob").await;
+    ann.join("mod", json!({})).await;
+    bob.join("mod", json!({})).await;
     let r = bob.emit("mod", "kick", json!({"user": "ann"})).await;
     assert_eq!(
         r["error"]["message"], "only the room's owner can kick",

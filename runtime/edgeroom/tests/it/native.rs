@@ -168,7 +168,7 @@ async fn presence_tells_others_who_joined_and_left() {
     };
     assert_eq!(
         p["joined"],
-        json!([{"conn": b.session(), "presence": {"user": "bob"}}])
+        json!([{"conn": b.session(), "presence": {"user": "bob", "verified": false}}])
     );
     let snap = b.next_of("presence").await;
     assert_eq!(snap["snapshot"], true);

@@ -24,6 +24,17 @@ async fn node() -> TestNode {
         ..Default::default()
     };
     apps.configure(&scoped, config).await.unwrap();
+    // `secured`: the chat handler behind tokens signed with the test key.
+    let secured = AppName::new("secured").unwrap();
+    apps.deploy(&secured, edgeroom::examples::CHAT.to_vec())
+        .await
+        .unwrap();
+    common::configure_auth(
+        node.addr,
+        "secured",
+        serde_json::json!({"keys": [{"kid": "k1", "alg": "HS256", "key": common::TEST_KEY}]}),
+    )
+    .await;
     node
 }
 
@@ -45,7 +56,8 @@ async fn socket_io_client_suite() {
             "--test-timeout=60000",
             "client.test.mjs",
         ])
-        .env("EDGEROOM_URL", node.url(""));
+        .env("EDGEROOM_URL", node.url(""))
+        .env("EDGEROOM_TEST_KEY", common::TEST_KEY);
     run_client(cmd, "the socket.io-client suite").await;
     node.stop().await;
 }

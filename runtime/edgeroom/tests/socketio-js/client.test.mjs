@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { WAIT, within, once, connected, until } from "./helpers.mjs";
 import { io, Manager } from "socket.io-client";
 import WebSocket from "ws";
+import { createHmac } from "node:crypto";
 
 const URL = process.env.EDGEROOM_URL;
 assert.ok(URL, "EDGEROOM_URL must name the node under test");
@@ -426,6 +427,89 @@ test("a handler's rejection is a connect_error with its message", async () => {
     assert.equal(blocked.error.message, "blocked");
   } finally {
     ok.disconnect();
+  }
+});
+
+/** An HS256 JWT signed with the test key the node's `secured` app verifies. */
+function token(claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const signed = `${b64({ alg: "HS256", typ: "JWT", kid: "k1" })}.${b64(claims)}`;
+  const key = process.env.EDGEROOM_TEST_KEY;
+  return `${signed}.${createHmac("sha256", key).update(signed).digest("base64url")}`;
+}
+
+const inSeconds = (s) => Math.floor(Date.now() / 1000) + s;
+
+async function connectError(s) {
+  try {
+    return await within(new Promise((resolve) => s.once("connect_error", resolve)), "connect_error");
+  } finally {
+    s.disconnect();
+  }
+}
+
+test("auth.token: refused without a valid one; a capability missing is forbidden", async () => {
+  const path = "/apps/secured/socket.io/";
+  const room = fresh("secured");
+  let err = await connectError(client("/", { path, auth: { room, user: "ann" } }));
+  assert.equal(err.data?.code, "unauthorized", JSON.stringify(err));
+  const forged = token({ sub: "ann" }).slice(0, -4) + "AAAA";
+  err = await connectError(client("/", { path, auth: { room, token: forged } }));
+  assert.equal(err.data?.code, "bad_token", JSON.stringify(err));
+  err = await connectError(client("/", { path, auth: { room, token: token({ sub: "a", exp: inSeconds(-5) }) } }));
+  assert.equal(err.data?.code, "token_expired", JSON.stringify(err));
+
+  const caps = [{ rooms: ["public:*"], allow: ["join"] }];
+  const reader = token({ sub: "reader", exp: inSeconds(600), caps });
+  err = await connectError(client("/", { path, auth: { room: "private", token: reader } }));
+  assert.equal(err.data?.code, "forbidden", JSON.stringify(err));
+  const s = client("/", { path, auth: { room: fresh("public:r"), token: reader } });
+  try {
+    await connected(s);
+    const reply = await s.timeout(WAIT).emitWithAck("message", { text: "hi" });
+    assert.equal(reply.error?.code, "forbidden", JSON.stringify(reply));
+  } finally {
+    s.disconnect();
+  }
+});
+
+test("auth.token: the handler sees the token's user, not a claimed one", async () => {
+  const path = "/apps/secured/socket.io/";
+  const s = client("/", { path, auth: { room: fresh("secured"), user: "admin", token: token({ sub: "ann" }) } });
+  try {
+    await connected(s);
+    const mine = once(s, "message");
+    await s.timeout(WAIT).emitWithAck("message", { text: "who am I" });
+    const [msg] = withoutOffset(await mine);
+    assert.equal(msg.user, "ann");
+  } finally {
+    s.disconnect();
+  }
+});
+
+test("auth.token: a namespace is disconnected at expiry unless refreshed first", async () => {
+  const path = "/apps/secured/socket.io/";
+  const room = fresh("secured");
+  const lapsing = client("/", { path, auth: { room, token: token({ sub: "ann", exp: inSeconds(2) }) } });
+  const fresh_ = client("/", { path, auth: { room, token: token({ sub: "bob", exp: inSeconds(2) }) } });
+  try {
+    await connected(lapsing);
+    await connected(fresh_);
+    const stolen = await fresh_.timeout(WAIT).emitWithAck("edgeroom:authenticate", token({ sub: "eve" }));
+    assert.equal(stolen.error?.code, "bad_token", JSON.stringify(stolen));
+    const ok = await fresh_.timeout(WAIT).emitWithAck("edgeroom:authenticate", token({ sub: "bob", exp: inSeconds(600) }));
+    assert.deepEqual(ok, { ok: true });
+    const expired = once(lapsing, "edgeroom:error");
+    const gone = once(lapsing, "disconnect");
+    assert.equal((await expired)[0].code, "token_expired");
+    assert.equal((await gone)[0], "io server disconnect");
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(fresh_.connected, "the refreshed namespace stays");
+    const reply = await fresh_.timeout(WAIT).emitWithAck("message", { text: "still here" });
+    assert.equal(reply, undefined);
+  } finally {
+    lapsing.disconnect();
+    fresh_.disconnect();
   }
 });
 

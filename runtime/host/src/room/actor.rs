@@ -15,6 +15,7 @@ use super::{
 };
 use crate::apps::LiveRx;
 use edgeroom_proto::ids::{ConnId, NodeId};
+use edgeroom_proto::member::JoinAuth;
 use edgeroom_proto::native::{Ref, ServerFrame};
 use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 use edgeroom_room::core::LogEntry;
@@ -380,10 +381,15 @@ impl Actor {
                 conn,
                 link,
                 cursor,
+                user,
                 done,
             } => {
-                if self.world().core.member(&conn).is_some() {
-                    let auth = self.world().core.member(&conn).map(|m| m.auth.clone());
+                if let Some(m) = self.world().core.member(&conn) {
+                    if m.auth.user.is_some() && m.auth.user != user {
+                        let _ = done.send(AdoptOutcome::NotMember);
+                        return;
+                    }
+                    let auth = Some(m.auth.clone());
                     let outcome = match (self.reattach(conn, link, cursor), auth) {
                         (ReattachOutcome::Reattached, Some(auth)) => AdoptOutcome::Adopted { auth },
                         _ => AdoptOutcome::NotMember,
@@ -395,7 +401,7 @@ impl Actor {
                     let _ = done.send(AdoptOutcome::NotMember);
                     return;
                 }
-                let adoption = Adoption::new(conn, link, cursor, done);
+                let adoption = Adoption::new(conn, link, cursor, user, done);
                 self.replicate(Input::Adopt(adoption));
                 if self.adopt_due() {
                     self.after_call().await;
@@ -435,7 +441,7 @@ impl Actor {
     async fn join(
         &mut self,
         conn: ConnId,
-        auth: String,
+        auth: JoinAuth,
         link: Link,
         r#ref: Option<Ref>,
         resume_from: Option<Cursor>,
@@ -456,7 +462,7 @@ impl Actor {
             JoinOutcome::Refused
         };
         let max_auth = self.rooms.env().limits.max_auth_bytes;
-        if auth.len() > max_auth {
+        if auth.size() > max_auth {
             self.rooms
                 .env()
                 .metrics
@@ -465,7 +471,7 @@ impl Actor {
                 ErrorCode::TooLarge,
                 format!(
                     "auth of {} bytes is over the {max_auth}-byte limit",
-                    auth.len()
+                    auth.size()
                 ),
             ));
         }
@@ -484,7 +490,7 @@ impl Actor {
         let result = self
             .call(Call::Join {
                 conn: conn.as_string(),
-                auth: &auth,
+                auth: &auth.json,
             })
             .await;
         self.world().joining = None;

@@ -26,7 +26,8 @@ use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use edgeroom_proto::Cursor;
-use edgeroom_proto::ids::{AppName, ConnId, NodeId, RoomId};
+use edgeroom_proto::ids::{AppName, ConnId, NodeId, RoomId, UserId};
+use edgeroom_proto::member::JoinAuth;
 use edgeroom_proto::native::Ref;
 use edgeroom_proto::payload::Payload;
 use edgeroom_sandbox::Sandbox;
@@ -54,7 +55,7 @@ pub enum RoomCmd {
     /// With `resume_from`, the events after that cursor are replayed after the join.
     Join {
         conn: ConnId,
-        auth: String,
+        auth: JoinAuth,
         link: Link,
         r#ref: Option<Ref>,
         resume_from: Option<Cursor>,
@@ -86,10 +87,13 @@ pub enum RoomCmd {
     },
     /// A client resumed here as a member that another node held: take it over, with
     /// what it missed since `cursor` (from the other replicas' logs).
+    /// `user`: the identity the resuming connection proved; a member that joined as a
+    /// verified user is taken over only by that user.
     Adopt {
         conn: ConnId,
         link: Link,
         cursor: Option<Cursor>,
+        user: Option<UserId>,
         done: oneshot::Sender<AdoptOutcome>,
     },
     /// The session ended for good.
@@ -130,7 +134,7 @@ pub enum ReattachOutcome {
 pub enum AdoptOutcome {
     /// A member again, here; with the auth it first joined with.
     Adopted {
-        auth: String,
+        auth: JoinAuth,
     },
     /// No replica knows the member (never was, or it left): join again.
     NotMember,
@@ -285,14 +289,14 @@ impl Rooms {
         self: &Arc<Self>,
         key: &RoomKey,
         conn: &ConnId,
-        auth: &str,
+        auth: &JoinAuth,
         link: &Link,
         r#ref: Option<Ref>,
         resume_from: Option<Cursor>,
     ) -> Option<(JoinOutcome, RoomHandle)> {
         let make = |done| RoomCmd::Join {
             conn: conn.clone(),
-            auth: auth.to_owned(),
+            auth: auth.clone(),
             link: link.clone(),
             r#ref: r#ref.clone(),
             resume_from: resume_from.clone(),
@@ -325,11 +329,13 @@ impl Rooms {
         conn: &ConnId,
         link: &Link,
         cursor: Option<Cursor>,
+        user: Option<&UserId>,
     ) -> Option<(AdoptOutcome, RoomHandle)> {
         let make = |done| RoomCmd::Adopt {
             conn: conn.clone(),
             link: link.clone(),
             cursor: cursor.clone(),
+            user: user.cloned(),
             done,
         };
         self.ask(key, make, |o| *o == AdoptOutcome::Retry).await

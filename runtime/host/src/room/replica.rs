@@ -59,7 +59,8 @@ use super::outbox::Link;
 use super::outbox::Outbound;
 use super::replicate::{self, Relay};
 use super::world::{Outgoing, RemoteMember, World};
-use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq};
+use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq, UserId};
+use edgeroom_proto::member::JoinAuth;
 use edgeroom_proto::native::ServerFrame;
 use edgeroom_proto::payload::Payload;
 use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
@@ -330,6 +331,8 @@ pub struct Adoption {
     pub conn: ConnId,
     pub link: Link,
     pub cursor: Option<Cursor>,
+    /// Who the resuming connection proved to be (see `RoomCmd::Adopt`).
+    pub user: Option<UserId>,
     pub done: oneshot::Sender<super::AdoptOutcome>,
     /// The member as the replicas that answered described it (the latest claim).
     record: Option<RemoteMember>,
@@ -347,12 +350,14 @@ impl Adoption {
         conn: ConnId,
         link: Link,
         cursor: Option<Cursor>,
+        user: Option<UserId>,
         done: oneshot::Sender<super::AdoptOutcome>,
     ) -> Self {
         Self {
             conn,
             link,
             cursor,
+            user,
             done,
             record: None,
             backlog: Vec::new(),
@@ -375,7 +380,7 @@ impl Adoption {
 #[derive(Debug)]
 pub struct Settled {
     pub done: oneshot::Sender<super::AdoptOutcome>,
-    pub auth: String,
+    pub auth: JoinAuth,
 }
 
 pub struct Replica {
@@ -1273,6 +1278,18 @@ impl Replica {
         mut a: Adoption,
         ctx: &mut Ctx,
     ) -> Result<Settled, Box<Adoption>> {
+        // A member that joined as a verified user is that user's alone to take over.
+        let owner = w
+            .remote
+            .values()
+            .filter_map(|m| m.get(&a.conn))
+            .chain(a.record.iter())
+            .chain(w.departed.get(&a.conn).map(|(m, _)| m))
+            .max_by_key(|r| r.claim)
+            .and_then(|r| r.auth.user.as_ref());
+        if owner.is_some() && owner != a.user.as_ref() {
+            return Err(Box::new(a));
+        }
         // Every record of the member anyone gave: the newest claim describes it, and
         // this node's claim goes one past it.
         let mut records: Vec<RemoteMember> = w

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::outbox::{Link, Outbound, PushError, Shared};
 use crate::metrics::Metrics;
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId};
+use edgeroom_proto::member::JoinAuth;
 use edgeroom_proto::native::ServerFrame;
 use edgeroom_proto::payload::Payload;
 use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
@@ -399,7 +400,7 @@ impl World {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RemoteMember {
     pub presence: String,
-    pub auth: String,
+    pub auth: JoinAuth,
     /// See `Member::claim`.
     pub claim: u64,
 }
@@ -472,6 +473,15 @@ impl RoomApi for World {
             .into_iter()
             .map(|(c, p)| (c.as_str().to_owned(), p))
             .collect()
+    }
+
+    fn user(&mut self, conn: &str) -> Option<String> {
+        let conn = ConnId::from_trusted(conn.to_owned());
+        let auth = match self.core.member(&conn) {
+            Some(m) => &m.auth,
+            None => &self.remote.values().find_map(|m| m.get(&conn))?.auth,
+        };
+        auth.user.as_ref().map(|u| u.as_str().to_owned())
     }
 
     fn set_presence(&mut self, conn: String, presence_json: String) -> Result<(), String> {

@@ -15,20 +15,31 @@ use tokio::sync::Notify;
 
 use crate::room::KillSwitch;
 use edgeroom_proto::close::Disconnect;
-use edgeroom_proto::ids::{AppName, ConnId, RoomId};
+use edgeroom_proto::ids::{AppName, ConnId, RoomId, UserId};
+use edgeroom_proto::member::JoinAuth;
 
 /// What a detached session keeps: per room, the auth it joined with.
-pub type SessionRooms = BTreeMap<RoomId, String>;
+pub type SessionRooms = BTreeMap<RoomId, JoinAuth>;
 
 enum Entry {
     Attached {
         kill: Arc<KillSwitch>,
+        user: Option<UserId>,
     },
     Detached {
         app: AppName,
         rooms: SessionRooms,
         since_ms: u64,
+        user: Option<UserId>,
     },
+}
+
+impl Entry {
+    fn user(&self) -> Option<&UserId> {
+        match self {
+            Entry::Attached { user, .. } | Entry::Detached { user, .. } => user.as_ref(),
+        }
+    }
 }
 
 /// Why a resume failed.
@@ -40,6 +51,10 @@ pub enum ResumeError {
     WrongApp,
     #[error("session is still held by another connection")]
     Busy,
+    /// The session was opened with a token naming a user, and the resume presents no
+    /// token of that user: a captured resume token alone takes nothing over.
+    #[error("session belongs to another user")]
+    OtherUser,
 }
 
 /// Every session of this node, live or resumable.
@@ -50,20 +65,26 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn attach(&self, conn: ConnId, kill: Arc<KillSwitch>) {
-        self.map.lock().insert(conn, Entry::Attached { kill });
+    /// A connection holds the session now. `user`: the identity its credential proved,
+    /// which a resume of the session must prove again.
+    pub fn attach(&self, conn: ConnId, kill: Arc<KillSwitch>, user: Option<UserId>) {
+        self.map.lock().insert(conn, Entry::Attached { kill, user });
     }
 
     /// The connection dropped; the session can be resumed for a while.
     pub fn detach(&self, conn: ConnId, app: AppName, rooms: SessionRooms, now_ms: u64) {
-        self.map.lock().insert(
+        let mut map = self.map.lock();
+        let user = map.get(&conn).and_then(Entry::user).cloned();
+        map.insert(
             conn,
             Entry::Detached {
                 app,
                 rooms,
                 since_ms: now_ms,
+                user,
             },
         );
+        drop(map);
         self.detached.notify_waiters();
     }
 
@@ -73,12 +94,15 @@ impl Sessions {
         self.detached.notify_waiters();
     }
 
-    /// Take a session over for a resume. A session still attached to an older
-    /// connection (which may not know yet that it is dead) is cut off first.
+    /// Take a session over for a resume by a connection whose credential names `user`.
+    /// A session still attached to an older connection (which may not know yet that it
+    /// is dead) is cut off first. A session opened by a verified user is taken only by
+    /// that user.
     pub async fn take(
         &self,
         conn: &ConnId,
         app: &AppName,
+        user: Option<&UserId>,
         wait: Duration,
     ) -> Result<SessionRooms, ResumeError> {
         let deadline = tokio::time::Instant::now() + wait;
@@ -86,7 +110,13 @@ impl Sessions {
             let notified = self.detached.notified();
             {
                 let mut map = self.map.lock();
-                match map.get(conn) {
+                let entry = map.get(conn);
+                if let Some(owner) = entry.and_then(Entry::user)
+                    && Some(owner) != user
+                {
+                    return Err(ResumeError::OtherUser);
+                }
+                match entry {
                     None => return Err(ResumeError::Gone),
                     Some(Entry::Detached { app: a, .. }) if a != app => {
                         return Err(ResumeError::WrongApp);
@@ -96,7 +126,7 @@ impl Sessions {
                             return Ok(rooms);
                         }
                     }
-                    Some(Entry::Attached { kill }) => kill.kill(Disconnect::ResumedElsewhere),
+                    Some(Entry::Attached { kill, .. }) => kill.kill(Disconnect::ResumedElsewhere),
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -141,16 +171,16 @@ mod tests {
         let app = AppName::new("a").unwrap();
         let c = ConnId::from_trusted("c".into());
         let mut rooms = SessionRooms::new();
-        rooms.insert(RoomId::new("r").unwrap(), "null".into());
+        rooms.insert(RoomId::new("r").unwrap(), JoinAuth::anonymous("null"));
         s.detach(c.clone(), app.clone(), rooms.clone(), 0);
         assert_eq!(
-            s.take(&c, &AppName::new("b").unwrap(), Duration::ZERO)
+            s.take(&c, &AppName::new("b").unwrap(), None, Duration::ZERO)
                 .await,
             Err(ResumeError::WrongApp)
         );
-        assert_eq!(s.take(&c, &app, Duration::ZERO).await.unwrap(), rooms);
+        assert_eq!(s.take(&c, &app, None, Duration::ZERO).await.unwrap(), rooms);
         assert_eq!(
-            s.take(&c, &app, Duration::ZERO).await,
+            s.take(&c, &app, None, Duration::ZERO).await,
             Err(ResumeError::Gone)
         );
     }
@@ -161,14 +191,41 @@ mod tests {
         let app = AppName::new("a").unwrap();
         let c = ConnId::from_trusted("c".into());
         let kill = Arc::new(KillSwitch::default());
-        s.attach(c.clone(), kill.clone());
+        s.attach(c.clone(), kill.clone(), None);
         let (s2, c2, app2) = (s.clone(), c.clone(), app.clone());
         // The old connection notices the kill and detaches.
         tokio::spawn(async move {
             kill.killed().await;
             s2.detach(c2, app2, SessionRooms::new(), 5);
         });
-        assert!(s.take(&c, &app, Duration::from_secs(5)).await.is_ok());
+        assert!(s.take(&c, &app, None, Duration::from_secs(5)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_verified_users_session_is_taken_only_by_that_user() {
+        let s = Sessions::default();
+        let app = AppName::new("a").unwrap();
+        let c = ConnId::from_trusted("c".into());
+        let alice = UserId::new("alice").unwrap();
+        let kill = Arc::new(KillSwitch::default());
+        s.attach(c.clone(), kill.clone(), Some(alice.clone()));
+        for thief in [None, Some(UserId::new("mallory").unwrap())] {
+            assert_eq!(
+                s.take(&c, &app, thief.as_ref(), Duration::ZERO).await,
+                Err(ResumeError::OtherUser)
+            );
+        }
+        assert!(
+            kill.reason().is_none(),
+            "the live connection was not cut off"
+        );
+        s.detach(c.clone(), app.clone(), SessionRooms::new(), 5);
+        assert_eq!(
+            s.take(&c, &app, None, Duration::ZERO).await,
+            Err(ResumeError::OtherUser),
+            "the identity outlives the connection"
+        );
+        assert!(s.take(&c, &app, Some(&alice), Duration::ZERO).await.is_ok());
     }
 
     #[test]

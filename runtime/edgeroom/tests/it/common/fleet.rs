@@ -121,6 +121,19 @@ pub fn example(name: &str) -> &'static [u8] {
         .unwrap()
 }
 
+/// Wait until `GET /v1/apps/{app}` on `node` satisfies `check`.
+pub async fn wait_app(node: &RunningNode, app: &str, what: &str, check: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = get(node, &format!("/v1/apps/{app}")).await;
+        if check(&body) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn wait_version(node: &RunningNode, app: &str, version: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

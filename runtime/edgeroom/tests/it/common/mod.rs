@@ -129,6 +129,50 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The HS256 secret tests sign client tokens with, under key id `k1`.
+pub const TEST_KEY: &str = "the first test secret, 32+ bytes long";
+
+/// An HS256 token signed with `secret` under key id `kid`.
+pub fn sign_token(kid: &str, secret: &str, claims: Value) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(kid.to_owned());
+    let key = EncodingKey::from_secret(secret.as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token of user `sub`, valid for an hour, signed with [`TEST_KEY`].
+pub fn user_token(sub: &str) -> String {
+    sign_token("k1", TEST_KEY, json!({"sub": sub, "exp": now_s() + 3600}))
+}
+
+/// Set an app's `auth` settings through the admin API of the node at `addr`.
+pub async fn configure_auth(addr: std::net::SocketAddr, app: &str, auth: Value) -> Value {
+    let r = reqwest::Client::new()
+        .put(format!("http://{addr}/v1/apps/{app}/config"))
+        .json(&json!({ "auth": auth }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Let `app` verify tokens signed with [`TEST_KEY`] (anonymous clients still allowed).
+pub async fn add_test_key(addr: std::net::SocketAddr, app: &str) {
+    let key = json!({"kid": "k1", "alg": "HS256", "key": TEST_KEY});
+    configure_auth(addr, app, json!({"keys": [key], "anonymous": true})).await;
+}
+
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub welcome: Value,
@@ -162,6 +206,12 @@ impl Client {
         assert_eq!(w["type"], "welcome", "{w}");
         c.welcome = w;
         c
+    }
+
+    /// Connect as user `sub` (a token signed with [`TEST_KEY`]).
+    pub async fn connect_as(addr: std::net::SocketAddr, app: &str, sub: &str) -> Client {
+        let token = user_token(sub);
+        Self::connect_with(addr, &format!("app={app}&token={token}")).await
     }
 
     pub fn session(&self) -> String {
@@ -206,7 +256,9 @@ impl Client {
                     return msgpack_to_json(rmpv::decode::read_value(&mut &b[..]).unwrap());
                 }
                 Message::Close(f) => {
-                    return json!({"type": "closed", "reason": f.map(|f| f.reason.to_string())});
+                    let code = f.as_ref().map(|f| u16::from(f.code));
+                    let reason = f.map(|f| f.reason.to_string());
+                    return json!({"type": "closed", "reason": reason, "code": code});
                 }
                 _ => continue,
             }

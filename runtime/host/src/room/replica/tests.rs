@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::room::AdoptOutcome;
 use crate::room::outbox::{Interest, Outbound, Outbox};
 use crate::room::world::{Outgoing, Place};
-use edgeroom_proto::ids::{ConnId, NodeId, RoomId};
+use edgeroom_proto::ids::{ConnId, NodeId, RoomId, UserId};
 use edgeroom_proto::native::Format;
 use edgeroom_room::core::{LogLimits, RoomCore, Target};
 use edgeroom_room::state::RoomDoc;
@@ -371,11 +371,20 @@ impl Sim {
     }
 
     fn join(&mut self, i: usize, name: &str) -> ConnId {
+        self.join_as(i, name, None)
+    }
+
+    /// A member joins node `i`, as verified `user` if given.
+    fn join_as(&mut self, i: usize, name: &str, user: Option<&str>) -> ConnId {
         let conn = ConnId::from_trusted(name.into());
         let metrics = std::sync::Arc::new(Metrics::new());
         let (outbox, rx, _) = Outbox::new(100_000, Format::Json, metrics);
         let node = &mut self.nodes[i];
-        node.world.core.join(conn.clone(), "null".into(), 1);
+        let auth = JoinAuth {
+            json: "null".into(),
+            user: user.map(|u| UserId::new(u).unwrap()),
+        };
+        node.world.core.join(conn.clone(), auth, 1);
         node.world
             .presence_changed(vec![(conn.clone(), "null".into())], vec![]);
         node.world
@@ -537,6 +546,11 @@ impl Sim {
 
     /// A client that was a member elsewhere resumes on node `i` with `cursor`.
     fn adopt(&mut self, i: usize, name: &str, cursor: Cursor) -> ConnId {
+        self.adopt_as(i, name, cursor, None)
+    }
+
+    /// The resuming connection proved it is `user`.
+    fn adopt_as(&mut self, i: usize, name: &str, cursor: Cursor, user: Option<&str>) -> ConnId {
         let conn = ConnId::from_trusted(name.into());
         let metrics = std::sync::Arc::new(Metrics::new());
         let (outbox, rx, _) = Outbox::new(100_000, Format::Json, metrics);
@@ -545,6 +559,7 @@ impl Sim {
             conn.clone(),
             Link::new(outbox, Interest::ALL),
             Some(cursor),
+            user.map(|u| UserId::new(u).unwrap()),
             done,
         );
         self.nodes[i].clients.insert(
@@ -733,6 +748,32 @@ fn an_adoption_waits_for_every_live_peers_history() {
         assert_eq!(got["n0"], range(21, 35), "seed {seed}");
         assert_eq!(got["n1"], range(21, 35), "seed {seed}");
     }
+}
+
+/// A member that joined as a verified user is taken over on another node only by a
+/// connection that proved the same user: a captured resume token is not enough.
+#[test]
+fn a_verified_member_is_adopted_only_by_its_user() {
+    let mut sim = Sim::new(3, 7);
+    let m = sim.join_as(2, "m", Some("alice"));
+    sim.settle();
+    sim.publish(0);
+    sim.settle();
+    let cursor = sim.cursor_of(2, &m);
+    sim.kill(2);
+    sim.settle();
+    sim.adopt_as(1, "m", cursor.clone(), Some("mallory"));
+    sim.settle();
+    assert!(
+        matches!(sim.adopted[0].try_recv(), Ok(AdoptOutcome::NotMember)),
+        "another user took the member over"
+    );
+    sim.adopt_as(1, "m", cursor, Some("alice"));
+    sim.settle();
+    let Ok(AdoptOutcome::Adopted { auth }) = sim.adopted[1].try_recv() else {
+        panic!("its user could not take it over");
+    };
+    assert_eq!(auth.user.as_ref().map(UserId::as_str), Some("alice"));
 }
 
 /// What no replica has any more is counted exactly: a member resumes on another node
