@@ -66,6 +66,7 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
 /// Reserved events: what Edgeroom itself tells Socket.IO clients.
 pub const PRESENCE_EVENT: &str = "edgeroom:presence";
 pub const STATE_EVENT: &str = "edgeroom:state";
+pub const STATE_PATCH_EVENT: &str = "edgeroom:state-patch";
 pub const ERROR_EVENT: &str = "edgeroom:error";
 /// What a client emits (with an ack) to present a fresh token before its current one
 /// expires: `socket.emit("edgeroom:authenticate", token, ack)`.
@@ -753,6 +754,13 @@ impl SocketIo {
                 };
                 let state = serde_json::from_str::<Value>(state).unwrap_or(Value::Null);
                 self.emit(s, &nsp, STATE_EVENT, &state);
+            }
+            ServerFrame::StatePatch { room, patch } => {
+                let Some(nsp) = self.namespace_of(room) else {
+                    return;
+                };
+                let patch = serde_json::from_str::<Value>(patch).unwrap_or(Value::Null);
+                self.emit(s, &nsp, STATE_PATCH_EVENT, &patch);
             }
             ServerFrame::Error { error, room } => {
                 let Some(nsp) = room.as_ref().and_then(|r| self.namespace_of(r)) else {

@@ -459,6 +459,12 @@ pub enum ServerFrame {
         room: RoomId,
         state: String,
     },
+    /// What changed in the room's state since the last `State` or `StatePatch`: JSON
+    /// Patch operations (RFC 6902), a JSON array.
+    StatePatch {
+        room: RoomId,
+        patch: String,
+    },
     Error {
         error: ProtoError,
         room: Option<RoomId>,
@@ -612,6 +618,14 @@ pub fn encode(frame: &ServerFrame, format: Format) -> Encoded {
             o.insert(
                 "state".into(),
                 serde_json::from_str(state).unwrap_or(Value::Null),
+            );
+        }
+        ServerFrame::StatePatch { room, patch } => {
+            o.insert("type".into(), "state_patch".into());
+            o.insert("room".into(), room.as_str().into());
+            o.insert(
+                "patch".into(),
+                serde_json::from_str(patch).unwrap_or(Value::Array(Vec::new())),
             );
         }
         ServerFrame::Error { error, room } => {

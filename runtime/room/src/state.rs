@@ -17,8 +17,8 @@
 
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
-    ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue,
-    Value, sync, sync::SyncDoc,
+    ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, PatchAction, Prop, ROOT, ReadDoc,
+    ScalarValue, Value, sync, sync::SyncDoc,
 };
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -92,6 +92,90 @@ impl RoomDoc {
             .map(|c| c.hash)
             .collect();
         mine.iter().all(|h| !beyond.contains(h))
+    }
+
+    /// What changed since `before` (heads this document holds), as JSON Patch
+    /// operations (RFC 6902) that turn the JSON view at `before` into the current one.
+    /// Lists change by index (an insert or delete at the front is one operation, not a
+    /// rewrite of the list); a new map or list comes whole, as it is now.
+    pub fn patch_since(&mut self, before: &[ChangeHash]) -> Vec<Json> {
+        let after = self.doc.get_heads();
+        let patches = self.doc.diff(before, &after);
+        let mut ops = Vec::new();
+        // Objects already written whole (new ones, and texts): later patches inside
+        // them are already in what was written.
+        let mut whole: std::collections::HashSet<ObjId> = std::collections::HashSet::new();
+        for p in patches {
+            if whole.contains(&p.obj) || p.path.iter().any(|(o, _)| whole.contains(o)) {
+                continue;
+            }
+            let at = pointer(&p.path);
+            let child = |key: &dyn std::fmt::Display| format!("{at}/{}", escape(&key.to_string()));
+            match p.action {
+                PatchAction::PutMap { key, value, .. } => {
+                    let v = self.written(value, &mut whole);
+                    ops.push(op("add", &child(&key), Some(v)));
+                }
+                PatchAction::PutSeq { index, value, .. } => {
+                    let v = self.written(value, &mut whole);
+                    ops.push(op("replace", &child(&index), Some(v)));
+                }
+                PatchAction::Insert { index, values } => {
+                    for (i, (v, id, _)) in values.iter().enumerate() {
+                        let v = self.written((v.clone(), id.clone()), &mut whole);
+                        ops.push(op("add", &child(&(index + i)), Some(v)));
+                    }
+                }
+                PatchAction::DeleteMap { key } => ops.push(op("remove", &child(&key), None)),
+                PatchAction::DeleteSeq { index, length } => {
+                    if self.doc.object_type(&p.obj) == Ok(ObjType::Text) {
+                        ops.push(self.text_op(&p.obj, &at, &mut whole));
+                    } else {
+                        let path = child(&index);
+                        ops.extend((0..length).map(|_| op("remove", &path, None)));
+                    }
+                }
+                PatchAction::SpliceText { .. } => ops.push(self.text_op(&p.obj, &at, &mut whole)),
+                PatchAction::Increment { prop, .. } => {
+                    let now = self
+                        .doc
+                        .get(&p.obj, prop.clone())
+                        .ok()
+                        .flatten()
+                        .map_or(Json::Null, |(v, id)| value_json(&self.doc, v, &id));
+                    let path = match prop {
+                        Prop::Map(k) => child(&k),
+                        Prop::Seq(i) => child(&i),
+                    };
+                    ops.push(op("replace", &path, Some(now)));
+                }
+                // The winning value came in its put; marks are not in the JSON view.
+                PatchAction::Conflict { .. } | PatchAction::Mark { .. } => {}
+            }
+        }
+        ops
+    }
+
+    /// A value a patch writes: an object whole (and remembered as written).
+    fn written(
+        &self,
+        (v, id): (Value<'_>, ObjId),
+        whole: &mut std::collections::HashSet<ObjId>,
+    ) -> Json {
+        if matches!(v, Value::Object(_)) {
+            whole.insert(id.clone());
+        }
+        value_json(&self.doc, v, &id)
+    }
+
+    /// A text changed: its whole current value, once.
+    fn text_op(&self, obj: &ObjId, at: &str, whole: &mut std::collections::HashSet<ObjId>) -> Json {
+        whole.insert(obj.clone());
+        op(
+            "replace",
+            at,
+            Some(Json::String(self.doc.text(obj).unwrap_or_default())),
+        )
     }
 
     /// The whole document as JSON.
@@ -397,6 +481,30 @@ fn prop_for(doc: &AutoCommit, obj: &ObjId, seg: &str) -> Result<Prop, String> {
     }
 }
 
+/// A JSON Pointer (RFC 6901) to the object at the end of a patch's path.
+fn pointer(path: &[(ObjId, Prop)]) -> String {
+    path.iter()
+        .map(|(_, prop)| match prop {
+            Prop::Map(k) => format!("/{}", escape(k)),
+            Prop::Seq(i) => format!("/{i}"),
+        })
+        .collect()
+}
+
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn op(kind: &str, path: &str, value: Option<Json>) -> Json {
+    let mut o = serde_json::Map::new();
+    o.insert("op".into(), kind.into());
+    o.insert("path".into(), path.into());
+    if let Some(v) = value {
+        o.insert("value".into(), v);
+    }
+    Json::Object(o)
+}
+
 fn scalar_json(s: &ScalarValue) -> Json {
     match s {
         ScalarValue::Str(s) => Json::String(s.to_string()),
@@ -503,6 +611,67 @@ mod tests {
             d.to_json(),
             json!({"players": {"alice": {"score": 3, "tags": ["a", "b"]}}, "messages": ["two"]})
         );
+    }
+
+    /// Applying the patch to the JSON before gives the JSON after, whatever the
+    /// changes: random puts, pushes, deletes, increments, nested objects, and a
+    /// concurrent replica's changes merged in.
+    #[test]
+    fn patches_turn_the_view_before_into_the_view_after() {
+        use rand::{Rng, SeedableRng};
+        for seed in 0..40 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut d = RoomDoc::new();
+            let mut other = RoomDoc { doc: d.doc.fork() };
+            let mut shown = d.to_json();
+            let mut heads = d.heads();
+            for step in 0..60 {
+                for _ in 0..rng.random_range(1..4) {
+                    let target = if rng.random_bool(0.2) {
+                        &mut other
+                    } else {
+                        &mut d
+                    };
+                    let key = ["a", "b/c", "~t", "list"][rng.random_range(0..4)];
+                    let _ = match rng.random_range(0..6) {
+                        0 => target.put(key, &json!({"n": step, "inner": [1, {"x": step}]})),
+                        1 => target.push("list", &json!(step)).map(|_| ()),
+                        2 => target.delete("list/0"),
+                        3 => target
+                            .increment("count", rng.random_range(-3..4))
+                            .map(|_| ()),
+                        4 => target.put(&format!("m/{}", step % 5), &json!(step)),
+                        _ => target.delete(&format!("m/{}", step % 5)),
+                    };
+                }
+                if rng.random_bool(0.3) {
+                    let theirs = other.doc.save();
+                    d.doc.load_incremental(&theirs).unwrap();
+                }
+                let ops = d.patch_since(&heads);
+                let patch: json_patch::Patch =
+                    serde_json::from_value(Json::Array(ops.clone())).unwrap();
+                json_patch::patch(&mut shown, &patch)
+                    .unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}: {ops:?}"));
+                assert_eq!(shown, d.to_json(), "seed {seed} step {step}: {ops:?}");
+                heads = d.heads();
+            }
+        }
+    }
+
+    #[test]
+    fn a_sliding_window_list_costs_two_operations_per_message() {
+        let mut d = RoomDoc::new();
+        for i in 0..100 {
+            d.push("messages", &json!({"text": format!("message {i}")}))
+                .unwrap();
+        }
+        let heads = d.heads();
+        d.push("messages", &json!({"text": "new"})).unwrap();
+        d.delete("messages/0").unwrap();
+        let ops = d.patch_since(&heads);
+        assert_eq!(ops.len(), 2, "{ops:?}");
+        assert!(Json::Array(ops).to_string().len() < 120);
     }
 
     #[test]

@@ -219,12 +219,7 @@ async fn counter_increments_on_three_nodes_at_once_sum_everywhere() {
     }
     // And members are pushed the converged state.
     let c = &mut clients[0];
-    loop {
-        let f = c.next_of("state").await;
-        if f["state"]["count"] == 3 * N {
-            break;
-        }
-    }
+    while c.next_state().await["count"] != 3 * N {}
     shutdown(nodes).await;
 }
 
@@ -411,12 +406,7 @@ async fn a_partition_heals_without_losing_either_sides_events_or_changes() {
         .await;
     }
     // The counter's member on the majority side was pushed the merged state.
-    loop {
-        let f = counters[0].next_of("state").await;
-        if f["state"]["count"] == 17 {
-            break;
-        }
-    }
+    while counters[0].next_state().await["count"] != 17 {}
     shutdown(nodes).await;
 }
 

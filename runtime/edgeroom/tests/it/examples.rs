@@ -172,14 +172,14 @@ async fn counter_sums_concurrent_increments_and_pushes_state() {
     assert_eq!(r["data"], json!({"count": 400}));
     let r = watcher.emit("c", "incr", json!(null)).await;
     assert_eq!(r["data"], json!({"count": 401}));
-    // Members get the state after each change; the last one they see is the total.
+    // Members get what changed after each change; what they have then is the total.
     let mut last = json!(null);
     while let Some(f) = watcher
         .try_recv(std::time::Duration::from_millis(300))
         .await
     {
-        if f["type"] == "state" {
-            last = f["state"].clone();
+        if let Some(state) = watcher.apply_state(&f) {
+            last = state;
         }
     }
     assert_eq!(last, json!({"count": 401}));

@@ -458,3 +458,64 @@ async fn idempotency_ids_are_bounded_oldest_first() {
     assert_eq!(again["data"]["count"], 8, "{again}");
     node.stop().await;
 }
+
+/// The measure: a passive member of a chat room that keeps the last hundred
+/// messages was sent the whole document after every message, O(n²) in what the room
+/// keeps (32× what was sent). Now it gets each message once and what changed in the
+/// state: a bounded multiple of what was sent, whatever the room keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passive_member_receives_state_changes_not_the_whole_document() {
+    use crate::common::Client;
+    use serde_json::json;
+    let node = TestNode::start().await;
+    let query = "app=chat&presence=0";
+    let mut passive = Client::connect_with(node.addr, query).await;
+    passive.join("talk", json!({"user": "quiet"})).await;
+    let start = passive.bytes_in;
+    // The chat handler allows 5 messages a second per member: many senders.
+    const SENDERS: usize = 40;
+    const EACH: usize = 5;
+    let mut sent = 0;
+    for s in 0..SENDERS {
+        let mut c = Client::connect_with(node.addr, query).await;
+        c.join("talk", json!({"user": format!("u{s}")})).await;
+        for i in 0..EACH {
+            let frame = json!({"type": "emit", "room": "talk", "event": "message",
+                "data": {"text": format!("message {i} from sender {s}, a line of chat")}});
+            sent += frame.to_string().len();
+            let r = c.request(frame).await;
+            assert_eq!(r["ok"], true, "{r}");
+        }
+    }
+    let mut messages = 0;
+    while messages < SENDERS * EACH {
+        let f = passive.recv().await;
+        if f["type"] == "event" && f["event"] == "message" {
+            messages += 1;
+        }
+        passive.apply_state(&f);
+    }
+    // The last state change follows the last event.
+    while let Some(f) = passive.try_recv(Duration::from_millis(300)).await {
+        passive.apply_state(&f);
+    }
+    let received = passive.bytes_in - start;
+    let ratio = received as f64 / sent as f64;
+    println!(
+        "sent {sent} bytes in {messages} messages; the passive member received {received} bytes ({ratio:.1}x)"
+    );
+    let kept = passive.states["talk"]["messages"].as_array().unwrap().len();
+    assert_eq!(
+        kept, 100,
+        "the member's state, patch by patch, is the room's"
+    );
+    assert_eq!(
+        passive.states["talk"],
+        node.room("chat", "talk").await["state"],
+        "the patched state is the room's"
+    );
+    assert!(
+        ratio < 6.0,
+        "{received} bytes received for {sent} sent ({ratio:.1}x)"
+    );
+}

@@ -532,9 +532,12 @@ test("presence and room state through reserved events, on request", async () => 
     plain.connect();
     await connected(plain);
     assert.ok((await joined)[0].joined.some((j) => j.id === plain.id));
-    const changed = once(a, "edgeroom:state");
+    // After the snapshot, what changed: JSON Patch operations, not the whole document.
+    const changed = once(a, "edgeroom:state-patch");
     assert.deepEqual(await plain.timeout(WAIT).emitWithAck("incr", { by: 2 }), { count: 2 });
-    assert.deepEqual((await changed)[0], { count: 2 });
+    const [ops] = await changed;
+    assert.ok(Array.isArray(ops), JSON.stringify(ops));
+    assert.deepEqual({ path: ops.at(-1).path, value: ops.at(-1).value }, { path: "/count", value: 2 }, JSON.stringify(ops));
     const left = once(a, "edgeroom:presence");
     const plainId = plain.id;
     plain.disconnect();

@@ -730,11 +730,8 @@ impl Actor {
             let shown = w.shown();
             w.core.detach(&conn, now, lost_at.as_deref(), &shown);
         }
-        // The whole document as JSON costs more than anything else a change does (in
-        // a busy room, most of a node's time): only when a member here asked for it.
-        if std::mem::take(&mut w.state_changed) && w.links.values().any(|l| l.interest.state) {
-            let frame = w.state_frame();
-            w.push_all(&frame, None);
+        if std::mem::take(&mut w.state_changed) {
+            w.flush_state(None);
         }
         if let Some(ms) = w.timer.take() {
             self.timer_at =

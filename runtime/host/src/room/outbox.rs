@@ -72,7 +72,7 @@ impl Interest {
     fn wants_frame(self, f: &ServerFrame) -> bool {
         match f {
             ServerFrame::Presence { .. } => self.presence,
-            ServerFrame::State { .. } => self.state,
+            ServerFrame::State { .. } | ServerFrame::StatePatch { .. } => self.state,
             _ => true,
         }
     }

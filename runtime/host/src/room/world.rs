@@ -72,6 +72,10 @@ pub struct World {
     pub departed: HashMap<ConnId, (RemoteMember, u64)>,
     /// The document changed since members last got the state.
     pub state_changed: bool,
+    /// The document's heads as every member that takes state here has it (its
+    /// snapshot plus the patches since): what the next patch starts from. `None`
+    /// while no member here takes state.
+    state_shown: Option<Vec<automerge::ChangeHash>>,
     /// The document changed since it was last saved.
     pub unsaved: bool,
     /// `on-timer` requested in this many ms.
@@ -111,6 +115,7 @@ impl World {
             remote: BTreeMap::new(),
             departed: HashMap::new(),
             state_changed: false,
+            state_shown: None,
             unsaved: false,
             timer: None,
             now_ms: 0,
@@ -346,9 +351,40 @@ impl World {
             self.push(conn, Outbound::frame(snapshot));
         }
         if interest.state {
+            // Everyone else first gets what changed so far, so that this member's
+            // snapshot and theirs are the same version, and the next patch fits both.
+            if std::mem::take(&mut self.state_changed) {
+                self.flush_state(Some(conn));
+            }
+            if self.state_shown.is_none() {
+                self.state_shown = Some(self.doc.heads());
+            }
             let state = self.state_frame();
             self.push(conn, Outbound::frame(state));
         }
+    }
+
+    /// The document changed: members that take state get what changed, as a JSON
+    /// Patch encoded once for all of them, instead of the whole document each time.
+    pub fn flush_state(&mut self, except: Option<&ConnId>) {
+        if !self.links.values().any(|l| l.interest.state) {
+            // Nobody to keep a version for: the next member starts from a snapshot.
+            self.state_shown = None;
+            return;
+        }
+        let Some(before) = self.state_shown.take() else {
+            return;
+        };
+        let ops = self.doc.patch_since(&before);
+        self.state_shown = Some(self.doc.heads());
+        if ops.is_empty() {
+            return;
+        }
+        let frame = ServerFrame::StatePatch {
+            room: self.place.room.clone(),
+            patch: serde_json::Value::Array(ops).to_string(),
+        };
+        self.push_all(&frame, except);
     }
 
     /// The room's state as members see it.

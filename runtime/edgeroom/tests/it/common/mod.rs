@@ -180,6 +180,10 @@ pub struct Client {
     /// Frames read while waiting for something else.
     pub backlog: Vec<Value>,
     msgpack: bool,
+    /// Each room's state as this client has it: its last `state`, plus the patches since.
+    pub states: std::collections::BTreeMap<String, Value>,
+    /// Bytes of the messages received so far (text or binary payloads).
+    pub bytes_in: usize,
 }
 
 impl Client {
@@ -201,6 +205,8 @@ impl Client {
             next_ref: 0,
             backlog: Vec::new(),
             msgpack: format == "msgpack",
+            states: Default::default(),
+            bytes_in: 0,
         };
         let w = c.recv().await;
         assert_eq!(w["type"], "welcome", "{w}");
@@ -250,6 +256,7 @@ impl Client {
                 Some(Ok(m)) => m,
                 Some(Err(_)) | None => return json!({"type": "closed", "reason": null}),
             };
+            self.bytes_in += msg.len();
             match msg {
                 Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
                 Message::Binary(b) => {
@@ -332,6 +339,40 @@ impl Client {
     }
 
     /// The next frame of `type` (others are skipped, not kept).
+    /// Follow a `state` or `state_patch` frame: the room's state as this client has it
+    /// now (`None` for any other frame). A patch must apply to what the client has.
+    pub fn apply_state(&mut self, f: &Value) -> Option<Value> {
+        let room = f["room"].as_str()?.to_owned();
+        match f["type"].as_str()? {
+            "state" => {
+                self.states.insert(room.clone(), f["state"].clone());
+            }
+            "state_patch" => {
+                let patch: json_patch::Patch = serde_json::from_value(f["patch"].clone())
+                    .unwrap_or_else(|e| panic!("not a JSON Patch: {e}: {f}"));
+                let doc = self
+                    .states
+                    .get_mut(&room)
+                    .unwrap_or_else(|| panic!("a patch before any state: {f}"));
+                json_patch::patch(doc, &patch)
+                    .unwrap_or_else(|e| panic!("patch does not apply: {e}: {f}"));
+            }
+            _ => return None,
+        }
+        self.states.get(&room).cloned()
+    }
+
+    /// The room's state after the next `state` or `state_patch` frame.
+    pub async fn next_state(&mut self) -> Value {
+        loop {
+            let f = self.recv().await;
+            assert_ne!(f["type"], "closed", "closed while waiting for state: {f}");
+            if let Some(state) = self.apply_state(&f) {
+                return state;
+            }
+        }
+    }
+
     pub async fn next_of(&mut self, ty: &str) -> Value {
         loop {
             let f = self.recv().await;
