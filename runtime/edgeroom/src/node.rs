@@ -35,6 +35,8 @@ pub struct Node {
     clients_go: watch::Sender<Option<Going>>,
 }
 
+/// The store's secret that signs a standalone node's resume tokens.
+const RESUME_SECRET: &str = "resume_tokens";
 /// The store's counter of sequence runs handed out (see `room::runs`).
 const RUNS: &str = "runs";
 
@@ -141,7 +143,15 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         Some(hex_secret) => TokenKey::new(
             hex::decode(hex_secret).map_err(|e| anyhow::anyhow!("secret is not hex: {e}"))?,
         ),
-        None => TokenKey::random(),
+        // A standalone node keeps its own, so tokens outlive a restart.
+        None => {
+            let fresh = TokenKey::random_key();
+            let store = store.clone();
+            let secret =
+                tokio::task::spawn_blocking(move || store.secret_or_init(RESUME_SECRET, &fresh))
+                    .await??;
+            TokenKey::new(secret)
+        }
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let rooms = Rooms::new(RoomEnv {

@@ -17,8 +17,14 @@ const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("handler_blobs"
 const APPS: TableDefinition<&str, &str> = TableDefinition::new("apps");
 /// `app/room` → saved Automerge document.
 const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("room_docs");
+/// `app/room`, then `\0` and a 20-digit sequence number → changes made after the
+/// document was last saved whole (Automerge incremental saves), in order. A whole save
+/// removes them.
+const ROOM_CHANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("room_changes");
 /// Node-wide counters that must survive restarts (`runs`: see `room::runs`).
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// Node-wide secrets that must survive restarts (a standalone node's resume-token key).
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 
 /// One deployed handler version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +52,12 @@ fn room_key(app: &AppName, room: &RoomId) -> String {
     format!("{app}/{room}")
 }
 
+/// The keys of a room's appended changes: `key\0` up to (not including) `key\x01`.
+/// Room names have no control characters, so no other room's keys fall between.
+fn change_range(key: &str) -> (String, String) {
+    (format!("{key}\0"), format!("{key}\x01"))
+}
+
 impl Store {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
@@ -54,7 +66,9 @@ impl Store {
         txn.open_table(BLOBS)?;
         txn.open_table(APPS)?;
         txn.open_table(ROOMS)?;
+        txn.open_table(ROOM_CHANGES)?;
         txn.open_table(COUNTERS)?;
+        txn.open_table(SECRETS)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -117,12 +131,64 @@ impl Store {
         Ok(blobs.get(sha256)?.map(|v| v.value().to_vec()))
     }
 
+    /// Save a room's whole document, replacing the changes appended before it.
     pub fn save_room(&self, app: &AppName, room: &RoomId, doc: &[u8]) -> anyhow::Result<()> {
+        let key = room_key(app, room);
         let txn = self.db.begin_write()?;
-        txn.open_table(ROOMS)?
-            .insert(room_key(app, room).as_str(), doc)?;
+        txn.open_table(ROOMS)?.insert(key.as_str(), doc)?;
+        {
+            let mut changes = txn.open_table(ROOM_CHANGES)?;
+            let (from, to) = change_range(&key);
+            changes.retain_in(from.as_str()..to.as_str(), |_, _| false)?;
+        }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Append changes made since the last save, durably (the commit is synced to disk
+    /// before this returns): what an acknowledged change waits for on a node that no
+    /// other replica backs.
+    pub fn append_room_changes(
+        &self,
+        app: &AppName,
+        room: &RoomId,
+        changes: &[u8],
+    ) -> anyhow::Result<()> {
+        let key = room_key(app, room);
+        let (from, to) = change_range(&key);
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(ROOM_CHANGES)?;
+            let next = match table.range(from.as_str()..to.as_str())?.next_back() {
+                Some(last) => {
+                    let (k, _) = last?;
+                    let n: u64 = k.value()[key.len() + 1..].parse().unwrap_or(0);
+                    n + 1
+                }
+                None => 0,
+            };
+            table.insert(format!("{key}\0{next:020}").as_str(), changes)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The secret named `name`, set to `fresh` the first time it is asked for.
+    pub fn secret_or_init(&self, name: &str, fresh: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let txn = self.db.begin_write()?;
+        let secret = {
+            let mut table = txn.open_table(SECRETS)?;
+            let existing = table.get(name)?.map(|v| v.value().to_vec());
+            match existing {
+                Some(s) => s,
+                None => {
+                    table.insert(name, fresh)?;
+                    fresh.to_vec()
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(secret)
     }
 
     /// A counter's value (0 if never set).
@@ -144,18 +210,51 @@ impl Store {
         Ok(())
     }
 
+    /// A room's document as saved: the last whole save followed by the changes
+    /// appended since (Automerge loads the two together).
     pub fn load_room(&self, app: &AppName, room: &RoomId) -> anyhow::Result<Option<Vec<u8>>> {
+        let key = room_key(app, room);
         let txn = self.db.begin_read()?;
         let rooms = txn.open_table(ROOMS)?;
-        Ok(rooms
-            .get(room_key(app, room).as_str())?
-            .map(|v| v.value().to_vec()))
+        let mut doc = rooms.get(key.as_str())?.map(|v| v.value().to_vec());
+        let changes = txn.open_table(ROOM_CHANGES)?;
+        let (from, to) = change_range(&key);
+        for entry in changes.range(from.as_str()..to.as_str())? {
+            let (_, v) = entry?;
+            doc.get_or_insert_with(Vec::new)
+                .extend_from_slice(v.value());
+        }
+        Ok(doc)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appended_changes_follow_the_whole_save_until_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = AppName::new("chat").unwrap();
+        let (lobby, lobby2) = (
+            RoomId::new("lobby").unwrap(),
+            RoomId::new("lobby2").unwrap(),
+        );
+        let s = Store::open(dir.path()).unwrap();
+        s.append_room_changes(&app, &lobby, b"<a>").unwrap();
+        assert_eq!(s.load_room(&app, &lobby).unwrap().unwrap(), b"<a>");
+        s.save_room(&app, &lobby, b"doc").unwrap();
+        s.append_room_changes(&app, &lobby2, b"other").unwrap();
+        for chunk in [b"<1>", b"<2>", b"<3>"] {
+            s.append_room_changes(&app, &lobby, chunk).unwrap();
+        }
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.load_room(&app, &lobby).unwrap().unwrap(), b"doc<1><2><3>");
+        s.save_room(&app, &lobby, b"whole").unwrap();
+        assert_eq!(s.load_room(&app, &lobby).unwrap().unwrap(), b"whole");
+        assert_eq!(s.load_room(&app, &lobby2).unwrap().unwrap(), b"other");
+    }
 
     #[test]
     fn versions_and_rooms_survive_reopening() {
@@ -182,6 +281,9 @@ mod tests {
         assert_eq!(s.blob("ab").unwrap().unwrap(), b"abc");
         assert_eq!(s.load_room(&app, &room).unwrap().unwrap(), b"doc");
         assert_eq!(s.counter("runs").unwrap(), 9);
+        let first = s.secret_or_init("resume", b"one").unwrap();
+        assert_eq!(first, b"one");
+        assert_eq!(s.secret_or_init("resume", b"two").unwrap(), b"one");
         assert_eq!(s.counter("never").unwrap(), 0);
         assert!(
             s.load_room(&app, &RoomId::new("other").unwrap())

@@ -59,6 +59,12 @@ impl RoomDoc {
         self.doc.save()
     }
 
+    /// The changes since the last `save` or `save_incremental`: appended to what
+    /// `save` wrote, the whole is what `load` reads back. Empty if nothing changed.
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        self.doc.save_incremental()
+    }
+
     /// Identifies the document's version: compare before and after to see a change.
     pub fn heads(&mut self) -> Vec<ChangeHash> {
         self.doc.get_heads()

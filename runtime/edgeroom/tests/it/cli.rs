@@ -451,6 +451,86 @@ impl Drop for Processes {
     }
 }
 
+/// An acknowledged state change survives kill -9 of a standalone node: the change is
+/// on its disk before the answer goes out (before, the answer preceded a save up to a
+/// second later, and a kill right after it took the change back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_state_survives_kill_9_of_a_standalone_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = \"solo\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\ncompile_cache_dir = {:?}\nadmin_key = \"k3y\"\n[sandbox]\nmax_instances = 16\n",
+            dir.path().join("data"),
+            common::compile_cache(),
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let up = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("{url}/healthz")).await.is_err() {
+            assert!(Instant::now() < deadline, "node did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let http = reqwest::Client::new();
+    let mut node = spawn();
+    up().await;
+    let r = http
+        .put(format!("{url}/v1/apps/counter/handler"))
+        .bearer_auth("k3y")
+        .body(edgeroom::examples::COUNTER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = Client::connect(addr, "counter", "json").await;
+    assert_eq!(c.join("c", json!(null)).await["ok"], true);
+    const N: i64 = 40;
+    for i in 1..=N {
+        let r = c.emit("c", "incr", json!({"by": 1})).await;
+        assert_eq!(r["data"]["count"], i, "{r}");
+    }
+    let token = c.token();
+    node.kill().unwrap();
+    node.wait().unwrap();
+
+    let mut node = spawn();
+    up().await;
+    let room: serde_json::Value = http
+        .get(format!("{url}/v1/apps/counter/rooms/c"))
+        .bearer_auth("k3y")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(room["state"]["count"], N, "{room}");
+    // The node's resume-token key outlived it: the token still verifies (the session
+    // itself did not survive: the node keeps no session table on disk).
+    let mut again = Client::connect(addr, "counter", "json").await;
+    let r = again
+        .request(json!({"type": "resume", "token": token}))
+        .await;
+    assert_eq!(r["error"]["code"], "resume_failed", "{r}");
+    node.kill().unwrap();
+    node.wait().unwrap();
+}
+
 /// Three `edgeroom serve` processes form a cluster; the Raft leader's process is killed
 /// with SIGKILL: another leader takes over, deploys keep working, and the killed node
 /// comes back from its disk and serves what was deployed while it was down.

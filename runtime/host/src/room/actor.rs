@@ -28,6 +28,9 @@ use edgeroom_sandbox::{Call, Failure, Returned, Slot};
 const MAX_KICK_ROUNDS: usize = 8;
 /// Unsaved document changes are written at most this often.
 const SAVE_EVERY_MS: u64 = 1000;
+/// On a standalone node, changes are appended to the disk as they are made, and folded
+/// into a whole save once they outweigh the last one (and at least this much).
+const APPENDED_BEFORE_SAVE: usize = 64 * 1024;
 
 struct Actor {
     rooms: Arc<Rooms>,
@@ -41,6 +44,9 @@ struct Actor {
     replica: Option<Replica>,
     /// The history bytes last added to the node's `history_bytes` gauge.
     history_bytes: usize,
+    /// Bytes of changes appended since the last whole save, and that save's size.
+    appended_bytes: usize,
+    saved_bytes: usize,
 }
 
 pub(super) fn spawn(
@@ -125,6 +131,8 @@ pub(super) fn spawn(
             last_save_ms: env.clock.mono_ms(),
             replica,
             history_bytes: 0,
+            appended_bytes: 0,
+            saved_bytes: 0,
         };
         actor.run(rx).await;
         rooms.env().metrics.rooms.dec();
@@ -511,6 +519,11 @@ impl Actor {
             self.world().core.leave(&conn);
             return refuse(error);
         }
+        // What on-join changed is on disk before the join is acknowledged.
+        if !self.persist_changes().await {
+            self.world().core.leave(&conn);
+            return refuse(not_durable());
+        }
         let w = self.world();
         let presence = w
             .core
@@ -672,6 +685,11 @@ impl Actor {
             )),
             Err(f) => Err(failed(&f)),
         };
+        // What the call changed is on disk before the answer goes out.
+        let result = match result {
+            Ok(_) if !self.persist_changes().await => Err(not_durable()),
+            r => r,
+        };
         let w = self.world();
         w.call_key = None;
         if let Some(key) = key {
@@ -758,7 +776,16 @@ impl Actor {
             self.remove_member(&conn).await;
         }
         self.after_call().await;
-        if self.world().unsaved && now.saturating_sub(self.last_save_ms) >= SAVE_EVERY_MS {
+        // Changes appended since the last whole save are folded into a new one once
+        // they outweigh it; without appends (in a cluster), every second.
+        let due = if self.replica.is_none() {
+            // Changes nobody waited for (timers, leaves) go to the disk too.
+            self.persist_changes().await;
+            self.appended_bytes >= APPENDED_BEFORE_SAVE.max(self.saved_bytes)
+        } else {
+            now.saturating_sub(self.last_save_ms) >= SAVE_EVERY_MS
+        };
+        if self.world().unsaved && due {
             self.save().await;
         }
         if !self.world().core.is_empty() {
@@ -778,11 +805,45 @@ impl Actor {
         false
     }
 
+    /// On a node no other replica backs, append the document's changes since the last
+    /// save to the disk, synced, so that an acknowledged change survives a crash (in a
+    /// cluster the answer waits for another replica instead). False if the disk
+    /// refused them.
+    async fn persist_changes(&mut self) -> bool {
+        if self.replica.is_some() {
+            return true;
+        }
+        let changes = self.world().doc.save_incremental();
+        if changes.is_empty() {
+            return true;
+        }
+        self.appended_bytes += changes.len();
+        let store = self.rooms.env().store.clone();
+        let key = self.key.clone();
+        let appended = tokio::task::spawn_blocking(move || {
+            store.append_room_changes(&key.app, &key.room, &changes)
+        })
+        .await;
+        match appended {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(room = %self.key.room, "could not append room changes: {e:#}");
+                false
+            }
+            Err(e) => {
+                tracing::error!(room = %self.key.room, "room append task failed: {e}");
+                false
+            }
+        }
+    }
+
     async fn save(&mut self) {
         if !self.world().unsaved {
             return;
         }
+        self.appended_bytes = 0;
         let bytes = self.world().doc.save();
+        self.saved_bytes = bytes.len();
         self.world().unsaved = false;
         self.last_save_ms = self.rooms.env().clock.mono_ms();
         let store = self.rooms.env().store.clone();
@@ -835,6 +896,14 @@ impl Actor {
 }
 
 /// What a client is told of a handler call that failed.
+/// What an emitter or joiner is told when its change could not be made durable.
+fn not_durable() -> ProtoError {
+    ProtoError::new(
+        ErrorCode::Internal,
+        "the node could not write the change to its disk",
+    )
+}
+
 fn failed(f: &Failure) -> ProtoError {
     let code = match f {
         Failure::Busy(_) => ErrorCode::Overloaded,

@@ -72,7 +72,12 @@ impl TokenKey {
     }
 
     pub fn random() -> Self {
-        Self::new(rand::random::<[u8; 32]>().to_vec())
+        Self::new(Self::random_key().to_vec())
+    }
+
+    /// Fresh key material, for a key to be kept.
+    pub fn random_key() -> [u8; 32] {
+        rand::random()
     }
 
     fn mac(&self) -> Hmac<Sha256> {
