@@ -40,6 +40,9 @@ enum Command {
         /// One node, no cluster (what the gateway benchmarks compare).
         #[arg(long)]
         standalone: bool,
+        /// Require this bearer key on the admin API (needed to listen beyond loopback).
+        #[arg(long, env = "EDGEROOM_ADMIN_KEY")]
+        admin_key: Option<String>,
     },
     /// Run a node from a configuration file.
     Serve {
@@ -120,12 +123,14 @@ fn main() -> anyhow::Result<()> {
         listen: "127.0.0.1:8080".parse()?,
         data_dir: None,
         standalone: false,
+        admin_key: std::env::var("EDGEROOM_ADMIN_KEY").ok(),
     }) {
         Command::Dev {
             listen,
             data_dir,
             standalone,
-        } => rt.block_on(dev(listen, data_dir, standalone)),
+            admin_key,
+        } => rt.block_on(dev(listen, data_dir, standalone, admin_key)),
         Command::Serve { config } => rt.block_on(edgeroom::serve::serve(read_config(&config)?)),
         Command::Deploy {
             app,
@@ -259,6 +264,7 @@ async fn dev(
     listen: std::net::SocketAddr,
     data_dir: Option<PathBuf>,
     standalone: bool,
+    admin_key: Option<String>,
 ) -> anyhow::Result<()> {
     let data_dir = data_dir.unwrap_or_else(|| std::env::temp_dir().join("edgeroom-dev"));
     let configs = if standalone {
@@ -271,6 +277,7 @@ async fn dev(
     };
     let starting = configs.into_iter().map(|mut config| {
         config.dev = true;
+        config.admin_key = admin_key.clone();
         config.default_app = Some(AppName::new("echo")?);
         Ok(edgeroom::start(config))
     });

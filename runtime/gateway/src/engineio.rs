@@ -18,12 +18,12 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{FutureExt, SinkExt};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::socketio::SocketIo;
 use crate::Gateway;
 use edgeroom_host::metrics;
-use edgeroom_host::room::{KillSwitch, Outbound, Outbox};
+use edgeroom_host::room::{KillSwitch, Outbound, Outbox, OutboxReader, QueueBound};
 use edgeroom_proto::close::Disconnect;
 use edgeroom_proto::engineio::session::{
     CloseReason, Inbound, PollAnswer, PostError, ProbeAnswer, Session, Timing, Transport,
@@ -531,7 +531,7 @@ struct Driver {
     sid: String,
     session: Session,
     upper: Upper,
-    outbox_rx: mpsc::Receiver<Outbound>,
+    outbox_rx: OutboxReader,
     kill: Arc<KillSwitch>,
     parked: Option<oneshot::Sender<Response>>,
     ws: Option<WebSocket>,
@@ -555,11 +555,11 @@ impl Driver {
             ping_interval: Duration::from_millis(node.config.socketio.ping_interval_ms),
             ping_timeout: Duration::from_millis(node.config.socketio.ping_timeout_ms),
         };
-        let (outbox, outbox_rx, kill) = Outbox::new(
-            node.config.limits.outbound_queue,
-            Format::Json,
-            node.metrics.clone(),
-        );
+        let bound = QueueBound {
+            frames: node.config.limits.outbound_queue,
+            bytes: node.config.limits.outbound_queue_bytes,
+        };
+        let (outbox, outbox_rx, kill) = Outbox::new(bound, Format::Json, node.metrics.clone());
         let upper = match service {
             Service::SocketIo(app) => {
                 let settings = node.apps.settings(&app).unwrap_or_default();
@@ -612,7 +612,9 @@ impl Driver {
             if timer.deadline() != deadline.into() {
                 timer.as_mut().reset(deadline.into());
             }
-            let room_for_more = self.session.queued() < self.node.config.limits.engineio_queue;
+            let limits = &self.node.config.limits;
+            let room_for_more = self.session.queued() < limits.engineio_queue
+                && self.session.queued_bytes() < limits.engineio_queue_bytes;
             // In this order when several are ready: an upgrade's `5` before a poll that
             // came after it, and queued output before more input.
             tokio::select! {
@@ -625,6 +627,8 @@ impl Driver {
                     self.session.close(CloseReason::Server(why.to_string()));
                 }
                 _ = &mut timer => self.on_timeout().await,
+                // A resume asks whether this session's client is still there.
+                _ = self.kill.probed() => self.session.ping_now(self.node.clock.now().into_std()),
                 // Boxed: upgrades are rare and this future holds a whole WebSocket.
                 m = recv_probe(&mut self.probe) => Box::pin(self.on_probe(m)).await,
                 input = self.inbox.recv() => self.on_input(input).await,
@@ -712,6 +716,7 @@ impl Driver {
     async fn on_post(&mut self, body: &str, reply: oneshot::Sender<Response>) {
         match self.session.on_post(body, self.node.clock.now().into_std()) {
             Ok(messages) => {
+                self.kill.heard();
                 for m in messages {
                     self.deliver(m).await;
                 }
@@ -735,11 +740,13 @@ impl Driver {
         let now = self.node.clock.now().into_std();
         match m {
             Some(Ok(Message::Text(t))) => {
+                self.kill.heard();
                 if let Some(m) = self.session.on_ws_text(t.as_str(), now) {
                     self.deliver(m).await;
                 }
             }
             Some(Ok(Message::Binary(b))) => {
+                self.kill.heard();
                 // Binary frames are binary messages as they are (no type byte).
                 self.deliver(Inbound::Binary(b)).await;
             }

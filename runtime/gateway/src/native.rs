@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::Gateway;
@@ -20,11 +20,11 @@ use crate::auth;
 use crate::rate::{self, Bucket};
 use edgeroom_host::credential::{Capability, Credential};
 use edgeroom_host::room::{
-    AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, ReattachOutcome, RoomCmd,
-    RoomHandle, RoomKey,
+    AdoptOutcome, Interest, JoinOutcome, Link, Outbound, Outbox, OutboxReader, QueueBound,
+    ReattachOutcome, RoomCmd, RoomHandle, RoomKey,
 };
 use edgeroom_host::session::token::Claims;
-use edgeroom_host::session::{ResumeError, SessionRooms};
+use edgeroom_host::session::{Holder, ResumeError, SessionRooms};
 use edgeroom_proto::close::Disconnect;
 use edgeroom_proto::ids::{AppName, ConnId, RoomId};
 use edgeroom_proto::member::JoinAuth;
@@ -79,15 +79,23 @@ pub async fn serve(
     let metrics = node.metrics.clone();
     metrics.connections.inc();
     let limits = &node.config.limits;
-    let (outbox, rx, kill) = Outbox::new(limits.outbound_queue, format, metrics.clone());
+    let bound = QueueBound {
+        frames: limits.outbound_queue,
+        bytes: limits.outbound_queue_bytes,
+    };
+    let (outbox, rx, kill) = Outbox::new(bound, format, metrics.clone());
     let conn_id = ConnId::random();
     let token = node.tokens.sign(&Claims {
         session: conn_id.clone(),
         app: app.clone(),
         node: Some(node.config.node_id.clone()),
+        generation: 0,
     });
-    let user = credential.as_ref().and_then(|c| c.user.clone());
-    node.sessions.attach(conn_id.clone(), kill.clone(), user);
+    let holder = Holder {
+        user: credential.as_ref().and_then(|c| c.user.clone()),
+        generation: 0,
+    };
+    node.sessions.attach(conn_id.clone(), kill.clone(), holder);
 
     let (sink, mut stream) = socket.split();
     let (writer_done_tx, writer_done) = oneshot::channel();
@@ -150,6 +158,7 @@ pub async fn serve(
             }
             Ok(Some(Ok(m))) => m,
         };
+        kill.heard();
         let max = node.config.limits.max_frame_bytes;
         let frame = match msg {
             Message::Text(t) => native::decode_text(t.as_str(), max),
@@ -196,7 +205,7 @@ pub async fn serve(
 
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: OutboxReader,
     kill: Arc<edgeroom_host::room::KillSwitch>,
     format: Format,
     done: oneshot::Sender<()>,
@@ -212,6 +221,8 @@ async fn write_loop(
                 None => break,
             },
             _ = ping.tick() => Message::Ping(Bytes::new()),
+            // A resume asks whether this client is still there: its pong says so.
+            _ = kill.probed() => Message::Ping(Bytes::new()),
         };
         // Whatever else is already queued goes out in the same write: one syscall for a
         // burst, not one per frame.
@@ -575,7 +586,13 @@ impl Conn {
         let rooms = match self
             .node
             .sessions
-            .take(&old, &self.app, user.as_ref(), TAKEOVER_WAIT)
+            .take(
+                &old,
+                &self.app,
+                user.as_ref(),
+                claims.generation,
+                TAKEOVER_WAIT,
+            )
             .await
         {
             Ok(rooms) => Some(rooms),
@@ -586,7 +603,9 @@ impl Conn {
                 e @ (ResumeError::Gone
                 | ResumeError::WrongApp
                 | ResumeError::Busy
-                | ResumeError::OtherUser),
+                | ResumeError::OtherUser
+                | ResumeError::Stale
+                | ResumeError::Live),
             ) => {
                 self.answer(
                     r#ref,
@@ -599,13 +618,21 @@ impl Conn {
                 return;
             }
         };
-        // This connection becomes the old session.
+        // This connection becomes the old session, with the session's next token: the
+        // one it came with is spent.
         self.node.sessions.end(&self.conn);
         self.conn = old;
-        self.token = token;
+        let generation = claims.generation.saturating_add(1);
+        self.token = self.node.tokens.sign(&Claims {
+            session: self.conn.clone(),
+            app: self.app.clone(),
+            node: Some(self.node.config.node_id.clone()),
+            generation,
+        });
+        let holder = Holder { user, generation };
         self.node
             .sessions
-            .attach(self.conn.clone(), self.outbox.kill_switch(), user);
+            .attach(self.conn.clone(), self.outbox.kill_switch(), holder);
         self.send(ServerFrame::Welcome {
             session: self.conn.clone(),
             node: self.node.config.node_id.to_string(),

@@ -24,7 +24,7 @@ use edgeroom_host::room::{
     RoomHandle, RoomKey,
 };
 use edgeroom_host::session::token::Claims;
-use edgeroom_host::session::{ResumeError, SessionRooms};
+use edgeroom_host::session::{Holder, ResumeError, SessionRooms};
 use edgeroom_proto::engineio::session::{CloseReason, Session};
 use edgeroom_proto::engineio::{self, Packet as EioPacket};
 use edgeroom_proto::ids::{AppName, ConnId, RoomId};
@@ -425,10 +425,15 @@ impl SocketIo {
             .await
         {
             Some((JoinOutcome::Joined, h)) => {
-                let user = credential.user;
+                // A pid never rotates: socket.io-client reports `recovered` only when
+                // the pid it gets back is the one it sent.
+                let holder = Holder {
+                    user: credential.user,
+                    generation: 0,
+                };
                 self.node
                     .sessions
-                    .attach(member, self.outbox.kill_switch(), user);
+                    .attach(member, self.outbox.kill_switch(), holder);
                 if let Some(sk) = self.sockets.get_mut(&nsp) {
                     sk.handle = Some(h);
                 }
@@ -452,11 +457,13 @@ impl SocketIo {
         let key = self.key(r.room);
         let member = found.member().clone();
         // A takeover of this member from now on closes this connection.
-        self.node.sessions.attach(
-            member.clone(),
-            self.outbox.kill_switch(),
-            r.credential.user.clone(),
-        );
+        let holder = Holder {
+            user: r.credential.user.clone(),
+            generation: 0,
+        };
+        self.node
+            .sessions
+            .attach(member.clone(), self.outbox.kill_switch(), holder);
         let back = match found {
             Recovered::Here(_, auth) => {
                 let reattached = self
@@ -536,7 +543,13 @@ impl SocketIo {
         let rooms = match self
             .node
             .sessions
-            .take(&member, &self.app, credential.user.as_ref(), TAKEOVER_WAIT)
+            .take(
+                &member,
+                &self.app,
+                credential.user.as_ref(),
+                claims.generation,
+                TAKEOVER_WAIT,
+            )
             .await
         {
             Ok(rooms) => rooms,
@@ -577,6 +590,7 @@ impl SocketIo {
                 session: socket.member.clone(),
                 app: self.app.clone(),
                 node: None,
+                generation: 0,
             });
             format!("{{\"sid\":{sid},\"pid\":{}}}", Value::from(pid))
         } else {

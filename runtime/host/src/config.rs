@@ -96,6 +96,9 @@ pub struct Limits {
     pub max_frame_hard_bytes: usize,
     /// Outbound frames queued per connection; beyond it the client is a slow consumer and is dropped.
     pub outbound_queue: usize,
+    /// The same in bytes (what the queued events and frames keep alive), so a client
+    /// that stops reading holds at most this much memory.
+    pub outbound_queue_bytes: usize,
     /// Commands queued per room before senders wait.
     pub room_inbox: usize,
     /// Messages from peers held per room while its inbox is full (other rooms go on
@@ -120,6 +123,9 @@ pub struct Limits {
     /// stops taking from its outbox, which then fills and drops the client as a slow
     /// consumer.
     pub engineio_queue: usize,
+    /// The same in bytes: past it a session takes nothing more from its outbox, which
+    /// then fills and drops the client as a slow consumer.
+    pub engineio_queue_bytes: usize,
     /// How long a room keeps its events for resume.
     pub history_ms: u64,
     /// Most events a room keeps, whatever their age.
@@ -160,6 +166,16 @@ pub struct Limits {
     /// `too_large`. Every replica keeps it, and a room's members travel together when
     /// nodes meet.
     pub max_auth_bytes: usize,
+    /// Largest presence a handler may set for a member, in bytes of JSON; a larger one
+    /// is refused (the handler's `set-presence` returns an error). Every replica keeps
+    /// it and every member that takes presence is sent it.
+    pub max_presence_bytes: usize,
+    /// Shortest timer a handler may set, in ms: a shorter one (0 included) waits this
+    /// long, so a handler re-arming itself cannot spin its room.
+    pub min_timer_ms: u32,
+    /// Log lines one room's handler may write a second; the rest are dropped and
+    /// counted (`edgeroom_handler_errors_total{kind="log_rate"}`).
+    pub handler_log_lines_per_sec: u32,
     /// Rooms a connection may join at once.
     pub max_rooms_per_conn: usize,
     /// Rooms one connection may cause this node to load, a second (a bucket of as many,
@@ -198,6 +214,7 @@ impl Default for Limits {
             max_frame_bytes: 64 * 1024,
             max_frame_hard_bytes: 16 * 1024 * 1024,
             outbound_queue: 1024,
+            outbound_queue_bytes: 16 * 1024 * 1024,
             room_inbox: 1024,
             peer_backlog: 4096,
             held_per_origin: 10_000,
@@ -205,6 +222,7 @@ impl Default for Limits {
             unconfirmed_replies: 4096,
             peer_streams: 1024,
             engineio_queue: 4096,
+            engineio_queue_bytes: 16 * 1024 * 1024,
             history_ms: 120_000,
             history_max_events: 100_000,
             history_max_bytes: 8 * 1024 * 1024,
@@ -218,6 +236,9 @@ impl Default for Limits {
             max_handler_bytes: 16 * 1024 * 1024,
             max_event_bytes: 2 * 1024 * 1024,
             max_auth_bytes: 16 * 1024,
+            max_presence_bytes: 4 * 1024,
+            min_timer_ms: 10,
+            handler_log_lines_per_sec: 50,
             max_rooms_per_conn: 100,
             room_creations_per_sec: 20,
             max_rooms: 20_000,
@@ -269,6 +290,14 @@ impl NodeConfig {
         anyhow::ensure!(
             self.dev || self.admin_key.is_some(),
             "admin_key is required unless dev = true"
+        );
+        // Dev mode without a key leaves deploys and app settings open to whoever can
+        // reach the port: only to this machine.
+        anyhow::ensure!(
+            !self.dev || self.admin_key.is_some() || self.listen.ip().is_loopback(),
+            "dev mode opens the admin API to anyone who can reach {}: listen on a loopback \
+             address, or set an admin key (edgeroom dev --admin-key KEY)",
+            self.listen
         );
         anyhow::ensure!(
             self.limits.max_frame_bytes <= self.limits.max_frame_hard_bytes,
@@ -349,6 +378,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_open_dev_admin_api_stays_on_loopback() {
+        let mut c = NodeConfig::new(NodeId::new("d").unwrap(), "/tmp/x".into());
+        c.dev = true;
+        c.listen = "127.0.0.1:8080".parse().unwrap();
+        assert!(c.check().is_ok());
+        c.listen = "0.0.0.0:8080".parse().unwrap();
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("admin API to anyone"), "{e}");
+        c.admin_key = Some("k".into());
+        assert!(c.check().is_ok());
+    }
+
+    #[test]
     fn parses_a_node_file() {
         let c = NodeConfig::from_toml(
             r#"
@@ -412,7 +454,10 @@ mod tests {
             );
         }
         // Clients cannot be sent to 0.0.0.0: a wildcard listen needs client_urls.
-        let wild_listen = base.replace("dev = true", "dev = true\nlisten = \"0.0.0.0:8080\"");
+        let wild_listen = base.replace(
+            "dev = true",
+            "dev = true\nadmin_key = \"k\"\nlisten = \"0.0.0.0:8080\"",
+        );
         let join = "join = \"a@1.2.3.4:5\"\n";
         assert!(NodeConfig::from_toml(&format!("{wild_listen}{join}")).is_err());
         let urls = "client_urls = [\"https://edge.example.com\"]\n";

@@ -57,6 +57,12 @@ pub enum Disconnect {
         /// The outbox's bound, in frames.
         limit: usize,
     },
+    /// Its outbox held more bytes than its bound: the client reads slower than its rooms
+    /// write, and what waits for it is large.
+    Backlog {
+        /// The outbox's bound, in bytes.
+        bytes: usize,
+    },
     /// It sent too many frames that did not parse.
     TooManyBadFrames,
     /// Its transport broke the protocol (over the frame limit, bad UTF-8, bad framing).
@@ -82,6 +88,7 @@ impl Disconnect {
     pub fn ws_code(&self) -> u16 {
         match self {
             Disconnect::SlowConsumer { .. }
+            | Disconnect::Backlog { .. }
             | Disconnect::TooManyBadFrames
             | Disconnect::ProtocolError(_) => ws_code::POLICY,
             Disconnect::ConnectionClosed => ws_code::NORMAL,
@@ -99,6 +106,9 @@ impl fmt::Display for Disconnect {
         match self {
             Disconnect::SlowConsumer { limit } => {
                 write!(f, "slow consumer: more than {limit} frames waiting")
+            }
+            Disconnect::Backlog { bytes } => {
+                write!(f, "slow consumer: more than {bytes} bytes waiting")
             }
             Disconnect::TooManyBadFrames => f.write_str("too many bad frames"),
             Disconnect::ProtocolError(e) => write!(f, "protocol error: {e}"),

@@ -72,12 +72,46 @@ pub struct HostState<W> {
     /// Epoch ticks this call has run; the deadline callback traps past `max_ticks`.
     pub(crate) ticks: u64,
     pub(crate) max_ticks: u64,
+    /// What this call has asked of the host so far.
+    pub(crate) budget: Budget,
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
+/// One handler call's use of the host, against its caps.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    calls: u32,
+    bytes: usize,
+    pub max_calls: u32,
+    pub max_bytes: usize,
+    /// The call was ended for going over (so its trap is reported as that).
+    pub hit: bool,
+}
+
+impl Budget {
+    /// A new handler call starts with nothing spent.
+    pub fn reset(&mut self) {
+        (self.calls, self.bytes, self.hit) = (0, 0, false);
+    }
+
+    /// One host call passing `bytes`: an error (a trap for the guest) once over a cap.
+    fn spend(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        self.calls = self.calls.saturating_add(1);
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.calls > self.max_calls || self.bytes > self.max_bytes {
+            self.hit = true;
+            return Err(wasmtime::Error::msg(format!(
+                "host-call budget exceeded ({} calls, {} bytes; at most {} and {})",
+                self.calls, self.bytes, self.max_calls, self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl<W> HostState<W> {
-    pub fn new(world: W, max_memory: usize, max_ticks: u64) -> Self {
+    pub fn new(world: W, max_memory: usize, max_ticks: u64, budget: (u32, usize)) -> Self {
         Self {
             world,
             memory: MemoryCap {
@@ -86,6 +120,11 @@ impl<W> HostState<W> {
             },
             ticks: 0,
             max_ticks,
+            budget: Budget {
+                max_calls: budget.0,
+                max_bytes: budget.1,
+                ..Budget::default()
+            },
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
         }
@@ -126,50 +165,78 @@ const MAX_LOG: usize = 4096;
 impl<W: RoomApi> types::Host for HostState<W> {}
 
 impl<W: RoomApi> room::Host for HostState<W> {
-    fn broadcast(&mut self, event: String, payload: WitPayload, except: Option<String>) {
-        self.world.broadcast(event, to_host(payload), except)
+    fn broadcast(
+        &mut self,
+        event: String,
+        payload: WitPayload,
+        except: Option<String>,
+    ) -> wasmtime::Result<()> {
+        self.budget.spend(event.len() + wit_size(&payload))?;
+        self.world.broadcast(event, to_host(payload), except);
+        Ok(())
     }
-    fn send(&mut self, conn: String, event: String, payload: WitPayload) {
-        self.world.send(conn, event, to_host(payload))
+    fn send(&mut self, conn: String, event: String, payload: WitPayload) -> wasmtime::Result<()> {
+        self.budget.spend(event.len() + wit_size(&payload))?;
+        self.world.send(conn, event, to_host(payload));
+        Ok(())
     }
-    fn kick(&mut self, conn: String, reason: String) {
-        self.world.kick(conn, reason)
+    fn kick(&mut self, conn: String, reason: String) -> wasmtime::Result<()> {
+        self.budget.spend(reason.len())?;
+        self.world.kick(conn, reason);
+        Ok(())
     }
-    fn members(&mut self) -> Vec<types::Member> {
-        self.world
+    fn members(&mut self) -> wasmtime::Result<Vec<types::Member>> {
+        self.budget.spend(0)?;
+        Ok(self
+            .world
             .members()
             .into_iter()
             .map(|(conn, presence)| types::Member { conn, presence })
-            .collect()
+            .collect())
     }
-    fn user(&mut self, conn: String) -> Option<String> {
-        self.world.user(&conn)
+    fn user(&mut self, conn: String) -> wasmtime::Result<Option<String>> {
+        self.budget.spend(0)?;
+        Ok(self.world.user(&conn))
     }
-    fn set_presence(&mut self, conn: String, presence_json: String) -> Result<(), String> {
-        self.world.set_presence(conn, presence_json)
+    fn set_presence(
+        &mut self,
+        conn: String,
+        presence_json: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        self.budget.spend(presence_json.len())?;
+        Ok(self.world.set_presence(conn, presence_json))
     }
-    fn state_get(&mut self, path: String) -> Option<String> {
-        self.world.state_get(&path)
+    fn state_get(&mut self, path: String) -> wasmtime::Result<Option<String>> {
+        self.budget.spend(path.len())?;
+        Ok(self.world.state_get(&path))
     }
-    fn state_put(&mut self, path: String, json: String) -> Result<(), String> {
-        self.world.state_put(&path, &json)
+    fn state_put(&mut self, path: String, json: String) -> wasmtime::Result<Result<(), String>> {
+        self.budget.spend(path.len() + json.len())?;
+        Ok(self.world.state_put(&path, &json))
     }
-    fn state_increment(&mut self, path: String, by: i64) -> Result<i64, String> {
-        self.world.state_increment(&path, by)
+    fn state_increment(&mut self, path: String, by: i64) -> wasmtime::Result<Result<i64, String>> {
+        self.budget.spend(path.len())?;
+        Ok(self.world.state_increment(&path, by))
     }
-    fn state_push(&mut self, path: String, json: String) -> Result<u32, String> {
-        self.world.state_push(&path, &json)
+    fn state_push(&mut self, path: String, json: String) -> wasmtime::Result<Result<u32, String>> {
+        self.budget.spend(path.len() + json.len())?;
+        Ok(self.world.state_push(&path, &json))
     }
-    fn state_delete(&mut self, path: String) -> Result<(), String> {
-        self.world.state_delete(&path)
+    fn state_delete(&mut self, path: String) -> wasmtime::Result<Result<(), String>> {
+        self.budget.spend(path.len())?;
+        Ok(self.world.state_delete(&path))
     }
-    fn set_timer(&mut self, ms: u32) {
-        self.world.set_timer(ms)
+    fn set_timer(&mut self, ms: u32) -> wasmtime::Result<()> {
+        self.budget.spend(0)?;
+        self.world.set_timer(ms);
+        Ok(())
     }
-    fn now_ms(&mut self) -> u64 {
-        self.world.now_ms()
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        self.budget.spend(0)?;
+        Ok(self.world.now_ms())
     }
-    fn log(&mut self, level: types::Level, msg: String) {
+    fn log(&mut self, level: types::Level, msg: String) -> wasmtime::Result<()> {
+        self.budget.spend(msg.len())?;
         let level = match level {
             types::Level::Trace => tracing::Level::TRACE,
             types::Level::Debug => tracing::Level::DEBUG,
@@ -181,17 +248,23 @@ impl<W: RoomApi> room::Host for HostState<W> {
         while !msg.is_char_boundary(end) {
             end -= 1;
         }
-        self.world.log(level, &msg[..end])
+        self.world.log(level, &msg[..end]);
+        Ok(())
     }
-    fn info(&mut self) -> types::Context {
+    fn info(&mut self) -> wasmtime::Result<types::Context> {
+        self.budget.spend(0)?;
         let [app, room, node, region] = self.world.info();
-        types::Context {
+        Ok(types::Context {
             app,
             room,
             node,
             region,
-        }
+        })
     }
+}
+
+fn wit_size(p: &WitPayload) -> usize {
+    p.json.len() + p.binaries.iter().map(Vec::len).sum::<usize>()
 }
 
 struct Io;

@@ -42,6 +42,12 @@ pub struct SandboxConfig {
     pub max_instances_per_app: u32,
     /// Epoch tick: the granularity of deadlines and of yielding to other rooms.
     pub tick_ms: u64,
+    /// Host calls (broadcast, state, log, ...) one handler call may make; past it the
+    /// call traps (`handler_failed`, counted as `budget`).
+    pub max_host_calls: u32,
+    /// Bytes one handler call may pass to the host (event names and payloads, JSON,
+    /// log text); past it the call traps.
+    pub max_host_bytes: usize,
 }
 
 impl Default for SandboxConfig {
@@ -52,6 +58,8 @@ impl Default for SandboxConfig {
             max_instances: 1000,
             max_instances_per_app: 750,
             tick_ms: 5,
+            max_host_calls: 10_000,
+            max_host_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -73,6 +81,8 @@ pub(crate) mod bindings {
         path: "../../guest-sdk/wit",
         world: "handler",
         exports: { default: async },
+        // A host call may end the guest's call: the per-call host budget.
+        imports: { default: trappable },
     });
 }
 

@@ -20,6 +20,8 @@ pub enum Failure {
     OutOfMemory,
     /// It trapped (panic, unreachable, bad memory access, ...).
     Trap(String),
+    /// It asked more of the host in one call than `max_host_calls` / `max_host_bytes`.
+    Budget(String),
     /// The instance could not be created.
     Instantiate(String),
     /// No instance may be created now: the node or the app holds all it may.
@@ -33,6 +35,7 @@ impl Failure {
             Failure::Timeout => "timeout",
             Failure::OutOfMemory => "memory",
             Failure::Trap(_) => "trap",
+            Failure::Budget(_) => "budget",
             Failure::Instantiate(_) => "instantiate",
             Failure::Busy(_) => "busy",
         }
@@ -44,6 +47,7 @@ impl Failure {
             Failure::Timeout => "handler exceeded its CPU deadline".into(),
             Failure::OutOfMemory => "handler exceeded its memory limit".into(),
             Failure::Trap(t) => format!("handler crashed: {t}"),
+            Failure::Budget(b) => format!("handler stopped: {b}"),
             Failure::Instantiate(e) => format!("handler could not start: {e}"),
             Failure::Busy(Refused::Node) => {
                 "this node runs as many handler instances as it may; try again later".into()
@@ -115,6 +119,7 @@ impl<W: RoomApi> Slot<W> {
                 world,
                 c.max_memory_bytes,
                 max_ticks,
+                (c.max_host_calls, c.max_host_bytes),
             ))),
             app: app.to_owned(),
         }
@@ -182,6 +187,7 @@ impl<W: RoomApi> Slot<W> {
             }
         });
         store.data_mut().ticks = 0;
+        store.data_mut().budget.reset();
         store.set_epoch_deadline(1);
         match handler.pre.instantiate_async(&mut store).await {
             Ok(h) => {
@@ -222,6 +228,7 @@ impl<W: RoomApi> Slot<W> {
             unreachable!("ensure made the slot live");
         };
         store.data_mut().ticks = 0;
+        store.data_mut().budget.reset();
         store.set_epoch_deadline(1);
         let started = Instant::now();
         let result = match call {
@@ -264,6 +271,9 @@ fn classify<W>(e: &wasmtime::Error, data: &HostState<W>) -> Failure {
     use wasmtime::Trap;
     if data.memory.hit {
         return Failure::OutOfMemory;
+    }
+    if data.budget.hit {
+        return Failure::Budget(format!("{e:#}"));
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Failure::Timeout,

@@ -63,6 +63,7 @@ async fn a_deploy_on_any_node_is_served_by_every_node() {
         session: edgeroom_proto::ids::ConnId::from_trusted("c-1".into()),
         app: edgeroom_proto::ids::AppName::new("echo").unwrap(),
         node: Some(edgeroom_proto::ids::NodeId::new("us-east-1").unwrap()),
+        generation: 0,
     };
     let token = nodes[0].node.gateway.tokens.sign(&claims);
     assert_eq!(nodes[2].node.gateway.tokens.verify(&token).unwrap(), claims);

@@ -519,3 +519,67 @@ async fn a_passive_member_receives_state_changes_not_the_whole_document() {
         "{received} bytes received for {sent} sent ({ratio:.1}x)"
     );
 }
+
+/// A member's presence is kept by every replica and sent to every member: a handler
+/// cannot set one over `limits.max_presence_bytes`. The chat example makes the claimed
+/// name the presence, so a 5,000-byte name is refused at the join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_presence_is_capped_in_bytes() {
+    use crate::common::Client;
+    use serde_json::json;
+    let node = TestNode::start().await;
+    let mut c = Client::connect(node.addr, "chat", "json").await;
+    let r = c.join("big", json!({"user": "n".repeat(5_000)})).await;
+    assert_eq!(r["error"]["code"], "rejected", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the 4096-byte limit"),
+        "{r}"
+    );
+    assert_eq!(
+        c.join("big", json!({"user": "n".repeat(4_000)})).await["ok"],
+        true
+    );
+    let metrics = node.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "edgeroom_handler_errors_total{kind=\"too_large\"}"
+        ) >= 1.0
+    );
+}
+
+/// A client that stops reading holds a bounded number of bytes, not only of frames:
+/// 300 events of 60 KB fit the 1024-frame bound (18 MB held for one reader); past
+/// `outbound_queue_bytes` (1 MiB here) it is dropped as a slow consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_a_bounded_number_of_bytes() {
+    use crate::common::Client;
+    use serde_json::json;
+    let node = TestNode::start_with(|c| c.limits.outbound_queue_bytes = 1 << 20).await;
+    let mut slow = Client::connect_with(node.addr, "app=echo&state=0&presence=0").await;
+    assert_eq!(slow.join("big", json!(null)).await["ok"], true);
+    let mut talker = node.client("echo").await;
+    assert_eq!(talker.join("big", json!(null)).await["ok"], true);
+    let blob = "x".repeat(60_000);
+    for _ in 0..300 {
+        let r = talker.emit("big", "broadcast", json!(blob)).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let m = node.metrics().await;
+    assert!(
+        metric(&m, "edgeroom_slow_consumers_dropped_total") >= 1.0,
+        "{m}"
+    );
+    // Reading now, the slow client gets what had reached its socket, then the reason.
+    loop {
+        let f = slow.recv().await;
+        if f["type"] == "closed" {
+            let reason = f["reason"].as_str().unwrap_or("");
+            assert!(reason.contains("bytes waiting"), "{f}");
+            break;
+        }
+    }
+}

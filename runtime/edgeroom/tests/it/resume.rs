@@ -130,3 +130,61 @@ async fn presence_waits_out_the_grace_then_the_member_leaves() {
     let view = node.room("chat", "lobby").await;
     assert_eq!(view["members"].as_array().unwrap().len(), 1, "{view}");
 }
+
+/// A captured resume token (of an anonymous session) can neither close the live
+/// session — the server probes the holding connection, and a client that answers keeps
+/// its session — nor outlive the owner's next resume, which issues the next token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_token_neither_closes_a_live_session_nor_outlives_a_resume() {
+    let node = TestNode::start().await;
+    let mut victim = node.client("echo").await;
+    assert_eq!(victim.join("r", json!(null)).await["ok"], true);
+    let stolen = victim.token();
+
+    // The victim's client keeps reading (so it answers pings) while the thief tries.
+    let mut thief = node.client("echo").await;
+    let resume = json!({"type": "resume", "token": stolen});
+    let reading = async {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            if victim.try_recv(left).await.is_none() {
+                break;
+            }
+        }
+    };
+    let (r, ()) = tokio::join!(thief.request(resume.clone()), reading);
+    assert_eq!(r["error"]["code"], "resume_failed", "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("live"),
+        "{r}"
+    );
+    assert_eq!(victim.request(json!({"type": "ping"})).await["ok"], true);
+
+    // The victim's connection drops; it resumes, and gets the session's next token.
+    victim.abort();
+    let mut back = node.client("echo").await;
+    let r = back.request(resume.clone()).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let welcome = back
+        .backlog
+        .iter()
+        .find(|f| f["type"] == "welcome" && f["resumed"] == true)
+        .cloned()
+        .expect("a welcome after the resume");
+    let next = welcome["resume_token"].as_str().unwrap().to_owned();
+    assert_ne!(next, stolen, "the token rotates on resume");
+
+    // The spent token resumes nothing; the new one does.
+    back.abort();
+    let mut again = node.client("echo").await;
+    let r = again.request(resume).await;
+    assert_eq!(r["error"]["code"], "resume_failed", "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("replaced"),
+        "{r}"
+    );
+    let r = again
+        .request(json!({"type": "resume", "token": next}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+}

@@ -196,3 +196,45 @@ async fn idle_rooms_drop_their_instance_then_unload_keeping_state() {
         json!({"count": 7})
     );
 }
+
+/// A handler cannot exhaust its node through the host: one call's host calls are
+/// capped (the call ends, the room goes on), its log lines are rate-limited, and a 0 ms
+/// timer that re-arms itself waits `limits.min_timer_ms` each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_cannot_exhaust_its_node_through_the_host() {
+    let node = TestNode::start().await;
+    let (r, _) = failing(&node, "flood").await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("host-call budget exceeded"),
+        "{r}"
+    );
+
+    let mut c = node.client("fixture").await;
+    c.join("chatty", json!(null)).await;
+    assert_eq!(c.emit("chatty", "chatter", json!(null)).await["ok"], true);
+
+    c.join("timer", json!(null)).await;
+    assert_eq!(c.emit("timer", "rearm", json!(null)).await["ok"], true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ticks = node.room("fixture", "timer").await["state"]["ticks"]
+        .as_i64()
+        .unwrap_or(0);
+    assert!(
+        (20..=110).contains(&ticks),
+        "{ticks} timer runs in a second (at most one per 10 ms)"
+    );
+
+    let m = node.metrics().await;
+    assert_eq!(
+        metric(&m, "edgeroom_handler_errors_total{kind=\"budget\"}"),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "edgeroom_handler_errors_total{kind=\"log_rate\"}") >= 450.0,
+        "{m}"
+    );
+}

@@ -116,6 +116,9 @@ pub(super) fn spawn(
         };
         let mut world = World::new(place, core, doc, env.metrics.clone());
         world.max_event_bytes = env.limits.max_event_bytes;
+        world.max_presence_bytes = env.limits.max_presence_bytes;
+        world.min_timer_ms = env.limits.min_timer_ms;
+        world.log_lines_per_sec = env.limits.handler_log_lines_per_sec;
         if replica.is_some() {
             world.outgoing = Some(Outgoing::default());
         }

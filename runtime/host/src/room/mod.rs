@@ -18,7 +18,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-pub use outbox::{Interest, KillSwitch, Link, Outbound, Outbox};
+pub use outbox::{Interest, KillSwitch, Link, Outbound, Outbox, OutboxReader, QueueBound};
 pub use world::World;
 
 use crate::apps::Apps;

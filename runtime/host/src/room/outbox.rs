@@ -1,9 +1,11 @@
 //! The link from rooms to one connection: a bounded queue plus a kill switch.
 //!
 //! Rooms never wait on a client. They `try_send` into the connection's queue; when it
-//! is full the client is a slow consumer and is cut off with a clear reason, so a
-//! client that stops reading costs the room nothing.
+//! is full — in frames, or in the bytes the waiting items keep alive — the client is a
+//! slow consumer and is cut off with a clear reason, so a client that stops reading
+//! costs the room nothing and holds a bounded amount of memory.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -31,6 +33,50 @@ impl Outbound {
     pub fn frame(frame: ServerFrame) -> Self {
         Outbound::Frame(Box::new(frame))
     }
+
+    /// What waiting in a queue costs, in bytes, as the byte bound counts it: what the
+    /// item keeps alive (an event shared with history and other members counts whole:
+    /// a slow reader is what keeps it once the others are done with it).
+    pub fn cost(&self) -> usize {
+        match self {
+            Outbound::Event(e) => e.cost(),
+            Outbound::Shared(s) => frame_cost(&s.frame),
+            Outbound::Frame(f) => frame_cost(f),
+        }
+    }
+}
+
+fn frame_cost(f: &ServerFrame) -> usize {
+    const FRAME: usize = 64;
+    FRAME
+        + match f {
+            ServerFrame::State { state, .. } => state.len(),
+            ServerFrame::StatePatch { patch, .. } => patch.len(),
+            ServerFrame::Reply {
+                result: Ok(Some(p)),
+                ..
+            } => p.size(),
+            ServerFrame::Reply { result: Err(e), .. } | ServerFrame::Error { error: e, .. } => {
+                e.message.len()
+            }
+            ServerFrame::Presence { joined, left, .. } => {
+                joined
+                    .iter()
+                    .map(|(c, p)| c.as_str().len() + p.len())
+                    .sum::<usize>()
+                    + left.iter().map(|c| c.as_str().len()).sum::<usize>()
+            }
+            ServerFrame::Kicked { reason, .. } => reason.len(),
+            ServerFrame::Welcome { resume_token, .. } => resume_token.len(),
+            ServerFrame::Reply { .. } => 0,
+        }
+}
+
+/// How much a connection's outbox may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueBound {
+    pub frames: usize,
+    pub bytes: usize,
 }
 
 /// A frame sent to many connections, encoded once per wire format on first use.
@@ -101,11 +147,16 @@ impl Link {
     }
 }
 
-/// Ends a connection from outside its task, with a reason for the close frame.
+/// Ends a connection from outside its task, with a reason for the close frame; and lets
+/// a resume ask the connection whether its client is still there (`probe`, answered by
+/// `heard` moving).
 #[derive(Debug, Default)]
 pub struct KillSwitch {
     reason: Mutex<Option<Disconnect>>,
     notify: Notify,
+    /// How many times the client was heard from (any frame, a pong included).
+    heard: std::sync::atomic::AtomicU64,
+    probe: Notify,
 }
 
 impl KillSwitch {
@@ -121,6 +172,26 @@ impl KillSwitch {
 
     pub fn reason(&self) -> Option<Disconnect> {
         self.reason.lock().clone()
+    }
+
+    /// The connection's task heard from its client.
+    pub fn heard(&self) {
+        self.heard
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn times_heard(&self) -> u64 {
+        self.heard.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Ask the connection's task to make its client answer now (a ping).
+    pub fn probe(&self) {
+        self.probe.notify_one();
+    }
+
+    /// Resolves when a probe is asked for.
+    pub async fn probed(&self) {
+        self.probe.notified().await
     }
 
     /// Resolves once `kill` was called.
@@ -142,6 +213,38 @@ pub struct Outbox {
     kill: Arc<KillSwitch>,
     pub format: Format,
     metrics: Arc<Metrics>,
+    /// Bytes (`Outbound::cost`) queued now, and the most there may be.
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// The connection's side of its outbox: what the writer drains.
+#[derive(Debug)]
+pub struct OutboxReader {
+    rx: mpsc::Receiver<Outbound>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl OutboxReader {
+    fn took(&self, item: &Outbound) {
+        self.queued.fetch_sub(item.cost(), Ordering::Relaxed);
+    }
+
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        let item = self.rx.recv().await;
+        if let Some(i) = &item {
+            self.took(i);
+        }
+        item
+    }
+
+    pub fn try_recv(&mut self) -> Result<Outbound, mpsc::error::TryRecvError> {
+        let item = self.rx.try_recv();
+        if let Ok(i) = &item {
+            self.took(i);
+        }
+        item
+    }
 }
 
 /// Why a push failed.
@@ -154,39 +257,61 @@ pub enum PushError {
 }
 
 impl Outbox {
-    /// A queue of `capacity` frames: the room side and the connection side.
+    /// A queue bounded by `bound`: the room side and the connection side.
     pub fn new(
-        capacity: usize,
+        bound: QueueBound,
         format: Format,
         metrics: Arc<Metrics>,
-    ) -> (Outbox, mpsc::Receiver<Outbound>, Arc<KillSwitch>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    ) -> (Outbox, OutboxReader, Arc<KillSwitch>) {
+        let (tx, rx) = mpsc::channel(bound.frames);
         let kill = Arc::new(KillSwitch::default());
+        let queued = Arc::new(AtomicUsize::new(0));
         (
             Outbox {
                 tx,
                 kill: kill.clone(),
                 format,
                 metrics,
+                queued: queued.clone(),
+                max_bytes: bound.bytes,
             },
-            rx,
+            OutboxReader { rx, queued },
             kill,
         )
     }
 
     pub fn push(&self, item: Outbound) -> Result<(), PushError> {
+        let cost = item.cost();
+        let before = self.queued.fetch_add(cost, Ordering::Relaxed);
+        // One item alone may exceed the bound (it was allowed in by the event limits).
+        if before > 0 && before + cost > self.max_bytes {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+            self.slow(Disconnect::Backlog {
+                bytes: self.max_bytes,
+            });
+            return Err(PushError::SlowConsumer);
+        }
         match self.tx.try_send(item) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.kill.reason().is_none() {
-                    self.metrics.slow_consumers.inc();
-                    self.kill.kill(Disconnect::SlowConsumer {
-                        limit: self.tx.max_capacity(),
-                    });
+            Err(e) => {
+                self.queued.fetch_sub(cost, Ordering::Relaxed);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        self.slow(Disconnect::SlowConsumer {
+                            limit: self.tx.max_capacity(),
+                        });
+                        Err(PushError::SlowConsumer)
+                    }
+                    mpsc::error::TrySendError::Closed(_) => Err(PushError::Closed),
                 }
-                Err(PushError::SlowConsumer)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Closed),
+        }
+    }
+
+    fn slow(&self, why: Disconnect) {
+        if self.kill.reason().is_none() {
+            self.metrics.slow_consumers.inc();
+            self.kill.kill(why);
         }
     }
 

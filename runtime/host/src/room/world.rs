@@ -89,6 +89,14 @@ pub struct World {
     /// Largest event the handler may send (`limits.max_event_bytes`): a larger one is
     /// dropped and counted, since it could not reach the room's other replicas.
     pub max_event_bytes: usize,
+    /// Largest presence the handler may set (`limits.max_presence_bytes`).
+    pub max_presence_bytes: usize,
+    /// Shortest timer the handler may set (`limits.min_timer_ms`).
+    pub min_timer_ms: u32,
+    /// Log lines the handler may write a second (`limits.handler_log_lines_per_sec`),
+    /// and the lines written in the current second (which second, by `now_ms`).
+    pub log_lines_per_sec: u32,
+    log_window: (u64, u32),
 }
 
 impl World {
@@ -122,6 +130,10 @@ impl World {
             wall_ms: 0,
             metrics,
             max_event_bytes: usize::MAX,
+            max_presence_bytes: usize::MAX,
+            min_timer_ms: 0,
+            log_lines_per_sec: u32::MAX,
+            log_window: (0, 0),
         }
     }
 
@@ -521,6 +533,14 @@ impl RoomApi for World {
     }
 
     fn set_presence(&mut self, conn: String, presence_json: String) -> Result<(), String> {
+        if presence_json.len() > self.max_presence_bytes {
+            self.metrics.handler_error("too_large");
+            return Err(format!(
+                "presence of {} bytes is over the {}-byte limit",
+                presence_json.len(),
+                self.max_presence_bytes
+            ));
+        }
         parse_json(&presence_json)?;
         let conn = self.is_member(&conn).ok_or("no such member")?;
         self.core.set_presence(&conn, presence_json.clone());
@@ -558,7 +578,7 @@ impl RoomApi for World {
     }
 
     fn set_timer(&mut self, ms: u32) {
-        self.timer = Some(ms);
+        self.timer = Some(ms.max(self.min_timer_ms));
     }
 
     fn now_ms(&mut self) -> u64 {
@@ -566,6 +586,15 @@ impl RoomApi for World {
     }
 
     fn log(&mut self, level: tracing::Level, msg: &str) {
+        let second = self.now_ms / 1000;
+        if self.log_window.0 != second {
+            self.log_window = (second, 0);
+        }
+        if self.log_window.1 >= self.log_lines_per_sec {
+            self.metrics.handler_error("log_rate");
+            return;
+        }
+        self.log_window.1 += 1;
         let (app, room) = (&self.place.app, self.place.room.as_str());
         match level {
             tracing::Level::ERROR => tracing::error!(app, room, "handler: {msg}"),

@@ -21,23 +21,37 @@ use edgeroom_proto::member::JoinAuth;
 /// What a detached session keeps: per room, the auth it joined with.
 pub type SessionRooms = BTreeMap<RoomId, JoinAuth>;
 
+/// How long a resume waits for a live-looking connection of the session to answer a
+/// probe before it counts as gone.
+const PROBE_WAIT: Duration = Duration::from_millis(1500);
+const PROBE_POLL: Duration = Duration::from_millis(25);
+
+/// Who holds a session and which of its resume tokens is current.
+#[derive(Debug, Clone, Default)]
+pub struct Holder {
+    /// The identity its connection proved, which a resume must prove again.
+    pub user: Option<UserId>,
+    /// The generation of its latest resume token (see `token::Claims::generation`).
+    pub generation: u64,
+}
+
 enum Entry {
     Attached {
         kill: Arc<KillSwitch>,
-        user: Option<UserId>,
+        holder: Holder,
     },
     Detached {
         app: AppName,
         rooms: SessionRooms,
         since_ms: u64,
-        user: Option<UserId>,
+        holder: Holder,
     },
 }
 
 impl Entry {
-    fn user(&self) -> Option<&UserId> {
+    fn holder(&self) -> &Holder {
         match self {
-            Entry::Attached { user, .. } | Entry::Detached { user, .. } => user.as_ref(),
+            Entry::Attached { holder, .. } | Entry::Detached { holder, .. } => holder,
         }
     }
 }
@@ -55,6 +69,27 @@ pub enum ResumeError {
     /// token of that user: a captured resume token alone takes nothing over.
     #[error("session belongs to another user")]
     OtherUser,
+    /// The token is an older one of the session: it was resumed since.
+    #[error("resume token was replaced by a newer one")]
+    Stale,
+    /// Another connection holds the session and its client answered a probe.
+    #[error("session is live on another connection")]
+    Live,
+}
+
+/// Whether a connection's client answers a probe within `PROBE_WAIT`.
+async fn answers_probe(kill: &KillSwitch) -> bool {
+    let before = kill.times_heard();
+    kill.probe();
+    let until = tokio::time::Instant::now() + PROBE_WAIT;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(PROBE_POLL).await;
+        if kill.times_heard() != before || kill.reason().is_some() {
+            // Heard from, or it is closing anyway (then the loop takes it when it detaches).
+            return kill.reason().is_none();
+        }
+    }
+    false
 }
 
 /// Every session of this node, live or resumable.
@@ -65,23 +100,27 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// A connection holds the session now. `user`: the identity its credential proved,
-    /// which a resume of the session must prove again.
-    pub fn attach(&self, conn: ConnId, kill: Arc<KillSwitch>, user: Option<UserId>) {
-        self.map.lock().insert(conn, Entry::Attached { kill, user });
+    /// A connection holds the session now, with the token generation it was given.
+    pub fn attach(&self, conn: ConnId, kill: Arc<KillSwitch>, holder: Holder) {
+        self.map
+            .lock()
+            .insert(conn, Entry::Attached { kill, holder });
     }
 
     /// The connection dropped; the session can be resumed for a while.
     pub fn detach(&self, conn: ConnId, app: AppName, rooms: SessionRooms, now_ms: u64) {
         let mut map = self.map.lock();
-        let user = map.get(&conn).and_then(Entry::user).cloned();
+        let holder = map
+            .get(&conn)
+            .map(|e| e.holder().clone())
+            .unwrap_or_default();
         map.insert(
             conn,
             Entry::Detached {
                 app,
                 rooms,
                 since_ms: now_ms,
-                user,
+                holder,
             },
         );
         drop(map);
@@ -94,40 +133,60 @@ impl Sessions {
         self.detached.notify_waiters();
     }
 
-    /// Take a session over for a resume by a connection whose credential names `user`.
-    /// A session still attached to an older connection (which may not know yet that it
-    /// is dead) is cut off first. A session opened by a verified user is taken only by
-    /// that user.
+    /// Take a session over for a resume with its token of `generation` by a connection
+    /// whose credential names `user`. Only the session's latest token works, and a
+    /// session opened by a verified user is taken only by that user. A session still
+    /// attached to an older connection (which may not know yet that it is dead) is cut
+    /// off first: at once when the same user asks, else only once that connection's
+    /// client failed to answer a probe — a captured token cannot close a live session.
     pub async fn take(
         &self,
         conn: &ConnId,
         app: &AppName,
         user: Option<&UserId>,
+        generation: u64,
         wait: Duration,
     ) -> Result<SessionRooms, ResumeError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut probed = false;
         loop {
             let notified = self.detached.notified();
-            {
+            let live = {
                 let mut map = self.map.lock();
                 let entry = map.get(conn);
-                if let Some(owner) = entry.and_then(Entry::user)
-                    && Some(owner) != user
-                {
-                    return Err(ResumeError::OtherUser);
+                if let Some(h) = entry.map(Entry::holder) {
+                    if h.user.is_some() && h.user.as_ref() != user {
+                        return Err(ResumeError::OtherUser);
+                    }
+                    if h.generation != generation {
+                        return Err(ResumeError::Stale);
+                    }
                 }
                 match entry {
                     None => return Err(ResumeError::Gone),
                     Some(Entry::Detached { app: a, .. }) if a != app => {
                         return Err(ResumeError::WrongApp);
                     }
-                    Some(Entry::Detached { .. }) => {
-                        if let Some(Entry::Detached { rooms, .. }) = map.remove(conn) {
-                            return Ok(rooms);
+                    Some(Entry::Detached { .. }) => match map.remove(conn) {
+                        Some(Entry::Detached { rooms, .. }) => return Ok(rooms),
+                        _ => None,
+                    },
+                    Some(Entry::Attached { kill, holder }) => {
+                        if holder.user.is_some() || probed {
+                            kill.kill(Disconnect::ResumedElsewhere);
+                            None
+                        } else {
+                            Some(kill.clone())
                         }
                     }
-                    Some(Entry::Attached { kill, .. }) => kill.kill(Disconnect::ResumedElsewhere),
                 }
+            };
+            if let Some(kill) = live {
+                probed = true;
+                if answers_probe(&kill).await {
+                    return Err(ResumeError::Live);
+                }
+                continue;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(ResumeError::Busy);
@@ -174,15 +233,61 @@ mod tests {
         rooms.insert(RoomId::new("r").unwrap(), JoinAuth::anonymous("null"));
         s.detach(c.clone(), app.clone(), rooms.clone(), 0);
         assert_eq!(
-            s.take(&c, &AppName::new("b").unwrap(), None, Duration::ZERO)
+            s.take(&c, &AppName::new("b").unwrap(), None, 0, Duration::ZERO)
                 .await,
             Err(ResumeError::WrongApp)
         );
-        assert_eq!(s.take(&c, &app, None, Duration::ZERO).await.unwrap(), rooms);
         assert_eq!(
-            s.take(&c, &app, None, Duration::ZERO).await,
+            s.take(&c, &app, None, 0, Duration::ZERO).await.unwrap(),
+            rooms
+        );
+        assert_eq!(
+            s.take(&c, &app, None, 0, Duration::ZERO).await,
             Err(ResumeError::Gone)
         );
+    }
+
+    #[tokio::test]
+    async fn only_the_latest_token_of_a_session_resumes_it() {
+        let s = Sessions::default();
+        let app = AppName::new("a").unwrap();
+        let c = ConnId::from_trusted("c".into());
+        let holder = Holder {
+            user: None,
+            generation: 2,
+        };
+        s.attach(c.clone(), Arc::new(KillSwitch::default()), holder);
+        s.detach(c.clone(), app.clone(), SessionRooms::new(), 0);
+        for old in [0, 1, 3] {
+            assert_eq!(
+                s.take(&c, &app, None, old, Duration::ZERO).await,
+                Err(ResumeError::Stale)
+            );
+        }
+        assert!(s.take(&c, &app, None, 2, Duration::ZERO).await.is_ok());
+    }
+
+    /// A captured token cannot close a live anonymous session: the connection is
+    /// probed, and a client that answers keeps its session.
+    #[tokio::test(start_paused = true)]
+    async fn a_live_connection_that_answers_its_probe_is_not_taken_over() {
+        let s = Sessions::default();
+        let app = AppName::new("a").unwrap();
+        let c = ConnId::from_trusted("c".into());
+        let kill = Arc::new(KillSwitch::default());
+        s.attach(c.clone(), kill.clone(), Holder::default());
+        let answering = kill.clone();
+        tokio::spawn(async move {
+            loop {
+                answering.probed().await;
+                answering.heard();
+            }
+        });
+        assert_eq!(
+            s.take(&c, &app, None, 0, Duration::from_secs(3)).await,
+            Err(ResumeError::Live)
+        );
+        assert!(kill.reason().is_none(), "the live connection was cut off");
     }
 
     #[tokio::test]
@@ -191,14 +296,19 @@ mod tests {
         let app = AppName::new("a").unwrap();
         let c = ConnId::from_trusted("c".into());
         let kill = Arc::new(KillSwitch::default());
-        s.attach(c.clone(), kill.clone(), None);
+        s.attach(c.clone(), kill.clone(), Holder::default());
         let (s2, c2, app2) = (s.clone(), c.clone(), app.clone());
         // The old connection notices the kill and detaches.
         tokio::spawn(async move {
             kill.killed().await;
             s2.detach(c2, app2, SessionRooms::new(), 5);
         });
-        assert!(s.take(&c, &app, None, Duration::from_secs(5)).await.is_ok());
+        // It does not answer the probe (it is dead, or its client is): taken over.
+        assert!(
+            s.take(&c, &app, None, 0, Duration::from_secs(5))
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test]
@@ -208,10 +318,14 @@ mod tests {
         let c = ConnId::from_trusted("c".into());
         let alice = UserId::new("alice").unwrap();
         let kill = Arc::new(KillSwitch::default());
-        s.attach(c.clone(), kill.clone(), Some(alice.clone()));
+        let holder = Holder {
+            user: Some(alice.clone()),
+            generation: 0,
+        };
+        s.attach(c.clone(), kill.clone(), holder);
         for thief in [None, Some(UserId::new("mallory").unwrap())] {
             assert_eq!(
-                s.take(&c, &app, thief.as_ref(), Duration::ZERO).await,
+                s.take(&c, &app, thief.as_ref(), 0, Duration::ZERO).await,
                 Err(ResumeError::OtherUser)
             );
         }
@@ -221,11 +335,15 @@ mod tests {
         );
         s.detach(c.clone(), app.clone(), SessionRooms::new(), 5);
         assert_eq!(
-            s.take(&c, &app, None, Duration::ZERO).await,
+            s.take(&c, &app, None, 0, Duration::ZERO).await,
             Err(ResumeError::OtherUser),
             "the identity outlives the connection"
         );
-        assert!(s.take(&c, &app, Some(&alice), Duration::ZERO).await.is_ok());
+        assert!(
+            s.take(&c, &app, Some(&alice), 0, Duration::ZERO)
+                .await
+                .is_ok()
+        );
     }
 
     #[test]

@@ -25,6 +25,16 @@ pub struct Claims {
     /// The node that issued it; Socket.IO's `pid`s name none (written `""`).
     #[serde(rename = "n", with = "node_or_empty")]
     pub node: Option<NodeId>,
+    /// Which of the session's tokens this is: each resume issues the next, and the
+    /// session table accepts only the latest, so a captured token dies at the owner's
+    /// next resume.
+    #[serde(rename = "g", default, skip_serializing_if = "is_first")]
+    pub generation: u64,
+}
+
+/// A session's first token is written without `g`, as tokens were before rotation.
+fn is_first(generation: &u64) -> bool {
+    *generation == 0
 }
 
 /// `Option<NodeId>` as a string that is empty for `None`, as tokens always wrote it.
@@ -118,6 +128,7 @@ mod tests {
             session: ConnId::from_trusted("abc".into()),
             app: AppName::new("chat").unwrap(),
             node: Some(NodeId::new("n1").unwrap()),
+            generation: 3,
         };
         let t = k.sign(&c);
         assert_eq!(k.verify(&t).unwrap(), c);

@@ -69,6 +69,19 @@ pub enum Packet {
     Encoded(bytes::Bytes),
 }
 
+impl Packet {
+    /// What waiting in a session's queue costs, in bytes (what it keeps alive).
+    pub fn cost(&self) -> usize {
+        const PACKET: usize = 16;
+        PACKET
+            + match self {
+                Packet::Open(s) | Packet::Ping(s) | Packet::Pong(s) | Packet::Message(s) => s.len(),
+                Packet::Binary(b) | Packet::Encoded(b) => b.len(),
+                Packet::Close | Packet::Upgrade | Packet::Noop => 0,
+            }
+    }
+}
+
 /// Why a packet or payload was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {

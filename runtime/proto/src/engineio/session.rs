@@ -107,6 +107,8 @@ pub struct Session {
     /// finish the upgrade.
     probed: bool,
     queue: VecDeque<Packet>,
+    /// What `queue` holds, in bytes (`Packet::cost`).
+    queued_bytes: usize,
     poll_parked: bool,
     next_ping: Instant,
     pong_due: Option<Instant>,
@@ -120,6 +122,7 @@ impl Session {
             transport,
             probed: false,
             queue: VecDeque::new(),
+            queued_bytes: 0,
             poll_parked: false,
             next_ping: now + timing.ping_interval,
             pong_due: None,
@@ -140,11 +143,26 @@ impl Session {
         self.queue.len()
     }
 
+    /// Bytes waiting for the client.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
     /// Queue a packet for the client.
     pub fn send(&mut self, p: Packet) {
         if self.closed.is_none() {
-            self.queue.push_back(p);
+            self.enqueue(p);
         }
+    }
+
+    fn enqueue(&mut self, p: Packet) {
+        self.queued_bytes += p.cost();
+        self.queue.push_back(p);
+    }
+
+    fn take_queue(&mut self) -> Vec<Packet> {
+        self.queued_bytes = 0;
+        self.queue.drain(..).collect()
     }
 
     /// End the session. A server-side close tells the client with a close packet; a
@@ -154,12 +172,10 @@ impl Session {
             return;
         }
         match reason {
-            CloseReason::Server(_) | CloseReason::PingTimeout => {
-                self.queue.push_back(Packet::Close)
-            }
+            CloseReason::Server(_) | CloseReason::PingTimeout => self.enqueue(Packet::Close),
             CloseReason::ClientClose => {
-                self.queue.clear();
-                self.queue.push_back(Packet::Noop);
+                self.take_queue();
+                self.enqueue(Packet::Noop);
             }
             _ => {}
         }
@@ -173,7 +189,7 @@ impl Session {
         }
         if self.poll_parked {
             self.close(CloseReason::ParseError("overlapping polls".into()));
-            self.queue.push_back(Packet::Close);
+            self.enqueue(Packet::Close);
             return PollAnswer::Overlap;
         }
         self.poll_parked = true;
@@ -197,7 +213,7 @@ impl Session {
             // The WebSocket carries the queue from now on; the poll only has to end.
             return Some(encode_payload(&[Packet::Noop]));
         }
-        let packets: Vec<Packet> = self.queue.drain(..).collect();
+        let packets = self.take_queue();
         Some(encode_payload(&packets))
     }
 
@@ -306,7 +322,9 @@ impl Session {
         if self.transport != Transport::WebSocket {
             return None;
         }
-        self.queue.pop_front()
+        let p = self.queue.pop_front()?;
+        self.queued_bytes -= p.cost();
+        Some(p)
     }
 
     /// When [`Session::on_timeout`] must run next.
@@ -314,6 +332,14 @@ impl Session {
         match self.pong_due {
             Some(t) => t,
             None => self.next_ping,
+        }
+    }
+
+    /// Ping the client at the next `on_timeout` rather than at the heartbeat (a resume
+    /// asks whether this session's client is still there). No-op while a ping is out.
+    pub fn ping_now(&mut self, now: Instant) {
+        if self.pong_due.is_none() {
+            self.next_ping = self.next_ping.min(now);
         }
     }
 

@@ -12,12 +12,17 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::*;
 use crate::metrics::Metrics;
 use crate::room::AdoptOutcome;
-use crate::room::outbox::{Interest, Outbound, Outbox};
+use crate::room::outbox::{Interest, Outbound, Outbox, OutboxReader, QueueBound};
+
+const UNBOUNDED: QueueBound = QueueBound {
+    frames: 100_000,
+    bytes: usize::MAX,
+};
 use crate::room::world::{Outgoing, Place};
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId, UserId};
 use edgeroom_proto::native::Format;
@@ -41,7 +46,7 @@ struct Seen {
 }
 
 struct Client {
-    rx: mpsc::Receiver<Outbound>,
+    rx: OutboxReader,
     seen: Seen,
 }
 
@@ -378,7 +383,7 @@ impl Sim {
     fn join_as(&mut self, i: usize, name: &str, user: Option<&str>) -> ConnId {
         let conn = ConnId::from_trusted(name.into());
         let metrics = std::sync::Arc::new(Metrics::new());
-        let (outbox, rx, _) = Outbox::new(100_000, Format::Json, metrics);
+        let (outbox, rx, _) = Outbox::new(UNBOUNDED, Format::Json, metrics);
         let node = &mut self.nodes[i];
         let auth = JoinAuth {
             json: "null".into(),
@@ -553,7 +558,7 @@ impl Sim {
     fn adopt_as(&mut self, i: usize, name: &str, cursor: Cursor, user: Option<&str>) -> ConnId {
         let conn = ConnId::from_trusted(name.into());
         let metrics = std::sync::Arc::new(Metrics::new());
-        let (outbox, rx, _) = Outbox::new(100_000, Format::Json, metrics);
+        let (outbox, rx, _) = Outbox::new(UNBOUNDED, Format::Json, metrics);
         let (done, answer) = oneshot::channel();
         let a = Adoption::new(
             conn.clone(),
