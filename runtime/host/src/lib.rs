@@ -15,6 +15,8 @@ pub mod apps;
 pub mod clock;
 pub mod config;
 pub mod credential;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod registry;
 pub mod room;

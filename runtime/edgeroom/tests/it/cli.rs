@@ -18,33 +18,45 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_deploy_and_stop_a_node_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("node.toml");
+/// A standalone `edgeroom serve` node's config in `dir` (admin key `k3y`), on `port`.
+fn standalone_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let config = dir.join("node.toml");
     std::fs::write(
         &config,
         format!(
             "node_id = \"cli-1\"\nregion = \"eu-west\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\ncompile_cache_dir = {:?}\nadmin_key = \"k3y\"\n[sandbox]\nmax_instances = 16\n",
-            dir.path().join("data"),
+            dir.join("data"),
             common::compile_cache(),
         ),
     )
     .unwrap();
-    let mut node = Command::new(BIN)
+    config
+}
+
+/// Start `edgeroom serve --config` and wait until it answers at `url`.
+async fn serve(config: &std::path::Path, url: &str) -> std::process::Child {
+    let node = Command::new(BIN)
         .args(["serve", "--config"])
-        .arg(&config)
+        .arg(config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while reqwest::get(format!("{url}/healthz")).await.is_err() {
         assert!(Instant::now() < deadline, "node did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_deploy_and_stop_a_node_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = standalone_config(dir.path(), port);
+    let url = format!("http://127.0.0.1:{port}");
+    let mut node = serve(&config, &url).await;
 
     let wasm = dir.path().join("echo.wasm");
     std::fs::write(&wasm, edgeroom::examples::ECHO).unwrap();
@@ -458,36 +470,10 @@ impl Drop for Processes {
 async fn acknowledged_state_survives_kill_9_of_a_standalone_node() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "node_id = \"solo\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\ncompile_cache_dir = {:?}\nadmin_key = \"k3y\"\n[sandbox]\nmax_instances = 16\n",
-            dir.path().join("data"),
-            common::compile_cache(),
-        ),
-    )
-    .unwrap();
-    let spawn = || {
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let config = standalone_config(dir.path(), port);
     let url = format!("http://127.0.0.1:{port}");
-    let up = || async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while reqwest::get(format!("{url}/healthz")).await.is_err() {
-            assert!(Instant::now() < deadline, "node did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
     let http = reqwest::Client::new();
-    let mut node = spawn();
-    up().await;
+    let mut node = serve(&config, &url).await;
     let r = http
         .put(format!("{url}/v1/apps/counter/handler"))
         .bearer_auth("k3y")
@@ -508,8 +494,7 @@ async fn acknowledged_state_survives_kill_9_of_a_standalone_node() {
     node.kill().unwrap();
     node.wait().unwrap();
 
-    let mut node = spawn();
-    up().await;
+    let mut node = serve(&config, &url).await;
     let room: serde_json::Value = http
         .get(format!("{url}/v1/apps/counter/rooms/c"))
         .bearer_auth("k3y")

@@ -1,0 +1,6 @@
+#![no_main]
+//! `edgeroom_host::fuzzing::peer_frame` on arbitrary bytes: it must never panic.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| edgeroom_host::fuzzing::peer_frame(data));
