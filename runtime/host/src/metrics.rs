@@ -63,6 +63,9 @@ pub struct Metrics {
     /// Client credentials refused, by error code (`unauthorized`, `bad_token`,
     /// `token_expired`, `forbidden`).
     pub auth_refused: Family<KindLabel, Counter>,
+    /// Idempotency ids forgotten over `limits.idempotency_max_ids` or
+    /// `idempotency_max_bytes` (a retry of one runs again).
+    pub idempotency_ids_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -103,6 +106,7 @@ impl Metrics {
         let rooms_refused = Counter::default();
         let peer_messages_too_large = Counter::default();
         let auth_refused = Family::default();
+        let idempotency_ids_dropped = Counter::default();
         registry.register(
             "connections",
             "Client connections open now",
@@ -208,6 +212,11 @@ impl Metrics {
             rooms_refused.clone(),
         );
         registry.register(
+            "idempotency_ids_dropped",
+            "Idempotency ids forgotten over their count or byte cap",
+            idempotency_ids_dropped.clone(),
+        );
+        registry.register(
             "auth_refused",
             "Client credentials refused, by error code",
             auth_refused.clone(),
@@ -245,6 +254,7 @@ impl Metrics {
             rooms_refused,
             peer_messages_too_large,
             auth_refused,
+            idempotency_ids_dropped,
         }
     }
 

@@ -103,6 +103,9 @@ pub struct RoomCore<R> {
     ids_order: VecDeque<String>,
     /// What the remembered ids cost, in bytes.
     ids_bytes: usize,
+    /// Ids forgotten over `max_ids` / `max_ids_bytes` (not by age) since the room
+    /// loaded: a retry of one of those runs again.
+    ids_dropped: u64,
 }
 
 impl<R: Clone + Weight> RoomCore<R> {
@@ -124,6 +127,7 @@ impl<R: Clone + Weight> RoomCore<R> {
             ids: HashMap::new(),
             ids_order: VecDeque::new(),
             ids_bytes: 0,
+            ids_dropped: 0,
         }
     }
 
@@ -418,6 +422,7 @@ impl<R: Clone + Weight> RoomCore<R> {
             || (self.ids_bytes > self.limits.max_ids_bytes && self.ids.len() > 1)
         {
             self.forget_oldest_id();
+            self.ids_dropped += 1;
         }
         debug_assert_eq!(
             self.ids.len(),
@@ -437,6 +442,11 @@ impl<R: Clone + Weight> RoomCore<R> {
     /// What the remembered idempotency ids cost, in bytes.
     pub fn ids_bytes(&self) -> usize {
         self.ids_bytes
+    }
+
+    /// Ids forgotten over the count or byte cap since the room loaded.
+    pub fn ids_dropped(&self) -> u64 {
+        self.ids_dropped
     }
 
     /// Drop what is older than the log window. Returns the members whose connection has
@@ -558,6 +568,7 @@ mod tests {
         }
         // By count: the oldest went.
         assert!(c.remembered("a").is_none());
+        assert_eq!(c.ids_dropped(), 1);
         assert!(["b", "c", "d"].iter().all(|id| c.remembered(id).is_some()));
         // By bytes: an answer of 900 bytes leaves room for itself alone.
         let big = Payload {
@@ -566,6 +577,7 @@ mod tests {
         };
         c.remember("e".into(), 10, Ok(Some(big)));
         assert!(c.remembered("d").is_none() && c.remembered("e").is_some());
+        assert_eq!(c.ids_dropped(), 4, "b, c and d made room for e");
         assert_eq!(c.ids_bytes(), ID_OVERHEAD + 2 + 900);
         // Remembered again: counted once.
         c.remember("e".into(), 20, Ok(None));

@@ -456,6 +456,13 @@ async fn idempotency_ids_are_bounded_oldest_first() {
     // k1 went (only five are kept): it runs again.
     let again = a.request(incr(1)).await;
     assert_eq!(again["data"]["count"], 8, "{again}");
+    // k1 and k2 made room for k6 and k7, and k3 for k1 again.
+    let m = node.metrics().await;
+    assert_eq!(
+        metric(&m, "edgeroom_idempotency_ids_dropped_total"),
+        3.0,
+        "{m}"
+    );
     node.stop().await;
 }
 

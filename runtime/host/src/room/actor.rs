@@ -44,6 +44,9 @@ struct Actor {
     replica: Option<Replica>,
     /// The history bytes last added to the node's `history_bytes` gauge.
     history_bytes: usize,
+    /// The room's count of idempotency ids dropped over their caps, as last added to
+    /// `edgeroom_idempotency_ids_dropped`.
+    ids_dropped: u64,
     /// Bytes of changes appended since the last whole save, and that save's size.
     appended_bytes: usize,
     saved_bytes: usize,
@@ -134,6 +137,7 @@ pub(super) fn spawn(
             last_save_ms: env.clock.mono_ms(),
             replica,
             history_bytes: 0,
+            ids_dropped: 0,
             appended_bytes: 0,
             saved_bytes: 0,
         };
@@ -215,6 +219,7 @@ impl Actor {
                 }
             }
             self.count_history();
+            self.count_ids_dropped();
         }
         self.rooms
             .env()
@@ -242,6 +247,16 @@ impl Actor {
             let gauge = &self.rooms.env().metrics.history_bytes;
             gauge.inc_by(now as i64 - self.history_bytes as i64);
             self.history_bytes = now;
+        }
+    }
+
+    /// Adds the idempotency ids this room dropped over their caps to the node's count.
+    fn count_ids_dropped(&mut self) {
+        let now = self.world().core.ids_dropped();
+        if now > self.ids_dropped {
+            let counter = &self.rooms.env().metrics.idempotency_ids_dropped;
+            counter.inc_by(now - self.ids_dropped);
+            self.ids_dropped = now;
         }
     }
 
