@@ -172,6 +172,9 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
     }
     let clients_go = watch::channel(None).0;
     let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
+    let sessions = Arc::new(Sessions::new(Duration::from_millis(
+        config.limits.resume_probe_ms,
+    )));
     let gateway = Arc::new(Gateway {
         connection_slots,
         config,
@@ -179,7 +182,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         metrics,
         apps,
         rooms,
-        sessions: Arc::new(Sessions::default()),
+        sessions,
         engine: Default::default(),
         tokens,
         cluster,

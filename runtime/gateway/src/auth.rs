@@ -8,9 +8,6 @@ use edgeroom_host::credential::{Capability, Credential, CredentialError};
 use edgeroom_proto::ids::{AppName, RoomId};
 use edgeroom_proto::{ErrorCode, ProtoError};
 
-/// How long a connection may stay open without a credential where its app needs one.
-pub const AUTH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// A client's token (or its absence), checked now against its app's keys.
 pub fn check(node: &Gateway, app: &AppName, token: Option<&str>) -> Result<Credential, ProtoError> {
     let Some(settings) = node.apps.settings(app) else {

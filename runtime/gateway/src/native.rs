@@ -116,7 +116,9 @@ pub async fn serve(
     };
     match credential {
         Some(credential) => c.set_credential(credential),
-        None => c.deadline = Some(node.clock.now() + auth::AUTH_WAIT),
+        None => {
+            c.deadline = Some(node.clock.now() + Duration::from_millis(limits.auth_wait_ms));
+        }
     }
     c.send(ServerFrame::Welcome {
         session: c.conn.clone(),

@@ -206,6 +206,17 @@ pub struct Limits {
     /// HTTP connection may sit idle before its next request; past it the socket is
     /// closed and counted in `edgeroom_http_timeouts`.
     pub http_header_timeout_ms: u64,
+    /// How long a connection may stay open without a credential where its app needs
+    /// one (a native client may send its token in an `authenticate` frame after
+    /// connecting); past it the connection is closed with 4001.
+    pub auth_wait_ms: u64,
+    /// How long a resume waits for the connection still holding its session to answer
+    /// a ping before counting it gone; one that answers keeps the session (`live`).
+    pub resume_probe_ms: u64,
+    /// On a standalone node: bytes of changes appended to a room's saved document
+    /// before they are folded into a whole save (or the size of the last whole save,
+    /// if larger), so a load reads at most about twice the document.
+    pub state_append_bytes: usize,
 }
 
 impl Default for Limits {
@@ -247,6 +258,9 @@ impl Default for Limits {
             max_sockets: 0,
             sockets_per_ip: 1024,
             http_header_timeout_ms: 10_000,
+            auth_wait_ms: 10_000,
+            resume_probe_ms: 1_500,
+            state_append_bytes: 64 * 1024,
         }
     }
 }

@@ -28,9 +28,6 @@ use edgeroom_sandbox::{Call, Failure, Returned, Slot};
 const MAX_KICK_ROUNDS: usize = 8;
 /// Unsaved document changes are written at most this often.
 const SAVE_EVERY_MS: u64 = 1000;
-/// On a standalone node, changes are appended to the disk as they are made, and folded
-/// into a whole save once they outweigh the last one (and at least this much).
-const APPENDED_BEFORE_SAVE: usize = 64 * 1024;
 
 struct Actor {
     rooms: Arc<Rooms>,
@@ -799,7 +796,7 @@ impl Actor {
         let due = if self.replica.is_none() {
             // Changes nobody waited for (timers, leaves) go to the disk too.
             self.persist_changes().await;
-            self.appended_bytes >= APPENDED_BEFORE_SAVE.max(self.saved_bytes)
+            self.appended_bytes >= limits.state_append_bytes.max(self.saved_bytes)
         } else {
             now.saturating_sub(self.last_save_ms) >= SAVE_EVERY_MS
         };

@@ -209,7 +209,8 @@ impl KillSwitch {
 /// The sending side, held by every room the connection is in.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Outbound>,
+    /// Each item with its cost as counted in, so the reader takes out the same.
+    tx: mpsc::Sender<(Outbound, usize)>,
     kill: Arc<KillSwitch>,
     pub format: Format,
     metrics: Arc<Metrics>,
@@ -221,29 +222,28 @@ pub struct Outbox {
 /// The connection's side of its outbox: what the writer drains.
 #[derive(Debug)]
 pub struct OutboxReader {
-    rx: mpsc::Receiver<Outbound>,
+    rx: mpsc::Receiver<(Outbound, usize)>,
     queued: Arc<AtomicUsize>,
 }
 
 impl OutboxReader {
-    fn took(&self, item: &Outbound) {
-        self.queued.fetch_sub(item.cost(), Ordering::Relaxed);
+    fn took(&self, (item, cost): (Outbound, usize)) -> Outbound {
+        let before = self.queued.fetch_sub(cost, Ordering::Relaxed);
+        debug_assert!(
+            before >= cost,
+            "an outbox gives out more bytes than it took in"
+        );
+        item
     }
 
     pub async fn recv(&mut self) -> Option<Outbound> {
-        let item = self.rx.recv().await;
-        if let Some(i) = &item {
-            self.took(i);
-        }
-        item
+        let item = self.rx.recv().await?;
+        Some(self.took(item))
     }
 
     pub fn try_recv(&mut self) -> Result<Outbound, mpsc::error::TryRecvError> {
-        let item = self.rx.try_recv();
-        if let Ok(i) = &item {
-            self.took(i);
-        }
-        item
+        let item = self.rx.try_recv()?;
+        Ok(self.took(item))
     }
 }
 
@@ -291,7 +291,7 @@ impl Outbox {
             });
             return Err(PushError::SlowConsumer);
         }
-        match self.tx.try_send(item) {
+        match self.tx.try_send((item, cost)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.queued.fetch_sub(cost, Ordering::Relaxed);

@@ -21,9 +21,6 @@ use edgeroom_proto::member::JoinAuth;
 /// What a detached session keeps: per room, the auth it joined with.
 pub type SessionRooms = BTreeMap<RoomId, JoinAuth>;
 
-/// How long a resume waits for a live-looking connection of the session to answer a
-/// probe before it counts as gone.
-const PROBE_WAIT: Duration = Duration::from_millis(1500);
 const PROBE_POLL: Duration = Duration::from_millis(25);
 
 /// Who holds a session and which of its resume tokens is current.
@@ -77,11 +74,11 @@ pub enum ResumeError {
     Live,
 }
 
-/// Whether a connection's client answers a probe within `PROBE_WAIT`.
-async fn answers_probe(kill: &KillSwitch) -> bool {
+/// Whether a connection's client answers a probe within `wait`.
+async fn answers_probe(kill: &KillSwitch, wait: Duration) -> bool {
     let before = kill.times_heard();
     kill.probe();
-    let until = tokio::time::Instant::now() + PROBE_WAIT;
+    let until = tokio::time::Instant::now() + wait;
     while tokio::time::Instant::now() < until {
         tokio::time::sleep(PROBE_POLL).await;
         if kill.times_heard() != before || kill.reason().is_some() {
@@ -93,13 +90,29 @@ async fn answers_probe(kill: &KillSwitch) -> bool {
 }
 
 /// Every session of this node, live or resumable.
-#[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<ConnId, Entry>>,
     detached: Notify,
+    /// How long a resume waits for a live-looking holder to answer a probe before it
+    /// counts as gone (`limits.resume_probe_ms`).
+    probe_wait: Duration,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new(Duration::from_millis(1500))
+    }
 }
 
 impl Sessions {
+    pub fn new(probe_wait: Duration) -> Self {
+        Self {
+            map: Mutex::default(),
+            detached: Notify::new(),
+            probe_wait,
+        }
+    }
+
     /// A connection holds the session now, with the token generation it was given.
     pub fn attach(&self, conn: ConnId, kill: Arc<KillSwitch>, holder: Holder) {
         self.map
@@ -183,7 +196,7 @@ impl Sessions {
             };
             if let Some(kill) = live {
                 probed = true;
-                if answers_probe(&kill).await {
+                if answers_probe(&kill, self.probe_wait).await {
                     return Err(ResumeError::Live);
                 }
                 continue;
