@@ -62,6 +62,9 @@ pub struct Joining {
     pub handoff_queue: usize,
     /// Counts streams dropped because their queue was full.
     pub handoff_dropped: prometheus_client::metrics::counter::Counter,
+    /// Counts Raft requests refused because the sender's certificate names another
+    /// node than the request claims.
+    pub raft_refused: prometheus_client::metrics::counter::Counter,
 }
 
 /// A node's membership in its cluster.
@@ -109,8 +112,14 @@ impl Cluster {
             election_max: Duration::from_millis(cluster.raft_election_ms * 2),
             ..RaftTiming::default()
         };
-        let control =
-            ControlPlane::start(&joining.raft_dir, endpoint.clone(), me.clone(), timing).await?;
+        let control = ControlPlane::start(
+            &joining.raft_dir,
+            endpoint.clone(),
+            me.clone(),
+            timing,
+            joining.raft_refused.clone(),
+        )
+        .await?;
         let health = Health::new(
             joining.node_id.clone(),
             HealthTiming {

@@ -55,7 +55,7 @@ async fn serve_peer(peer: Peer, control: Arc<ControlPlane>, handoff: Handoff) {
         while streams.try_join_next().is_some() {}
         let queue = match incoming.purpose {
             Purpose::Raft => {
-                streams.spawn(control.clone().serve_stream(incoming));
+                streams.spawn(control.clone().serve_stream(peer.node().clone(), incoming));
                 continue;
             }
             Purpose::Health => {

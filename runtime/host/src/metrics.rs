@@ -47,6 +47,9 @@ pub struct Metrics {
     pub peer_frames_refused: Family<KindLabel, Counter>,
     /// Streams peers opened that found their queue full (`limits.peer_streams`).
     pub peer_streams_dropped: Counter,
+    /// Raft requests (a join, a write, a Raft message) refused because the sender's
+    /// certificate names another node than the request claims, or a non-member wrote.
+    pub raft_requests_refused: Counter,
     /// Emits refused because a room had `limits.unconfirmed_replies` answers waiting
     /// for another node to confirm.
     pub emits_unconfirmed_refused: Counter,
@@ -100,6 +103,7 @@ impl Metrics {
         let peer_messages_shed = Family::default();
         let peer_frames_refused = Family::default();
         let peer_streams_dropped = Counter::default();
+        let raft_requests_refused = Counter::default();
         let emits_unconfirmed_refused = Counter::default();
         let instances_refused = Family::default();
         let room_creations_refused = Counter::default();
@@ -192,6 +196,11 @@ impl Metrics {
             peer_streams_dropped.clone(),
         );
         registry.register(
+            "raft_requests_refused",
+            "Raft requests refused because the sending node may not make them",
+            raft_requests_refused.clone(),
+        );
+        registry.register(
             "emits_unconfirmed_refused",
             "Emits refused because their room had too many answers waiting for another node to confirm",
             emits_unconfirmed_refused.clone(),
@@ -248,6 +257,7 @@ impl Metrics {
             peer_messages_shed,
             peer_frames_refused,
             peer_streams_dropped,
+            raft_requests_refused,
             emits_unconfirmed_refused,
             instances_refused,
             room_creations_refused,

@@ -23,6 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
 use parking_lot::RwLock;
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -116,6 +117,8 @@ pub struct ControlPlane {
     state: Arc<RwLock<ControlState>>,
     applied: watch::Receiver<Applied>,
     network: Network,
+    /// Requests refused because the peer's certificate does not name who they claim.
+    refused: Counter,
 }
 
 /// What `GET /v1/cluster` and `edgeroom cluster status` show of the control plane.
@@ -156,6 +159,7 @@ impl ControlPlane {
         endpoint: Arc<Endpoint>,
         me: Member,
         timing: RaftTiming,
+        refused: Counter,
     ) -> anyhow::Result<Arc<Self>> {
         let (log, sm, applied) = store::open(dir)?;
         let state = sm.state();
@@ -180,6 +184,7 @@ impl ControlPlane {
             state,
             applied,
             network,
+            refused,
         }))
     }
 
@@ -303,9 +308,15 @@ impl ControlPlane {
             voter,
         };
         let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
+        let mut ask = seed.clone();
         loop {
-            match self.network.call(seed, &request, RPC_TIMEOUT).await {
+            match self.network.call(&ask, &request, RPC_TIMEOUT).await {
                 Ok(RaftReply::Write(Ok(_))) => return Ok(()),
+                Ok(RaftReply::Write(Err(WriteError::Redirect(leader))))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    ask = leader;
+                }
                 Ok(RaftReply::Write(Err(WriteError::NoLeader | WriteError::Busy)))
                     if tokio::time::Instant::now() < deadline =>
                 {
@@ -354,8 +365,10 @@ impl ControlPlane {
         self.commit(Command::PutNode(node, info), deadline).await
     }
 
-    /// Serve one Raft stream a peer opened: requests in, replies out, until it closes.
-    pub async fn serve_stream(self: Arc<Self>, incoming: Incoming) {
+    /// Serve one Raft stream the peer `caller` opened (the node its certificate names):
+    /// requests in, replies out, until it closes. A request that claims to come from
+    /// another node ends the stream.
+    pub async fn serve_stream(self: Arc<Self>, caller: NodeId, incoming: Incoming) {
         let (mut tx, mut rx) = incoming.framed::<RaftRequest, RaftReply>();
         while let Some(request) = rx.next().await {
             let request = match request {
@@ -365,11 +378,78 @@ impl ControlPlane {
                     return;
                 }
             };
-            let reply = self.handle(request).await;
+            let reply = match self.check_caller(&caller, &request) {
+                Ok(()) => self.handle(request).await,
+                Err(why) => {
+                    self.refused.inc();
+                    tracing::warn!(peer = %caller, "refused a raft request: {why}");
+                    match request {
+                        RaftRequest::Write(_) | RaftRequest::Join { .. } => {
+                            RaftReply::Write(Err(WriteError::Refused(why)))
+                        }
+                        // A Raft message under another node's name: nothing to answer.
+                        _ => return,
+                    }
+                }
+            };
             if tx.send(&reply).await.is_err() {
                 return;
             }
         }
+    }
+
+    /// Whether the node `caller` (named by its certificate) may send `request`. Raft
+    /// messages must come from the candidate or leader they name; a join adds only the
+    /// node that asks; writes come only from members of the cluster, and a node puts
+    /// only its own record.
+    fn check_caller(&self, caller: &NodeId, request: &RaftRequest) -> Result<(), String> {
+        let id = raft_id(caller);
+        let sender = match request {
+            RaftRequest::Append(rpc) => rpc.vote.leader_id().voted_for(),
+            // A vote from outside the membership this node knows would still move its
+            // term on and unseat a leader. (Appends are not checked so: a joining node
+            // learns the membership from them.)
+            RaftRequest::Vote(_) if !self.is_member(caller) => {
+                return Err(format!("{caller} asked for a vote but is not a member"));
+            }
+            RaftRequest::Vote(rpc) => rpc.vote.leader_id().voted_for(),
+            RaftRequest::Snapshot(rpc) => rpc.vote.leader_id().voted_for(),
+            RaftRequest::Join { member, .. } => {
+                return if member.name == caller.as_str() {
+                    Ok(())
+                } else {
+                    Err(format!("{caller} asked to add {}", member.name))
+                };
+            }
+            RaftRequest::Write(command) => {
+                if !self.is_member(caller) {
+                    return Err(format!("{caller} is not a member of the cluster"));
+                }
+                return match command {
+                    Command::PutNode(node, _) if node != caller => {
+                        Err(format!("{caller} wrote the record of {node}"))
+                    }
+                    _ => Ok(()),
+                };
+            }
+        };
+        if sender == Some(id) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{caller} sent a raft message in another node's name"
+            ))
+        }
+    }
+
+    /// Whether `node` is a voter or learner of the membership this node knows.
+    fn is_member(&self, node: &NodeId) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&raft_id(node))
+            .is_some_and(|m| m.name == node.as_str())
     }
 
     async fn handle(&self, request: RaftRequest) -> RaftReply {
@@ -379,38 +459,30 @@ impl ControlPlane {
             RaftRequest::Snapshot(rpc) => {
                 RaftReply::Snapshot(self.raft.install_snapshot(rpc).await)
             }
+            // Committed here if this node leads, never forwarded again: the leader
+            // checks the certificate of whoever sends it a write, so the writer asks
+            // the leader itself (`NoLeader` makes it look again).
             RaftRequest::Write(command) => {
-                let deadline = tokio::time::Instant::now() + WRITE_PATIENCE;
-                RaftReply::Write(self.commit(command, deadline).await)
+                RaftReply::Write(match self.raft.client_write(command).await {
+                    Ok(w) => Ok(Written {
+                        response: w.response().clone(),
+                        index: w.log_id().index,
+                    }),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                        Err(WriteError::NoLeader)
+                    }
+                    Err(e) => Err(WriteError::Failed(e.to_string())),
+                })
             }
             RaftRequest::Join {
                 member,
                 info,
                 voter,
-            } => {
-                let leader = self.leader_member();
-                let reply = match leader {
-                    Some(l) if l == self.me => self.admit(member, info, voter).await,
-                    Some(l) => match self
-                        .network
-                        .call(
-                            &l,
-                            &RaftRequest::Join {
-                                member,
-                                info,
-                                voter,
-                            },
-                            RPC_TIMEOUT,
-                        )
-                        .await
-                    {
-                        Ok(RaftReply::Write(r)) => r,
-                        _ => Err(WriteError::NoLeader),
-                    },
-                    None => Err(WriteError::NoLeader),
-                };
-                RaftReply::Write(reply)
-            }
+            } => RaftReply::Write(match self.leader_member() {
+                Some(l) if l == self.me => self.admit(member, info, voter).await,
+                Some(l) => Err(WriteError::Redirect(l)),
+                None => Err(WriteError::NoLeader),
+            }),
         }
     }
 

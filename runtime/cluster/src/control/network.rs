@@ -67,6 +67,13 @@ pub enum WriteError {
     Busy,
     #[error("the control plane refused the write: {0}")]
     Failed(String),
+    /// The node that sent the request may not make it (checked against the name in
+    /// its certificate, not the request's contents).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// A join goes to the leader itself, which checks the joiner's certificate: ask it.
+    #[error("not the leader: ask {0}")]
+    Redirect(Member),
 }
 
 /// Connections to other nodes, shared by every Raft replication stream and forwarder.

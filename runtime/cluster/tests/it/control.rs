@@ -55,9 +55,15 @@ async fn start_behind(
         }
     };
     let addr = endpoint.local_addr().unwrap();
-    let control = ControlPlane::start(dir, endpoint.clone(), Member::new(&node, addr), timing())
-        .await
-        .unwrap();
+    let control = ControlPlane::start(
+        dir,
+        endpoint.clone(),
+        Member::new(&node, addr),
+        timing(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     // Just the control plane: nothing above the cluster takes the handed-over streams.
     let (rooms, _) = tokio::sync::mpsc::channel(1);
     let (forward, _) = tokio::sync::mpsc::channel(1);
@@ -436,6 +442,133 @@ async fn nodes_that_join_at_once_all_become_voters() {
         assert!(voters.contains(&name.to_string()), "{voters:?}");
     }
     for n in nodes.into_iter().chain(joiners) {
+        n.stop().await;
+    }
+}
+
+/// A node proves its name with its certificate, not with what it writes in a request:
+/// a peer holding a valid certificate of the cluster's CA can join only as itself,
+/// cannot write unless it is a member, cannot put another node's record, and cannot
+/// ask for votes in another node's name (or its own, as a stranger) to unseat the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_acts_only_as_the_node_its_certificate_names() {
+    use edgeroom_cluster::control::network::{Network, RaftReply, RaftRequest};
+    use openraft::{Vote, raft::VoteRequest};
+
+    let ca = ClusterCa::generate("t").unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let nodes = cluster(&ca, &dirs, &["a", "b", "c"]).await;
+    let leader = wait_for("a leader", Duration::from_secs(10), || leader_of(&nodes)).await;
+    let follower = (leader + 1) % nodes.len();
+    let other = (leader + 2) % nodes.len();
+    let to = nodes[leader].member();
+
+    // Mallory: a certificate the CA issued, for a node the cluster never admitted.
+    let mallory = NodeId::new("mallory").unwrap();
+    let (cert, key) = ca.issue(&mallory).unwrap();
+    let tls = NodeTls::from_pem(mallory.clone(), ca.cert_pem(), &cert, &key).unwrap();
+    let endpoint = Arc::new(
+        Endpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &tls,
+            None,
+            Timing::default(),
+        )
+        .unwrap(),
+    );
+    let as_mallory = Network::new(endpoint.clone());
+    let call = |net: &Network, request: RaftRequest| {
+        let net = net.clone();
+        let to = to.clone();
+        async move { net.call(&to, &request, Duration::from_secs(5)).await }
+    };
+    let refused = |r: anyhow::Result<RaftReply>| {
+        matches!(r, Ok(RaftReply::Write(Err(WriteError::Refused(_)))))
+    };
+
+    // Joining under another name: refused, nobody added.
+    let evil = Member::new(
+        &NodeId::new("evil").unwrap(),
+        endpoint.local_addr().unwrap(),
+    );
+    let r = call(
+        &as_mallory,
+        RaftRequest::Join {
+            member: evil,
+            info: joiner_info(endpoint.local_addr().unwrap()),
+            voter: true,
+        },
+    )
+    .await;
+    assert!(refused(r), "a join under another name was not refused");
+    // A stranger's write: refused.
+    let r = call(
+        &as_mallory,
+        RaftRequest::Write(deploy("chat", b"evil", None)),
+    )
+    .await;
+    assert!(refused(r), "a write from a non-member was not refused");
+    // A member may write, but only its own record.
+    let as_follower = Network::new(nodes[follower].endpoint.clone());
+    let victim = NodeId::new(&nodes[other].name).unwrap();
+    let r = call(
+        &as_follower,
+        RaftRequest::Write(Command::PutNode(victim, joiner_info(nodes[follower].addr))),
+    )
+    .await;
+    assert!(refused(r), "a member put another node's record");
+    let own = NodeId::new(&nodes[follower].name).unwrap();
+    let r = call(
+        &as_follower,
+        RaftRequest::Write(Command::PutNode(own, joiner_info(nodes[follower].addr))),
+    )
+    .await;
+    assert!(matches!(r, Ok(RaftReply::Write(Ok(_)))), "{r:?}");
+
+    // Vote requests far in the future, in a member's name and in the stranger's own:
+    // neither reaches Raft, so the leader keeps its term.
+    let term = nodes[leader].control.status().term;
+    let member_id = nodes[follower].member().raft_id().unwrap();
+    let mallory_id = edgeroom_cluster::control::raft_id(&mallory);
+    for id in [member_id, mallory_id] {
+        let vote = VoteRequest::new(Vote::new(term + 100, id), None);
+        let r = call(&as_mallory, RaftRequest::Vote(vote)).await;
+        assert!(r.is_err(), "a vote request was answered: {r:?}");
+    }
+    let status = nodes[leader].control.status();
+    assert_eq!((status.role, status.term), ("leader", term));
+    assert_eq!(status.voters.len(), 3);
+    assert!(status.learners.is_empty(), "{:?}", status.learners);
+    assert!(
+        nodes[leader]
+            .control
+            .state()
+            .nodes
+            .keys()
+            .all(|n| n.as_str() != "evil"),
+        "a forged record was written"
+    );
+
+    // The honest join still works, through any node (a follower redirects it).
+    let joiner = start(
+        &ca,
+        "d",
+        "127.0.0.1:0".parse().unwrap(),
+        &dirs.path().join("d"),
+    )
+    .await;
+    joiner
+        .control
+        .join(&nodes[follower].member(), joiner_info(joiner.addr), false)
+        .await
+        .unwrap();
+    wait_for("d as a learner", Duration::from_secs(10), || {
+        let l = nodes[leader].control.status().learners;
+        (l == vec!["d".to_string()]).then_some(())
+    })
+    .await;
+    endpoint.close();
+    for n in nodes.into_iter().chain([joiner]) {
         n.stop().await;
     }
 }

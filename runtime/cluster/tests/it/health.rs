@@ -22,13 +22,14 @@ async fn a_healed_partition_is_noticed_within_a_second() {
     let dirs = tempfile::tempdir().unwrap();
     let wan = Wan::new();
     let nodes = cluster_behind(&ca, &dirs, &["a", "b", "c"], Some(&wan)).await;
-    // The pingers ping the nodes the control plane lists.
+    // The pingers ping the nodes the control plane lists; each node writes its own
+    // record (the leader takes a node's record only from that node).
     for n in &nodes {
         let put = Command::PutNode(
             NodeId::new(&n.control.me().name).unwrap(),
             joiner_info(n.addr),
         );
-        let write = || nodes[0].control.write(put.clone());
+        let write = || n.control.write(put.clone());
         let deadline = Instant::now() + Duration::from_secs(10);
         while write().await.is_err() {
             assert!(Instant::now() < deadline, "no leader took the write");
