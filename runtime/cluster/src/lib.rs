@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod health;
 pub mod mesh;
+pub mod pool;
 pub mod route;
 
 use std::net::SocketAddr;
@@ -35,7 +36,7 @@ pub use config::{ClusterConfig, parse_peer};
 use control::state::{Command, NodeInfo};
 use control::{ControlPlane, Member, RaftTiming};
 use edgeroom_proto::ids::NodeId;
-use edgeroom_transport::{Endpoint, NodeTls, Peer, Timing};
+use edgeroom_transport::{Endpoint, NodeTls, Purpose, RecvStream, SendStream, Timing};
 use health::{Health, HealthTiming};
 use mesh::{Handed, Handoff};
 
@@ -72,9 +73,9 @@ pub struct Cluster {
     pub endpoint: Arc<Endpoint>,
     pub control: Arc<ControlPlane>,
     pub health: Arc<Health>,
-    /// Connections to peers for requests (forwarded HTTP), reused while the peer's
-    /// generation (see [`Health::generation`]) stays the same.
-    peers: Mutex<std::collections::HashMap<NodeId, (u64, Peer)>>,
+    /// Connections to peers for forwarded requests, as many per peer as their open
+    /// streams need (see [`pool`]).
+    forwarding: pool::Pool,
     /// Peers' `Rooms` streams, taken once by the node's data plane.
     rooms: Mutex<Option<mpsc::Receiver<Handed>>>,
     /// Peers' `Forward` streams, taken once by the node's gateway.
@@ -145,7 +146,7 @@ impl Cluster {
             endpoint,
             control,
             health,
-            peers: Default::default(),
+            forwarding: Default::default(),
             rooms: Mutex::new(Some(rooms)),
             forwarded: Mutex::new(Some(forwarded)),
             tasks: Mutex::new(tasks),
@@ -239,30 +240,37 @@ impl Cluster {
         }
     }
 
-    /// A connection to `node`, reused while it lasts (and while the node has not
-    /// restarted or come back from the dead: such a connection may reach nobody).
-    pub async fn peer(&self, node: &NodeId) -> anyhow::Result<Peer> {
+    /// A stream to `node` for a forwarded request, and the lease that holds its place
+    /// on its connection (drop it when the request, or the tunnel it became, ends).
+    /// Connections are reused while they last and while the node has not restarted or
+    /// come back from the dead (such a connection may reach nobody).
+    pub async fn forward_stream(
+        &self,
+        node: &NodeId,
+    ) -> anyhow::Result<(SendStream, RecvStream, pool::Lease)> {
         let generation = self.health.generation(node);
-        if let Some((_, p)) = self
-            .peers
-            .lock()
-            .get(node)
-            .filter(|(g, p)| *g == generation && !p.is_closed())
-        {
-            return Ok(p.clone());
-        }
-        let addr = self
-            .control
-            .state()
-            .nodes
-            .get(node)
-            .map(|n| n.peer_addr)
-            .ok_or_else(|| anyhow::anyhow!("{node} is not a node of this cluster"))?;
-        let p = self.endpoint.connect(node, addr).await?;
-        self.peers
-            .lock()
-            .insert(node.clone(), (generation, p.clone()));
-        Ok(p)
+        let (peer, lease) = match self.forwarding.lend(node, generation) {
+            Some(lent) => lent,
+            None => {
+                let addr = self
+                    .control
+                    .state()
+                    .nodes
+                    .get(node)
+                    .map(|n| n.peer_addr)
+                    .ok_or_else(|| anyhow::anyhow!("{node} is not a node of this cluster"))?;
+                let peer = self.endpoint.connect(node, addr).await?;
+                let lease = self.forwarding.add(node, generation, peer.clone());
+                (peer, lease)
+            }
+        };
+        let (send, recv) = peer.open_raw(Purpose::Forward).await?;
+        Ok((send, recv, lease))
+    }
+
+    /// Connections this node keeps to `node` for forwarded requests.
+    pub fn forward_connections(&self, node: &NodeId) -> usize {
+        self.forwarding.connections(node)
     }
 
     /// Whether this node hears fewer than half the other nodes of a cluster of three

@@ -178,6 +178,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
     )));
     let gateway = Arc::new(Gateway {
         connection_slots,
+        forward_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.forwarded_streams)),
         config,
         addr,
         metrics,
@@ -213,9 +214,11 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         .and_then(|c| c.take_forwarded_streams())
     {
         tasks.spawn(edgeroom_gateway::forward::serve_streams(
-            app.clone(),
+            edgeroom_gateway::forwarded_router(gateway.clone()),
             streams,
             gateway.shutdown_rx(),
+            gateway.config.limits.forwarded_streams,
+            gateway.metrics.clone(),
         ));
     }
     let server = tokio::spawn({

@@ -32,6 +32,14 @@ pub fn routes(node: Arc<Gateway>) -> Router<Arc<Gateway>> {
         .layer(middleware::from_fn_with_state(node, require_key))
 }
 
+/// The one admin route another node may forward: a room's view, asked of the node
+/// that holds the room (the admin key is checked here as on any node).
+pub fn room_view(node: Arc<Gateway>) -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/v1/apps/{app}/rooms/{room}", get(room))
+        .layer(middleware::from_fn_with_state(node, require_key))
+}
+
 fn json(status: StatusCode, v: impl serde::Serialize) -> Response {
     let body = serde_json::to_string(&v).unwrap_or_else(|_| "{}".into());
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()

@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::Gateway;
 use edgeroom_proto::ids::NodeId;
-use edgeroom_transport::{Incoming, Purpose};
+use edgeroom_transport::Incoming;
 
 /// The session id of a new Engine.IO session on `node`.
 pub fn new_sid(node: &Gateway) -> String {
@@ -78,18 +78,27 @@ pub async fn foreign_sessions(
 }
 
 /// Carry `req` to `owner` over the mesh and return its answer (an upgrade becomes a
-/// tunnel).
+/// tunnel). Each forwarded request, and the tunnel it may become, holds one of the
+/// node's `limits.forwarded_streams` places while it lasts.
 pub async fn forward(node: &Gateway, owner: &NodeId, mut req: Request) -> anyhow::Result<Response> {
     let cluster = node
         .cluster
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("not in a cluster"))?;
-    let peer = cluster.peer(owner).await?;
-    let (send, recv) = peer.open_raw(Purpose::Forward).await?;
+    let Ok(place) = node.forward_slots.clone().try_acquire_owned() else {
+        node.metrics.forwards_refused.inc();
+        return Ok(too_many_forwarded());
+    };
+    let (send, recv, lease) = cluster.forward_stream(owner).await?;
+    // The connection's place and the node's are given back when both the HTTP
+    // exchange and the tunnel it may have become are over.
+    let held = Arc::new((place, lease));
     let io = TokioIo::new(tokio::io::join(recv, send));
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(io).await?;
+    let conn_held = held.clone();
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
+        drop(conn_held);
     });
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (parts, body) = req.into_parts();
@@ -102,6 +111,7 @@ pub async fn forward(node: &Gateway, owner: &NodeId, mut req: Request) -> anyhow
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         let tunnel = hyper::upgrade::on(&mut res);
         tokio::spawn(async move {
+            let _held = held;
             let (Ok(client), Ok(tunnel)) = tokio::join!(client_upgrade, tunnel) else {
                 return;
             };
@@ -113,13 +123,24 @@ pub async fn forward(node: &Gateway, owner: &NodeId, mut req: Request) -> anyhow
     Ok(res.map(Body::new))
 }
 
-/// Serve the `Forward` streams peers open (handed over by the cluster's mesh) with this
-/// node's router, each as if its client had connected here, until the node stops; the
-/// streams being served then finish (the node aborts what is left once it has drained).
+/// What a client gets when this node forwards as many requests as it may: Engine.IO's
+/// error shape, so a client backs off and tries again.
+fn too_many_forwarded() -> Response {
+    let body = r#"{"code":4,"message":"too many forwarded requests"}"#;
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
+/// Serve the `Forward` streams peers open (handed over by the cluster's mesh) with
+/// `router` — the node's Engine.IO routes and the room view, nothing else — each as if
+/// its client had connected here, until the node stops; the streams being served then
+/// finish (the node aborts what is left once it has drained). At most `max` are served
+/// at once; a stream beyond it is dropped and counted (its node answers its client).
 pub async fn serve_streams(
     router: Router,
     mut streams: tokio::sync::mpsc::Receiver<(NodeId, Incoming)>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    max: usize,
+    metrics: Arc<edgeroom_host::metrics::Metrics>,
 ) {
     let mut served = tokio::task::JoinSet::new();
     loop {
@@ -130,8 +151,12 @@ pub async fn serve_streams(
             },
             _ = stop.wait_for(|s| *s) => break,
         };
-        served.spawn(serve(router.clone(), incoming));
         while served.try_join_next().is_some() {}
+        if served.len() >= max {
+            metrics.peer_streams_dropped.inc();
+            continue;
+        }
+        served.spawn(serve(router.clone(), incoming));
     }
     drop(streams);
     while served.join_next().await.is_some() {}

@@ -43,19 +43,34 @@ pub fn http_error(status: StatusCode, code: &str, message: impl std::fmt::Displa
         .into_response()
 }
 
-pub fn router(node: Arc<Gateway>) -> Router {
-    let admin = admin::routes(node.clone());
+/// The Engine.IO routes: what clients reach on any node, and all that requests
+/// forwarded from another node reach.
+fn engineio_routes(node: &Gateway) -> Router<Arc<Gateway>> {
     let mut router = Router::new();
     if let Some(path) = &node.config.socketio.engineio_echo_path {
         router = router.route(path, any(engineio_echo));
     }
     router
-        .route("/", get(index))
-        .route("/v1/ws", get(native_ws))
         .route("/socket.io", any(socketio_default))
         .route("/socket.io/", any(socketio_default))
         .route("/apps/{app}/socket.io", any(socketio_app))
         .route("/apps/{app}/socket.io/", any(socketio_app))
+}
+
+/// What a `Forward` stream from another node is served with: the Engine.IO routes of
+/// sessions this node owns, and the room view one node asks another for. Nothing
+/// else of the admin API, and no forwarding onwards.
+pub fn forwarded_router(node: Arc<Gateway>) -> Router {
+    engineio_routes(&node)
+        .merge(admin::room_view(node.clone()))
+        .with_state(node)
+}
+
+pub fn router(node: Arc<Gateway>) -> Router {
+    let admin = admin::routes(node.clone());
+    engineio_routes(&node)
+        .route("/", get(index))
+        .route("/v1/ws", get(native_ws))
         .route("/healthz", get(healthz))
         .route("/v1/route", get(route))
         .route("/metrics", get(metrics))

@@ -34,6 +34,9 @@ pub struct Gateway {
     /// before it is accepted and held while it lives: `limits.max_connections` holds
     /// however many arrive at once.
     pub connection_slots: Arc<Semaphore>,
+    /// One permit per request this node forwards to another (and the tunnel it may
+    /// become), held while it lasts: `limits.forwarded_streams`.
+    pub forward_slots: Arc<Semaphore>,
     pub tokens: TokenKey,
     /// Membership in a cluster; `None` for a standalone node.
     pub cluster: Option<Arc<Cluster>>,

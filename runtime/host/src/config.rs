@@ -217,6 +217,11 @@ pub struct Limits {
     /// before they are folded into a whole save (or the size of the last whole save,
     /// if larger), so a load reads at most about twice the document.
     pub state_append_bytes: usize,
+    /// In a cluster: Engine.IO requests this node forwards to the nodes owning their
+    /// sessions at once, upgraded WebSocket tunnels included (and as many forwarded
+    /// streams it serves for others); beyond it a client gets `503` and it is counted in
+    /// `edgeroom_forwards_refused`.
+    pub forwarded_streams: usize,
 }
 
 impl Default for Limits {
@@ -261,6 +266,7 @@ impl Default for Limits {
             auth_wait_ms: 10_000,
             resume_probe_ms: 1_500,
             state_append_bytes: 64 * 1024,
+            forwarded_streams: 8192,
         }
     }
 }

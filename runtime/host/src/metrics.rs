@@ -50,6 +50,9 @@ pub struct Metrics {
     /// Raft requests (a join, a write, a Raft message) refused because the sender's
     /// certificate names another node than the request claims, or a non-member wrote.
     pub raft_requests_refused: Counter,
+    /// Engine.IO requests not forwarded to their session's node because
+    /// `limits.forwarded_streams` were under way.
+    pub forwards_refused: Counter,
     /// Emits refused because a room had `limits.unconfirmed_replies` answers waiting
     /// for another node to confirm.
     pub emits_unconfirmed_refused: Counter,
@@ -104,6 +107,7 @@ impl Metrics {
         let peer_frames_refused = Family::default();
         let peer_streams_dropped = Counter::default();
         let raft_requests_refused = Counter::default();
+        let forwards_refused = Counter::default();
         let emits_unconfirmed_refused = Counter::default();
         let instances_refused = Family::default();
         let room_creations_refused = Counter::default();
@@ -201,6 +205,11 @@ impl Metrics {
             raft_requests_refused.clone(),
         );
         registry.register(
+            "forwards_refused",
+            "Engine.IO requests not forwarded because too many forwarded requests were under way",
+            forwards_refused.clone(),
+        );
+        registry.register(
             "emits_unconfirmed_refused",
             "Emits refused because their room had too many answers waiting for another node to confirm",
             emits_unconfirmed_refused.clone(),
@@ -258,6 +267,7 @@ impl Metrics {
             peer_frames_refused,
             peer_streams_dropped,
             raft_requests_refused,
+            forwards_refused,
             emits_unconfirmed_refused,
             instances_refused,
             room_creations_refused,

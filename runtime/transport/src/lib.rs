@@ -17,5 +17,7 @@ pub mod wan;
 
 pub use endpoint::{Endpoint, Incoming, Peer, Purpose, Timing, close};
 pub use frame::{FrameError, FrameRx, FrameTx};
+/// The QUIC stream types `Peer::open_raw` and `Incoming::into_raw` give out.
+pub use quinn::{RecvStream, SendStream};
 pub use tls::{ClusterCa, NodeTls};
 pub use wan::{Burst, LinkRule, Wan};

@@ -840,3 +840,88 @@ async fn an_answered_emit_survives_a_kill_of_the_node_that_answered() {
     .await;
     drop(h2);
 }
+
+/// A new Engine.IO session on `node` (polling handshake): its sid.
+async fn engineio_session(http: &reqwest::Client, node: &RunningNode, app: &str) -> String {
+    let url = url(
+        node,
+        &format!("/apps/{app}/socket.io/?EIO=4&transport=polling"),
+    );
+    let open = http.get(&url).send().await.unwrap().text().await.unwrap();
+    let handshake: Value = serde_json::from_str(&open[1..]).unwrap();
+    handshake["sid"].as_str().unwrap().to_string()
+}
+
+/// Socket.IO WebSockets whose sessions live on another node are tunnelled there, each
+/// holding a stream for as long as it lives. Many of them (more than one QUIC
+/// connection takes at once) neither stall nor stall other forwarded requests: the
+/// forwarding node opens more connections. And a forwarded stream reaches only the
+/// Engine.IO routes (and the room view), not the rest of the admin API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_forwarded_tunnels_do_not_stall_other_forwarded_requests() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (_fleet, nodes) = fleet_with_apps().await;
+    let http = reqwest::Client::new();
+    let owner = nodes[1].node.gateway.config.node_id.clone();
+    let cluster = nodes[0].node.gateway.cluster.clone().unwrap();
+    let mut tunnels = Vec::new();
+    for i in 0..150 {
+        let sid = engineio_session(&http, &nodes[1], "echo").await;
+        let ws = format!(
+            "ws://{}/apps/echo/socket.io/?EIO=4&transport=websocket&sid={sid}",
+            nodes[0].addr
+        );
+        let (mut ws, _) =
+            tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(ws))
+                .await
+                .unwrap_or_else(|_| panic!("forwarded upgrade #{i} stalled"))
+                .unwrap();
+        ws.send(Message::text("2probe")).await.unwrap();
+        let pong = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("tunnel #{i} stalled"));
+        assert_eq!(
+            pong.unwrap().unwrap().into_text().unwrap().as_str(),
+            "3probe"
+        );
+        tunnels.push(ws);
+    }
+    assert!(
+        cluster.forward_connections(&owner) >= 3,
+        "150 tunnels on {} connections",
+        cluster.forward_connections(&owner)
+    );
+    // A polling request forwarded while they all stay open is answered at once.
+    let sid = engineio_session(&http, &nodes[1], "echo").await;
+    let post = url(
+        &nodes[0],
+        &format!("/apps/echo/socket.io/?EIO=4&transport=polling&sid={sid}"),
+    );
+    let started = Instant::now();
+    let r = http.post(&post).body("40").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A forwarded stream asking for the cluster's admin view gets 404: that route is
+    // not served to peers.
+    let (mut send, mut recv, _lease) = cluster.forward_stream(&owner).await.unwrap();
+    send.write_all(b"GET /v1/cluster HTTP/1.1\r\nhost: peer\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 404");
+    drop(tunnels);
+    shutdown(nodes).await;
+}
