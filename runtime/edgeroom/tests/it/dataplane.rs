@@ -860,7 +860,6 @@ async fn engineio_session(http: &reqwest::Client, node: &RunningNode, app: &str)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_forwarded_tunnels_do_not_stall_other_forwarded_requests() {
     use futures_util::{SinkExt, StreamExt};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::Message;
 
     let (_fleet, nodes) = fleet_with_apps().await;
