@@ -55,8 +55,11 @@ pub struct Joining {
     pub raft_dir: PathBuf,
     /// The cluster secret a new cluster's voters propose (a random one if `None`).
     pub secret: Option<String>,
-    /// This node's admin key, made valid on every node (its hash is shared).
+    /// This node's admin key, made valid on every node (its salted hash is shared).
     pub admin_key: Option<String>,
+    /// The node clock's wall time at start (ms since the epoch): when a configured
+    /// admin key is recorded as made.
+    pub started_wall_ms: u64,
     /// Where the node serves clients (its client URL unless the config names some).
     pub client_addr: SocketAddr,
     /// Streams for the layers above queued at most per purpose (`Limits::peer_streams`).
@@ -188,7 +191,7 @@ impl Cluster {
             this.write_patiently(Command::InitSecret(secret)).await?;
             this.write_patiently(Command::PutNode(joining.node_id.clone(), info))
                 .await?;
-            this.share_admin_key(joining.admin_key.as_deref()).await?;
+            this.share_admin_key(&joining).await?;
         } else if let Some(seed) = &cluster.join {
             let (node, addr) = parse_peer(seed)?;
             let seed = Member::new(&node, addr);
@@ -202,7 +205,7 @@ impl Cluster {
                     .await
                     .with_context(|| format!("joining the cluster through {seed}"))?;
             }
-            this.share_admin_key(joining.admin_key.as_deref()).await?;
+            this.share_admin_key(&joining).await?;
         }
         let mut applied = control.applied();
         let deadline = tokio::time::Instant::now() + QUORUM_PATIENCE;
@@ -214,16 +217,36 @@ impl Cluster {
         Ok(this)
     }
 
-    /// Make this node's admin key valid on every node (its hash, not the key, is shared).
-    async fn share_admin_key(&self, key: Option<&str>) -> anyhow::Result<()> {
+    /// Make this node's configured admin key valid on every node, as the cluster-wide
+    /// key `node:<this node>` (a salted hash is shared, never the key). Put again when
+    /// the config names another key; a revoked one comes back only with a restart that
+    /// still names it.
+    async fn share_admin_key(&self, joining: &Joining) -> anyhow::Result<()> {
+        let (node, key) = (&joining.node_id, joining.admin_key.as_deref());
         let Some(key) = key else {
             return Ok(());
         };
-        let sha256 = control::state::sha256_hex(key.as_bytes());
-        if self.control.state().admin_keys.contains(&sha256) {
+        let id = format!("node:{node}");
+        if self
+            .control
+            .state()
+            .admin_keys
+            .get(&id)
+            .is_some_and(|k| k.matches(key))
+        {
             return Ok(());
         }
-        self.write_patiently(Command::AddAdminKey { sha256 }).await
+        let mut salt = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt);
+        let record = control::state::AdminKey::new(
+            format!("configured on {node}"),
+            control::state::KeyScope::Cluster,
+            key,
+            hex::encode(salt),
+            joining.started_wall_ms,
+        );
+        self.write_patiently(Command::PutAdminKey { id, key: record })
+            .await
     }
 
     /// A write that waits out a missing quorum (other voters still starting).

@@ -66,6 +66,35 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Admin keys: list, create (for the cluster or one app), revoke, rotate.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Admin key (or EDGEROOM_ADMIN_KEY): a cluster-wide one.
+        #[arg(long, global = true, env = "EDGEROOM_ADMIN_KEY")]
+        key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Every admin key: id, name, scope, when made (never a secret).
+    List,
+    /// Make a key; its secret is printed once and kept nowhere.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// The one app the key may manage (deploys, settings, rooms); default: all.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Revoke a key on every node.
+    Revoke { id: String },
+    /// Make a new key with the same name and scope as `id`, print it, then revoke `id`
+    /// (give the new key to its users before).
+    Rotate { id: String },
 }
 
 #[derive(Subcommand)]
@@ -158,7 +187,114 @@ fn main() -> anyhow::Result<()> {
                 rt.block_on(cluster_status(&url, key.as_deref()))
             }
         },
+        Command::Keys { command, url, key } => rt.block_on(keys(command, &url, key.as_deref())),
     }
+}
+
+/// One admin API call about keys: its JSON answer, or why it failed.
+async fn keys_call(
+    method: reqwest::Method,
+    url: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let endpoint = format!("{}{path}", url.trim_end_matches('/'));
+    let mut req = admin_request(method.clone(), &endpoint, key);
+    if let Some(body) = body {
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("{method} {endpoint}"))?;
+    let status = resp.status();
+    let text = resp.text().await.context("reading the answer")?;
+    anyhow::ensure!(status.is_success(), "{endpoint} answered {status}: {text}");
+    serde_json::from_str(&text).with_context(|| format!("{endpoint} answered {text:?}"))
+}
+
+async fn keys(command: KeysCommand, url: &str, key: Option<&str>) -> anyhow::Result<()> {
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let print_made = |made: &serde_json::Value| {
+        println!(
+            "made {} ({}, scope {}): {}",
+            text(&made["id"]),
+            text(&made["name"]),
+            text(&made["scope"]),
+            text(&made["key"])
+        );
+    };
+    let list = || keys_call(reqwest::Method::GET, url, "/v1/keys", key, None);
+    match command {
+        KeysCommand::List => {
+            for k in list().await?["keys"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\tscope {}\tmade {}",
+                    text(&k["id"]),
+                    text(&k["name"]),
+                    text(&k["scope"]),
+                    k["created_ms"]
+                );
+            }
+        }
+        KeysCommand::Create { name, app } => {
+            let made = keys_call(
+                reqwest::Method::POST,
+                url,
+                "/v1/keys",
+                key,
+                Some(serde_json::json!({"name": name, "app": app})),
+            )
+            .await?;
+            print_made(&made);
+        }
+        KeysCommand::Revoke { id } => {
+            keys_call(
+                reqwest::Method::DELETE,
+                url,
+                &format!("/v1/keys/{id}"),
+                key,
+                None,
+            )
+            .await?;
+            println!("revoked {id}");
+        }
+        KeysCommand::Rotate { id } => {
+            let all = list().await?;
+            let old = all["keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|k| k["id"] == id.as_str())
+                .ok_or_else(|| anyhow::anyhow!("no admin key {id}"))?;
+            let app = match text(&old["scope"]).as_str() {
+                "cluster" => None,
+                app => Some(app.to_owned()),
+            };
+            let made = keys_call(
+                reqwest::Method::POST,
+                url,
+                "/v1/keys",
+                key,
+                Some(serde_json::json!({"name": old["name"], "app": app})),
+            )
+            .await?;
+            print_made(&made);
+            keys_call(
+                reqwest::Method::DELETE,
+                url,
+                &format!("/v1/keys/{id}"),
+                key,
+                None,
+            )
+            .await?;
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
 }
 
 fn read_config(path: &std::path::Path) -> anyhow::Result<NodeConfig> {

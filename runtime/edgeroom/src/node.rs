@@ -13,6 +13,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use edgeroom_cluster::{Cluster, Joining};
 use edgeroom_gateway::Gateway;
+use edgeroom_host::admin_keys::AdminKeys;
 use edgeroom_host::apps::Apps;
 use edgeroom_host::clock::Clock;
 use edgeroom_host::config::NodeConfig;
@@ -97,6 +98,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
                 raft_dir: config.data_dir.join("raft"),
                 secret: config.secret.clone(),
                 admin_key: config.admin_key.clone(),
+                started_wall_ms: clock.wall_ms(),
                 client_addr: addr,
                 handoff_queue: config.limits.peer_streams,
                 handoff_dropped: metrics.peer_streams_dropped.clone(),
@@ -154,6 +156,17 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
             TokenKey::new(secret)
         }
     };
+    let admin_keys = match &cluster {
+        Some(c) => AdminKeys::Cluster(c.clone()),
+        None => AdminKeys::Local(store.clone()),
+    };
+    admin_keys
+        .keep_configured(
+            config.node_id.as_str(),
+            config.admin_key.as_deref(),
+            clock.wall_ms(),
+        )
+        .await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let rooms = Rooms::new(RoomEnv {
         node: config.node_id.clone(),
@@ -187,6 +200,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         sessions,
         engine: Default::default(),
         tokens,
+        admin_keys,
         cluster,
         replicator,
         shutdown: shutdown.subscribe(),

@@ -1,4 +1,6 @@
-//! The admin API: deploy handlers, look at apps and rooms. Bearer key, or open in dev mode.
+//! The admin API: deploy handlers, look at apps and rooms, manage admin keys. Bearer
+//! key (see `edgeroom_host::admin_keys`), scoped to the cluster or one app; open in dev
+//! mode without a key.
 
 use std::sync::Arc;
 
@@ -9,10 +11,12 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{delete, get, put};
 
 use super::http_error;
 use crate::Gateway;
+use edgeroom_cluster::control::state::KeyScope;
+use edgeroom_host::admin_keys::KeyError;
 use edgeroom_host::apps::DeployError;
 use edgeroom_host::room::RoomKey;
 use edgeroom_proto::app::AppConfig;
@@ -29,6 +33,8 @@ pub fn routes(node: Arc<Gateway>) -> Router<Arc<Gateway>> {
         .route("/v1/apps/{app}/config", put(configure))
         .route("/v1/apps/{app}/rooms/{room}", get(room))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/keys", get(list_keys).post(create_key))
+        .route("/v1/keys/{id}", delete(revoke_key))
         .layer(middleware::from_fn_with_state(node, require_key))
 }
 
@@ -45,9 +51,9 @@ fn json(status: StatusCode, v: impl serde::Serialize) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// Constant-time comparison, so the key cannot be guessed byte by byte from timing.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The app a request's path is about (`/v1/apps/{app}/...`), if any.
+fn app_of(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/apps/")?.split('/').next()
 }
 
 async fn require_key(State(node): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
@@ -60,27 +66,98 @@ async fn require_key(State(node): State<Arc<Gateway>>, req: Request, next: Next)
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let mine = node.config.admin_key.as_deref();
-    // In a cluster, a key configured on any node works on every node: the control
-    // plane holds their hashes (compared as hashes, so timing reveals nothing useful).
-    let clusters = |g: &str| {
-        node.cluster.as_ref().is_some_and(|c| {
-            c.control
-                .state()
-                .admin_keys
-                .contains(&edgeroom_cluster::control::state::sha256_hex(g.as_bytes()))
-        })
-    };
-    match given {
-        Some(g) if mine.is_some_and(|k| same(g.as_bytes(), k.as_bytes())) || clusters(g) => {
-            next.run(req).await
-        }
-        Some(_) => http_error(StatusCode::UNAUTHORIZED, "unauthorized", "wrong admin key"),
-        None => http_error(
+    let Some(given) = given else {
+        return http_error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing `Authorization: Bearer <admin key>`",
+        );
+    };
+    // Admin keys are few and the check is a hash: on the blocking pool, not the
+    // reactor (a local store is read from disk).
+    let keys = node.admin_keys.clone();
+    let presented = given.to_owned();
+    let scope = tokio::task::spawn_blocking(move || keys.check(&presented))
+        .await
+        .ok()
+        .flatten();
+    match scope {
+        Some(KeyScope::Cluster) => next.run(req).await,
+        Some(KeyScope::App(app)) if app_of(req.uri().path()) == Some(app.as_str()) => {
+            next.run(req).await
+        }
+        Some(KeyScope::App(app)) => http_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this key is for app {app} only"),
         ),
+        None => http_error(StatusCode::UNAUTHORIZED, "unauthorized", "wrong admin key"),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    name: String,
+    /// The one app the key may manage; none: the whole cluster.
+    app: Option<String>,
+}
+
+fn key_error(e: KeyError) -> Response {
+    match e {
+        KeyError::Unknown(_) => http_error(StatusCode::NOT_FOUND, "unknown_key", e),
+        KeyError::TooMany => http_error(StatusCode::CONFLICT, "too_many_keys", e),
+        KeyError::Unavailable(_) => http_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    }
+}
+
+/// `GET /v1/keys`: every admin key (id, name, scope, when made), never a secret.
+async fn list_keys(State(node): State<Arc<Gateway>>) -> Response {
+    match node.admin_keys.list() {
+        Ok(keys) => json(StatusCode::OK, serde_json::json!({ "keys": keys })),
+        Err(e) => key_error(e),
+    }
+}
+
+/// `POST /v1/keys {"name", "app"?}`: a new key, shown this once.
+async fn create_key(
+    State(node): State<Arc<Gateway>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let new = match body
+        .map_err(|e| e.body_text())
+        .and_then(|b| serde_json::from_slice::<NewKey>(&b).map_err(|e| e.to_string()))
+    {
+        Ok(n) => n,
+        Err(e) => return http_error(StatusCode::BAD_REQUEST, "bad_key", e),
+    };
+    if new.name.is_empty() || new.name.len() > 128 {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "bad_key",
+            "a key's name is 1 to 128 bytes",
+        );
+    }
+    let scope = match new.app.as_deref().map(AppName::new).transpose() {
+        Ok(Some(app)) => KeyScope::App(app),
+        Ok(None) => KeyScope::Cluster,
+        Err(e) => return bad_name(e),
+    };
+    match node
+        .admin_keys
+        .create(new.name, scope, node.clock.wall_ms())
+        .await
+    {
+        Ok(made) => json(StatusCode::CREATED, made),
+        Err(e) => key_error(e),
+    }
+}
+
+/// `DELETE /v1/keys/{id}`: the key stops working on every node.
+async fn revoke_key(State(node): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+    match node.admin_keys.revoke(&id).await {
+        Ok(()) => json(StatusCode::OK, serde_json::json!({ "revoked": id })),
+        Err(e) => key_error(e),
     }
 }
 

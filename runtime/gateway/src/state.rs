@@ -38,6 +38,8 @@ pub struct Gateway {
     /// become), held while it lasts: `limits.forwarded_streams`.
     pub forward_slots: Arc<Semaphore>,
     pub tokens: TokenKey,
+    /// Who may use the admin API, and for what.
+    pub admin_keys: edgeroom_host::admin_keys::AdminKeys,
     /// Membership in a cluster; `None` for a standalone node.
     pub cluster: Option<Arc<Cluster>>,
     /// The data plane's links to the other nodes (with `cluster`).

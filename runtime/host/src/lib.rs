@@ -11,6 +11,7 @@
 //! queue what members are sent into bounded outboxes and never wait on a client; the
 //! gateway above turns sockets into room commands and outboxes into frames.
 
+pub mod admin_keys;
 pub mod apps;
 pub mod clock;
 pub mod config;

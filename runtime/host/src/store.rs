@@ -3,11 +3,13 @@
 //! Blocking: callers on async tasks go through `spawn_blocking`. The cluster moves the
 //! registry into the Raft state machine; room documents stay here.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use edgeroom_cluster::control::state::AdminKey;
 use edgeroom_proto::app::AppConfig;
 use edgeroom_proto::ids::{AppName, RoomId};
 
@@ -25,6 +27,8 @@ const ROOM_CHANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("room_ch
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// Node-wide secrets that must survive restarts (a standalone node's resume-token key).
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// A standalone node's admin keys: id → the record as JSON (salted hashes only).
+const ADMIN_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("admin_keys");
 
 /// One deployed handler version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +73,7 @@ impl Store {
         txn.open_table(ROOM_CHANGES)?;
         txn.open_table(COUNTERS)?;
         txn.open_table(SECRETS)?;
+        txn.open_table(ADMIN_KEYS)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -189,6 +194,38 @@ impl Store {
         };
         txn.commit()?;
         Ok(secret)
+    }
+
+    /// A standalone node's admin keys by id.
+    pub fn admin_keys(&self) -> anyhow::Result<BTreeMap<String, AdminKey>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ADMIN_KEYS)?;
+        let mut keys = BTreeMap::new();
+        for row in table.iter()? {
+            let (id, record) = row?;
+            keys.insert(
+                id.value().to_owned(),
+                serde_json::from_slice(record.value())?,
+            );
+        }
+        Ok(keys)
+    }
+
+    /// Add or replace an admin key.
+    pub fn put_admin_key(&self, id: &str, key: &AdminKey) -> anyhow::Result<()> {
+        let record = serde_json::to_vec(key)?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(ADMIN_KEYS)?.insert(id, record.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Remove an admin key; false if there was none of that id.
+    pub fn remove_admin_key(&self, id: &str) -> anyhow::Result<bool> {
+        let txn = self.db.begin_write()?;
+        let removed = txn.open_table(ADMIN_KEYS)?.remove(id)?.is_some();
+        txn.commit()?;
+        Ok(removed)
     }
 
     /// A counter's value (0 if never set).

@@ -4,7 +4,7 @@
 //! everything here must be deterministic: no clocks, no randomness, no I/O. The
 //! Raft storage (`store`) feeds committed commands in; the node reads the result.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,63 @@ pub struct NodeInfo {
     pub client_urls: Vec<String>,
     pub lat: f64,
     pub lon: f64,
+}
+
+/// An admin key as every node keeps it: never the key, only a salted hash of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminKey {
+    /// What the operator called it (shown in listings).
+    pub name: String,
+    pub scope: KeyScope,
+    /// Random, per key (hex), so equal keys hash differently and a table of hashes
+    /// cannot be looked up in bulk.
+    pub salt: String,
+    /// sha256 over the salt and the key (hex).
+    pub hash: String,
+    /// When it was made (wall clock, ms since the epoch; only shown).
+    pub created_ms: u64,
+}
+
+/// What an admin key may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyScope {
+    /// Everything: every app, the cluster's status, the keys themselves.
+    Cluster,
+    /// One app's deploys, settings and rooms.
+    App(AppName),
+}
+
+impl AdminKey {
+    /// A record of `key` under a fresh `salt` (16 random bytes or more, hex).
+    pub fn new(name: String, scope: KeyScope, key: &str, salt: String, created_ms: u64) -> Self {
+        let hash = salted_sha256(&salt, key);
+        Self {
+            name,
+            scope,
+            salt,
+            hash,
+            created_ms,
+        }
+    }
+
+    /// Whether `key` is this key. Compared in constant time.
+    pub fn matches(&self, key: &str) -> bool {
+        let given = salted_sha256(&self.salt, key);
+        given.len() == self.hash.len()
+            && given
+                .bytes()
+                .zip(self.hash.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+fn salted_sha256(salt: &str, key: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(salt.as_bytes());
+    h.update([0]);
+    h.update(key.as_bytes());
+    hex::encode(h.finalize())
 }
 
 /// One deployed handler version of an app.
@@ -52,8 +109,8 @@ pub struct ControlState {
     pub apps: BTreeMap<AppName, AppState>,
     /// Handler components by sha256: a version names its bytes, equal bytes are stored once.
     pub blobs: BTreeMap<String, Vec<u8>>,
-    /// sha256 (hex) of each admin key; the keys themselves are never stored.
-    pub admin_keys: BTreeSet<String>,
+    /// Admin keys by id (salted hashes; the keys themselves are never stored).
+    pub admin_keys: BTreeMap<String, AdminKey>,
     /// Signs resume tokens, so a token from one node verifies on every other (hex).
     pub secret: Option<String>,
     /// A running digest of every log entry applied so far (see [`chain`]): two nodes
@@ -87,8 +144,15 @@ pub enum Command {
         app: AppName,
         config: AppConfig,
     },
-    AddAdminKey {
-        sha256: String,
+    /// Add an admin key, or replace the one of that id (a node's configured key is
+    /// kept as `node:<node>`, put again when the config changes it).
+    PutAdminKey {
+        id: String,
+        key: AdminKey,
+    },
+    /// Revoke an admin key: it stops working on every node as they apply this.
+    RevokeAdminKey {
+        id: String,
     },
     /// Set once, when the cluster is created; later attempts keep the first.
     InitSecret(String),
@@ -108,6 +172,7 @@ pub enum Response {
         current: u64,
     },
     UnknownApp,
+    UnknownKey,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -132,10 +197,14 @@ impl ControlState {
                 self.apps.entry(app).or_default().config = config;
                 Response::Done
             }
-            Command::AddAdminKey { sha256 } => {
-                self.admin_keys.insert(sha256);
+            Command::PutAdminKey { id, key } => {
+                self.admin_keys.insert(id, key);
                 Response::Done
             }
+            Command::RevokeAdminKey { id } => match self.admin_keys.remove(&id) {
+                Some(_) => Response::Done,
+                None => Response::UnknownKey,
+            },
             Command::InitSecret(secret) => {
                 self.secret.get_or_insert(secret);
                 Response::Done
@@ -242,6 +311,28 @@ mod tests {
         s.apply(Command::InitSecret("aa".into()));
         s.apply(Command::InitSecret("bb".into()));
         assert_eq!(s.secret.as_deref(), Some("aa"));
+    }
+
+    #[test]
+    fn admin_keys_are_salted_and_revocable() {
+        let a = AdminKey::new("a".into(), KeyScope::Cluster, "k", "01".into(), 0);
+        let b = AdminKey::new("b".into(), KeyScope::Cluster, "k", "02".into(), 0);
+        assert_ne!(
+            a.hash, b.hash,
+            "equal keys under different salts hash apart"
+        );
+        assert!(a.matches("k") && b.matches("k"));
+        assert!(!a.matches("K") && !a.matches("") && !a.matches("kk"));
+        let mut s = ControlState::default();
+        s.apply(Command::PutAdminKey {
+            id: "x".into(),
+            key: a,
+        });
+        assert!(s.admin_keys.contains_key("x"));
+        let revoke = || Command::RevokeAdminKey { id: "x".into() };
+        assert_eq!(s.apply(revoke()), Response::Done);
+        assert_eq!(s.apply(revoke()), Response::UnknownKey);
+        assert!(s.admin_keys.is_empty());
     }
 
     #[test]
