@@ -222,6 +222,10 @@ pub struct Limits {
     /// streams it serves for others); beyond it a client gets `503` and it is counted in
     /// `edgeroom_forwards_refused`.
     pub forwarded_streams: usize,
+    /// Largest a room's state may grow, in bytes of its JSON (what a joining member is
+    /// sent): a handler write that would take it past is refused (the handler's call
+    /// returns an error) and counted (`edgeroom_handler_errors{kind="state_full"}`).
+    pub state_max_bytes: usize,
 }
 
 impl Default for Limits {
@@ -267,6 +271,7 @@ impl Default for Limits {
             resume_probe_ms: 1_500,
             state_append_bytes: 64 * 1024,
             forwarded_streams: 8192,
+            state_max_bytes: 2 * 1024 * 1024,
         }
     }
 }

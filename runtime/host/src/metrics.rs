@@ -53,6 +53,9 @@ pub struct Metrics {
     /// Engine.IO requests not forwarded to their session's node because
     /// `limits.forwarded_streams` were under way.
     pub forwards_refused: Counter,
+    /// Room documents rebuilt without their history (standalone rooms whose history
+    /// outweighed their content).
+    pub state_compactions: Counter,
     /// Emits refused because a room had `limits.unconfirmed_replies` answers waiting
     /// for another node to confirm.
     pub emits_unconfirmed_refused: Counter,
@@ -108,6 +111,7 @@ impl Metrics {
         let peer_streams_dropped = Counter::default();
         let raft_requests_refused = Counter::default();
         let forwards_refused = Counter::default();
+        let state_compactions = Counter::default();
         let emits_unconfirmed_refused = Counter::default();
         let instances_refused = Family::default();
         let room_creations_refused = Counter::default();
@@ -210,6 +214,11 @@ impl Metrics {
             forwards_refused.clone(),
         );
         registry.register(
+            "state_compactions",
+            "Room documents rebuilt without their history",
+            state_compactions.clone(),
+        );
+        registry.register(
             "emits_unconfirmed_refused",
             "Emits refused because their room had too many answers waiting for another node to confirm",
             emits_unconfirmed_refused.clone(),
@@ -268,6 +277,7 @@ impl Metrics {
             peer_streams_dropped,
             raft_requests_refused,
             forwards_refused,
+            state_compactions,
             emits_unconfirmed_refused,
             instances_refused,
             room_creations_refused,

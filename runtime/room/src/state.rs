@@ -367,6 +367,114 @@ impl RoomDoc {
         })
     }
 
+    /// The same content without its history: what a room that has no other replica
+    /// keeps once history outweighs content (a chat list that keeps 100 messages holds
+    /// every message ever sent in its history). Containers and counters that a path's
+    /// genesis changes made are made by those changes again, so a replica's later
+    /// genesis changes still merge into them; everything else is copied as is, in one
+    /// change. Counters stay counters.
+    pub fn compacted(&self) -> Result<RoomDoc, String> {
+        let mut fresh = RoomDoc::new();
+        fresh.copy_object(&self.doc, &ROOT, &ROOT, &mut Vec::new(), true)?;
+        fresh.doc.commit_with(CommitOptions::default().with_time(0));
+        debug_assert_eq!(
+            fresh.to_json(),
+            self.to_json(),
+            "compaction changed the content"
+        );
+        Ok(fresh)
+    }
+
+    /// Copy the children of `from` in `src` into `to` here. `path` is where `from` is;
+    /// `shared`: whether every step of it is a genesis map.
+    fn copy_object(
+        &mut self,
+        src: &AutoCommit,
+        from: &ObjId,
+        to: &ObjId,
+        path: &mut Vec<String>,
+        shared: bool,
+    ) -> Result<(), String> {
+        let props: Vec<Prop> = match src.object_type(from).map_err(err)? {
+            ObjType::Map | ObjType::Table => src.keys(from).map(Prop::Map).collect(),
+            ObjType::List | ObjType::Text => (0..src.length(from)).map(Prop::Seq).collect(),
+        };
+        for prop in props {
+            let Some((value, id)) = src.get(from, prop.clone()).map_err(err)? else {
+                continue;
+            };
+            path.push(match &prop {
+                Prop::Map(k) => k.clone(),
+                Prop::Seq(i) => i.to_string(),
+            });
+            // Only a map's children can be genesis objects (list items never are).
+            let shared = shared && matches!(prop, Prop::Map(_));
+            self.copy_value(src, value, &id, to, prop, path, shared)?;
+            path.pop();
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_value(
+        &mut self,
+        src: &AutoCommit,
+        value: Value<'_>,
+        id: &ObjId,
+        to: &ObjId,
+        prop: Prop,
+        path: &mut Vec<String>,
+        shared: bool,
+    ) -> Result<(), String> {
+        let segs: Vec<String> = path.clone();
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        match value {
+            Value::Object(kind @ (ObjType::Map | ObjType::Table | ObjType::List)) => {
+                let leaf = if kind == ObjType::List {
+                    Leaf::List
+                } else {
+                    Leaf::Map
+                };
+                let genesis = shared && is_genesis(id, &segs, leaf);
+                let made = match genesis {
+                    true => self.genesis(&segs.join("/"), leaf, to, &prop)?,
+                    false => None,
+                };
+                let child = match (made, &prop) {
+                    (Some(child), _) => child,
+                    (None, Prop::Seq(i)) => self.doc.insert_object(to, *i, kind).map_err(err)?,
+                    (None, Prop::Map(k)) => {
+                        self.doc.put_object(to, k.as_str(), kind).map_err(err)?
+                    }
+                };
+                self.copy_object(src, id, &child, path, genesis && leaf == Leaf::Map)
+            }
+            Value::Object(ObjType::Text) => {
+                let text = ScalarValue::Str(src.text(id).map_err(err)?.into());
+                self.put_scalar(to, prop, text)
+            }
+            Value::Scalar(s) => match s.as_ref() {
+                ScalarValue::Counter(c) if shared && is_genesis(id, &segs, Leaf::Counter) => {
+                    self.genesis(&segs.join("/"), Leaf::Counter, to, &prop)?;
+                    let n = i64::from(c);
+                    if n != 0 {
+                        self.doc.increment(to, prop, n).map_err(err)?;
+                    }
+                    Ok(())
+                }
+                other => self.put_scalar(to, prop, other.clone()),
+            },
+        }
+    }
+
+    fn put_scalar(&mut self, to: &ObjId, prop: Prop, value: ScalarValue) -> Result<(), String> {
+        match prop {
+            Prop::Seq(i) => self.doc.insert(to, i, value),
+            Prop::Map(k) => self.doc.put(to, k.as_str(), value),
+        }
+        .map_err(err)
+    }
+
     /// This document's changes that are not among `heads` or their ancestors, encoded:
     /// what a replica sends its peers after it changed the document.
     pub fn changes_since(&mut self, heads: &[ChangeHash]) -> Vec<Vec<u8>> {
@@ -797,6 +905,50 @@ mod tests {
                 .receive_sync(&mut sync::State::new(), b"junk")
                 .is_err()
         );
+    }
+
+    /// A chat that keeps its last 100 messages: history grows with every message ever
+    /// sent, content does not. Compacted, the document keeps the content, its counters
+    /// stay counters, and first writes another replica makes later (genesis changes)
+    /// still land in the same containers.
+    #[test]
+    fn compaction_drops_history_and_keeps_content_and_shared_containers() {
+        let mut d = RoomDoc::new();
+        d.put("owner", &json!({"name": "ann", "since": 1.5}))
+            .unwrap();
+        d.increment("stats/sent", 0).unwrap();
+        d.push("odd", &json!([1, {"a/b": null}])).unwrap();
+        for i in 0..1_000 {
+            d.push(
+                "messages",
+                &json!({"text": format!("message {i} with some words")}),
+            )
+            .unwrap();
+            if i >= 100 {
+                d.delete("messages/0").unwrap();
+            }
+            d.increment("stats/sent", 1).unwrap();
+        }
+        d.put("local", &json!({"n": 1})).unwrap();
+        let before = d.save().len();
+        let mut c = d.compacted().unwrap();
+        assert_eq!(c.to_json(), d.to_json());
+        let after = c.save().len();
+        assert!(after * 5 < before, "{before} bytes before, {after} after");
+
+        // Still counters, still the shared ones: another replica's first increment of
+        // `stats/sent` and first push to `messages` merge into them.
+        c.increment("stats/sent", 1).unwrap();
+        let mut other = RoomDoc::new();
+        other.increment("stats/sent", 5).unwrap();
+        other.push("messages", &json!("from elsewhere")).unwrap();
+        c.apply_changes(&other.changes_since(&[])).unwrap();
+        assert_eq!(c.get("stats/sent").unwrap(), Some(json!(1_006)));
+        let messages = c.get("messages").unwrap().unwrap();
+        assert_eq!(messages.as_array().unwrap().len(), 101, "{messages}");
+        // And it loads as any saved document does.
+        let loaded = RoomDoc::load(&c.save()).unwrap();
+        assert_eq!(loaded.to_json(), c.to_json());
     }
 
     #[test]

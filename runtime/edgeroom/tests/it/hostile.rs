@@ -590,3 +590,87 @@ async fn a_client_that_stops_reading_holds_a_bounded_number_of_bytes() {
         }
     }
 }
+
+/// A room's state is bounded in bytes (`limits.state_max_bytes`): a handler write that
+/// would take it past is refused — the handler's call gets the error, the client the
+/// handler's answer — and counted; deleting makes room again (before: no bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_state_is_bounded_in_bytes() {
+    use crate::common::{Client, metric};
+    use serde_json::json;
+    let node = TestNode::start_with(|c| c.limits.state_max_bytes = 64 * 1024).await;
+    let mut c = Client::connect(node.addr, "fixture", "json").await;
+    assert_eq!(c.join("h", json!(null)).await["ok"], true);
+    let hoard = |key: &str| json!({"key": key, "bytes": 10_000});
+    for i in 0..6 {
+        let r = c.emit("h", "hoard", hoard(&format!("k{i}"))).await;
+        assert_eq!(r["data"], "kept", "{r}");
+    }
+    let r = c.emit("h", "hoard", hoard("k6")).await;
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("over 65536 bytes"), "{r}");
+    let state = node.room("fixture", "h").await["state"].to_string();
+    assert!(state.len() <= 64 * 1024, "{} bytes of state", state.len());
+    assert!(
+        metric(
+            &node.metrics().await,
+            "edgeroom_handler_errors_total{kind=\"state_full\"}"
+        ) >= 1.0
+    );
+    // A replacement of the same size fits; a delete makes room for another.
+    assert_eq!(c.emit("h", "hoard", hoard("k0")).await["data"], "kept");
+    assert_eq!(
+        c.emit("h", "drop", json!({"key": "k1"})).await["data"],
+        "dropped"
+    );
+    assert_eq!(c.emit("h", "hoard", hoard("k6")).await["data"], "kept");
+}
+
+/// A standalone room whose history outweighs its content is kept without it: 2,000
+/// pushes to a list that keeps 100 are compacted (counted), the content is the same,
+/// members patched along the way still hold the room's state, and the room goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_rooms_history_is_compacted() {
+    use crate::common::{Client, metric};
+    use serde_json::json;
+    let node = TestNode::start().await;
+    let mut watcher = Client::connect(node.addr, "fixture", "json").await;
+    watcher.join("log", json!(null)).await;
+    let mut c = Client::connect(node.addr, "fixture", "json").await;
+    assert_eq!(c.join("log", json!(null)).await["ok"], true);
+    let compactions =
+        || async { metric(&node.metrics().await, "edgeroom_state_compactions_total") };
+    // Text that does not compress (a saved document deflates its columns): what grows
+    // is the history itself.
+    let line = |i: u64| {
+        let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i << 29);
+        format!("{i} {x:016x}{:016x}", x.rotate_left(17).wrapping_mul(31))
+    };
+    for i in 0..2_000 {
+        let r = c.emit("log", "keep", json!({"text": line(i)})).await;
+        assert!(r["data"].is_number(), "{r}");
+        if i % 100 == 0 {
+            while let Some(f) = watcher.try_recv(Duration::from_millis(1)).await {
+                watcher.apply_state(&f);
+            }
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while compactions().await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "never compacted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.emit("log", "keep", json!({"text": "after"})).await;
+    while let Some(f) = watcher.try_recv(Duration::from_millis(300)).await {
+        watcher.apply_state(&f);
+    }
+    let room = node.room("fixture", "log").await["state"].clone();
+    let log = room["log"].as_array().unwrap();
+    assert_eq!(log.len(), 100);
+    assert_eq!(log[99]["text"], "after");
+    assert_eq!(log[0]["text"], line(1901));
+    assert_eq!(
+        watcher.states["log"], room,
+        "a patched member holds the room's state"
+    );
+}

@@ -26,6 +26,10 @@ use edgeroom_sandbox::{Call, Failure, Returned, Slot};
 
 /// Kicks that cause kicks are followed this many rounds deep, no more.
 const MAX_KICK_ROUNDS: usize = 8;
+/// A standalone room's saved document is compacted once it is over twice its content
+/// plus this: compaction costs about one pass over the content, and saves (where it
+/// is checked) come only after `limits.state_append_bytes` of changes.
+const COMPACT_SLACK: usize = 4096;
 /// Unsaved document changes are written at most this often.
 const SAVE_EVERY_MS: u64 = 1000;
 
@@ -119,6 +123,8 @@ pub(super) fn spawn(
         world.max_presence_bytes = env.limits.max_presence_bytes;
         world.min_timer_ms = env.limits.min_timer_ms;
         world.log_lines_per_sec = env.limits.handler_log_lines_per_sec;
+        world.max_state_bytes = env.limits.state_max_bytes;
+        world.count_state_bytes();
         if replica.is_some() {
             world.outgoing = Some(Outgoing::default());
         }
@@ -857,7 +863,25 @@ impl Actor {
             return;
         }
         self.appended_bytes = 0;
-        let bytes = self.world().doc.save();
+        let content = self.world().count_state_bytes();
+        let mut bytes = self.world().doc.save();
+        // With no other replica, no one needs the history: once it outweighs the
+        // content, the document is kept (and saved) without it.
+        let heavy = content.saturating_mul(2).saturating_add(COMPACT_SLACK);
+        if self.replica.is_none() && bytes.len() > heavy {
+            match self.world().doc.compacted() {
+                Ok(mut doc) => {
+                    let was = bytes.len();
+                    bytes = doc.save();
+                    self.world().replace_doc(doc);
+                    self.rooms.env().metrics.state_compactions.inc();
+                    tracing::debug!(room = %self.key.room, was, now = bytes.len(), "compacted the room's document");
+                }
+                Err(e) => {
+                    tracing::warn!(room = %self.key.room, "could not compact the room's document: {e}")
+                }
+            }
+        }
         self.saved_bytes = bytes.len();
         self.world().unsaved = false;
         self.last_save_ms = self.rooms.env().clock.mono_ms();

@@ -97,6 +97,12 @@ pub struct World {
     /// and the lines written in the current second (which second, by `now_ms`).
     pub log_lines_per_sec: u32,
     log_window: (u64, u32),
+    /// Largest the document may grow, in bytes of its JSON (`limits.state_max_bytes`):
+    /// a handler write that would take it past is refused.
+    pub max_state_bytes: usize,
+    /// The document's size in bytes of JSON: counted exactly now and then
+    /// ([`World::count_state_bytes`]), estimated from each write in between.
+    state_bytes: usize,
 }
 
 impl World {
@@ -134,6 +140,62 @@ impl World {
             min_timer_ms: 0,
             log_lines_per_sec: u32::MAX,
             log_window: (0, 0),
+            max_state_bytes: usize::MAX,
+            state_bytes: 0,
+        }
+    }
+
+    /// Count the document's size exactly (O(document): on load, at saves, and when an
+    /// estimate says a write would not fit). Changes merged from other replicas are
+    /// not estimated; this catches them up.
+    pub fn count_state_bytes(&mut self) -> usize {
+        self.state_bytes = self.doc.to_json().to_string().len();
+        self.state_bytes
+    }
+
+    /// Make room for a write that adds `adds` bytes of JSON and removes `removes`:
+    /// refused (and counted) if it would take the document past `max_state_bytes`.
+    /// A write that shrinks the document is always let through.
+    fn make_room(&mut self, adds: usize, removes: usize) -> Result<(), String> {
+        let fits = |bytes: usize| bytes.saturating_sub(removes).saturating_add(adds);
+        if adds <= removes || fits(self.state_bytes) <= self.max_state_bytes {
+            self.state_bytes = fits(self.state_bytes);
+            return Ok(());
+        }
+        // The estimate errs high after a write that then failed, and low after changes
+        // merged from other replicas: count before refusing.
+        let exact = fits(self.count_state_bytes());
+        if exact > self.max_state_bytes {
+            self.metrics.handler_error("state_full");
+            return Err(format!(
+                "the room's state would be over {} bytes (limits.state_max_bytes): delete something first",
+                self.max_state_bytes
+            ));
+        }
+        self.state_bytes = exact;
+        Ok(())
+    }
+
+    /// Bytes of JSON at `path` now (0 if nothing is there).
+    fn bytes_at(&self, path: &str) -> usize {
+        self.doc
+            .get(path)
+            .ok()
+            .flatten()
+            .map_or(0, |v| v.to_string().len())
+    }
+
+    /// Replace the document with a compacted copy of it (same content, no history):
+    /// members hold the same JSON, so what they are shown next starts from here.
+    pub fn replace_doc(&mut self, doc: RoomDoc) {
+        debug_assert_eq!(
+            doc.to_json(),
+            self.doc.to_json(),
+            "a replacement changes content"
+        );
+        self.doc = doc;
+        if self.state_shown.is_some() {
+            self.state_shown = Some(self.doc.heads());
         }
     }
 
@@ -555,25 +617,37 @@ impl RoomApi for World {
         self.doc.get(path).ok().flatten().map(|v| v.to_string())
     }
 
+    // Each write counts what it adds (the value and its key, or a new counter's
+    // digits) against `max_state_bytes`; a replacement or a delete what it removes.
+
     fn state_put(&mut self, path: &str, json: &str) -> Result<(), String> {
         let v = parse_json(json)?;
+        let old = self.bytes_at(path);
+        self.make_room(json.len() + path.len(), old)?;
         let r = self.doc.put(path, &v);
         self.changed(r)
     }
 
     fn state_increment(&mut self, path: &str, by: i64) -> Result<i64, String> {
+        const COUNTER: usize = 24;
+        self.make_room(path.len() + COUNTER, 0)?;
         let r = self.doc.increment(path, by);
         self.changed(r)
     }
 
     fn state_push(&mut self, path: &str, json: &str) -> Result<u32, String> {
         let v = parse_json(json)?;
+        self.make_room(json.len() + 1, 0)?;
         let r = self.doc.push(path, &v);
         self.changed(r)
     }
 
     fn state_delete(&mut self, path: &str) -> Result<(), String> {
+        let old = self.bytes_at(path);
         let r = self.doc.delete(path);
+        if r.is_ok() {
+            self.state_bytes = self.state_bytes.saturating_sub(old);
+        }
         self.changed(r)
     }
 
