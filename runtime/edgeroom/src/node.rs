@@ -174,7 +174,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         limits: config.limits.clone(),
         sandbox: sandbox.clone(),
         apps: apps.clone(),
-        store,
+        store: store.clone(),
         runs,
         metrics: metrics.clone(),
         shutdown: shutdown_rx,
@@ -207,6 +207,26 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         clients_go: clients_go.subscribe(),
         clock,
     });
+    if gateway.cluster.is_none() {
+        let keys = edgeroom_host::room::restore_sessions(
+            store.clone(),
+            &gateway.sessions,
+            gateway.clock.mono_ms(),
+        )
+        .await?;
+        if !keys.is_empty() {
+            tracing::info!(
+                rooms = keys.len(),
+                "sessions of the last run are resumable again"
+            );
+            let rooms = gateway.rooms.clone();
+            tasks.spawn(async move {
+                for key in keys {
+                    rooms.inspect(&key, None).await;
+                }
+            });
+        }
+    }
     let node = Arc::new(Node {
         gateway: gateway.clone(),
         sandbox,

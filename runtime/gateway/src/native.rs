@@ -94,6 +94,7 @@ pub async fn serve(
     let holder = Holder {
         user: credential.as_ref().and_then(|c| c.user.clone()),
         generation: 0,
+        any_generation: false,
     };
     node.sessions.attach(conn_id.clone(), kill.clone(), holder);
 
@@ -631,7 +632,11 @@ impl Conn {
             node: Some(self.node.config.node_id.clone()),
             generation,
         });
-        let holder = Holder { user, generation };
+        let holder = Holder {
+            user,
+            generation,
+            any_generation: false,
+        };
         self.node
             .sessions
             .attach(self.conn.clone(), self.outbox.kill_switch(), holder);

@@ -430,6 +430,7 @@ impl SocketIo {
                 let holder = Holder {
                     user: credential.user,
                     generation: 0,
+                    any_generation: false,
                 };
                 self.node
                     .sessions
@@ -460,6 +461,7 @@ impl SocketIo {
         let holder = Holder {
             user: r.credential.user.clone(),
             generation: 0,
+            any_generation: false,
         };
         self.node
             .sessions

@@ -62,6 +62,37 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for reading one back by name.
+    pub const ALL: [ErrorCode; 22] = [
+        ErrorCode::BadFrame,
+        ErrorCode::UnknownType,
+        ErrorCode::MissingField,
+        ErrorCode::TooLarge,
+        ErrorCode::InvalidName,
+        ErrorCode::UnknownApp,
+        ErrorCode::AlreadyJoined,
+        ErrorCode::NotJoined,
+        ErrorCode::TooManyRooms,
+        ErrorCode::Rejected,
+        ErrorCode::HandlerFailed,
+        ErrorCode::NoHandler,
+        ErrorCode::BadToken,
+        ErrorCode::Unauthorized,
+        ErrorCode::TokenExpired,
+        ErrorCode::Forbidden,
+        ErrorCode::ResumeFailed,
+        ErrorCode::HistoryGap,
+        ErrorCode::BadState,
+        ErrorCode::Overloaded,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+    ];
+
+    /// The code named `name` (see [`ErrorCode::as_str`]).
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadFrame => "bad_frame",

@@ -336,6 +336,28 @@ impl<R: Clone + Weight> RoomCore<R> {
         })
     }
 
+    /// Take back an event of this room's journal (a restarted standalone node), in
+    /// order, before anything new: as [`RoomCore::append`], and what came before the
+    /// first one of its origin counts as gone (a resume from before it is a gap).
+    pub fn restore(&mut self, e: Sequenced) -> Arc<LogEntry> {
+        if self.head.seen(&e.origin).is_none() {
+            self.evicted.advance(&e.origin, e.seq.prev());
+        }
+        self.append(e)
+    }
+
+    /// Take back a member of this room's journal: detached since `now_ms` (its
+    /// connection went with the node), owed everything the log still holds.
+    pub fn restore_member(&mut self, conn: ConnId, auth: JoinAuth, now_ms: u64) {
+        if self.join(conn.clone(), auth, 1) {
+            let owed = self.evicted.clone();
+            if let Some(m) = self.members.get_mut(&conn) {
+                m.detached_since_ms = Some(now_ms);
+                m.last_queued = owed;
+            }
+        }
+    }
+
     /// Keep an event another node sequenced (delivered here in its origin's order).
     pub fn append(&mut self, e: Sequenced) -> Arc<LogEntry> {
         debug_assert!(
@@ -399,6 +421,21 @@ impl<R: Clone + Weight> RoomCore<R> {
 
     pub fn first_seq(&self) -> Seq {
         self.first_seq
+    }
+
+    /// How many idempotency ids are remembered now.
+    pub fn ids_len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Every idempotency id remembered now.
+    pub fn remembered_ids(&self) -> impl Iterator<Item = &String> {
+        self.ids.keys()
+    }
+
+    /// An idempotency id's remembered answer with when it was remembered.
+    pub fn remembered_entry(&self, id: &str) -> Option<&Remembered<R>> {
+        self.ids.get(id)
     }
 
     /// The result of an earlier emit with this idempotency id, if still remembered.

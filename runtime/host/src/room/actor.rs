@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::journal;
 use super::outbox::{Link, Outbound};
 use super::replica::{Adoption, Ctx, Effect, Input, Peers, Replica, Replicator, Settled};
 use super::replicate::PeerMsg;
@@ -39,6 +40,8 @@ struct Actor {
     live: LiveRx<World>,
     slot: Slot<World>,
     timer_at: Option<Instant>,
+    /// On a standalone node: what of the room is in its journal already.
+    journal: Option<journal::Journaled>,
     empty_since_ms: Option<u64>,
     last_save_ms: u64,
     /// In a cluster: this room's part in replication.
@@ -63,9 +66,25 @@ pub(super) fn spawn(
         let env = rooms.env();
         let (store, runs) = (env.store.clone(), env.runs.clone());
         let (app, room) = (key.app.clone(), key.room.clone());
-        let loaded =
-            tokio::task::spawn_blocking(move || (store.load_room(&app, &room), runs.first_seq()))
-                .await;
+        // A standalone room keeps a journal beside its document (a replicated one
+        // gets its history and members back from its other replicas).
+        let standalone = env.replicator.is_none();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let journal = match standalone {
+                true => store.room_journal(&app, &room).map(Some),
+                false => Ok(None),
+            };
+            (store.load_room(&app, &room), runs.first_seq(), journal)
+        })
+        .await;
+        let (loaded, journal) = match loaded {
+            Ok((saved, first, Ok(journal))) => (Ok((saved, first)), journal),
+            Ok((saved, first, Err(e))) => {
+                tracing::error!(room = %key.room, "could not read the room's journal, starting without it: {e:#}");
+                (Ok((saved, first)), Some(crate::store::Journal::default()))
+            }
+            Err(e) => (Err(e), None),
+        };
         let (saved, first_seq) = match loaded {
             Ok((saved, Ok(first_seq))) => (Ok(saved), first_seq),
             Ok((_, Err(e))) => {
@@ -111,7 +130,12 @@ pub(super) fn spawn(
                 env.limits.unconfirmed_replies,
             )
         });
-        let core = RoomCore::new(env.node.clone(), key.room.clone(), first_seq, limits);
+        let mut core = RoomCore::new(env.node.clone(), key.room.clone(), first_seq, limits);
+        let now = journal::Now {
+            mono_ms: env.clock.mono_ms(),
+            wall_ms: env.clock.wall_ms(),
+        };
+        let journaled = journal.map(|j| restore(&mut core, j, now, &env.node, first_seq));
         let place = Place {
             app: key.app.to_string(),
             room: key.room.clone(),
@@ -130,12 +154,18 @@ pub(super) fn spawn(
         }
         let slot = Slot::new(world, key.app.as_str(), &env.sandbox);
         env.metrics.rooms.inc();
+        let (journal, timer_wall) = journaled.unzip();
+        // A timer set before the restart fires when it was due (at once if overdue).
+        let timer_at = timer_wall
+            .flatten()
+            .map(|at: u64| env.clock.now() + Duration::from_millis(at.saturating_sub(now.wall_ms)));
         let actor = Actor {
             rooms: rooms.clone(),
             key,
             live,
             slot,
-            timer_at: None,
+            timer_at,
+            journal,
             empty_since_ms: None,
             last_save_ms: env.clock.mono_ms(),
             replica,
@@ -147,6 +177,45 @@ pub(super) fn spawn(
         actor.run(rx).await;
         rooms.env().metrics.rooms.dec();
     });
+}
+
+/// Put a standalone room's journal back into its core: its events in order, its
+/// idempotency answers, its members (detached: their connections went with the node).
+/// Returns what is journaled already and the pending timer (wall ms).
+fn restore(
+    core: &mut RoomCore<EmitResult>,
+    j: crate::store::Journal,
+    now: journal::Now,
+    node: &NodeId,
+    first_seq: edgeroom_proto::ids::Seq,
+) -> (journal::Journaled, Option<u64>) {
+    for bytes in &j.events {
+        match journal::decode_event(bytes, now) {
+            Some(e) => {
+                core.restore(e);
+            }
+            None => {
+                tracing::warn!(room = %core.room(), "an event in the room's journal is unreadable; skipped")
+            }
+        }
+    }
+    for (id, bytes) in j.ids {
+        if let Some((at_ms, answer)) = journal::decode_answer(&bytes, now) {
+            core.remember(id, at_ms, answer);
+        }
+    }
+    let mut members = std::collections::BTreeSet::new();
+    for (conn, bytes) in j.members {
+        // Written by this node from its own session ids.
+        let conn = ConnId::from_trusted(conn);
+        let Some(auth) = journal::decode_member(&bytes) else {
+            continue;
+        };
+        core.restore_member(conn.clone(), auth, now.mono_ms);
+        members.insert(conn);
+    }
+    let journaled = journal::Journaled::new(node.clone(), first_seq, members, j.timer);
+    (journaled, j.timer)
 }
 
 /// What a room's replica sees of the mesh.
@@ -540,7 +609,11 @@ impl Actor {
             self.world().core.leave(&conn);
             return refuse(error);
         }
-        // What on-join changed is on disk before the join is acknowledged.
+        // What on-join changed, and the member, are on disk before the join is
+        // acknowledged.
+        if let Some(j) = &mut self.journal {
+            j.members_changed = true;
+        }
         if !self.persist_changes().await {
             self.world().core.leave(&conn);
             return refuse(not_durable());
@@ -706,19 +779,36 @@ impl Actor {
             )),
             Err(f) => Err(failed(&f)),
         };
-        // What the call changed is on disk before the answer goes out.
-        let result = match result {
-            Ok(_) if !self.persist_changes().await => Err(not_durable()),
-            r => r,
-        };
         let w = self.world();
         w.call_key = None;
-        if let Some(key) = key {
-            let now = w.now_ms;
+        let now = w.now_ms;
+        if let Some(key) = &key {
             w.core.remember(key.clone(), now, result.clone());
-            if let (Ok(reply), Some(out)) = (&result, w.outgoing.as_mut()) {
-                out.handled.push((key, reply.clone()));
+            if let Some(j) = &mut self.journal {
+                j.ids.push(key.clone());
             }
+        }
+        // What the call changed, and its answer for a retry, are on disk before the
+        // answer goes out.
+        let result = match result {
+            Ok(_) if !self.persist_changes().await => {
+                let refused = Err(not_durable());
+                if let Some(key) = &key {
+                    self.world()
+                        .core
+                        .remember(key.clone(), now, refused.clone());
+                }
+                refused
+            }
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.persist_changes().await;
+                Err(e)
+            }
+        };
+        let w = self.world();
+        if let (Some(key), Ok(reply), Some(out)) = (key, &result, w.outgoing.as_mut()) {
+            out.handled.push((key, reply.clone()));
         }
         self.reply(&conn, r#ref, result);
     }
@@ -739,6 +829,10 @@ impl Actor {
         })
         .await
         .ok();
+        if let Some(j) = &mut self.journal {
+            j.members_changed = true;
+        }
+        self.persist_changes().await;
     }
 
     /// Apply what the last call asked for beyond sending: kicks, state, timers; and
@@ -800,8 +894,10 @@ impl Actor {
         // Changes appended since the last whole save are folded into a new one once
         // they outweigh it; without appends (in a cluster), every second.
         let due = if self.replica.is_none() {
-            // Changes nobody waited for (timers, leaves) go to the disk too.
+            // Changes nobody waited for (timers, leaves) go to the disk too, and what
+            // the room forgot leaves it.
             self.persist_changes().await;
+            self.trim_journal().await;
             self.appended_bytes >= limits.state_append_bytes.max(self.saved_bytes)
         } else {
             now.saturating_sub(self.last_save_ms) >= SAVE_EVERY_MS
@@ -826,35 +922,75 @@ impl Actor {
         false
     }
 
-    /// On a node no other replica backs, append the document's changes since the last
-    /// save to the disk, synced, so that an acknowledged change survives a crash (in a
-    /// cluster the answer waits for another replica instead). False if the disk
-    /// refused them.
+    /// On a node no other replica backs, write what changed since the last write to
+    /// the room's journal, synced: the document's changes, new events, idempotency
+    /// answers, members who came or went, the timer. An acknowledged change or event
+    /// survives a crash (in a cluster the answer waits for another replica instead).
+    /// False if the disk refused it.
     async fn persist_changes(&mut self) -> bool {
-        if self.replica.is_some() {
+        let Some(journal) = self.journal.as_mut() else {
+            return true;
+        };
+        let clock = &self.rooms.env().clock;
+        let now = journal::Now {
+            mono_ms: clock.mono_ms(),
+            wall_ms: clock.wall_ms(),
+        };
+        let w = self.slot.world();
+        // A timer the call just asked for (not yet armed), else the armed one.
+        let left = match w.timer {
+            Some(ms) => Some(u64::from(ms)),
+            None => self.timer_at.map(|at| {
+                let left = at.saturating_duration_since(clock.now());
+                u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+            }),
+        };
+        let timer_wall = left.map(|ms| now.wall_ms.saturating_add(ms));
+        let changes = w.doc.save_incremental();
+        let batch = journal.batch(w, changes, timer_wall, now);
+        if batch.is_empty() {
             return true;
         }
-        let changes = self.world().doc.save_incremental();
-        if changes.is_empty() {
-            return true;
-        }
-        self.appended_bytes += changes.len();
+        self.appended_bytes += batch.changes.len();
         let store = self.rooms.env().store.clone();
         let key = self.key.clone();
-        let appended = tokio::task::spawn_blocking(move || {
-            store.append_room_changes(&key.app, &key.room, &changes)
-        })
-        .await;
-        match appended {
+        let written =
+            tokio::task::spawn_blocking(move || store.write_room(&key.app, &key.room, &batch))
+                .await;
+        match written {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                tracing::error!(room = %self.key.room, "could not append room changes: {e:#}");
+                tracing::error!(room = %self.key.room, "could not write the room's journal: {e:#}");
                 false
             }
             Err(e) => {
-                tracing::error!(room = %self.key.room, "room append task failed: {e}");
+                tracing::error!(room = %self.key.room, "room journal task failed: {e}");
                 false
             }
+        }
+    }
+
+    /// Drop from the journal what the room no longer keeps: events it evicted and
+    /// idempotency ids it forgot.
+    async fn trim_journal(&mut self) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        let w = self.slot.world();
+        let Some((upto, ids)) = journal.take_trim(w) else {
+            return;
+        };
+        let kept: Option<std::collections::HashSet<String>> =
+            ids.then(|| w.core.remembered_ids().cloned().collect());
+        let store = self.rooms.env().store.clone();
+        let key = self.key.clone();
+        let trimmed = tokio::task::spawn_blocking(move || {
+            let keep = |id: &str| kept.as_ref().is_none_or(|k| k.contains(id));
+            store.trim_room(&key.app, &key.room, upto.as_deref(), &keep)
+        })
+        .await;
+        if let Ok(Err(e)) | Err(e) = trimmed.map_err(anyhow::Error::from) {
+            tracing::warn!(room = %self.key.room, "could not trim the room's journal: {e:#}");
         }
     }
 

@@ -6,6 +6,8 @@
 //! it stops is answered with `Retry`, and the caller starts a fresh one.
 
 mod actor;
+mod journal;
+pub use journal::restore_sessions;
 pub mod outbox;
 mod post;
 pub mod replica;

@@ -100,7 +100,7 @@ pub struct WireEvent {
 }
 
 impl WireEvent {
-    fn new(e: &LogEntry) -> Self {
+    pub fn new(e: &LogEntry) -> Self {
         Self {
             origin: e.origin.clone(),
             seq: e.seq,

@@ -30,6 +30,9 @@ pub struct Holder {
     pub user: Option<UserId>,
     /// The generation of its latest resume token (see `token::Claims::generation`).
     pub generation: u64,
+    /// Taken back from a standalone node's journal after a restart, which does not
+    /// keep generations: any token of the session resumes it once (the next is checked).
+    pub any_generation: bool,
 }
 
 enum Entry {
@@ -140,6 +143,32 @@ impl Sessions {
         self.detached.notify_waiters();
     }
 
+    /// A session a restarted standalone node found in its rooms' journals: detached
+    /// since `now_ms`, resumable for the resume window from now.
+    pub fn restore(
+        &self,
+        conn: ConnId,
+        app: AppName,
+        rooms: SessionRooms,
+        user: Option<UserId>,
+        now_ms: u64,
+    ) {
+        let holder = Holder {
+            user,
+            generation: 0,
+            any_generation: true,
+        };
+        self.map.lock().insert(
+            conn,
+            Entry::Detached {
+                app,
+                rooms,
+                since_ms: now_ms,
+                holder,
+            },
+        );
+    }
+
     /// The session ended for good.
     pub fn end(&self, conn: &ConnId) {
         self.map.lock().remove(conn);
@@ -171,7 +200,7 @@ impl Sessions {
                     if h.user.is_some() && h.user.as_ref() != user {
                         return Err(ResumeError::OtherUser);
                     }
-                    if h.generation != generation {
+                    if !h.any_generation && h.generation != generation {
                         return Err(ResumeError::Stale);
                     }
                 }
@@ -268,6 +297,7 @@ mod tests {
         let holder = Holder {
             user: None,
             generation: 2,
+            any_generation: false,
         };
         s.attach(c.clone(), Arc::new(KillSwitch::default()), holder);
         s.detach(c.clone(), app.clone(), SessionRooms::new(), 0);
@@ -334,6 +364,7 @@ mod tests {
         let holder = Holder {
             user: Some(alice.clone()),
             generation: 0,
+            any_generation: false,
         };
         s.attach(c.clone(), kill.clone(), holder);
         for thief in [None, Some(UserId::new("mallory").unwrap())] {

@@ -1,7 +1,12 @@
-//! Durable storage on the node's disk (redb): the handler registry and room documents.
+//! Durable storage on the node's disk (redb): the handler registry, room documents
+//! and (standalone) each room's journal (`journal`), admin keys and secrets.
 //!
 //! Blocking: callers on async tasks go through `spawn_blocking`. The cluster moves the
 //! registry into the Raft state machine; room documents stay here.
+
+mod journal;
+
+pub use journal::{Batch, Journal, event_key};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -74,6 +79,7 @@ impl Store {
         txn.open_table(COUNTERS)?;
         txn.open_table(SECRETS)?;
         txn.open_table(ADMIN_KEYS)?;
+        Self::open_journal(&txn)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -160,21 +166,28 @@ impl Store {
         changes: &[u8],
     ) -> anyhow::Result<()> {
         let key = room_key(app, room);
-        let (from, to) = change_range(&key);
         let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(ROOM_CHANGES)?;
-            let next = match table.range(from.as_str()..to.as_str())?.next_back() {
-                Some(last) => {
-                    let (k, _) = last?;
-                    let n: u64 = k.value()[key.len() + 1..].parse().unwrap_or(0);
-                    n + 1
-                }
-                None => 0,
-            };
-            table.insert(format!("{key}\0{next:020}").as_str(), changes)?;
-        }
+        Self::append_changes_in(&txn, &key, changes)?;
         txn.commit()?;
+        Ok(())
+    }
+
+    fn append_changes_in(
+        txn: &redb::WriteTransaction,
+        key: &str,
+        changes: &[u8],
+    ) -> anyhow::Result<()> {
+        let (from, to) = change_range(key);
+        let mut table = txn.open_table(ROOM_CHANGES)?;
+        let next = match table.range(from.as_str()..to.as_str())?.next_back() {
+            Some(last) => {
+                let (k, _) = last?;
+                let n: u64 = k.value()[key.len() + 1..].parse().unwrap_or(0);
+                n + 1
+            }
+            None => 0,
+        };
+        table.insert(format!("{key}\0{next:020}").as_str(), changes)?;
         Ok(())
     }
 
