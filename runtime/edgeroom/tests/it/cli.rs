@@ -1002,3 +1002,29 @@ async fn history_sessions_ids_and_timers_survive_kill_9_of_a_standalone_node() {
     node.kill().unwrap();
     node.wait().unwrap();
 }
+
+/// socket.io-client against a standalone `edgeroom serve` killed with SIGKILL and
+/// started again: a member whose connection had dropped recovers (`recovered`) with
+/// every event acknowledged meanwhile, once and in order
+/// (`socketio-js/standalone-restart.test.mjs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_recovery_survives_kill_9_of_a_standalone_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = standalone_config(dir.path(), port);
+    let echo = dir.path().join("echo.wasm");
+    std::fs::write(&echo, edgeroom::examples::ECHO).unwrap();
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.current_dir(common::tests_dir("socketio-js"))
+        .args([
+            "--test",
+            "--test-reporter=spec",
+            "standalone-restart.test.mjs",
+        ])
+        .env("EDGEROOM_BIN", BIN)
+        .env("EDGEROOM_CONFIG", &config)
+        .env("EDGEROOM_URL", format!("http://127.0.0.1:{port}"))
+        .env("EDGEROOM_KEY", "k3y")
+        .env("EDGEROOM_ECHO", &echo);
+    common::run_client(cmd, "socket.io-client standalone restart test").await;
+}
