@@ -84,6 +84,11 @@ const TELL_TAIL_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_s
 const CHANGES_PART: usize = 1 << 20;
 /// Payload bytes per backfill message, at most (well below the frame limit).
 const BACKFILL_PART: usize = 1 << 20;
+/// Bytes of member records per hello message, at most: a room's members go in parts
+/// (`HelloPart`s, then the `Hello`) well below the frame limit.
+const HELLO_PART: usize = 1 << 20;
+/// Members a replica buffers from one peer's hello parts, at most.
+const HELLO_PARTS_MAX_MEMBERS: usize = 1_000_000;
 
 /// One event on the wire between replicas.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -157,6 +162,13 @@ pub enum RoomMsg {
         first: Seq,
         next: Seq,
         reply: bool,
+        /// Nonzero: more members came first, in `HelloPart`s of this id.
+        parts: u64,
+    },
+    /// Members of the hello that follows (too many for one message), in order.
+    HelloPart {
+        id: u64,
+        members: Vec<(ConnId, RemoteMember)>,
     },
     /// Members the sender took on (joined, changed presence, or moved to it) or lost.
     Presence {
@@ -234,10 +246,12 @@ pub enum RoomMsg {
         origin: NodeId,
         after: Seq,
     },
-    /// The answer: what the sender has of `origin`'s events after the asked point.
+    /// The answer: what the sender has of `origin`'s events after the asked point, in
+    /// parts under the frame limit; `last` on the last.
     Orphans {
         origin: NodeId,
         events: Vec<WireEvent>,
+        last: bool,
     },
 }
 
@@ -245,6 +259,50 @@ impl Relay for RoomMsg {
     fn relayed(&self) -> bool {
         matches!(self, RoomMsg::Event(_) | RoomMsg::Tail { .. })
     }
+}
+
+/// Events in parts that stay well under the frame limit (`BACKFILL_PART` bytes of
+/// payload, about), in order; at least one part, maybe empty.
+fn event_parts(events: &[Arc<LogEntry>]) -> Vec<Vec<WireEvent>> {
+    let mut parts = vec![Vec::new()];
+    let mut bytes = 0;
+    for e in events {
+        if bytes >= BACKFILL_PART {
+            parts.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += e.payload.json.len()
+            + e.event.len()
+            + e.payload
+                .binaries
+                .iter()
+                .map(bytes::Bytes::len)
+                .sum::<usize>();
+        if let Some(part) = parts.last_mut() {
+            part.push(WireEvent::new(e));
+        }
+    }
+    parts
+}
+
+/// A room's member records in parts of at most `HELLO_PART` bytes (about), in order;
+/// at least one part, maybe empty.
+fn split_members(members: Vec<(ConnId, RemoteMember)>) -> Vec<Vec<(ConnId, RemoteMember)>> {
+    const RECORD: usize = 64;
+    let mut parts = vec![Vec::new()];
+    let mut bytes = 0;
+    for (conn, m) in members {
+        let size = RECORD + conn.as_str().len() + m.auth.json.len() + m.presence.len();
+        if bytes > 0 && bytes + size > HELLO_PART {
+            parts.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(part) = parts.last_mut() {
+            part.push((conn, m));
+        }
+    }
+    parts
 }
 
 /// What a replica is fed, one step at a time (see [`Replica::handle`]).
@@ -420,6 +478,10 @@ pub struct Replica {
     /// This node's last event here and when it was sent, until the others were told
     /// how far its events go (`told` times: see `TELL_TAIL_AFTER`).
     tail: Option<Tail>,
+    /// Per peer, the hello it is sending in parts: its id and the members so far.
+    hello_parts: HashMap<NodeId, (u64, Vec<(ConnId, RemoteMember)>)>,
+    /// The id of this node's last hello sent in parts.
+    hellos: u64,
 }
 
 struct Tail {
@@ -468,6 +530,8 @@ impl Replica {
             relay_at: None,
             sent_heads: None,
             confirmed: HashMap::new(),
+            hello_parts: HashMap::new(),
+            hellos: 0,
             tail: None,
         }
     }
@@ -537,7 +601,18 @@ impl Replica {
     }
 
     fn hello(&mut self, w: &mut World, node: &NodeId, reply: bool, ctx: &mut Ctx) {
-        let members = w.local_records();
+        let mut parts = split_members(w.local_records());
+        let members = parts.pop().unwrap_or_default();
+        let id = match parts.is_empty() {
+            true => 0,
+            false => {
+                self.hellos += 1;
+                self.hellos
+            }
+        };
+        for members in parts {
+            ctx.send(node, RoomMsg::HelloPart { id, members });
+        }
         let next = w.core.next_seq();
         let first = *self.owed.entry(node.clone()).or_insert(next);
         ctx.send(
@@ -547,6 +622,7 @@ impl Replica {
                 first,
                 next,
                 reply,
+                parts: id,
             },
         );
         self.sync_with(w, node, true, ctx);
@@ -796,12 +872,30 @@ impl Replica {
         let from = from.clone();
         match msg {
             RoomMsg::Event(e) => self.take_event(w, e, ctx),
+            RoomMsg::HelloPart { id, members } => {
+                let buffered = self.hello_parts.entry(from).or_default();
+                if buffered.0 != id {
+                    // A new hello: the parts of an earlier one (its link broke) go.
+                    *buffered = (id, Vec::new());
+                }
+                if buffered.1.len() + members.len() <= HELLO_PARTS_MAX_MEMBERS {
+                    buffered.1.extend(members);
+                }
+            }
             RoomMsg::Hello {
-                members,
+                mut members,
                 first,
                 next,
                 reply,
+                parts,
             } => {
+                if let Some((id, mut before)) = self.hello_parts.remove(&from)
+                    && parts != 0
+                    && id == parts
+                {
+                    before.append(&mut members);
+                    members = before;
+                }
                 self.greeted(w, &from, first, next, ctx);
                 let old = w.remote.remove(&from).unwrap_or_default();
                 let new = self.claims(w, &from, members, ctx);
@@ -928,14 +1022,17 @@ impl Replica {
             }
             RoomMsg::Repair { from: first, to } => {
                 let (events, first_available) = w.core.own_range(first, to);
-                let events = events.iter().map(|e| WireEvent::new(e)).collect();
-                ctx.send(
-                    &from,
-                    RoomMsg::Repaired {
-                        events,
-                        first_available,
-                    },
-                );
+                // In parts under the frame limit; each says where the origin's events
+                // start (taken once).
+                for events in event_parts(&events) {
+                    ctx.send(
+                        &from,
+                        RoomMsg::Repaired {
+                            events,
+                            first_available,
+                        },
+                    );
+                }
             }
             RoomMsg::Repaired {
                 events,
@@ -959,17 +1056,31 @@ impl Replica {
                 self.release(w, ctx);
             }
             RoomMsg::Orphaned { origin, after } => {
-                let events = w
-                    .core
-                    .origin_after(&origin, after)
-                    .iter()
-                    .map(|e| WireEvent::new(e))
-                    .collect();
-                ctx.send(&from, RoomMsg::Orphans { origin, events });
+                let parts = event_parts(&w.core.origin_after(&origin, after));
+                let n = parts.len();
+                for (i, events) in parts.into_iter().enumerate() {
+                    let origin = origin.clone();
+                    let last = i + 1 == n;
+                    ctx.send(
+                        &from,
+                        RoomMsg::Orphans {
+                            origin,
+                            events,
+                            last,
+                        },
+                    );
+                }
             }
-            RoomMsg::Orphans { origin, events } => {
+            RoomMsg::Orphans {
+                origin,
+                events,
+                last,
+            } => {
                 for e in events.into_iter().filter(|e| e.origin == origin) {
                     self.take_event(w, e, ctx);
+                }
+                if !last {
+                    return;
                 }
                 let done = self.orphans.get_mut(&origin).is_some_and(|(waiting, _)| {
                     waiting.remove(&from);
@@ -1015,24 +1126,7 @@ impl Replica {
 
     /// Everything in the log after `after`, and what this node knows of `conn`.
     fn backfill(&mut self, w: &World, to: &NodeId, after: &Cursor, conn: ConnId, ctx: &mut Ctx) {
-        // In parts that stay well under the frame limit.
-        let mut parts = vec![Vec::new()];
-        let mut bytes = 0;
-        for e in w.core.replay_all(after) {
-            if bytes >= BACKFILL_PART {
-                parts.push(Vec::new());
-                bytes = 0;
-            }
-            bytes += e.payload.json.len()
-                + e.payload
-                    .binaries
-                    .iter()
-                    .map(bytes::Bytes::len)
-                    .sum::<usize>();
-            if let Some(part) = parts.last_mut() {
-                part.push(WireEvent::new(&e));
-            }
-        }
+        let parts = event_parts(&w.core.replay_all(after));
         let mut member = match w.core.member(&conn) {
             Some(m) => Some(m.into()),
             None => w
@@ -1448,6 +1542,7 @@ pub(super) fn unloaded(msg: RoomMsg) -> Option<RoomMsg> {
         RoomMsg::Orphaned { origin, .. } => Some(RoomMsg::Orphans {
             origin,
             events: Vec::new(),
+            last: true,
         }),
         _ => None,
     }

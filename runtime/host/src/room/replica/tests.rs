@@ -290,6 +290,12 @@ impl Sim {
     }
 
     fn wire(&mut self, from: usize, to: usize, msg: RoomMsg) {
+        // Every message must fit a frame between nodes (with room for its envelope).
+        let bytes = postcard::to_allocvec(&msg).map_or(0, |b| b.len());
+        assert!(
+            bytes + 1024 <= edgeroom_transport::Purpose::Rooms.max_frame(),
+            "a {bytes}-byte room message would not fit a frame"
+        );
         if !self.reachable(from, to) || self.rng.random_bool(self.loss) {
             return;
         }
@@ -381,14 +387,19 @@ impl Sim {
 
     /// A member joins node `i`, as verified `user` if given.
     fn join_as(&mut self, i: usize, name: &str, user: Option<&str>) -> ConnId {
-        let conn = ConnId::from_trusted(name.into());
-        let metrics = std::sync::Arc::new(Metrics::new());
-        let (outbox, rx, _) = Outbox::new(UNBOUNDED, Format::Json, metrics);
-        let node = &mut self.nodes[i];
         let auth = JoinAuth {
             json: "null".into(),
             user: user.map(|u| UserId::new(u).unwrap()),
         };
+        self.join_with(i, name, auth)
+    }
+
+    /// A member joins node `i` with `auth`.
+    fn join_with(&mut self, i: usize, name: &str, auth: JoinAuth) -> ConnId {
+        let conn = ConnId::from_trusted(name.into());
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let (outbox, rx, _) = Outbox::new(UNBOUNDED, Format::Json, metrics);
+        let node = &mut self.nodes[i];
         node.world.core.join(conn.clone(), auth, 1);
         node.world
             .presence_changed(vec![(conn.clone(), "null".into())], vec![]);
@@ -416,6 +427,11 @@ impl Sim {
 
     /// Node `i`'s handler broadcasts its next numbered event.
     fn publish(&mut self, i: usize) {
+        self.publish_with(i, Vec::new());
+    }
+
+    /// As `publish`, with binary attachments.
+    fn publish_with(&mut self, i: usize, binaries: Vec<bytes::Bytes>) {
         let node = &mut self.nodes[i];
         node.published += 1;
         let n = node.published;
@@ -429,7 +445,7 @@ impl Sim {
             "n".into(),
             edgeroom_proto::payload::Payload {
                 json: format!("[{n}]"),
-                binaries: vec![],
+                binaries,
             },
         );
         self.after(i);
@@ -1448,4 +1464,53 @@ fn a_lost_last_event_reaches_the_replica_once_its_origin_falls_quiet() {
         assert!(seen.gaps.is_empty(), "seed {seed}: {:?}", seen.gaps);
         assert_eq!(by_origin(seen)["n1"], range(1, 6), "seed {seed}");
     }
+}
+
+/// A room whose members' records together outweigh a frame between nodes (300
+/// members with 15 KB of auth: 4.5 MB): the hello that tells another replica of them
+/// goes in parts, each under the frame limit, and the other replica lists them all
+/// (before: one hello over the limit, dropped at the sender, and the link between the
+/// nodes broke on it).
+#[test]
+fn a_hello_too_big_for_one_frame_goes_in_parts() {
+    let mut sim = Sim::new(2, 7);
+    let auth = JoinAuth {
+        json: format!("{{\"pad\":\"{}\"}}", "x".repeat(15_000)),
+        user: None,
+    };
+    for k in 0..300 {
+        sim.join_with(0, &format!("m{k}"), auth.clone());
+    }
+    sim.join(1, "watcher");
+    sim.settle();
+    let n0 = sim.nodes[0].id.clone();
+    let listed = sim.nodes[1].world.remote.get(&n0).map_or(0, BTreeMap::len);
+    assert_eq!(listed, 300);
+    // A link that comes back gets the whole hello again, in parts.
+    sim.link_up_all(0);
+    sim.settle();
+    let listed = sim.nodes[1].world.remote.get(&n0).map_or(0, BTreeMap::len);
+    assert_eq!(listed, 300);
+}
+
+/// Events a replica missed that together outweigh a frame (five of 1.5 MB) are
+/// repaired in parts, each under the frame limit, and all arrive once, in order.
+#[test]
+fn a_repair_too_big_for_one_frame_goes_in_parts() {
+    let mut sim = Sim::new(2, 11);
+    let x = sim.join(1, "x");
+    sim.join(0, "p");
+    sim.settle();
+    let big = bytes::Bytes::from(vec![7u8; 1_500_000]);
+    sim.cut.insert((0, 1));
+    for _ in 0..5 {
+        sim.publish_with(0, vec![big.clone()]);
+    }
+    while sim.deliver_one() {}
+    sim.cut.clear();
+    sim.publish(0);
+    sim.settle();
+    let seen = sim.seen(1, &x);
+    assert!(seen.gaps.is_empty(), "{:?}", seen.gaps);
+    assert_eq!(by_origin(seen)["n0"], range(1, 6));
 }
