@@ -36,7 +36,7 @@ pub use config::{ClusterConfig, parse_peer};
 use control::state::{Command, NodeInfo};
 use control::{ControlPlane, Member, RaftTiming};
 use edgeroom_proto::ids::NodeId;
-use edgeroom_transport::{Endpoint, NodeTls, Purpose, RecvStream, SendStream, Timing};
+use edgeroom_transport::{Endpoint, NodeTls, Purpose, RecvStream, Sealer, SendStream, Timing};
 use health::{Health, HealthTiming};
 use mesh::{Handed, Handoff};
 
@@ -60,6 +60,8 @@ pub struct Joining {
     /// The node clock's wall time at start (ms since the epoch): when a configured
     /// admin key is recorded as made.
     pub started_wall_ms: u64,
+    /// Seals the cluster secret in the control plane (see `edgeroom_transport::seal`).
+    pub sealer: Option<Arc<Sealer>>,
     /// Where the node serves clients (its client URL unless the config names some).
     pub client_addr: SocketAddr,
     /// Streams for the layers above queued at most per purpose (`Limits::peer_streams`).
@@ -83,10 +85,15 @@ pub struct Cluster {
     rooms: Mutex<Option<mpsc::Receiver<Handed>>>,
     /// Peers' `Forward` streams, taken once by the node's gateway.
     forwarded: Mutex<Option<mpsc::Receiver<Handed>>>,
+    /// Opens the cluster secret.
+    sealer: Option<Arc<Sealer>>,
     /// The mesh and the failure detector: aborted at shutdown, or with the cluster
     /// when it is dropped without one (peers then find this node silent).
     tasks: Mutex<JoinSet<()>>,
 }
+
+/// What the cluster secret is sealed for.
+const CLUSTER_SECRET: &str = "cluster secret";
 
 /// How long a starting node waits for a quorum before it gives up.
 const QUORUM_PATIENCE: Duration = Duration::from_secs(120);
@@ -152,6 +159,7 @@ impl Cluster {
             forwarding: Default::default(),
             rooms: Mutex::new(Some(rooms)),
             forwarded: Mutex::new(Some(forwarded)),
+            sealer: joining.sealer.clone(),
             tasks: Mutex::new(tasks),
         });
 
@@ -186,6 +194,10 @@ impl Cluster {
                     rand::rng().fill_bytes(&mut bytes);
                     hex::encode(bytes)
                 }
+            };
+            let secret = match &joining.sealer {
+                Some(sealer) => sealer.seal(CLUSTER_SECRET, secret.as_bytes())?,
+                None => secret,
             };
             // Every voter proposes; the first committed wins.
             this.write_patiently(Command::InitSecret(secret)).await?;
@@ -320,8 +332,15 @@ impl Cluster {
     }
 
     /// The cluster secret (hex) that signs resume tokens.
-    pub fn secret(&self) -> Option<String> {
-        self.control.state().secret.clone()
+    /// The cluster secret (hex), opened if it is sealed; an error if this node has no
+    /// key to open it with.
+    pub fn secret(&self) -> anyhow::Result<Option<String>> {
+        let Some(stored) = self.control.state().secret.clone() else {
+            return Ok(None);
+        };
+        let bytes =
+            edgeroom_transport::seal::reveal(self.sealer.as_deref(), CLUSTER_SECRET, &stored)?;
+        Ok(Some(String::from_utf8(bytes)?))
     }
 
     pub async fn shutdown(&self) {

@@ -50,6 +50,10 @@ impl Fleet {
         let ca = ClusterCa::generate("fleet")?;
         let certs = root.join("certs");
         ca.save(&certs)?;
+        std::fs::write(
+            certs.join("secrets.key"),
+            edgeroom_transport::Sealer::generate_hex(),
+        )?;
         let mut peers = Vec::new();
         for m in &members {
             ca.issue_into(&certs, &m.name)?;
@@ -106,6 +110,7 @@ impl Fleet {
         c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.dev = true;
         c.region = m.region.clone();
+        c.secrets_key_file = Some(self.root.join("certs").join("secrets.key"));
         let mut cluster = ClusterConfig::new(self.peers[i], self.root.join("certs"));
         cluster.voters = self
             .members

@@ -377,7 +377,27 @@ fn cluster_init(dir: &std::path::Path, nodes: &[String], name: &str) -> anyhow::
     let ca = ClusterCa::generate(name)?;
     ca.save(dir)?;
     println!("cluster CA: {}", dir.join("ca.crt").display());
+    let key = dir.join("secrets.key");
+    write_private(&key, &edgeroom_transport::Sealer::generate_hex())?;
+    println!(
+        "secrets key (secrets_key_file, on every node): {}",
+        key.display()
+    );
     issue_certs(&ca, dir, nodes)
+}
+
+/// Write a file only its owner may read.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 fn issue_certs(ca: &ClusterCa, dir: &std::path::Path, nodes: &[String]) -> anyhow::Result<()> {
@@ -407,6 +427,8 @@ async fn dev(
         let mut config = NodeConfig::new(NodeId::new("dev-1")?, data_dir.clone());
         config.listen = listen;
         config.region = "local".into();
+        std::fs::create_dir_all(&data_dir)?;
+        config.secrets_key_file = Some(dev_secrets_key(&data_dir)?);
         vec![config]
     } else {
         dev_cluster(listen, &data_dir)?
@@ -471,6 +493,16 @@ async fn dev(
 /// Configs for the dev cluster: certificates made on first use, one data directory per
 /// region. A different address than last time starts the cluster afresh (its Raft
 /// membership names the old addresses); apps are redeployed anyway.
+/// The dev node's secrets key under `dir` (made the first time).
+fn dev_secrets_key(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join("secrets.key");
+    if !path.exists() {
+        std::fs::create_dir_all(dir)?;
+        write_private(&path, &edgeroom_transport::Sealer::generate_hex())?;
+    }
+    Ok(path)
+}
+
 fn dev_cluster(
     listen: std::net::SocketAddr,
     data_dir: &std::path::Path,
@@ -507,6 +539,7 @@ fn dev_cluster(
             ca.issue_into(&certs, &NodeId::new(id)?)?;
         }
     }
+    let secrets = dev_secrets_key(&certs)?;
     DEV_REGIONS
         .iter()
         .zip(addrs)
@@ -514,6 +547,7 @@ fn dev_cluster(
             let mut config = NodeConfig::new(NodeId::new(id)?, data_dir.join(id));
             config.listen = addr;
             config.region = region.into();
+            config.secrets_key_file = Some(secrets.clone());
             let mut cluster = ClusterConfig::new(addr, certs.clone());
             cluster.voters = peers.clone();
             (cluster.lat, cluster.lon) = (lat, lon);

@@ -25,6 +25,7 @@ use edgeroom_host::session::token::TokenKey;
 use edgeroom_host::store::Store;
 use edgeroom_proto::close::Going;
 use edgeroom_sandbox::Sandbox;
+use edgeroom_transport::{Sealer, seal};
 
 /// One node: its gateway (which holds every part clients reach) and what only the
 /// node itself holds — the sandbox, and the senders of its stop and go-away signals.
@@ -61,12 +62,44 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     start_with_clock(config, Clock::system()).await
 }
 
+/// A standalone node's resume-token key from its store: made the first time, sealed
+/// there when the node has a secrets key (and sealed on the first start that has one).
+fn standalone_secret(store: &Store, sealer: Option<&Sealer>) -> anyhow::Result<TokenKey> {
+    let fresh = TokenKey::random_key();
+    let fresh = match sealer {
+        Some(s) => s.seal(RESUME_SECRET, &fresh)?.into_bytes(),
+        None => fresh.to_vec(),
+    };
+    let stored = store.secret_or_init(RESUME_SECRET, &fresh)?;
+    let sealed = std::str::from_utf8(&stored)
+        .ok()
+        .filter(|s| seal::is_sealed(s));
+    let key = match (sealed, sealer) {
+        (Some(text), _) => seal::reveal(sealer, RESUME_SECRET, text)?,
+        (None, Some(s)) => {
+            store.put_secret(RESUME_SECRET, s.seal(RESUME_SECRET, &stored)?.as_bytes())?;
+            stored
+        }
+        (None, None) => stored,
+    };
+    Ok(TokenKey::new(key))
+}
+
 /// [`start`] with the clock the node is to keep its time by (skewed, stepped, or
 /// tokio's paused time in a simulation).
 pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Result<RunningNode> {
     config.check()?;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(Store::open(&config.data_dir)?);
+    let sealer = match &config.secrets_key_file {
+        Some(path) => Some(Arc::new(Sealer::load(path)?)),
+        None => {
+            tracing::warn!(
+                "no secrets_key_file: the secret that signs resume tokens is kept in the clear in the data directory"
+            );
+            None
+        }
+    };
     let runs = {
         let store = store.clone();
         let reserved = store.counter(RUNS)?;
@@ -99,6 +132,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
                 secret: config.secret.clone(),
                 admin_key: config.admin_key.clone(),
                 started_wall_ms: clock.wall_ms(),
+                sealer: sealer.clone(),
                 client_addr: addr,
                 handoff_queue: config.limits.peer_streams,
                 handoff_dropped: metrics.peer_streams_dropped.clone(),
@@ -138,22 +172,21 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         None => (None, None),
     };
     // In a cluster every node signs with the agreed secret, so tokens verify anywhere.
-    let secret = cluster
-        .as_ref()
-        .and_then(|c| c.secret())
-        .or_else(|| config.secret.clone());
+    let secret = match &cluster {
+        Some(c) => c.secret()?,
+        None => None,
+    }
+    .or_else(|| config.secret.clone());
     let tokens = match secret {
         Some(hex_secret) => TokenKey::new(
             hex::decode(hex_secret).map_err(|e| anyhow::anyhow!("secret is not hex: {e}"))?,
         ),
         // A standalone node keeps its own, so tokens outlive a restart.
         None => {
-            let fresh = TokenKey::random_key();
             let store = store.clone();
-            let secret =
-                tokio::task::spawn_blocking(move || store.secret_or_init(RESUME_SECRET, &fresh))
-                    .await??;
-            TokenKey::new(secret)
+            let sealer = sealer.clone();
+            tokio::task::spawn_blocking(move || standalone_secret(&store, sealer.as_deref()))
+                .await??
         }
     };
     let admin_keys = match &cluster {
@@ -360,5 +393,51 @@ impl RunningNode {
         if let Some(cluster) = &gateway.cluster {
             cluster.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgeroom_host::session::token::Claims;
+    use edgeroom_proto::ids::{AppName, ConnId};
+
+    fn token(key: &TokenKey) -> String {
+        key.sign(&Claims {
+            session: ConnId::random(),
+            app: AppName::new("a").unwrap(),
+            node: None,
+            generation: 0,
+        })
+    }
+
+    /// The standalone resume-token key survives restarts, sealed in the store once the
+    /// node has a secrets key (a key kept in the clear before is sealed on the first
+    /// start with one), and opens only with that key.
+    #[test]
+    fn the_standalone_token_key_is_sealed_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let plain = standalone_secret(&store, None).unwrap();
+        let stored = store.secret_or_init(RESUME_SECRET, b"unused").unwrap();
+        assert!(!seal::is_sealed(&String::from_utf8_lossy(&stored)));
+
+        let sealer = Sealer::from_hex(&Sealer::generate_hex()).unwrap();
+        let sealed = standalone_secret(&store, Some(&sealer)).unwrap();
+        assert!(
+            sealed.verify(&token(&plain)).is_ok(),
+            "the same key, now sealed"
+        );
+        let stored = store.secret_or_init(RESUME_SECRET, b"unused").unwrap();
+        let text = String::from_utf8(stored).unwrap();
+        assert!(seal::is_sealed(&text), "{text}");
+        let again = standalone_secret(&store, Some(&sealer)).unwrap();
+        assert!(again.verify(&token(&plain)).is_ok());
+        let other = Sealer::from_hex(&Sealer::generate_hex()).unwrap();
+        assert!(standalone_secret(&store, Some(&other)).is_err());
+        assert!(
+            standalone_secret(&store, None).is_err(),
+            "sealed, and no key to open it"
+        );
     }
 }

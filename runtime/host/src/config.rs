@@ -41,6 +41,11 @@ pub struct NodeConfig {
     /// only matters for resume across restarts.
     #[serde(default)]
     pub secret: Option<String>,
+    /// A file of 64 hex digits (32 random bytes) every node of the cluster holds: the
+    /// secret that signs resume tokens is kept sealed with it, in the Raft log and the
+    /// store, not in the clear. `edgeroom cluster init` writes one (`secrets.key`).
+    #[serde(default)]
+    pub secrets_key_file: Option<PathBuf>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -297,6 +302,7 @@ impl NodeConfig {
             dev: false,
             default_app: None,
             secret: None,
+            secrets_key_file: None,
             limits: Limits::default(),
             sandbox: SandboxConfig::default(),
             socketio: SocketIoConfig::default(),

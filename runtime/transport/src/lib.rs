@@ -12,6 +12,7 @@
 
 pub mod endpoint;
 pub mod frame;
+pub mod seal;
 pub mod tls;
 pub mod wan;
 
@@ -19,5 +20,6 @@ pub use endpoint::{Endpoint, Incoming, Peer, Purpose, Timing, close};
 pub use frame::{FrameError, FrameRx, FrameTx};
 /// The QUIC stream types `Peer::open_raw` and `Incoming::into_raw` give out.
 pub use quinn::{RecvStream, SendStream};
+pub use seal::Sealer;
 pub use tls::{ClusterCa, NodeTls};
 pub use wan::{Burst, LinkRule, Wan};

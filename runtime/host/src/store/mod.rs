@@ -209,6 +209,14 @@ impl Store {
         Ok(secret)
     }
 
+    /// Replace the secret named `name`.
+    pub fn put_secret(&self, name: &str, value: &[u8]) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(SECRETS)?.insert(name, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// A standalone node's admin keys by id.
     pub fn admin_keys(&self) -> anyhow::Result<BTreeMap<String, AdminKey>> {
         let txn = self.db.begin_read()?;
