@@ -332,6 +332,11 @@ impl Cluster {
     }
 
     /// The cluster secret (hex) that signs resume tokens.
+    /// What this node seals secrets at rest with, if it has a secrets key.
+    pub fn sealer(&self) -> Option<&Sealer> {
+        self.sealer.as_deref()
+    }
+
     /// The cluster secret (hex), opened if it is sealed; an error if this node has no
     /// key to open it with.
     pub fn secret(&self) -> anyhow::Result<Option<String>> {

@@ -90,16 +90,16 @@ fn standalone_secret(store: &Store, sealer: Option<&Sealer>) -> anyhow::Result<T
 pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Result<RunningNode> {
     config.check()?;
     let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(Store::open(&config.data_dir)?);
     let sealer = match &config.secrets_key_file {
         Some(path) => Some(Arc::new(Sealer::load(path)?)),
         None => {
             tracing::warn!(
-                "no secrets_key_file: the secret that signs resume tokens is kept in the clear in the data directory"
+                "no secrets_key_file: the secret that signs resume tokens and apps' shared token keys are kept in the clear in the data directory"
             );
             None
         }
     };
+    let store = Arc::new(Store::open(&config.data_dir)?.with_sealer(sealer.clone()));
     let runs = {
         let store = store.clone();
         let reserved = store.counter(RUNS)?;
@@ -268,7 +268,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
     });
     if let Some(cluster) = &gateway.cluster {
         tasks.spawn(edgeroom_host::registry::follow(
-            cluster.control.clone(),
+            cluster.clone(),
             gateway.apps.clone(),
             gateway.shutdown_rx(),
         ));

@@ -21,6 +21,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod registry;
 pub mod room;
+pub mod sealed;
 pub mod session;
 pub mod store;
 

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use crate::apps::{AppSettings, Apps, DeployError, Deployed};
 use crate::room::World;
 use edgeroom_cluster::Cluster;
-use edgeroom_cluster::control::ControlPlane;
 use edgeroom_cluster::control::state::{Command, Response};
 use edgeroom_proto::app::AppConfig;
 use edgeroom_proto::ids::AppName;
@@ -73,6 +72,9 @@ pub async fn configure(
     config: AppConfig,
 ) -> Result<(), DeployError> {
     AppSettings::new(config.clone()).map_err(DeployError::Invalid)?;
+    // Its shared secrets go into the log sealed.
+    let config = crate::sealed::seal_config(app, &config, cluster.sealer())
+        .map_err(|e| DeployError::Unavailable(format!("sealing the app's secrets: {e:#}")))?;
     let command = Command::Configure {
         app: app.clone(),
         config,
@@ -82,20 +84,20 @@ pub async fn configure(
         .write(command)
         .await
         .map_err(|e| DeployError::Unavailable(e.to_string()))?;
-    catch_up(&cluster.control, apps).await;
+    catch_up(cluster, apps).await;
     Ok(())
 }
 
 /// Install what the control plane has and this node lacks, now and after every change,
 /// until `stop`.
 pub async fn follow(
-    control: Arc<ControlPlane>,
+    cluster: Arc<Cluster>,
     apps: Arc<Apps<World>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut applied = control.applied();
+    let mut applied = cluster.control.applied();
     loop {
-        catch_up(&control, &apps).await;
+        catch_up(&cluster, &apps).await;
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,
@@ -104,8 +106,8 @@ pub async fn follow(
 }
 
 /// One pass: everything that differs, installed.
-pub async fn catch_up(control: &ControlPlane, apps: &Apps<World>) {
-    for wanted in differences(control, apps) {
+pub async fn catch_up(cluster: &Cluster, apps: &Apps<World>) {
+    for wanted in differences(cluster, apps) {
         if let Some((version, wasm)) = wanted.handler
             && let Err(e) = apps.install(&wanted.app, version, wasm).await
         {
@@ -121,8 +123,8 @@ pub async fn catch_up(control: &ControlPlane, apps: &Apps<World>) {
     }
 }
 
-fn differences(control: &ControlPlane, apps: &Apps<World>) -> Vec<Wanted> {
-    let state = control.state();
+fn differences(cluster: &Cluster, apps: &Apps<World>) -> Vec<Wanted> {
+    let state = cluster.control.state();
     let mut out = Vec::new();
     for (app, wanted) in &state.apps {
         let local = apps.record(app);
@@ -134,12 +136,20 @@ fn differences(control: &ControlPlane, apps: &Apps<World>) -> Vec<Wanted> {
             .live_handler(app)
             .filter(|(v, _)| Some(v.version) != local_version)
             .map(|(v, bytes)| (v.version, bytes.to_vec()));
-        let config_differs = local.as_ref().map(|r| &r.config) != Some(&wanted.config);
+        // Kept sealed in the log; open here, where tokens are checked.
+        let config = match crate::sealed::open_config(app, &wanted.config, cluster.sealer()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(%app, "cannot open the app's settings: {e:#}");
+                continue;
+            }
+        };
+        let config_differs = local.as_ref().map(|r| &r.config) != Some(&config);
         if handler.is_some() || config_differs {
             out.push(Wanted {
                 app: app.clone(),
                 handler,
-                config: wanted.config.clone(),
+                config,
             });
         }
     }

@@ -399,13 +399,32 @@ async fn a_node_dropped_without_a_drain_goes_silent_and_stops_serving() {
     assert!(refused.is_ok(), "{addr} still accepts connections");
 }
 
-/// The secret that signs resume tokens is kept sealed with the fleet's secrets key:
-/// no node's data directory (its Raft log and snapshots, its store) holds it in the
-/// clear, and tokens still verify on every node (before: in the clear in `raft.redb`).
+/// The secret that signs resume tokens, and an app's shared token key, are kept sealed
+/// with the fleet's secrets key: no node's data directory (its Raft log and snapshots,
+/// its store) holds either in the clear, and both still work on every node (before: in
+/// the clear in `raft.redb` and the store).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_secret_is_sealed_at_rest() {
     let fleet = Fleet::new();
     let nodes = fleet.start_all().await;
+    let (status, body) = deploy(&nodes[0], "echo", example("echo"), None).await;
+    assert_eq!(status, 200, "{body}");
+    common::add_test_key(nodes[0].addr, "echo").await;
+    // Another node checks a client's token with the key (opened from the log).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let url = format!(
+        "ws://{}/v1/ws?app=echo&token={}",
+        nodes[2].addr,
+        common::user_token("ann")
+    );
+    loop {
+        // A token that does not verify is refused before the upgrade (401).
+        if tokio_tungstenite::connect_async(url.as_str()).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the key never worked on node 2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let secret = nodes[0]
         .node
         .gateway
@@ -434,11 +453,16 @@ async fn the_cluster_secret_is_sealed_at_rest() {
             files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
         } else if !path.ends_with("secrets.key") {
             let bytes = std::fs::read(&path).unwrap();
-            assert!(
-                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                "{} holds the cluster secret in the clear",
-                path.display()
-            );
+            for (what, secret) in [
+                ("the cluster secret", secret.as_str()),
+                ("an app's key", common::TEST_KEY),
+            ] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds {what} in the clear",
+                    path.display()
+                );
+            }
             scanned += 1;
         }
     }

@@ -55,6 +55,8 @@ pub struct AppRecord {
 
 pub struct Store {
     db: Database,
+    /// Seals app settings' shared secrets before they are written (see `sealed`).
+    sealer: Option<std::sync::Arc<edgeroom_transport::Sealer>>,
 }
 
 fn room_key(app: &AppName, room: &RoomId) -> String {
@@ -81,7 +83,7 @@ impl Store {
         txn.open_table(ADMIN_KEYS)?;
         Self::open_journal(&txn)?;
         txn.commit()?;
-        Ok(Self { db })
+        Ok(Self { db, sealer: None })
     }
 
     /// Record a new live version of `app` (and its wasm, if new).
@@ -110,7 +112,17 @@ impl Store {
     }
 
     /// Record `app`'s settings (creating the app).
+    /// The store, sealing app secrets with `sealer` from now on.
+    pub fn with_sealer(
+        mut self,
+        sealer: Option<std::sync::Arc<edgeroom_transport::Sealer>>,
+    ) -> Self {
+        self.sealer = sealer;
+        self
+    }
+
     pub fn put_config(&self, app: &AppName, config: &AppConfig) -> anyhow::Result<()> {
+        let config = &crate::sealed::seal_config(app, config, self.sealer.as_deref())?;
         let txn = self.db.begin_write()?;
         {
             let mut apps = txn.open_table(APPS)?;
@@ -131,7 +143,12 @@ impl Store {
         let mut out = Vec::new();
         for row in apps.iter()? {
             let (k, v) = row?;
-            out.push((AppName::new(k.value())?, serde_json::from_str(v.value())?));
+            let app = AppName::new(k.value())?;
+            let mut record: AppRecord = serde_json::from_str(v.value())?;
+            record.config =
+                crate::sealed::open_config(&app, &record.config, self.sealer.as_deref())
+                    .map_err(|e| e.context(format!("the settings of app {app}")))?;
+            out.push((app, record));
         }
         Ok(out)
     }
