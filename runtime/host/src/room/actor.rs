@@ -789,8 +789,12 @@ impl Actor {
             }
         }
         // What the call changed, and its answer for a retry, are on disk before the
-        // answer goes out.
+        // answer goes out. An emit nobody waits on (no `ref`, no `id`: fire and forget)
+        // is not acknowledged: it goes to the disk with the next write, or within a
+        // second, so a flood of them costs one sync per batch, not one each.
+        let waited_on = r#ref.is_some() || key.is_some();
         let result = match result {
+            Ok(r) if !waited_on => Ok(r),
             Ok(_) if !self.persist_changes().await => {
                 let refused = Err(not_durable());
                 if let Some(key) = &key {
@@ -802,7 +806,9 @@ impl Actor {
             }
             Ok(r) => Ok(r),
             Err(e) => {
-                self.persist_changes().await;
+                if waited_on {
+                    self.persist_changes().await;
+                }
                 Err(e)
             }
         };
