@@ -228,6 +228,15 @@ async fn keys(command: KeysCommand, url: &str, key: Option<&str>) -> anyhow::Res
         );
     };
     let list = || keys_call(reqwest::Method::GET, url, "/v1/keys", key, None);
+    let revoke = |id: &str| {
+        let path = format!("/v1/keys/{id}");
+        let id = id.to_owned();
+        async move {
+            keys_call(reqwest::Method::DELETE, url, &path, key, None).await?;
+            println!("revoked {id}");
+            anyhow::Ok(())
+        }
+    };
     match command {
         KeysCommand::List => {
             for k in list().await?["keys"].as_array().into_iter().flatten() {
@@ -251,17 +260,7 @@ async fn keys(command: KeysCommand, url: &str, key: Option<&str>) -> anyhow::Res
             .await?;
             print_made(&made);
         }
-        KeysCommand::Revoke { id } => {
-            keys_call(
-                reqwest::Method::DELETE,
-                url,
-                &format!("/v1/keys/{id}"),
-                key,
-                None,
-            )
-            .await?;
-            println!("revoked {id}");
-        }
+        KeysCommand::Revoke { id } => revoke(&id).await?,
         KeysCommand::Rotate { id } => {
             let all = list().await?;
             let old = all["keys"]
@@ -283,15 +282,7 @@ async fn keys(command: KeysCommand, url: &str, key: Option<&str>) -> anyhow::Res
             )
             .await?;
             print_made(&made);
-            keys_call(
-                reqwest::Method::DELETE,
-                url,
-                &format!("/v1/keys/{id}"),
-                key,
-                None,
-            )
-            .await?;
-            println!("revoked {id}");
+            revoke(&id).await?;
         }
     }
     Ok(())
@@ -378,26 +369,12 @@ fn cluster_init(dir: &std::path::Path, nodes: &[String], name: &str) -> anyhow::
     ca.save(dir)?;
     println!("cluster CA: {}", dir.join("ca.crt").display());
     let key = dir.join("secrets.key");
-    write_private(&key, &edgeroom_transport::Sealer::generate_hex())?;
+    edgeroom_transport::tls::write_private(&key, &edgeroom_transport::Sealer::generate_hex())?;
     println!(
         "secrets key (secrets_key_file, on every node): {}",
         key.display()
     );
     issue_certs(&ca, dir, nodes)
-}
-
-/// Write a file only its owner may read.
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 fn issue_certs(ca: &ClusterCa, dir: &std::path::Path, nodes: &[String]) -> anyhow::Result<()> {
@@ -498,7 +475,7 @@ fn dev_secrets_key(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let path = dir.join("secrets.key");
     if !path.exists() {
         std::fs::create_dir_all(dir)?;
-        write_private(&path, &edgeroom_transport::Sealer::generate_hex())?;
+        edgeroom_transport::tls::write_private(&path, &edgeroom_transport::Sealer::generate_hex())?;
     }
     Ok(path)
 }

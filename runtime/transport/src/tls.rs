@@ -99,7 +99,8 @@ impl ClusterCa {
     }
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+/// Write a file only its owner may read (keys).
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
