@@ -20,8 +20,8 @@ use edgeroom_host::config::NodeConfig;
 use edgeroom_host::metrics::Metrics;
 use edgeroom_host::room::replica::Replicator;
 use edgeroom_host::room::{RoomCmd, RoomEnv, RoomKey, Rooms, World};
-use edgeroom_host::session::Sessions;
 use edgeroom_host::session::token::TokenKey;
+use edgeroom_host::session::{DetachedCaps, Sessions};
 use edgeroom_host::store::Store;
 use edgeroom_proto::close::Going;
 use edgeroom_sandbox::Sandbox;
@@ -219,9 +219,13 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
     }
     let clients_go = watch::channel(None).0;
     let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
-    let sessions = Arc::new(Sessions::new(Duration::from_millis(
-        config.limits.resume_probe_ms,
-    )));
+    let sessions = Arc::new(Sessions::new(
+        Duration::from_millis(config.limits.resume_probe_ms),
+        DetachedCaps {
+            sessions: config.limits.max_detached_sessions,
+            bytes: config.limits.detached_sessions_bytes,
+        },
+    ));
     let gateway = Arc::new(Gateway {
         connection_slots,
         forward_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.forwarded_streams)),
@@ -350,6 +354,14 @@ async fn upkeep(node: Arc<Gateway>) {
         node.metrics
             .sample_rates(&last_events, now.duration_since(last).as_secs_f64());
         last = now;
+        let (detached, bytes) = node.sessions.detached();
+        node.metrics.sessions_detached.set(detached as i64);
+        node.metrics.sessions_detached_bytes.set(bytes as i64);
+        let evicted = node.sessions.evicted_total();
+        let counted = node.metrics.sessions_evicted.get();
+        node.metrics
+            .sessions_evicted
+            .inc_by(evicted.saturating_sub(counted));
         for (conn, app, rooms) in node
             .sessions
             .expire(node.clock.mono_ms(), node.config.limits.resume_window_ms)

@@ -231,6 +231,12 @@ pub struct Limits {
     /// sent): a handler write that would take it past is refused (the handler's call
     /// returns an error) and counted (`edgeroom_handler_errors{kind="state_full"}`).
     pub state_max_bytes: usize,
+    /// Resumable sessions (a client gone, its session kept for the resume window) a node
+    /// keeps at most, and their bytes (each session's rooms and how it joined each);
+    /// past either the oldest is dropped — it can no longer be resumed and leaves its
+    /// rooms — and counted (`edgeroom_sessions_evicted`).
+    pub max_detached_sessions: usize,
+    pub detached_sessions_bytes: usize,
 }
 
 impl Default for Limits {
@@ -277,6 +283,8 @@ impl Default for Limits {
             state_append_bytes: 64 * 1024,
             forwarded_streams: 8192,
             state_max_bytes: 2 * 1024 * 1024,
+            max_detached_sessions: 50_000,
+            detached_sessions_bytes: 256 * 1024 * 1024,
         }
     }
 }

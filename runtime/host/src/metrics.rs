@@ -32,6 +32,12 @@ pub struct Metrics {
     pub handler_instances: Gauge,
     /// Bytes of events rooms keep for resume (see `limits.history_max_bytes`).
     pub history_bytes: Gauge,
+    /// Resumable (detached) sessions kept now, and the bytes they hold.
+    pub sessions_detached: Gauge,
+    pub sessions_detached_bytes: Gauge,
+    /// Detached sessions dropped over `limits.max_detached_sessions` /
+    /// `detached_sessions_bytes` (they can no longer be resumed).
+    pub sessions_evicted: Counter,
     pub events: Counter,
     pub events_per_second: Gauge<f64, AtomicU64>,
     pub deliveries: Counter,
@@ -94,6 +100,9 @@ impl Metrics {
         let rooms = Gauge::default();
         let handler_instances = Gauge::default();
         let history_bytes = Gauge::default();
+        let sessions_detached = Gauge::default();
+        let sessions_detached_bytes = Gauge::default();
+        let sessions_evicted = Counter::default();
         let events = Counter::default();
         let events_per_second = Gauge::<f64, AtomicU64>::default();
         let deliveries = Counter::default();
@@ -150,6 +159,21 @@ impl Metrics {
             "history_bytes",
             "Bytes of events rooms keep for resume, as history limits count them",
             history_bytes.clone(),
+        );
+        registry.register(
+            "sessions_detached",
+            "Resumable sessions whose connection is gone, kept now",
+            sessions_detached.clone(),
+        );
+        registry.register(
+            "sessions_detached_bytes",
+            "Bytes the resumable sessions hold (their rooms and how each was joined)",
+            sessions_detached_bytes.clone(),
+        );
+        registry.register(
+            "sessions_evicted",
+            "Resumable sessions dropped over the detached-session caps",
+            sessions_evicted.clone(),
         );
         registry.register("events", "Client events handled", events.clone());
         registry.register(
@@ -263,6 +287,9 @@ impl Metrics {
             rooms,
             handler_instances,
             history_bytes,
+            sessions_detached,
+            sessions_detached_bytes,
+            sessions_evicted,
             events,
             events_per_second,
             deliveries,

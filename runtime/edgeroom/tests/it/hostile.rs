@@ -674,3 +674,58 @@ async fn a_standalone_rooms_history_is_compacted() {
         "a patched member holds the room's state"
     );
 }
+
+/// Resumable sessions are counted and capped (`limits.max_detached_sessions`, and in
+/// bytes): past the cap the oldest is dropped — it cannot be resumed and leaves its
+/// rooms — and counted; the newest still resume (before: kept uncounted for the whole
+/// resume window, however many).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_sessions_are_capped_oldest_first() {
+    use crate::common::Client;
+    use serde_json::json;
+    let node = TestNode::start_with(|c| c.limits.max_detached_sessions = 3).await;
+    let mut tokens = Vec::new();
+    for i in 0..5 {
+        let mut c = Client::connect(node.addr, "echo", "json").await;
+        assert_eq!(c.join("d", json!({"i": i})).await["ok"], true);
+        tokens.push(c.token());
+        c.abort();
+        // One at a time, so "oldest" is well defined.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = node.metrics().await;
+        if metric(&m, "edgeroom_sessions_evicted_total") >= 2.0
+            && metric(&m, "edgeroom_sessions_detached") == 3.0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not capped:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The dropped ones left the room; the kept ones are still members.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.room("echo", "d").await["members"]
+        .as_array()
+        .map_or(0, Vec::len)
+        != 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            node.room("echo", "d").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut first = Client::connect(node.addr, "echo", "json").await;
+    let r = first
+        .request(json!({"type": "resume", "token": tokens[0], "cursors": {"d": ""}}))
+        .await;
+    assert_eq!(r["error"]["code"], "resume_failed", "{r}");
+    let mut last = Client::connect(node.addr, "echo", "json").await;
+    let r = last
+        .request(json!({"type": "resume", "token": tokens[4], "cursors": {"d": ""}}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+}

@@ -6,7 +6,7 @@
 
 pub mod token;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,45 +92,139 @@ async fn answers_probe(kill: &KillSwitch, wait: Duration) -> bool {
     false
 }
 
+/// How many resumable (detached) sessions a node keeps, and their bytes: past either,
+/// the oldest is dropped (`limits.max_detached_sessions`, `detached_sessions_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct DetachedCaps {
+    pub sessions: usize,
+    pub bytes: usize,
+}
+
+/// A session dropped for good: its rooms, which it leaves.
+pub type Ended = (ConnId, AppName, SessionRooms);
+
+/// The table, with the detached sessions indexed oldest first and counted.
+#[derive(Default)]
+struct Table {
+    map: HashMap<ConnId, Entry>,
+    detached: BTreeSet<(u64, ConnId)>,
+    detached_bytes: usize,
+    /// Detached sessions dropped over the caps, for the node to end in their rooms.
+    evicted: Vec<Ended>,
+    evicted_total: u64,
+}
+
+/// What keeping a detached session costs: its rooms and how each was joined.
+fn cost(conn: &ConnId, rooms: &SessionRooms) -> usize {
+    const SESSION: usize = 128;
+    const ROOM: usize = 64;
+    SESSION
+        + conn.as_str().len()
+        + rooms
+            .iter()
+            .map(|(r, a)| ROOM + r.as_str().len() + a.size())
+            .sum::<usize>()
+}
+
+impl Table {
+    fn insert(&mut self, conn: ConnId, entry: Entry) {
+        self.remove(&conn);
+        if let Entry::Detached {
+            since_ms, rooms, ..
+        } = &entry
+        {
+            self.detached.insert((*since_ms, conn.clone()));
+            self.detached_bytes += cost(&conn, rooms);
+        }
+        self.map.insert(conn, entry);
+    }
+
+    fn remove(&mut self, conn: &ConnId) -> Option<Entry> {
+        let entry = self.map.remove(conn)?;
+        if let Entry::Detached {
+            since_ms, rooms, ..
+        } = &entry
+        {
+            self.detached.remove(&(*since_ms, conn.clone()));
+            self.detached_bytes = self.detached_bytes.saturating_sub(cost(conn, rooms));
+        }
+        debug_assert!(
+            self.detached.len() <= self.map.len(),
+            "detached sessions are sessions"
+        );
+        Some(entry)
+    }
+
+    /// Take out the oldest detached session.
+    fn pop_oldest(&mut self) -> Option<Ended> {
+        let (_, conn) = self.detached.first()?.clone();
+        match self.remove(&conn)? {
+            Entry::Detached { app, rooms, .. } => Some((conn, app, rooms)),
+            Entry::Attached { .. } => None,
+        }
+    }
+
+    /// Drop the oldest detached sessions while over `caps`.
+    fn enforce(&mut self, caps: DetachedCaps) {
+        while self.detached.len() > caps.sessions || self.detached_bytes > caps.bytes {
+            let Some(ended) = self.pop_oldest() else {
+                break;
+            };
+            self.evicted.push(ended);
+            self.evicted_total += 1;
+        }
+    }
+}
+
 /// Every session of this node, live or resumable.
 pub struct Sessions {
-    map: Mutex<HashMap<ConnId, Entry>>,
+    table: Mutex<Table>,
     detached: Notify,
     /// How long a resume waits for a live-looking holder to answer a probe before it
     /// counts as gone (`limits.resume_probe_ms`).
     probe_wait: Duration,
+    caps: DetachedCaps,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
-        Self::new(Duration::from_millis(1500))
+        Self::new(
+            Duration::from_millis(1500),
+            DetachedCaps {
+                sessions: usize::MAX,
+                bytes: usize::MAX,
+            },
+        )
     }
 }
 
 impl Sessions {
-    pub fn new(probe_wait: Duration) -> Self {
+    pub fn new(probe_wait: Duration, caps: DetachedCaps) -> Self {
         Self {
-            map: Mutex::default(),
+            table: Mutex::default(),
             detached: Notify::new(),
             probe_wait,
+            caps,
         }
     }
 
     /// A connection holds the session now, with the token generation it was given.
     pub fn attach(&self, conn: ConnId, kill: Arc<KillSwitch>, holder: Holder) {
-        self.map
+        self.table
             .lock()
             .insert(conn, Entry::Attached { kill, holder });
     }
 
-    /// The connection dropped; the session can be resumed for a while.
+    /// The connection dropped; the session can be resumed for a while (unless that
+    /// takes the node past its caps on detached sessions: then the oldest goes).
     pub fn detach(&self, conn: ConnId, app: AppName, rooms: SessionRooms, now_ms: u64) {
-        let mut map = self.map.lock();
-        let holder = map
+        let mut table = self.table.lock();
+        let holder = table
+            .map
             .get(&conn)
             .map(|e| e.holder().clone())
             .unwrap_or_default();
-        map.insert(
+        table.insert(
             conn,
             Entry::Detached {
                 app,
@@ -139,8 +233,20 @@ impl Sessions {
                 holder,
             },
         );
-        drop(map);
+        table.enforce(self.caps);
+        drop(table);
         self.detached.notify_waiters();
+    }
+
+    /// Detached sessions now, and the bytes they hold.
+    pub fn detached(&self) -> (usize, usize) {
+        let table = self.table.lock();
+        (table.detached.len(), table.detached_bytes)
+    }
+
+    /// Detached sessions dropped over the caps since the node started.
+    pub fn evicted_total(&self) -> u64 {
+        self.table.lock().evicted_total
     }
 
     /// A session a restarted standalone node found in its rooms' journals: detached
@@ -158,7 +264,8 @@ impl Sessions {
             generation: 0,
             any_generation: true,
         };
-        self.map.lock().insert(
+        let mut table = self.table.lock();
+        table.insert(
             conn,
             Entry::Detached {
                 app,
@@ -167,11 +274,12 @@ impl Sessions {
                 holder,
             },
         );
+        table.enforce(self.caps);
     }
 
     /// The session ended for good.
     pub fn end(&self, conn: &ConnId) {
-        self.map.lock().remove(conn);
+        self.table.lock().remove(conn);
         self.detached.notify_waiters();
     }
 
@@ -194,8 +302,8 @@ impl Sessions {
         loop {
             let notified = self.detached.notified();
             let live = {
-                let mut map = self.map.lock();
-                let entry = map.get(conn);
+                let mut table = self.table.lock();
+                let entry = table.map.get(conn);
                 if let Some(h) = entry.map(Entry::holder) {
                     if h.user.is_some() && h.user.as_ref() != user {
                         return Err(ResumeError::OtherUser);
@@ -209,7 +317,7 @@ impl Sessions {
                     Some(Entry::Detached { app: a, .. }) if a != app => {
                         return Err(ResumeError::WrongApp);
                     }
-                    Some(Entry::Detached { .. }) => match map.remove(conn) {
+                    Some(Entry::Detached { .. }) => match table.remove(conn) {
                         Some(Entry::Detached { rooms, .. }) => return Ok(rooms),
                         _ => None,
                     },
@@ -236,25 +344,25 @@ impl Sessions {
         }
     }
 
-    /// Remove the sessions detached for longer than `window_ms`, returning their rooms.
-    pub fn expire(&self, now_ms: u64, window_ms: u64) -> Vec<(ConnId, AppName, SessionRooms)> {
-        let mut map = self.map.lock();
-        let old: Vec<ConnId> = map
-            .iter()
-            .filter(|(_, e)| matches!(e, Entry::Detached { since_ms, .. } if now_ms.saturating_sub(*since_ms) >= window_ms))
-            .map(|(c, _)| c.clone())
-            .collect();
-        old.into_iter()
-            .filter_map(|c| match map.remove(&c) {
-                Some(Entry::Detached { app, rooms, .. }) => Some((c, app, rooms)),
-                _ => None,
-            })
-            .collect()
+    /// Remove the sessions detached for longer than `window_ms`, and those dropped over
+    /// the caps, returning their rooms.
+    pub fn expire(&self, now_ms: u64, window_ms: u64) -> Vec<Ended> {
+        let mut table = self.table.lock();
+        let mut ended = std::mem::take(&mut table.evicted);
+        while let Some((since, _)) = table.detached.first()
+            && now_ms.saturating_sub(*since) >= window_ms
+        {
+            match table.pop_oldest() {
+                Some(e) => ended.push(e),
+                None => break,
+            }
+        }
+        ended
     }
 
     /// Sessions known now (live and resumable).
     pub fn len(&self) -> usize {
-        self.map.lock().len()
+        self.table.lock().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -265,6 +373,61 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn detached_sessions_over_the_caps_go_oldest_first() {
+        let caps = DetachedCaps {
+            sessions: 3,
+            bytes: usize::MAX,
+        };
+        let s = Sessions::new(Duration::ZERO, caps);
+        let app = AppName::new("a").unwrap();
+        let conn = |i: u64| ConnId::from_trusted(format!("c{i}"));
+        for i in 0..5 {
+            s.detach(conn(i), app.clone(), SessionRooms::new(), i);
+        }
+        assert_eq!(s.detached().0, 3);
+        assert_eq!(s.evicted_total(), 2);
+        let ended: Vec<ConnId> = s.expire(5, 1_000).into_iter().map(|e| e.0).collect();
+        assert_eq!(
+            ended,
+            vec![conn(0), conn(1)],
+            "the oldest, to leave their rooms"
+        );
+        assert_eq!(
+            s.take(&conn(0), &app, None, 0, Duration::ZERO).await,
+            Err(ResumeError::Gone)
+        );
+        assert!(
+            s.take(&conn(4), &app, None, 0, Duration::ZERO)
+                .await
+                .is_ok()
+        );
+        // In bytes too: one session with a big room list pushes out the older ones.
+        let s = Sessions::new(
+            Duration::ZERO,
+            DetachedCaps {
+                sessions: usize::MAX,
+                bytes: 10_000,
+            },
+        );
+        let mut big = SessionRooms::new();
+        big.insert(
+            RoomId::new("r").unwrap(),
+            JoinAuth::anonymous(&"x".repeat(6_000)),
+        );
+        s.detach(conn(1), app.clone(), big.clone(), 1);
+        s.detach(conn(2), app.clone(), big, 2);
+        assert_eq!(s.detached().0, 1);
+        assert!(s.detached().1 <= 10_000);
+        // Expiry by age goes oldest first, without scanning the live ones.
+        assert_eq!(
+            s.expire(3_000, 1_000).len(),
+            2,
+            "the evicted one and the expired one"
+        );
+        assert_eq!(s.detached(), (0, 0));
+    }
 
     #[tokio::test]
     async fn resume_takes_a_detached_session_once() {
