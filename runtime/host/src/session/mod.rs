@@ -414,7 +414,7 @@ mod tests {
         let mut big = SessionRooms::new();
         big.insert(
             RoomId::new("r").unwrap(),
-            JoinAuth::anonymous(&"x".repeat(6_000)),
+            JoinAuth::anonymous("x".repeat(6_000)),
         );
         s.detach(conn(1), app.clone(), big.clone(), 1);
         s.detach(conn(2), app.clone(), big, 2);
