@@ -298,6 +298,28 @@ impl<R: Clone + Weight> RoomCore<R> {
             .collect()
     }
 
+    /// `origin`'s events in the log after `after`, found from the newest back: costs
+    /// what is new, not the whole log (what a standalone room's journal asks after
+    /// every acknowledged emit).
+    pub fn newest_after(&self, origin: &NodeId, after: Seq) -> Vec<Arc<LogEntry>> {
+        let mut out: Vec<Arc<LogEntry>> = self
+            .log
+            .iter()
+            .rev()
+            // Per origin the log is in sequence order: the first of its events at or
+            // below `after` has only older ones behind it.
+            .take_while(|e| !(e.origin == *origin && e.seq <= after))
+            .filter(|e| e.origin == *origin)
+            .cloned()
+            .collect();
+        out.reverse();
+        debug_assert!(
+            out.windows(2).all(|w| w[0].seq < w[1].seq),
+            "in sequence order"
+        );
+        out
+    }
+
     /// Every event in the log after `after`, whoever it was for, oldest first.
     pub fn replay_all(&self, after: &Cursor) -> Vec<Arc<LogEntry>> {
         // The log is in delivery order, so per origin in sequence order: what is
@@ -541,6 +563,54 @@ mod tests {
 
     fn conn(s: &str) -> ConnId {
         ConnId::from_trusted(s.into())
+    }
+
+    /// A restarted room's journal: events of an earlier run come back first, gone
+    /// before the first of them counts as a gap, and what is new is found from the
+    /// newest back, the same as a scan of the whole log finds it.
+    #[test]
+    fn restored_events_come_first_and_the_newest_are_found_from_the_back() {
+        let n1 = NodeId::new("n1").unwrap();
+        let mut c: RoomCore<()> = RoomCore::new(
+            n1.clone(),
+            RoomId::new("r").unwrap(),
+            Seq::first(9),
+            LogLimits {
+                max_age_ms: u64::MAX,
+                max_events: 100,
+                max_bytes: usize::MAX,
+                max_ids: usize::MAX,
+                max_ids_bytes: usize::MAX,
+            },
+        );
+        for n in 5..=7 {
+            c.restore(Sequenced {
+                origin: n1.clone(),
+                seq: Seq::new(3, n),
+                at_ms: 0,
+                target: Target::All,
+                event: "e".into(),
+                payload: Payload::default(),
+                from: None,
+                key: None,
+            });
+        }
+        assert_eq!(c.evicted().get(&n1), Seq::new(3, 4));
+        for _ in 0..3 {
+            c.publish(0, Target::All, "e".into(), Payload::default(), None, None);
+        }
+        for after in [
+            Seq::default(),
+            Seq::new(3, 6),
+            Seq::new(9, 0),
+            Seq::new(9, 2),
+            Seq::new(9, 3),
+        ] {
+            let scan: Vec<Seq> = c.origin_after(&n1, after).iter().map(|e| e.seq).collect();
+            let back: Vec<Seq> = c.newest_after(&n1, after).iter().map(|e| e.seq).collect();
+            assert_eq!(scan, back, "after {after:?}");
+        }
+        assert_eq!(c.newest_after(&n1, Seq::new(9, 1)).len(), 2);
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl Journaled {
             changes,
             ..Batch::default()
         };
-        for e in w.core.origin_after(&self.origin, self.events_upto) {
+        for e in w.core.newest_after(&self.origin, self.events_upto) {
             let stored = StoredEvent {
                 wall_ms: now.wall_of(e.at_ms),
                 event: WireEvent::new(&e),
