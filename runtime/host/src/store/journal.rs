@@ -66,6 +66,12 @@ pub fn event_key(run: u64, n: u64) -> String {
     format!("{run:020}.{n:020}")
 }
 
+/// The room a key made by `room_key` names (an app name has no `/`).
+fn parse_room_key(key: &str) -> Option<(AppName, RoomId)> {
+    let (app, room) = key.split_once('/')?;
+    Some((AppName::new(app).ok()?, RoomId::new(room).ok()?))
+}
+
 fn item(room: &str, item: &str) -> String {
     format!("{room}\0{item}")
 }
@@ -180,16 +186,12 @@ impl Store {
         let mut out = Vec::new();
         for row in txn.open_table(MEMBERS)?.iter()? {
             let (k, v) = row?;
-            let Some((room_key, conn)) = k.value().split_once('\0') else {
+            let Some((key, conn)) = k.value().split_once('\0') else {
                 continue;
             };
-            let Some((app, room)) = room_key.split_once('/') else {
-                continue;
-            };
-            let (Ok(app), Ok(room)) = (AppName::new(app), RoomId::new(room)) else {
-                continue;
-            };
-            out.push((app, room, conn.to_owned(), v.value().to_vec()));
+            if let Some((app, room)) = parse_room_key(key) {
+                out.push((app, room, conn.to_owned(), v.value().to_vec()));
+            }
         }
         Ok(out)
     }
@@ -203,12 +205,7 @@ impl Store {
         let mut out = Vec::new();
         for row in txn.open_table(TIMERS)?.iter()? {
             let (k, _) = row?;
-            let Some((app, room)) = k.value().split_once('/') else {
-                continue;
-            };
-            if let (Ok(app), Ok(room)) = (AppName::new(app), RoomId::new(room)) {
-                out.push((app, room));
-            }
+            out.extend(parse_room_key(k.value()));
         }
         Ok(out)
     }
