@@ -53,6 +53,11 @@ struct Conn {
     app: AppName,
     conn: ConnId,
     token: String,
+    /// The generation of `token` (see `Claims::generation`).
+    generation: u64,
+    /// A room refused to let this connection take its session over: it leaves what
+    /// it took and lets go of the session, which stays its owner's.
+    refused: bool,
     outbox: Outbox,
     /// Whether this connection takes presence and state frames (`?presence=0&state=0`).
     interest: Interest,
@@ -107,6 +112,8 @@ pub async fn serve(
         app,
         conn: conn_id,
         token,
+        generation: 0,
+        refused: false,
         outbox,
         interest,
         rooms: BTreeMap::new(),
@@ -181,8 +188,9 @@ pub async fn serve(
 
     let app = c.app.clone();
     let mut rooms = SessionRooms::new();
+    let ending = explicit_close || c.refused;
     for (room, joined) in std::mem::take(&mut c.rooms) {
-        let cmd = if explicit_close {
+        let cmd = if ending {
             RoomCmd::End {
                 conn: c.conn.clone(),
             }
@@ -195,7 +203,7 @@ pub async fn serve(
         joined.handle.send(cmd).await;
         rooms.insert(room, joined.auth);
     }
-    if explicit_close {
+    if ending {
         node.sessions.end(&c.conn);
     } else {
         node.sessions
@@ -325,7 +333,7 @@ impl Conn {
             presence: self.interest.presence && presence,
             state: self.interest.state,
         };
-        Link::new(self.outbox.clone(), interest)
+        Link::new(self.outbox.clone(), interest).with_token(self.generation)
     }
 
     fn set_credential(&mut self, credential: Credential) {
@@ -467,7 +475,11 @@ impl Conn {
                 token,
                 cursors,
                 r#ref,
-            } => self.resume(token, cursors, r#ref).await,
+            } => {
+                self.resume(token, cursors, r#ref).await;
+                // Refused a session it claimed: the connection goes.
+                return !self.refused;
+            }
             ClientFrame::Authenticate { token, r#ref } => self.authenticate(&token, r#ref),
             ClientFrame::Ping { r#ref } => {
                 if let Some(r#ref) = r#ref {
@@ -626,6 +638,7 @@ impl Conn {
         self.node.sessions.end(&self.conn);
         self.conn = old;
         let generation = claims.generation.saturating_add(1);
+        self.generation = generation;
         self.token = self.node.tokens.sign(&Claims {
             session: self.conn.clone(),
             app: self.app.clone(),
@@ -699,6 +712,13 @@ impl Conn {
             match adopted {
                 Some((AdoptOutcome::Adopted { auth }, handle)) => {
                     self.rooms.insert(room, Joined { handle, auth });
+                }
+                // A spent token, or another user's session: this connection lets go
+                // of it and goes (the rooms it did take on see it leave).
+                Some((AdoptOutcome::Refused, _)) => {
+                    self.refused = true;
+                    self.outbox.kill(Disconnect::SessionRefused);
+                    return;
                 }
                 _ => self.send(ServerFrame::Error {
                     error: ProtoError::new(

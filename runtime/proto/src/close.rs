@@ -81,6 +81,9 @@ pub enum Disconnect {
     TokenExpired,
     /// It presented no token in time where the app needs one.
     Unauthenticated,
+    /// It resumed with a token its session had replaced, or as another user: the
+    /// session is not its to take.
+    SessionRefused,
 }
 
 impl Disconnect {
@@ -92,7 +95,9 @@ impl Disconnect {
             | Disconnect::TooManyBadFrames
             | Disconnect::ProtocolError(_) => ws_code::POLICY,
             Disconnect::ConnectionClosed => ws_code::NORMAL,
-            Disconnect::TokenExpired | Disconnect::Unauthenticated => ws_code::UNAUTHORIZED,
+            Disconnect::TokenExpired | Disconnect::Unauthenticated | Disconnect::SessionRefused => {
+                ws_code::UNAUTHORIZED
+            }
             Disconnect::NoTraffic
             | Disconnect::SessionClosed
             | Disconnect::ResumedElsewhere
@@ -119,6 +124,9 @@ impl fmt::Display for Disconnect {
             Disconnect::Going(g) => g.fmt(f),
             Disconnect::TokenExpired => f.write_str("token expired"),
             Disconnect::Unauthenticated => f.write_str("no token presented"),
+            Disconnect::SessionRefused => f.write_str(
+                "resume refused: the token was replaced, or the session is another user's",
+            ),
         }
     }
 }

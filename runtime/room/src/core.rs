@@ -26,6 +26,10 @@ pub struct Member {
     /// that both think they hold a member, the higher claim wins, a tie going to the
     /// greater node id: no two nodes' clocks are ever compared.
     pub claim: u64,
+    /// The generation of the newest resume token the member's session was given (0
+    /// where its protocol's tokens do not rotate): a resume on another node with an
+    /// older one is refused, so a captured token is spent once the client moves on.
+    pub token: u64,
     /// `Some(t)` while the member's connection is gone: since when.
     pub detached_since_ms: Option<u64>,
     /// Everything queued to the member, per origin, as of its detach (the resume point
@@ -168,11 +172,24 @@ impl<R: Clone + Weight> RoomCore<R> {
                 presence: "null".into(),
                 auth,
                 claim,
+                token: 0,
                 detached_since_ms: None,
                 last_queued: Cursor::default(),
             },
         );
         true
+    }
+
+    /// The member's session was given the token of `generation`: false if that is
+    /// not news (or it is no member).
+    pub fn set_token(&mut self, conn: &ConnId, generation: u64) -> bool {
+        match self.members.get_mut(conn) {
+            Some(m) if m.token != generation => {
+                m.token = generation;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Remove a member; returns it if it was one.

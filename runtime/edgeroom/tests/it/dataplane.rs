@@ -302,6 +302,76 @@ async fn a_client_whose_node_died_resumes_on_another_with_nothing_lost() {
     shutdown(nodes).await;
 }
 
+/// A resume token is spent once its session resumed: presented on another node, an
+/// older token takes nothing over (the replicas hold the generation of the newest),
+/// while the newest one moves the member as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_resume_token_takes_no_member_over_on_another_node() {
+    let (_fleet, nodes) = fleet_with_apps().await;
+    let mut sender = Client::connect(nodes[0].addr, "echo", "json").await;
+    sender.join("spent", json!({})).await;
+    let mut reader = Client::connect(nodes[1].addr, "echo", "json").await;
+    let r = reader.join("spent", json!({})).await;
+    assert!(r["error"].is_null(), "{r}");
+    let captured = reader.token();
+    wait_room(&nodes[0], "echo", "spent", "both members", |v| {
+        member_count(v) == 2
+    })
+    .await;
+    broadcast_range(&mut sender, "spent", 0..3).await;
+    let (_, cursor) = reader.numbered(3).await;
+
+    // The reader's connection drops and it resumes on its own node: its token rotates.
+    reader.abort();
+    let mut reader = Client::connect(nodes[1].addr, "echo", "json").await;
+    let resume = |token: &str, cursor: &str| json!({"type": "resume", "token": token, "cursors": {"spent": cursor}});
+    let r = reader.request(resume(&captured, &cursor)).await;
+    assert!(r["error"].is_null(), "{r}");
+    let welcome = reader.next_of("welcome").await;
+    assert_eq!(welcome["resumed"], true, "{welcome}");
+    let newest = welcome["resume_token"].as_str().unwrap().to_owned();
+    // The replicas hear of the new token with the member's record.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The captured token, on another node, takes nothing: the connection is sent
+    // away (4001) and the member stays where it is.
+    let mut thief = Client::connect(nodes[2].addr, "echo", "json").await;
+    let r = thief.request(resume(&captured, &cursor)).await;
+    assert!(r["error"].is_null(), "{r}");
+    let closed = thief.next_of("closed").await;
+    assert_eq!(closed["code"], 4001, "{closed}");
+    assert!(
+        thief.backlog.iter().all(|f| f["type"] != "event"),
+        "the thief got the room's events: {:?}",
+        thief.backlog
+    );
+    broadcast_range(&mut sender, "spent", 3..4).await;
+    let (got, cursor) = reader.numbered(1).await;
+    assert_eq!(got, vec![3], "the member still gets the room's events");
+    let view = wait_room(&nodes[0], "echo", "spent", "two members", |v| {
+        member_count(v) == 2
+    })
+    .await;
+    assert!(
+        view["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["node"] != "ap-south-1"),
+        "the thief's node holds no member: {view}"
+    );
+
+    // The newest token moves the member to that node.
+    reader.abort();
+    let mut back = Client::connect(nodes[2].addr, "echo", "json").await;
+    let r = back.request(resume(&newest, &cursor)).await;
+    assert!(r["error"].is_null(), "{r}");
+    broadcast_range(&mut sender, "spent", 4..5).await;
+    let (got, _) = back.numbered(1).await;
+    assert_eq!(got, vec![4]);
+    shutdown(nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_io_clients_through_a_round_robin_balancer() {
     let (_fleet, nodes) = fleet_with_apps().await;

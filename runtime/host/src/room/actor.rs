@@ -483,8 +483,9 @@ impl Actor {
                 done,
             } => {
                 if let Some(m) = self.world().core.member(&conn) {
-                    if m.auth.user.is_some() && m.auth.user != user {
-                        let _ = done.send(AdoptOutcome::NotMember);
+                    let stale = link.token.is_some_and(|t| m.token >= t);
+                    if stale || (m.auth.user.is_some() && m.auth.user != user) {
+                        let _ = done.send(AdoptOutcome::Refused);
                         return;
                     }
                     let auth = Some(m.auth.clone());
@@ -582,6 +583,9 @@ impl Actor {
         // A member before on-join runs, so the handler can set its presence; told to
         // others only once the join is accepted.
         self.world().core.join(conn.clone(), auth.clone(), 1);
+        self.world()
+            .core
+            .set_token(&conn, link.token.unwrap_or_default());
         let before = self.world().core.head().clone();
         self.world().current = Some(conn.clone());
         self.world().joining = Some(conn.clone());
@@ -652,12 +656,19 @@ impl Actor {
         let Some(replay) = w.core.reattach(&conn, cursor.as_ref()) else {
             return ReattachOutcome::NotMember;
         };
+        // The session's new token: the other replicas learn it, so an older one
+        // cannot take the member over there.
+        let renewed = link.token.is_some_and(|t| w.core.set_token(&conn, t));
         w.links.insert(conn.clone(), link);
         if let Some(r) = &mut self.replica {
             r.replayed(&conn);
         }
         self.world().send_replay(&conn, replay);
         self.world().send_snapshot(&conn);
+        if renewed {
+            self.world().member_changed(&conn);
+            self.replicate(Input::Flush);
+        }
         ReattachOutcome::Reattached
     }
 
@@ -691,9 +702,9 @@ impl Actor {
                     adoption_ended = true;
                     let _ = done.send(AdoptOutcome::Adopted { auth });
                 }
-                Effect::NotMember(done) => {
+                Effect::Declined(done, why) => {
                     adoption_ended = true;
-                    let _ = done.send(AdoptOutcome::NotMember);
+                    let _ = done.send(why);
                 }
             }
         }

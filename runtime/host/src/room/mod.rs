@@ -140,6 +140,9 @@ pub enum AdoptOutcome {
     },
     /// No replica knows the member (never was, or it left): join again.
     NotMember,
+    /// The member is another user's, or its session has a newer token than the one
+    /// presented: not this client's to take.
+    Refused,
     Retry,
 }
 

@@ -129,11 +129,26 @@ impl Interest {
 pub struct Link {
     pub outbox: Outbox,
     pub interest: Interest,
+    /// The generation of the resume token the connection holds, where its protocol
+    /// rotates tokens (see `Member::token`); `None` where it does not (Socket.IO).
+    pub token: Option<u64>,
 }
 
 impl Link {
     pub fn new(outbox: Outbox, interest: Interest) -> Self {
-        Self { outbox, interest }
+        Self {
+            outbox,
+            interest,
+            token: None,
+        }
+    }
+
+    /// The link of a connection holding the resume token of `generation`.
+    pub fn with_token(self, generation: u64) -> Self {
+        Self {
+            token: Some(generation),
+            ..self
+        }
     }
 
     /// Whether `item` is for this member at all: a presence or state frame it did not

@@ -345,7 +345,9 @@ pub enum Effect {
     /// An adoption is over: the member is this room's now; answer its client.
     Adopted(Settled),
     /// An adoption found no replica that knew the member; answer its client.
-    NotMember(oneshot::Sender<super::AdoptOutcome>),
+    /// An adoption ended without the member; answer its client (`NotMember` or
+    /// `Refused`).
+    Declined(oneshot::Sender<super::AdoptOutcome>, super::AdoptOutcome),
 }
 
 /// What a replica may ask of the mesh.
@@ -585,7 +587,7 @@ impl Replica {
         for a in self.adoptions_due(ctx) {
             match self.settle(w, a, ctx) {
                 Ok(settled) => ctx.out.push(Effect::Adopted(settled)),
-                Err(a) => ctx.out.push(Effect::NotMember(a.done)),
+                Err((a, why)) => ctx.out.push(Effect::Declined(a.done, why)),
             }
         }
     }
@@ -1371,18 +1373,23 @@ impl Replica {
         w: &mut World,
         mut a: Adoption,
         ctx: &mut Ctx,
-    ) -> Result<Settled, Box<Adoption>> {
-        // A member that joined as a verified user is that user's alone to take over.
-        let owner = w
+    ) -> Result<Settled, (Box<Adoption>, super::AdoptOutcome)> {
+        // A member that joined as a verified user is that user's alone to take over,
+        // and only with its session's newest token (an older one was captured, or
+        // spent).
+        let newest = w
             .remote
             .values()
             .filter_map(|m| m.get(&a.conn))
             .chain(a.record.iter())
             .chain(w.departed.get(&a.conn).map(|(m, _)| m))
-            .max_by_key(|r| r.claim)
-            .and_then(|r| r.auth.user.as_ref());
-        if owner.is_some() && owner != a.user.as_ref() {
-            return Err(Box::new(a));
+            .max_by_key(|r| r.claim);
+        if let Some(r) = newest {
+            let owner = r.auth.user.as_ref();
+            let stale = a.link.token.is_some_and(|t| r.token >= t);
+            if stale || (owner.is_some() && owner != a.user.as_ref()) {
+                return Err((Box::new(a), super::AdoptOutcome::Refused));
+            }
         }
         // Every record of the member anyone gave: the newest claim describes it, and
         // this node's claim goes one past it.
@@ -1394,7 +1401,7 @@ impl Replica {
         records.extend(a.record.take());
         records.extend(w.departed.remove(&a.conn).map(|(m, _)| m));
         let Some(record) = records.into_iter().max_by_key(|r| r.claim) else {
-            return Err(Box::new(a));
+            return Err((Box::new(a), super::AdoptOutcome::NotMember));
         };
         let conn = a.conn.clone();
         // Origins this replica has not started with (none said where, or they are
@@ -1421,6 +1428,8 @@ impl Replica {
             record.auth.clone(),
             record.claim.saturating_add(1),
         );
+        w.core
+            .set_token(&conn, a.link.token.unwrap_or(record.token));
         w.core.set_presence(&conn, record.presence.clone());
         w.presence_changed(vec![(conn.clone(), record.presence.clone())], vec![]);
         let cursor = a.cursor.clone().unwrap_or(before);

@@ -312,6 +312,14 @@ impl World {
         self.push_presence(joined, left);
     }
 
+    /// A member's record changed without its presence (a new resume token): only the
+    /// other replicas need to hear of it.
+    pub fn member_changed(&mut self, conn: &ConnId) {
+        if let (Some(out), Some(m)) = (&mut self.outgoing, self.core.member(conn)) {
+            out.joined.push((conn.clone(), m.into()));
+        }
+    }
+
     /// Tell the members here who joined or left (nothing if nobody did).
     pub fn push_presence(&mut self, joined: Vec<(ConnId, String)>, left: Vec<ConnId>) {
         if joined.is_empty() && left.is_empty() {
@@ -513,6 +521,8 @@ pub struct RemoteMember {
     pub auth: JoinAuth,
     /// See `Member::claim`.
     pub claim: u64,
+    /// See `Member::token`.
+    pub token: u64,
 }
 
 impl From<&edgeroom_room::core::Member> for RemoteMember {
@@ -521,6 +531,7 @@ impl From<&edgeroom_room::core::Member> for RemoteMember {
             presence: m.presence.clone(),
             auth: m.auth.clone(),
             claim: m.claim,
+            token: m.token,
         }
     }
 }

@@ -278,7 +278,7 @@ impl Sim {
                     }
                 }
                 Effect::Adopted(s) => drop(s.done.send(AdoptOutcome::Adopted { auth: s.auth })),
-                Effect::NotMember(done) => drop(done.send(AdoptOutcome::NotMember)),
+                Effect::Declined(done, why) => drop(done.send(why)),
             }
         }
     }
@@ -786,7 +786,7 @@ fn a_verified_member_is_adopted_only_by_its_user() {
     sim.adopt_as(1, "m", cursor.clone(), Some("mallory"));
     sim.settle();
     assert!(
-        matches!(sim.adopted[0].try_recv(), Ok(AdoptOutcome::NotMember)),
+        matches!(sim.adopted[0].try_recv(), Ok(AdoptOutcome::Refused)),
         "another user took the member over"
     );
     sim.adopt_as(1, "m", cursor, Some("alice"));
