@@ -76,6 +76,11 @@ struct Args {
     /// Payload padding in bytes.
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// `echo`: the event each request emits (`echo` is answered without touching the
+    /// room's log; `broadcast` is logged, so a standalone node journals it before the
+    /// answer).
+    #[arg(long, default_value = "echo")]
+    event: String,
     #[arg(long, default_value_t = 10)]
     secs: u64,
 }
@@ -394,8 +399,11 @@ async fn echo(args: &Args, target: &Target) -> anyhow::Result<Value> {
             while let Some(m) = next_until(&mut rx, &mut finished).await? {
                 if let Incoming::Ack { ok, data, .. } = m {
                     if ok {
-                        let sent = data["t"].as_u64().unwrap_or(0);
-                        lat.saturating_record(micros_since(start).saturating_sub(sent));
+                        // An answer that does not echo the send time (a broadcast's)
+                        // counts, without a latency.
+                        if let Some(sent) = data["t"].as_u64() {
+                            lat.saturating_record(micros_since(start).saturating_sub(sent));
+                        }
                         acks2.ok.fetch_add(1, Ordering::Relaxed);
                     } else {
                         acks2.failed.fetch_add(1, Ordering::Relaxed);
@@ -406,12 +414,13 @@ async fn echo(args: &Args, target: &Target) -> anyhow::Result<Value> {
             anyhow::Ok(lat)
         }));
         let (pad, stop, window) = (pad.clone(), stop.clone(), args.window);
+        let event = args.event.clone();
         tasks.push((
             acks.clone(),
             tokio::spawn(async move {
                 send_loop(per_sender_rate, window, &stop, &acks, |seq| {
                     let data = json!({"t": micros_since(start), "pad": pad});
-                    tx.emit("echo", &data, Some(seq))
+                    tx.emit(&event, &data, Some(seq))
                 })
                 .await
             }),
@@ -445,7 +454,7 @@ async fn echo(args: &Args, target: &Target) -> anyhow::Result<Value> {
         .map(|a| a.failed.load(Ordering::Relaxed))
         .sum();
     Ok(json!({
-        "scenario": "echo",
+        "scenario": "echo", "event": args.event,
         "conns": args.conns, "window": args.window, "rate": args.rate, "size": args.size,
         "secs": round2(elapsed), "sent": sent, "acked": acked, "failed": failed,
         "acks_per_s": (acked as f64 / elapsed).round(),

@@ -22,7 +22,7 @@ use edgeroom_host::room::replica::Replicator;
 use edgeroom_host::room::{RoomCmd, RoomEnv, RoomKey, Rooms, World};
 use edgeroom_host::session::token::TokenKey;
 use edgeroom_host::session::{DetachedCaps, Sessions};
-use edgeroom_host::store::Store;
+use edgeroom_host::store::{GroupWriter, Store};
 use edgeroom_proto::close::Going;
 use edgeroom_sandbox::Sandbox;
 use edgeroom_transport::{Sealer, seal};
@@ -208,6 +208,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
         sandbox: sandbox.clone(),
         apps: apps.clone(),
         store: store.clone(),
+        journal: GroupWriter::new(store.clone())?,
         runs,
         metrics: metrics.clone(),
         shutdown: shutdown_rx,

@@ -969,19 +969,16 @@ impl Actor {
             return true;
         }
         self.appended_bytes += batch.changes.len();
-        let store = self.rooms.env().store.clone();
-        let key = self.key.clone();
-        let written =
-            tokio::task::spawn_blocking(move || store.write_room(&key.app, &key.room, &batch))
-                .await;
+        let written = self
+            .rooms
+            .env()
+            .journal
+            .write(&self.key.app, &self.key.room, batch)
+            .await;
         match written {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::error!(room = %self.key.room, "could not write the room's journal: {e:#}");
-                false
-            }
+            Ok(()) => true,
             Err(e) => {
-                tracing::error!(room = %self.key.room, "room journal task failed: {e}");
+                tracing::error!(room = %self.key.room, "could not write the room's journal: {e}");
                 false
             }
         }

@@ -196,6 +196,8 @@ pub struct RoomEnv {
     pub sandbox: Arc<Sandbox<World>>,
     pub apps: Arc<Apps<World>>,
     pub store: Arc<Store>,
+    /// Writes standalone rooms' journals, many rooms to one synced commit.
+    pub journal: crate::store::GroupWriter,
     /// Where rooms take their runs of sequence numbers.
     pub runs: Arc<edgeroom_room::runs::Runs>,
     pub metrics: Arc<Metrics>,

@@ -46,6 +46,17 @@ impl Batch {
             && self.left.is_empty()
             && self.timer.is_none()
     }
+
+    /// About what writing it costs, in bytes.
+    pub fn bytes(&self) -> usize {
+        let items =
+            |v: &[(String, Vec<u8>)]| v.iter().map(|(k, b)| k.len() + b.len()).sum::<usize>();
+        self.changes.len()
+            + items(&self.events)
+            + items(&self.ids)
+            + items(&self.joined)
+            + self.left.iter().map(String::len).sum::<usize>()
+    }
 }
 
 /// What a room finds in its journal when it loads.
@@ -87,39 +98,49 @@ impl Store {
 
     /// Write a room's batch in one transaction, synced before this returns.
     pub fn write_room(&self, app: &AppName, room: &RoomId, batch: &Batch) -> anyhow::Result<()> {
-        let key = room_key(app, room);
+        self.write_rooms(&[(app, room, batch)])
+    }
+
+    /// Write several rooms' batches in one transaction, synced once before this
+    /// returns: all of them or, on an error, none.
+    pub fn write_rooms(&self, batches: &[(&AppName, &RoomId, &Batch)]) -> anyhow::Result<()> {
         let txn = self.db.begin_write()?;
-        if !batch.changes.is_empty() {
-            Self::append_changes_in(&txn, &key, &batch.changes)?;
-        }
-        {
-            let mut events = txn.open_table(EVENTS)?;
-            for (k, v) in &batch.events {
-                events.insert(item(&key, k).as_str(), v.as_slice())?;
-            }
-            let mut ids = txn.open_table(IDS)?;
-            for (k, v) in &batch.ids {
-                ids.insert(item(&key, k).as_str(), v.as_slice())?;
-            }
-            let mut members = txn.open_table(MEMBERS)?;
-            for (k, v) in &batch.joined {
-                members.insert(item(&key, k).as_str(), v.as_slice())?;
-            }
-            for k in &batch.left {
-                members.remove(item(&key, k).as_str())?;
-            }
-            let mut timers = txn.open_table(TIMERS)?;
-            match batch.timer {
-                Some(Some(at)) => {
-                    timers.insert(key.as_str(), at)?;
-                }
-                Some(None) => {
-                    timers.remove(key.as_str())?;
-                }
-                None => {}
-            }
+        for (app, room, batch) in batches {
+            Self::write_room_in(&txn, &room_key(app, room), batch)?;
         }
         txn.commit()?;
+        Ok(())
+    }
+
+    fn write_room_in(txn: &redb::WriteTransaction, key: &str, batch: &Batch) -> anyhow::Result<()> {
+        if !batch.changes.is_empty() {
+            Self::append_changes_in(txn, key, &batch.changes)?;
+        }
+        let mut events = txn.open_table(EVENTS)?;
+        for (k, v) in &batch.events {
+            events.insert(item(key, k).as_str(), v.as_slice())?;
+        }
+        let mut ids = txn.open_table(IDS)?;
+        for (k, v) in &batch.ids {
+            ids.insert(item(key, k).as_str(), v.as_slice())?;
+        }
+        let mut members = txn.open_table(MEMBERS)?;
+        for (k, v) in &batch.joined {
+            members.insert(item(key, k).as_str(), v.as_slice())?;
+        }
+        for k in &batch.left {
+            members.remove(item(key, k).as_str())?;
+        }
+        let mut timers = txn.open_table(TIMERS)?;
+        match batch.timer {
+            Some(Some(at)) => {
+                timers.insert(key, at)?;
+            }
+            Some(None) => {
+                timers.remove(key)?;
+            }
+            None => {}
+        }
         Ok(())
     }
 

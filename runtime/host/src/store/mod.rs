@@ -4,8 +4,10 @@
 //! Blocking: callers on async tasks go through `spawn_blocking`. The cluster moves the
 //! registry into the Raft state machine; room documents stay here.
 
+mod group;
 mod journal;
 
+pub use group::GroupWriter;
 pub use journal::{Batch, Journal, event_key};
 
 use std::collections::BTreeMap;
