@@ -28,10 +28,18 @@ const MAX_SEGMENTS: usize = 32;
 /// Deepest JSON a handler may store.
 const MAX_DEPTH: usize = 64;
 
+mod rebase;
+use rebase::Write;
+pub use rebase::{Base, Rebased};
+
 /// A room's document.
 #[derive(Debug, Default)]
 pub struct RoomDoc {
     doc: AutoCommit,
+    /// A replicated room's node: each write is committed as its own change with the
+    /// write in its message, so it can be done again on a rebased document (see
+    /// `rebase`). `None` on a standalone node.
+    writer: Option<String>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -52,7 +60,9 @@ impl RoomDoc {
     }
 
     pub fn load(bytes: &[u8]) -> Result<Self, String> {
-        AutoCommit::load(bytes).map(|doc| Self { doc }).map_err(err)
+        AutoCommit::load(bytes)
+            .map(|doc| Self { doc, writer: None })
+            .map_err(err)
     }
 
     pub fn save(&mut self) -> Vec<u8> {
@@ -228,7 +238,12 @@ impl RoomDoc {
         {
             return Err(format!("index {i} is past the end of the list"));
         }
-        put_json(&mut self.doc, &obj, prop, value, false).map_err(err)
+        put_json(&mut self.doc, &obj, prop, value, false).map_err(err)?;
+        self.record(|| Write::Put {
+            path: path.into(),
+            value: value.clone(),
+        });
+        Ok(())
     }
 
     /// Add `by` to the counter at `path`, creating it at 0 if absent. Returns the new value.
@@ -246,6 +261,10 @@ impl RoomDoc {
                 .map_err(err)?;
         }
         self.doc.increment(&obj, prop.clone(), by).map_err(err)?;
+        self.record(|| Write::Incr {
+            path: path.into(),
+            by,
+        });
         Ok(self
             .doc
             .get(&obj, prop)
@@ -273,6 +292,10 @@ impl RoomDoc {
         };
         let n = self.doc.length(&list);
         put_json(&mut self.doc, &list, Prop::Seq(n), value, true).map_err(err)?;
+        self.record(|| Write::Push {
+            path: path.into(),
+            value: value.clone(),
+        });
         u32::try_from(n + 1).map_err(err)
     }
 
@@ -291,7 +314,9 @@ impl RoomDoc {
         {
             return Ok(());
         }
-        self.doc.delete(&obj, prop).map_err(err)
+        self.doc.delete(&obj, prop).map_err(err)?;
+        self.record(|| Write::Delete { path: path.into() });
+        Ok(())
     }
 
     /// The parent object and last property of `path`, creating missing maps.
@@ -736,7 +761,10 @@ mod tests {
         for seed in 0..40 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut d = RoomDoc::new();
-            let mut other = RoomDoc { doc: d.doc.fork() };
+            let mut other = RoomDoc {
+                doc: d.doc.fork(),
+                writer: None,
+            };
             let mut shown = d.to_json();
             let mut heads = d.heads();
             for step in 0..60 {
@@ -792,7 +820,10 @@ mod tests {
     fn counters_sum_across_replicas() {
         let mut a = RoomDoc::new();
         a.increment("count", 0).unwrap();
-        let mut b = RoomDoc { doc: a.doc.fork() };
+        let mut b = RoomDoc {
+            doc: a.doc.fork(),
+            writer: None,
+        };
         a.increment("count", 2).unwrap();
         b.increment("count", 5).unwrap();
         a.doc.merge(&mut b.doc).unwrap();
@@ -806,7 +837,10 @@ mod tests {
     fn changes_sent_as_they_are_apply_once_their_dependencies_are_there() {
         let mut a = RoomDoc::new();
         a.increment("count", 1).unwrap();
-        let mut b = RoomDoc { doc: a.doc.fork() };
+        let mut b = RoomDoc {
+            doc: a.doc.fork(),
+            writer: None,
+        };
         let start = a.heads();
         a.increment("count", 2).unwrap();
         let first = a.changes_since(&start);
@@ -842,7 +876,10 @@ mod tests {
     fn a_replica_says_which_of_anothers_heads_it_lacks() {
         let mut a = RoomDoc::new();
         a.increment("count", 1).unwrap();
-        let mut b = RoomDoc { doc: a.doc.fork() };
+        let mut b = RoomDoc {
+            doc: a.doc.fork(),
+            writer: None,
+        };
         b.increment("count", 1).unwrap();
         let theirs: Vec<String> = b.heads().iter().map(|h| h.to_string()).collect();
         let mine: Vec<String> = a.heads().iter().map(|h| h.to_string()).collect();

@@ -372,6 +372,119 @@ async fn a_spent_resume_token_takes_no_member_over_on_another_node() {
     shutdown(nodes).await;
 }
 
+/// A line of text that does not compress (a saved document deflates its columns):
+/// what grows with it is the document's history itself.
+fn line(client: usize, i: u64) -> String {
+    let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((client as u64) << 40);
+    format!(
+        "{client}:{i} {x:016x}{:016x}",
+        x.rotate_left(17).wrapping_mul(31)
+    )
+}
+
+/// Every client pushes lines `from..to` onto the fixture's list (kept at about 100)
+/// at once; each answer is ok.
+async fn keep_from_all(
+    clients: Vec<Client>,
+    room: &'static str,
+    from: u64,
+    to: u64,
+) -> Vec<Client> {
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut c)| {
+            tokio::spawn(async move {
+                for i in from..to {
+                    let r = c.emit(room, "keep", json!(line(n, i))).await;
+                    assert!(r["error"].is_null(), "{r}");
+                }
+                c
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Compactions of room documents counted by `nodes`, together.
+async fn compactions(nodes: &[RunningNode]) -> f64 {
+    let mut sum = 0.0;
+    for n in nodes {
+        let text = reqwest::get(url(n, "/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sum += common::metric(&text, "edgeroom_state_compactions_total");
+    }
+    sum
+}
+
+/// A replicated room's document does not keep its history forever: once it outweighs
+/// the content, the replicas compact it together (one makes a copy, the others rebase
+/// onto it). Writes from every node go on merging after it: every replica ends with
+/// the same list, no line twice, and every line written since is there, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_compact_a_rooms_document_and_lose_no_write() {
+    let (_fleet, nodes) = fleet_with_apps().await;
+    let (status, body) = deploy(&nodes[0], "fixture", common::FIXTURE, None).await;
+    assert_eq!(status, 200, "{body}");
+    for n in &nodes {
+        wait_version(n, "fixture", 1).await;
+    }
+    let mut clients = clients_in(&nodes, "fixture", "log").await;
+    // One writer first, so the list stays at 100 while its history grows.
+    let writer = clients.remove(0);
+    let mut clients_then = keep_from_all(vec![writer], "log", 0, 1500).await;
+    clients_then.append(&mut clients);
+    let clients = clients_then;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while compactions(&nodes).await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the room's document was never compacted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _clients = keep_from_all(clients, "log", 1000, 1020).await;
+    let mut views = Vec::new();
+    for n in &nodes {
+        let view = wait_room(n, "fixture", "log", "the last lines", |v| {
+            v["state"]["log"]
+                .as_array()
+                .is_some_and(|l| (0..3).all(|c| l.contains(&json!(line(c, 1019)))))
+        })
+        .await;
+        views.push(view["state"].clone());
+    }
+    let log: Vec<String> = views[0]["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let distinct: std::collections::HashSet<&String> = log.iter().collect();
+    assert_eq!(distinct.len(), log.len(), "a line twice: {log:?}");
+    for c in 0..3 {
+        let mine: Vec<String> = log
+            .iter()
+            .filter(|l| l.starts_with(&format!("{c}:10")))
+            .cloned()
+            .collect();
+        let sent: Vec<String> = (1000..1020).map(|i| line(c, i)).collect();
+        assert_eq!(mine, sent, "client {c}'s lines since the compaction");
+    }
+    for (i, v) in views.iter().enumerate() {
+        assert_eq!(*v, views[0], "node {i}'s state");
+    }
+    shutdown(nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_io_clients_through_a_round_robin_balancer() {
     let (_fleet, nodes) = fleet_with_apps().await;

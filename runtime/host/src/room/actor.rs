@@ -44,6 +44,9 @@ struct Actor {
     journal: Option<journal::Journaled>,
     empty_since_ms: Option<u64>,
     last_save_ms: u64,
+    /// A replicated room's document outweighs its content: its replicas should compact
+    /// it together.
+    compact_wanted: bool,
     /// In a cluster: this room's part in replication.
     replica: Option<Replica>,
     /// The history bytes last added to the node's `history_bytes` gauge.
@@ -94,7 +97,7 @@ pub(super) fn spawn(
             }
             Err(e) => (Err(e), edgeroom_proto::ids::Seq::default()),
         };
-        let doc = match saved {
+        let mut doc = match saved {
             Ok(Ok(Some(bytes))) => RoomDoc::load(&bytes).unwrap_or_else(|e| {
                 tracing::error!(room = %key.room, "saved room document unreadable, starting empty: {e}");
                 RoomDoc::new()
@@ -109,6 +112,11 @@ pub(super) fn spawn(
                 RoomDoc::new()
             }
         };
+        if env.replicator.is_some() {
+            // Writes go to the other replicas with what they did, to be done again on
+            // a compacted copy (see `replica::rebase`).
+            doc.tag_writes(env.node.as_str());
+        }
         let limits = LogLimits {
             max_age_ms: env.limits.history_ms,
             max_events: env.limits.history_max_events,
@@ -168,6 +176,7 @@ pub(super) fn spawn(
             journal,
             empty_since_ms: None,
             last_save_ms: env.clock.mono_ms(),
+            compact_wanted: false,
             replica,
             history_bytes: 0,
             ids_dropped: 0,
@@ -910,6 +919,9 @@ impl Actor {
         self.after_call().await;
         // Changes appended since the last whole save are folded into a new one once
         // they outweigh it; without appends (in a cluster), every second.
+        if self.compact_wanted {
+            self.compact_together();
+        }
         let due = if self.replica.is_none() {
             // Changes nobody waited for (timers, leaves) go to the disk too, and what
             // the room forgot leaves it.
@@ -1008,6 +1020,19 @@ impl Actor {
         }
     }
 
+    /// Ask the replica to compact the document; once it did, it is saved again.
+    fn compact_together(&mut self) {
+        let base = |a: &Self| a.replica.as_ref().and_then(|r| r.base().cloned());
+        let before = base(self);
+        self.replicate(Input::Compact);
+        if base(self) != before {
+            self.compact_wanted = false;
+            self.world().unsaved = true;
+            self.rooms.env().metrics.state_compactions.inc();
+            tracing::debug!(room = %self.key.room, "compacted the replicated room's document");
+        }
+    }
+
     async fn save(&mut self) {
         if !self.world().unsaved {
             return;
@@ -1018,6 +1043,9 @@ impl Actor {
         // With no other replica, no one needs the history: once it outweighs the
         // content, the document is kept (and saved) without it.
         let heavy = content.saturating_mul(2).saturating_add(COMPACT_SLACK);
+        // Replicas compact together, once they agree (see `replica::rebase`): tried
+        // each second until then.
+        self.compact_wanted = self.replica.is_some() && bytes.len() > heavy;
         if self.replica.is_none() && bytes.len() > heavy {
             match self.world().doc.compacted() {
                 Ok(mut doc) => {

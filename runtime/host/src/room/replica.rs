@@ -67,6 +67,7 @@ use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 use edgeroom_room::core::{LogEntry, Sequenced, Target};
 use edgeroom_room::interest::RoomRef;
 use edgeroom_room::order::{Ask, Inbound, Received};
+use edgeroom_room::state::Base;
 
 pub type Replicator = replicate::Replicator<RoomMsg>;
 
@@ -197,12 +198,20 @@ pub enum RoomMsg {
         reason: String,
     },
     /// An Automerge sync message: how replicas catch up when they meet (hello) or a
-    /// change came without what it depends on.
-    Sync(Vec<u8>),
+    /// change came without what it depends on. On the sender's document's base (see
+    /// `Rebase`): a replica on another base does not take it in.
+    Sync(Base, Vec<u8>),
     /// Automerge changes, encoded: the sender's own after a call changed the document,
     /// or, a moment later, what it took in from others (for replicas their origin could
-    /// not reach). Answered with `Applied`.
-    Changes(Vec<Vec<u8>>),
+    /// not reach). Answered with `Applied`. On the sender's base, as `Sync`.
+    Changes(Base, Vec<Vec<u8>>),
+    /// The sender's whole document, on a newer base than the receiver's (a compacted
+    /// copy, and what was written to it since): the receiver rebases onto it, doing
+    /// its own writes the copy lacks again (`edgeroom_room::state::rebase`).
+    Rebase(Vec<u8>),
+    /// The sender's document is on this base, older than the receiver's: send it a
+    /// `Rebase`.
+    Behind(Base),
     /// `origin`'s events here go up to `upto` (it fell quiet): what a replica lacks of
     /// them it asks `origin` for. Relayed like the events.
     Tail {
@@ -320,6 +329,9 @@ pub enum Input {
     Receive { from: NodeId, msg: RoomMsg },
     /// Time passed: gaps to repair, origins to ask where they start.
     Tick,
+    /// The document's history outweighs its content: compact it, if every replica
+    /// holds what this one does and this node is the one to (see `rebase`).
+    Compact,
     /// A client resumed here as a member another node held.
     Adopt(Adoption),
     /// Take on the members whose adoption has its history in (or waited long enough).
@@ -482,6 +494,11 @@ pub struct Replica {
     tail: Option<Tail>,
     /// Per peer, the hello it is sending in parts: its id and the members so far.
     hello_parts: HashMap<NodeId, (u64, Vec<(ConnId, RemoteMember)>)>,
+    /// The base of the room's document (read from it on first use; see `rebase`).
+    base: Option<Base>,
+    /// Per peer on another base: the base this replica last told it about (sent its
+    /// document for, or said it is behind on), so each is said once per link.
+    told_base: HashMap<NodeId, Base>,
     /// The id of this node's last hello sent in parts.
     hellos: u64,
 }
@@ -533,6 +550,8 @@ impl Replica {
             sent_heads: None,
             confirmed: HashMap::new(),
             hello_parts: HashMap::new(),
+            base: None,
+            told_base: HashMap::new(),
             hellos: 0,
             tail: None,
         }
@@ -575,6 +594,7 @@ impl Replica {
             Input::Reply { conn, frame } => self.reply(conn, frame),
             Input::Receive { from, msg } => self.receive(w, from, msg, ctx),
             Input::Tick => self.poll(w, ctx),
+            Input::Compact => self.compact(w, ctx),
             Input::Adopt(a) => self.adopt(w, a, ctx),
             Input::SettleDue => self.settle_due(w, ctx),
             Input::PeerJoined(node) => self.peer_joined(w, &node, ctx),
@@ -836,7 +856,8 @@ impl Replica {
             *state = sync::State::new();
         }
         if let Some(msg) = w.doc.sync_message(state) {
-            ctx.send(node, RoomMsg::Sync(msg));
+            let base = self.base_of(w).clone();
+            ctx.send(node, RoomMsg::Sync(base, msg));
         }
     }
 
@@ -846,7 +867,8 @@ impl Replica {
         if bytes_of(changes) > CHANGES_PART {
             self.sync_with(w, node, false, ctx);
         } else if !changes.is_empty() {
-            ctx.send(node, RoomMsg::Changes(changes.to_vec()));
+            let base = self.base_of(w).clone();
+            ctx.send(node, RoomMsg::Changes(base, changes.to_vec()));
         }
     }
 
@@ -898,6 +920,8 @@ impl Replica {
                     before.append(&mut members);
                     members = before;
                 }
+                // A link that came back may have lost what was said about bases.
+                self.told_base.remove(&from);
                 self.greeted(w, &from, first, next, ctx);
                 let old = w.remote.remove(&from).unwrap_or_default();
                 let new = self.claims(w, &from, members, ctx);
@@ -968,7 +992,12 @@ impl Replica {
                     self.take_event(w, e, ctx);
                 }
             }
-            RoomMsg::Sync(bytes) => {
+            RoomMsg::Sync(base, _) | RoomMsg::Changes(base, _) if base != *self.base_of(w) => {
+                self.other_base(w, &from, base, ctx);
+            }
+            RoomMsg::Behind(base) => self.other_base(w, &from, base, ctx),
+            RoomMsg::Rebase(doc) => self.rebase(w, &from, &doc, ctx),
+            RoomMsg::Sync(_, bytes) => {
                 let before = w.doc.heads();
                 let state = self.sync.entry(from.clone()).or_default();
                 match w.doc.receive_sync(state, &bytes) {
@@ -986,7 +1015,7 @@ impl Replica {
                     }
                 }
             }
-            RoomMsg::Changes(changes) => {
+            RoomMsg::Changes(_, changes) => {
                 let before = w.doc.heads();
                 match w.doc.apply_changes(&changes) {
                     Ok((changed, held)) => {
@@ -1557,5 +1586,6 @@ pub(super) fn unloaded(msg: RoomMsg) -> Option<RoomMsg> {
     }
 }
 
+mod rebase;
 #[cfg(test)]
 mod tests;

@@ -185,6 +185,20 @@ impl World {
             .map_or(0, |v| v.to_string().len())
     }
 
+    /// Take another replica's document, rebased (see `replica::rebase`): members were
+    /// shown the old one, so they get the new one whole.
+    pub fn rebase_doc(&mut self, doc: RoomDoc) {
+        self.doc = doc;
+        self.count_state_bytes();
+        self.unsaved = true;
+        self.state_changed = false;
+        if self.state_shown.take().is_some() {
+            let frame = self.state_frame();
+            self.push_all(&frame, None);
+            self.state_shown = Some(self.doc.heads());
+        }
+    }
+
     /// Replace the document with a compacted copy of it (same content, no history):
     /// members hold the same JSON, so what they are shown next starts from here.
     pub fn replace_doc(&mut self, doc: RoomDoc) {

@@ -25,6 +25,8 @@ struct Request {
 
 /// The node's journal writer. The thread it runs on ends when the last clone of
 /// this handle is dropped (its queue closes): it belongs to the rooms that hold it.
+/// It holds the store only while it writes, so a stopped node's store closes when
+/// the node lets go of it (a restart in the same process opens it again).
 #[derive(Clone)]
 pub struct GroupWriter {
     tx: mpsc::UnboundedSender<Request>,
@@ -35,6 +37,7 @@ impl GroupWriter {
     /// each room has at most one batch in it at a time (it waits for the answer).
     pub fn new(store: Arc<Store>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let store = Arc::downgrade(&store);
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || write_loop(&store, rx))?;
@@ -60,7 +63,7 @@ impl GroupWriter {
     }
 }
 
-fn write_loop(store: &Store, mut rx: mpsc::UnboundedReceiver<Request>) {
+fn write_loop(store: &std::sync::Weak<Store>, mut rx: mpsc::UnboundedReceiver<Request>) {
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.batch.bytes();
         let mut group = vec![first];
@@ -70,7 +73,10 @@ fn write_loop(store: &Store, mut rx: mpsc::UnboundedReceiver<Request>) {
             group.push(next);
         }
         let batches: Vec<_> = group.iter().map(|r| (&r.app, &r.room, &r.batch)).collect();
-        let result = store.write_rooms(&batches).map_err(|e| format!("{e:#}"));
+        let result = match store.upgrade() {
+            Some(store) => store.write_rooms(&batches).map_err(|e| format!("{e:#}")),
+            None => Err("the node's store is closed".into()),
+        };
         for r in group {
             let _ = r.done.send(result.clone());
         }

@@ -1514,3 +1514,96 @@ fn a_repair_too_big_for_one_frame_goes_in_parts() {
     assert!(seen.gaps.is_empty(), "{:?}", seen.gaps);
     assert_eq!(by_origin(seen)["n0"], range(1, 6));
 }
+
+/// Node `i`'s handler writes: a counter up, a line onto a list kept at 20.
+fn write_state(sim: &mut Sim, i: usize, k: usize) {
+    let w = &mut sim.nodes[i].world;
+    w.doc.increment("count", 1).unwrap();
+    let line = serde_json::json!(format!("{i}:{k} {}", "x".repeat(60)));
+    let len = w.doc.push("chat", &line).unwrap();
+    if len > 20 {
+        w.doc.delete("chat/0").unwrap();
+    }
+    w.doc_changed();
+    sim.after(i);
+}
+
+/// Replicas compact their document together: nobody compacts while a replica it
+/// knows is cut off; once all hold the same, the lowest node compacts, the others
+/// rebase onto its copy — redoing the writes they made before it reached them — and
+/// every replica ends with the same content, every increment counted once, a fraction
+/// of the history, and later writes merging as before.
+#[test]
+fn replicas_compact_together_and_lose_no_write() {
+    for seed in 0..5 {
+        let mut sim = Sim::new(3, seed);
+        for i in 0..3 {
+            let id = sim.nodes[i].id.to_string();
+            sim.nodes[i].world.doc.tag_writes(&id);
+            sim.join(i, &format!("m{i}"));
+        }
+        sim.settle();
+        let mut writes = 0;
+        for k in 0..150 {
+            write_state(&mut sim, k % 3, k);
+            writes += 1;
+        }
+        sim.settle();
+        let before = sim.nodes[1].world.doc.save().len();
+
+        for other in [0, 1] {
+            sim.cut.insert((2, other));
+            sim.cut.insert((other, 2));
+        }
+        let heads = sim.nodes[0].world.doc.heads();
+        sim.step(0, Input::Compact);
+        sim.after(0);
+        assert_eq!(
+            sim.nodes[0].world.doc.heads(),
+            heads,
+            "seed {seed}: compacted while n2 was cut off"
+        );
+        sim.cut.clear();
+        sim.settle();
+
+        // n1 and n2 write before n0's copy reaches them.
+        sim.step(0, Input::Compact);
+        sim.after(0);
+        assert_eq!(
+            sim.nodes[0].world.doc.base().epoch,
+            1,
+            "seed {seed}: n0 did not compact"
+        );
+        for (i, k) in [(1, 1000), (2, 1001), (2, 1002)] {
+            write_state(&mut sim, i, k);
+            writes += 1;
+        }
+        sim.settle();
+        let json = sim.nodes[0].world.doc.to_json();
+        assert_eq!(
+            json["count"],
+            serde_json::json!(writes),
+            "seed {seed}: {json}"
+        );
+        for i in 0..3 {
+            let doc = &mut sim.nodes[i].world.doc;
+            assert_eq!(doc.to_json(), json, "seed {seed}: n{i}");
+            assert_eq!(doc.base().epoch, 1, "seed {seed}: n{i}");
+            let after = doc.save().len();
+            assert!(
+                after * 3 < before,
+                "seed {seed}: n{i} saves {after} bytes, {before} before"
+            );
+        }
+        for k in 0..30 {
+            write_state(&mut sim, k % 3, 2000 + k);
+            writes += 1;
+        }
+        sim.settle();
+        let json = sim.nodes[0].world.doc.to_json();
+        assert_eq!(json["count"], serde_json::json!(writes), "seed {seed}");
+        for i in 1..3 {
+            assert_eq!(sim.nodes[i].world.doc.to_json(), json, "seed {seed}: n{i}");
+        }
+    }
+}
