@@ -29,6 +29,7 @@ use edgeroom_proto::close::Disconnect;
 use edgeroom_proto::ids::{AppName, ConnId, RoomId};
 use edgeroom_proto::member::JoinAuth;
 use edgeroom_proto::native::{self, ClientFrame, DecodeError, EventView, Format, Ref, ServerFrame};
+use edgeroom_proto::payload::Payload;
 use edgeroom_proto::{Cursor, ErrorCode, ProtoError};
 
 /// Close codes (RFC 6455 and the private range).
@@ -42,6 +43,11 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
 const WRITE_BATCH: usize = 64;
 /// How long a closing connection may take to accept its close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
+/// Events a history read returns without a `limit`, and at most with one.
+const HISTORY_DEFAULT_EVENTS: usize = 100;
+const HISTORY_MAX_EVENTS: usize = 1000;
+/// Most bytes of events in one history reply (the rest is another read away).
+const HISTORY_REPLY_BYTES: usize = 1 << 20;
 
 struct Joined {
     handle: RoomHandle,
@@ -481,6 +487,12 @@ impl Conn {
                 return !self.refused;
             }
             ClientFrame::Authenticate { token, r#ref } => self.authenticate(&token, r#ref),
+            ClientFrame::History {
+                room,
+                cursor,
+                limit,
+                r#ref,
+            } => self.history(room, cursor, limit, r#ref).await,
             ClientFrame::Ping { r#ref } => {
                 if let Some(r#ref) = r#ref {
                     self.send(ServerFrame::Reply {
@@ -491,6 +503,78 @@ impl Conn {
             }
         }
         true
+    }
+
+    /// A history read: the events of a joined room after `cursor` that this member
+    /// may see, where the token allows `history`. In the reply's data: `events` (as
+    /// `event` frames in JSON, attachments inline), `more` (the limit or the byte
+    /// bound cut them short: ask again after the last one's cursor) and `missing`
+    /// (events after the cursor the log no longer has).
+    async fn history(
+        &mut self,
+        room: RoomId,
+        cursor: Option<Cursor>,
+        limit: Option<u32>,
+        r#ref: Option<Ref>,
+    ) {
+        if let Err(e) = self
+            .credential()
+            .and_then(|c| auth::may(&self.node, c, &room, Capability::History))
+        {
+            return self.answer(r#ref, e, Some(room));
+        }
+        let not_joined =
+            || ProtoError::new(ErrorCode::NotJoined, format!("not a member of {room}"));
+        let Some(joined) = self.rooms.get(&room) else {
+            return self.answer(r#ref, not_joined(), Some(room.clone()));
+        };
+        let (done, read) = oneshot::channel();
+        let asked = joined
+            .handle
+            .send(RoomCmd::History {
+                conn: self.conn.clone(),
+                after: cursor.unwrap_or_default(),
+                done,
+            })
+            .await;
+        let Some(read) = read.await.ok().flatten().filter(|_| asked) else {
+            return self.answer(r#ref, not_joined(), Some(room.clone()));
+        };
+        let limit = limit
+            .map_or(HISTORY_DEFAULT_EVENTS, |l| l as usize)
+            .clamp(1, HISTORY_MAX_EVENTS);
+        let (mut events, mut bytes) = (Vec::new(), 0);
+        for e in &read.events {
+            let view = EventView {
+                room: &room,
+                event: &e.event,
+                payload: &e.payload,
+                from: e.from.as_ref(),
+                cursor: &e.cursor,
+            };
+            let encoded = native::encode_event(&view, Format::Json);
+            if events.len() == limit
+                || (bytes + encoded.len() > HISTORY_REPLY_BYTES && !events.is_empty())
+            {
+                break;
+            }
+            bytes += encoded.len();
+            events.push(serde_json::from_slice::<serde_json::Value>(&encoded).unwrap_or_default());
+        }
+        let data = serde_json::json!({
+            "events": events,
+            "more": events.len() < read.events.len(),
+            "missing": read.missing,
+        });
+        if let Some(r#ref) = r#ref {
+            self.send(ServerFrame::Reply {
+                r#ref,
+                result: Ok(Some(Payload {
+                    json: format!("[{data}]"),
+                    binaries: Vec::new(),
+                })),
+            });
+        }
     }
 
     async fn join(&mut self, room: RoomId, auth: String, r#ref: Option<Ref>) {

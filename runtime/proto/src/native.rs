@@ -70,6 +70,14 @@ pub enum ClientFrame {
         token: String,
         r#ref: Option<Ref>,
     },
+    /// Read a joined room's history: the events after `cursor` (from the log's start
+    /// without one), oldest first, at most `limit`.
+    History {
+        room: RoomId,
+        cursor: Option<Cursor>,
+        limit: Option<u32>,
+        r#ref: Option<Ref>,
+    },
 }
 
 /// A frame that could not be decoded; `r#ref` is set when the frame had a readable one,
@@ -94,6 +102,8 @@ struct RawFrame<'a> {
     id: Option<String>,
     token: Option<String>,
     cursors: Option<BTreeMap<String, String>>,
+    cursor: Option<String>,
+    limit: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -263,6 +273,21 @@ fn decode_json(text: &str, binaries: Vec<Bytes>, max: usize) -> Result<ClientFra
             })
         }
         "ping" => Ok(ClientFrame::Ping { r#ref }),
+        "history" => {
+            let cursor = match raw.cursor {
+                Some(c) => Some(
+                    c.parse::<Cursor>()
+                        .map_err(|e| fail(ErrorCode::BadFrame, e.to_string()))?,
+                ),
+                None => None,
+            };
+            Ok(ClientFrame::History {
+                room: room(raw.room)?,
+                cursor,
+                limit: raw.limit,
+                r#ref,
+            })
+        }
         "authenticate" => {
             let token = raw.token.ok_or_else(|| {
                 fail(

@@ -273,3 +273,61 @@ async fn chat_moderation_trusts_the_token_not_the_claimed_name() {
         .unwrap();
     assert_eq!(k["room"], "mod", "{k}");
 }
+
+/// A member reads its room's history only where its token allows `history`: the
+/// events it may see (not one sent privately to another member), oldest first, in
+/// pages that end at `limit`, each with the cursor to read on from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_read_only_with_the_history_capability() {
+    let node = TestNode::start().await;
+    configure(&node, "echo", json!({"keys": [hs("k1", K1)]})).await;
+    let reader = token(
+        "k1",
+        K1,
+        json!({"sub": "reader", "caps": [{"rooms": ["*"], "allow": ["join", "history"]}]}),
+    );
+    let joiner = token(
+        "k1",
+        K1,
+        json!({"sub": "joiner", "caps": [{"rooms": ["*"], "allow": ["join", "publish"]}]}),
+    );
+    let mut w = connect(&node, "echo", &joiner).await;
+    assert_eq!(w.join("log", json!({})).await["ok"], true);
+    for i in 0..5 {
+        assert_eq!(w.emit("log", "broadcast", json!({"i": i})).await["ok"], true);
+    }
+    // An echo sent to the writer alone (no ref: the handler sends it as an event) is
+    // in the log, but for the writer only.
+    w.send(json!({"type": "emit", "room": "log", "event": "echo", "data": "mine"}))
+        .await;
+    let mine = w.next_of("event").await;
+    assert_eq!(mine["data"], "mine", "{mine}");
+    let history = w.request(json!({"type": "history", "room": "log"})).await;
+    assert_eq!(history["error"]["code"], "forbidden", "without the capability: {history}");
+
+    let read = |cursor: Option<&str>, limit: u32| {
+        let mut f = json!({"type": "history", "room": "log", "limit": limit});
+        if let Some(c) = cursor {
+            f["cursor"] = json!(c);
+        }
+        f
+    };
+    let mut r = connect(&node, "echo", &reader).await;
+    let e = r.request(read(None, 10)).await;
+    assert_eq!(e["error"]["code"], "not_joined", "{e}");
+    assert_eq!(r.join("log", json!({})).await["ok"], true);
+    let page = r.request(read(None, 3)).await;
+    assert_eq!(page["ok"], true, "{page}");
+    let events = page["data"]["events"].as_array().unwrap().clone();
+    let got: Vec<Value> = events.iter().map(|e| e["data"]["i"].clone()).collect();
+    assert_eq!(got, vec![json!(0), json!(1), json!(2)], "{page}");
+    assert_eq!(page["data"]["more"], true, "{page}");
+    assert_eq!(page["data"]["missing"], 0, "{page}");
+    let after = events[2]["cursor"].as_str().unwrap();
+    let rest = r.request(read(Some(after), 10)).await;
+    let events = rest["data"]["events"].as_array().unwrap();
+    let got: Vec<Value> = events.iter().map(|e| e["data"]["i"].clone()).collect();
+    assert_eq!(got, vec![json!(3), json!(4)], "the private echo is not the reader's: {rest}");
+    assert_eq!(rest["data"]["more"], false, "{rest}");
+    assert!(events.iter().all(|e| e["event"] == "broadcast" && e["room"] == "log"));
+}

@@ -521,6 +521,11 @@ impl Actor {
                     self.after_call().await;
                 }
             }
+            RoomCmd::History { conn, after, done } => {
+                let core = &self.world().core;
+                let read = core.member(&conn).map(|_| core.replay_for(&conn, &after));
+                let _ = done.send(read);
+            }
             RoomCmd::Inspect { has, done } => {
                 let view = self.view(has);
                 let _ = done.send(view);

@@ -100,6 +100,14 @@ pub enum RoomCmd {
     },
     /// The session ended for good.
     End { conn: ConnId },
+    /// What the room's log holds for member `conn` after `after` (the events it may
+    /// see, oldest first, and how many of those used the log no longer has); `None`
+    /// if it is no member.
+    History {
+        conn: ConnId,
+        after: Cursor,
+        done: oneshot::Sender<Option<edgeroom_room::catchup::CatchUp>>,
+    },
     /// The room's view; `has`: change hashes to report as missing if the document
     /// lacks them.
     Inspect {
