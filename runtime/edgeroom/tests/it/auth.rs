@@ -294,7 +294,10 @@ async fn history_is_read_only_with_the_history_capability() {
     let mut w = connect(&node, "echo", &joiner).await;
     assert_eq!(w.join("log", json!({})).await["ok"], true);
     for i in 0..5 {
-        assert_eq!(w.emit("log", "broadcast", json!({"i": i})).await["ok"], true);
+        assert_eq!(
+            w.emit("log", "broadcast", json!({"i": i})).await["ok"],
+            true
+        );
     }
     // An echo sent to the writer alone (no ref: the handler sends it as an event) is
     // in the log, but for the writer only.
@@ -303,7 +306,10 @@ async fn history_is_read_only_with_the_history_capability() {
     let mine = w.next_of("event").await;
     assert_eq!(mine["data"], "mine", "{mine}");
     let history = w.request(json!({"type": "history", "room": "log"})).await;
-    assert_eq!(history["error"]["code"], "forbidden", "without the capability: {history}");
+    assert_eq!(
+        history["error"]["code"], "forbidden",
+        "without the capability: {history}"
+    );
 
     let read = |cursor: Option<&str>, limit: u32| {
         let mut f = json!({"type": "history", "room": "log", "limit": limit});
@@ -327,7 +333,15 @@ async fn history_is_read_only_with_the_history_capability() {
     let rest = r.request(read(Some(after), 10)).await;
     let events = rest["data"]["events"].as_array().unwrap();
     let got: Vec<Value> = events.iter().map(|e| e["data"]["i"].clone()).collect();
-    assert_eq!(got, vec![json!(3), json!(4)], "the private echo is not the reader's: {rest}");
+    assert_eq!(
+        got,
+        vec![json!(3), json!(4)],
+        "the private echo is not the reader's: {rest}"
+    );
     assert_eq!(rest["data"]["more"], false, "{rest}");
-    assert!(events.iter().all(|e| e["event"] == "broadcast" && e["room"] == "log"));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["event"] == "broadcast" && e["room"] == "log")
+    );
 }

@@ -494,6 +494,11 @@ pub struct Replica {
     tail: Option<Tail>,
     /// Per peer, the hello it is sending in parts: its id and the members so far.
     hello_parts: HashMap<NodeId, (u64, Vec<(ConnId, RemoteMember)>)>,
+    /// Per origin, the first event owed to this replica's members when it last
+    /// greeted it, where that lies past what the replica had: those before were sent
+    /// while it had no members (it stopped following the room). They go to its log,
+    /// for resumes, but not to members who joined since.
+    unowed: HashMap<NodeId, Seq>,
     /// The base of the room's document (read from it on first use; see `rebase`).
     base: Option<Base>,
     /// Per peer on another base: the base this replica last told it about (sent its
@@ -550,6 +555,7 @@ impl Replica {
             sent_heads: None,
             confirmed: HashMap::new(),
             hello_parts: HashMap::new(),
+            unowed: HashMap::new(),
             base: None,
             told_base: HashMap::new(),
             hellos: 0,
@@ -1145,7 +1151,12 @@ impl Replica {
                 self.inbound.delivered(from).map_or(first, Seq::next)
             }
             Some(d) => match next.run == d.run {
-                true => d.next(),
+                true => {
+                    if first.run == d.run && first > d.next() {
+                        self.unowed.insert(from.clone(), first);
+                    }
+                    d.next()
+                }
                 false => Seq::first(next.run),
             },
         };
@@ -1230,7 +1241,8 @@ impl Replica {
                 && ready.windows(2).all(|pair| pair[0].1 < pair[1].1),
             "one origin's events are delivered in its order"
         );
-        for (_, _, e) in ready {
+        let unowed = self.unowed.get(origin).copied();
+        for (_, seq, e) in ready {
             if let Some(key) = &e.key {
                 if w.core.remembered(key).is_some() {
                     // This replica has the event already, from the same emit run
@@ -1241,6 +1253,9 @@ impl Replica {
                 w.core.remember(key.clone(), now_ms, Ok(None));
             }
             let entry = w.core.append(e.into_sequenced(now_ms));
+            if unowed.is_some_and(|first| seq < first) {
+                continue;
+            }
             // At once, even while this node's own wait: its cursor stops before them.
             w.deliver(&entry);
         }
