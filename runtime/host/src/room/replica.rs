@@ -494,11 +494,14 @@ pub struct Replica {
     tail: Option<Tail>,
     /// Per peer, the hello it is sending in parts: its id and the members so far.
     hello_parts: HashMap<NodeId, (u64, Vec<(ConnId, RemoteMember)>)>,
-    /// Per origin, the first event owed to this replica's members when it last
-    /// greeted it, where that lies past what the replica had: those before were sent
-    /// while it had no members (it stopped following the room). They go to its log,
-    /// for resumes, but not to members who joined since.
+    /// Per origin, the first event owed to this replica's members when it greeted it
+    /// after the replica had had no members (it stopped following the room), where
+    /// that lies past what the replica had: those before were sent meanwhile. They go
+    /// to its log, for resumes, but not to members who joined since.
     unowed: HashMap<NodeId, Seq>,
+    /// Origins whose events this replica stopped following (its last member left, or
+    /// it was greeted with none), until they greet it again with members here.
+    emptied: HashSet<NodeId>,
     /// The base of the room's document (read from it on first use; see `rebase`).
     base: Option<Base>,
     /// Per peer on another base: the base this replica last told it about (sent its
@@ -556,6 +559,7 @@ impl Replica {
             confirmed: HashMap::new(),
             hello_parts: HashMap::new(),
             unowed: HashMap::new(),
+            emptied: HashSet::new(),
             base: None,
             told_base: HashMap::new(),
             hellos: 0,
@@ -595,7 +599,7 @@ impl Replica {
     pub fn handle(&mut self, w: &mut World, input: Input, ctx: &mut Ctx) {
         match input {
             Input::MemberJoined => self.member_joined(ctx),
-            Input::MemberLeft => self.member_left(ctx),
+            Input::MemberLeft => self.member_left(w, ctx),
             Input::Flush => self.flush(w, ctx),
             Input::Reply { conn, frame } => self.reply(conn, frame),
             Input::Receive { from, msg } => self.receive(w, from, msg, ctx),
@@ -624,8 +628,13 @@ impl Replica {
         ctx.out.push(Effect::Interest(true));
     }
 
-    fn member_left(&mut self, ctx: &mut Ctx) {
+    fn member_left(&mut self, w: &World, ctx: &mut Ctx) {
         ctx.out.push(Effect::Interest(false));
+        if w.core.members().is_empty() {
+            let me = w.core.origin();
+            let origins = w.core.head().iter().map(|(o, _)| o).filter(|o| *o != me);
+            self.emptied.extend(origins.cloned());
+        }
     }
 
     fn hello(&mut self, w: &mut World, node: &NodeId, reply: bool, ctx: &mut Ctx) {
@@ -1152,7 +1161,16 @@ impl Replica {
             }
             Some(d) => match next.run == d.run {
                 true => {
-                    if first.run == d.run && first > d.next() {
+                    // Greeted while memberless (the room is loaded without members):
+                    // what comes before members do is not theirs either.
+                    let had_none = match w.core.members().is_empty() {
+                        true => {
+                            self.emptied.insert(from.clone());
+                            true
+                        }
+                        false => self.emptied.remove(from),
+                    };
+                    if had_none && first.run == d.run && first > d.next() {
                         self.unowed.insert(from.clone(), first);
                     }
                     d.next()
@@ -1334,7 +1352,7 @@ impl Replica {
                 }
                 w.links.remove(&conn);
                 w.core.leave(&conn);
-                self.member_left(ctx);
+                self.member_left(w, ctx);
             }
             let newer_elsewhere = w.remote.iter().any(|(node, others)| {
                 node != from
