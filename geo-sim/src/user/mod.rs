@@ -39,6 +39,13 @@ enum Client {
 }
 
 impl Client {
+    /// The node refused the session this client resumed: start afresh next time.
+    fn session_refused(&mut self) {
+        if let Client::Native(s) = self {
+            s.session_refused();
+        }
+    }
+
     fn new(me: &UserPlan, room: &str, app: App) -> Self {
         match me.protocol {
             Protocol::Native => Client::Native(Session::new(&me.name, room, app)),
@@ -415,6 +422,12 @@ async fn serve(
                 Some(Ok(Message::Text(t))) => {
                     let delay = access(world, me, front.place);
                     inbound.push_back((Instant::now() + delay, t.to_string()));
+                }
+                Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == edgeroom_proto::close::ws_code::UNAUTHORIZED => {
+                    // Refused the session it resumed (a token the session replaced):
+                    // it starts afresh.
+                    session.session_refused();
+                    return End::Dropped;
                 }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return End::Dropped,
                 Some(Ok(_)) => last_heard = Instant::now(),

@@ -202,7 +202,9 @@ impl Session {
         let node = f["node"].as_str().unwrap_or_default().to_string();
         let session = f["session"].as_str().unwrap_or_default().to_string();
         if f["resumed"].as_bool() == Some(true) {
-            // The resume's reply follows; the room is settled after it.
+            // The session's next token (the one the resume used is spent); the
+            // resume's reply follows, and the room is settled after it.
+            self.conn_token = f["resume_token"].as_str().map(str::to_owned);
             return Vec::new();
         }
         self.node = Some(node.clone());
@@ -231,13 +233,24 @@ impl Session {
     }
 
     fn join_again(&mut self) -> Vec<Out> {
-        // The old membership is over: what was not answered will never be.
+        self.forget_membership();
+        let frame = json!({"type": "join", "room": self.room, "auth": {"user": self.name}});
+        vec![self.send(frame, Waiting::Join)]
+    }
+
+    /// The old membership is over: what was not answered will never be.
+    fn forget_membership(&mut self) {
         self.member = false;
         self.live = false;
         self.unanswered.clear();
         self.cursor = None;
-        let frame = json!({"type": "join", "room": self.room, "auth": {"user": self.name}});
-        vec![self.send(frame, Waiting::Join)]
+    }
+
+    /// The node refused the session to this client (closed with 4001 after a resume
+    /// with a token the session had replaced): the next connection starts afresh.
+    pub fn session_refused(&mut self) {
+        self.token = None;
+        self.forget_membership();
     }
 
     fn reply(&mut self, f: &Value) -> Vec<Out> {
@@ -258,8 +271,8 @@ impl Session {
             }
             Waiting::Join => vec![Out::Reconnect],
             Waiting::Resume if ok => {
-                // This connection is the old session now.
-                self.conn_token = self.token.clone();
+                // This connection is the old session now, with its next token.
+                self.token = self.conn_token.clone();
                 vec![self.send(json!({"type": "ping"}), Waiting::ResumeSettled)]
             }
             // Unknown session, window passed, bad token: a new membership.
@@ -417,7 +430,9 @@ mod tests {
         assert_eq!(resume["token"], "tok");
         assert_eq!(resume["cursors"]["chat-0"], "a-1:1.3");
         let r = resume["ref"].as_u64().unwrap();
-        assert!(s.frame(&welcome("b-1", true)).is_empty());
+        let rotated = json!({"type": "welcome", "session": "s1", "node": "b-1", "region": "r",
+                             "resume_token": "tok2", "resumed": true});
+        assert!(s.frame(&rotated.to_string()).is_empty());
         let out = s.frame(&reply(r, true));
         let ping = sent(&out)[0].clone();
         assert_eq!(ping["type"], "ping");
@@ -434,6 +449,15 @@ mod tests {
         assert_eq!(again["id"], "u1-1", "sent again with its idempotency id");
         let out = s.frame(&reply(again["ref"].as_u64().unwrap(), true));
         assert!(matches!(&records(&out)[0], Op::Ack { n: 1, .. }));
+        // The next resume uses the token the last one was given.
+        s.closed("edge");
+        let out = s.frame(&welcome("c-1", false));
+        assert_eq!(sent(&out)[0]["token"], "tok2");
+        // Refused the session (a token it never got, say): it starts afresh.
+        s.closed("edge");
+        s.session_refused();
+        let out = s.frame(&welcome("c-1", false));
+        assert_eq!(sent(&out)[0]["type"], "join");
     }
 
     #[test]
