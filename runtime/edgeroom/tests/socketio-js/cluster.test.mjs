@@ -21,10 +21,29 @@ const fresh = (prefix) => `${prefix}-${process.pid}-${++unique}`;
 
 
 /** The first argument of each `broadcast` event (the offset the server appends is dropped). */
+// The broadcasts `socket` receives, but for the markers `meet` sends.
 function broadcasts(socket) {
   const got = [];
-  socket.on("broadcast", (...args) => got.push(args[0]));
+  socket.on("broadcast", (...args) => {
+    if (args[0] !== MARKER) got.push(args[0]);
+  });
   return got;
+}
+
+const MARKER = "meet";
+
+// A member that just joined on one node and a sender on another are concurrent until
+// the room's replicas have met (the sender's node learns the other has a member): `b`
+// repeats a marker until `a` has one, so what `b` sends next reaches `a`.
+async function meet(a, b) {
+  let met = false;
+  a.on("broadcast", (v) => {
+    if (v === MARKER) met = true;
+  });
+  while (!met) {
+    await b.timeout(WAIT).emitWithAck("broadcast", MARKER);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 test("polling through the balancer: connect, emit with ack, receive, from every node", async () => {
@@ -80,6 +99,7 @@ test("connection state recovery through the balancer, on whichever node it lands
   try {
     await Promise.all([connected(a), connected(b)]);
     const got = broadcasts(a);
+    await meet(a, b);
     await b.timeout(WAIT).emitWithAck("broadcast", 0);
     await until(() => got.length === 1, "the first broadcast");
     const id = a.id;
@@ -112,6 +132,7 @@ for (const transport of ["polling", "websocket"]) {
     try {
       await Promise.all([connected(a), connected(b)]);
       const got = broadcasts(a);
+      await meet(a, b);
       await b.timeout(WAIT).emitWithAck("broadcast", 0);
       await until(() => got.length === 1, "the first broadcast");
       const id = a.id;
