@@ -543,6 +543,8 @@ impl Conn {
         let limit = limit
             .map_or(HISTORY_DEFAULT_EVENTS, |l| l as usize)
             .clamp(1, HISTORY_MAX_EVENTS);
+        // Each event's JSON form is spliced into the reply as it is encoded, not
+        // parsed back.
         let (mut events, mut bytes) = (Vec::new(), 0);
         for e in &read.events {
             let view = EventView {
@@ -559,13 +561,15 @@ impl Conn {
                 break;
             }
             bytes += encoded.len();
-            events.push(serde_json::from_slice::<serde_json::Value>(&encoded).unwrap_or_default());
+            events.push(encoded);
         }
-        let data = serde_json::json!({
-            "events": events,
-            "more": events.len() < read.events.len(),
-            "missing": read.missing,
-        });
+        let more = events.len() < read.events.len();
+        let events = events.join(&b","[..]);
+        let data = format!(
+            r#"{{"events":[{}],"more":{more},"missing":{}}}"#,
+            String::from_utf8_lossy(&events),
+            read.missing
+        );
         if let Some(r#ref) = r#ref {
             self.send(ServerFrame::Reply {
                 r#ref,
