@@ -38,7 +38,7 @@ use control::{ControlPlane, Member, RaftTiming};
 use edgeroom_proto::ids::NodeId;
 use edgeroom_transport::{Endpoint, NodeTls, Purpose, RecvStream, Sealer, SendStream, Timing};
 use health::{Health, HealthTiming};
-use mesh::{Handed, Handoff};
+use mesh::{Arrivals, Handed, Handoff};
 
 /// Whether `alive` of `total` nodes (the asking one among the living) is the minority
 /// side of a partition: too few to serve. Clusters of fewer than three never are: there
@@ -68,6 +68,10 @@ pub struct Joining {
     pub handoff_queue: usize,
     /// Counts streams dropped because their queue was full.
     pub handoff_dropped: prometheus_client::metrics::counter::Counter,
+    /// Peers in their handshake at once (`Limits::peer_handshakes`).
+    pub handshakes: usize,
+    /// Counts peers turned away past `handshakes`.
+    pub handshakes_refused: prometheus_client::metrics::counter::Counter,
     /// Counts Raft requests refused because the sender's certificate names another
     /// node than the request claims.
     pub raft_refused: prometheus_client::metrics::counter::Counter,
@@ -146,7 +150,16 @@ impl Cluster {
             dropped: joining.handoff_dropped.clone(),
         };
         let mut tasks = JoinSet::new();
-        tasks.spawn(mesh::serve(endpoint.clone(), control.clone(), handoff));
+        let arrivals = Arrivals {
+            max_handshakes: joining.handshakes,
+            refused: joining.handshakes_refused.clone(),
+        };
+        tasks.spawn(mesh::serve(
+            endpoint.clone(),
+            control.clone(),
+            handoff,
+            arrivals,
+        ));
         tasks.spawn(health::run(
             health.clone(),
             control.clone(),

@@ -9,13 +9,21 @@
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::control::ControlPlane;
 use crate::health::Health;
 use edgeroom_proto::ids::NodeId;
 use edgeroom_transport::{Endpoint, Incoming, Peer, Purpose};
+
+/// How many peers may be in their handshake at once, and the count of those turned
+/// away past it.
+#[derive(Clone)]
+pub struct Arrivals {
+    pub max_handshakes: usize,
+    pub refused: Counter,
+}
 
 /// A stream for a layer above the cluster, with the peer that opened it.
 pub type Handed = (NodeId, Incoming);
@@ -31,16 +39,36 @@ pub struct Handoff {
 
 /// Serve peers until the endpoint closes. Every task serving a peer is owned here and
 /// ends with this one.
-pub async fn serve(endpoint: Arc<Endpoint>, control: Arc<ControlPlane>, handoff: Handoff) {
+///
+/// Each arriving peer's handshake runs in its own task: a handshake takes a round trip
+/// at least, and one a peer stalls in lasts the idle timeout, which a loop taking them
+/// in turn would make every other peer wait out (heartbeats then miss, peers declare
+/// each other dead, and their redials queue up behind the same loop).
+pub async fn serve(
+    endpoint: Arc<Endpoint>,
+    control: Arc<ControlPlane>,
+    handoff: Handoff,
+    arrivals: Arrivals,
+) {
     let mut peers = JoinSet::new();
-    while let Some(accepted) = endpoint.accept().await {
-        match accepted {
-            Ok(peer) => {
-                peers.spawn(serve_peer(peer, control.clone(), handoff.clone()));
-            }
-            Err(e) => tracing::warn!("refused a peer: {e:#}"),
-        }
+    let handshaking = Arc::new(Semaphore::new(arrivals.max_handshakes));
+    while let Some(arriving) = endpoint.arrival().await {
         while peers.try_join_next().is_some() {}
+        let Ok(permit) = handshaking.clone().try_acquire_owned() else {
+            // Counted, not logged: a flood of them must not flood the log as well.
+            arrivals.refused.inc();
+            arriving.refuse();
+            continue;
+        };
+        let (control, handoff) = (control.clone(), handoff.clone());
+        peers.spawn(async move {
+            let handshake = arriving.handshake().await;
+            drop(permit);
+            match handshake {
+                Ok(peer) => serve_peer(peer, control, handoff).await,
+                Err(e) => tracing::warn!("refused a peer: {e:#}"),
+            }
+        });
     }
 }
 

@@ -136,6 +136,8 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
                 client_addr: addr,
                 handoff_queue: config.limits.peer_streams,
                 handoff_dropped: metrics.peer_streams_dropped.clone(),
+                handshakes: config.limits.peer_handshakes,
+                handshakes_refused: metrics.peer_handshakes_refused.clone(),
                 raft_refused: metrics.raft_requests_refused.clone(),
             };
             Some(Cluster::start(joining, c).await?)

@@ -124,6 +124,10 @@ pub struct Limits {
     /// Streams peers opened (room links, forwarded requests) waiting to be served, per
     /// kind; beyond it a new one is dropped and counted (`edgeroom_peer_streams_dropped`).
     pub peer_streams: usize,
+    /// Peers in their QUIC handshake at once; beyond it a new one is turned away and
+    /// counted (`edgeroom_peer_handshakes_refused`). Each handshake runs on its own, so
+    /// a slow or mute one holds up no other; this bounds what mute ones can hold.
+    pub peer_handshakes: usize,
     /// Engine.IO packets held for a client that is not polling; beyond it the session
     /// stops taking from its outbox, which then fills and drops the client as a slow
     /// consumer.
@@ -218,8 +222,9 @@ pub struct Limits {
     /// How long a resume waits for the connection still holding its session to answer
     /// a ping before counting it gone; one that answers keeps the session (`live`).
     pub resume_probe_ms: u64,
-    /// On a standalone node: bytes of changes appended to a room's saved document
-    /// before they are folded into a whole save (or the size of the last whole save,
+    /// Bytes of changes appended to a room's saved document (on a standalone node with
+    /// each acknowledged write, in a cluster each second) before they are folded into
+    /// a whole save (or the size of the last whole save,
     /// if larger), so a load reads at most about twice the document.
     pub state_append_bytes: usize,
     /// In a cluster: Engine.IO requests this node forwards to the nodes owning their
@@ -252,6 +257,7 @@ impl Default for Limits {
             peer_queue: 65_536,
             unconfirmed_replies: 4096,
             peer_streams: 1024,
+            peer_handshakes: 256,
             engineio_queue: 4096,
             engineio_queue_bytes: 16 * 1024 * 1024,
             history_ms: 120_000,
@@ -350,6 +356,7 @@ impl NodeConfig {
                 && self.limits.peer_queue > 0
                 && self.limits.unconfirmed_replies > 0
                 && self.limits.peer_streams > 0
+                && self.limits.peer_handshakes > 0
                 && self.limits.engineio_queue > 0,
             "queues must hold at least one item"
         );

@@ -53,6 +53,9 @@ pub struct Metrics {
     pub peer_frames_refused: Family<KindLabel, Counter>,
     /// Streams peers opened that found their queue full (`limits.peer_streams`).
     pub peer_streams_dropped: Counter,
+    /// Peers turned away because too many were in their handshake
+    /// (`limits.peer_handshakes`).
+    pub peer_handshakes_refused: Counter,
     /// Raft requests (a join, a write, a Raft message) refused because the sender's
     /// certificate names another node than the request claims, or a non-member wrote.
     pub raft_requests_refused: Counter,
@@ -118,6 +121,7 @@ impl Metrics {
         let peer_messages_shed = Family::default();
         let peer_frames_refused = Family::default();
         let peer_streams_dropped = Counter::default();
+        let peer_handshakes_refused = Counter::default();
         let raft_requests_refused = Counter::default();
         let forwards_refused = Counter::default();
         let state_compactions = Counter::default();
@@ -228,6 +232,11 @@ impl Metrics {
             peer_streams_dropped.clone(),
         );
         registry.register(
+            "peer_handshakes_refused",
+            "Peers turned away because too many were in their handshake at once",
+            peer_handshakes_refused.clone(),
+        );
+        registry.register(
             "raft_requests_refused",
             "Raft requests refused because the sending node may not make them",
             raft_requests_refused.clone(),
@@ -302,6 +311,7 @@ impl Metrics {
             peer_messages_shed,
             peer_frames_refused,
             peer_streams_dropped,
+            peer_handshakes_refused,
             raft_requests_refused,
             forwards_refused,
             state_compactions,

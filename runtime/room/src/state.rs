@@ -101,13 +101,18 @@ impl RoomDoc {
         if mine.iter().all(|h| theirs.contains(h)) {
             return true;
         }
-        let beyond: std::collections::HashSet<ChangeHash> = self
-            .doc
+        let beyond = self.beyond(theirs);
+        mine.iter().all(|h| !beyond.contains(h))
+    }
+
+    /// The changes this document holds beyond `theirs`: every one that is not among
+    /// them or their ancestors. Reads each of them out of the history: costly.
+    pub fn beyond(&mut self, theirs: &[ChangeHash]) -> std::collections::HashSet<ChangeHash> {
+        self.doc
             .get_changes_meta(theirs)
             .iter()
             .map(|c| c.hash)
-            .collect();
-        mine.iter().all(|h| !beyond.contains(h))
+            .collect()
     }
 
     /// What changed since `before` (heads this document holds), as JSON Patch

@@ -148,11 +148,12 @@ impl Endpoint {
         })
     }
 
-    /// The next peer that completed the mutual-TLS handshake, or an error for one that
-    /// did not (the endpoint keeps serving). `None` once the endpoint is closed.
-    pub async fn accept(&self) -> Option<anyhow::Result<Peer>> {
-        let incoming = self.quic.accept().await?;
-        Some(accepted(incoming).await)
+    /// The next peer asking to connect, before its handshake. `None` once the endpoint
+    /// is closed. The handshake takes a round trip at least, and a peer that stalls in
+    /// it holds it for the idle timeout: a server runs each [`Arriving::handshake`] in a
+    /// task of its own, so one slow peer holds up no other.
+    pub async fn arrival(&self) -> Option<Arriving> {
+        self.quic.accept().await.map(Arriving)
     }
 
     /// Close every connection and stop accepting.
@@ -164,6 +165,25 @@ impl Endpoint {
     pub async fn shutdown(&self, grace: Duration) {
         self.close();
         let _ = tokio::time::timeout(grace, self.quic.wait_idle()).await;
+    }
+}
+
+/// A peer asking to connect, its handshake not yet run.
+pub struct Arriving(quinn::Incoming);
+
+impl Arriving {
+    pub fn remote(&self) -> SocketAddr {
+        self.0.remote_address()
+    }
+
+    /// Turn it away at once, without a handshake.
+    pub fn refuse(self) {
+        self.0.refuse();
+    }
+
+    /// Run the mutual-TLS handshake: the peer is whoever its certificate names.
+    pub async fn handshake(self) -> anyhow::Result<Peer> {
+        accepted(self.0).await
     }
 }
 

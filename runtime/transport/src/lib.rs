@@ -16,7 +16,7 @@ pub mod seal;
 pub mod tls;
 pub mod wan;
 
-pub use endpoint::{Endpoint, Incoming, Peer, Purpose, Timing, close};
+pub use endpoint::{Arriving, Endpoint, Incoming, Peer, Purpose, Timing, close};
 pub use frame::{FrameError, FrameRx, FrameTx};
 /// The QUIC stream types `Peer::open_raw` and `Incoming::into_raw` give out.
 pub use quinn::{RecvStream, SendStream};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use edgeroom_proto::ids::NodeId;
 use edgeroom_transport::{
-    ClusterCa, Endpoint, FrameError, LinkRule, NodeTls, Purpose, Timing, Wan, close,
+    ClusterCa, Endpoint, FrameError, LinkRule, NodeTls, Peer, Purpose, Timing, Wan, close,
 };
 use futures_util::{SinkExt, StreamExt};
 
@@ -23,6 +23,11 @@ fn bind(tls: &NodeTls, wan: Option<&Wan>) -> Endpoint {
     Endpoint::bind("127.0.0.1:0".parse().unwrap(), tls, wan, Timing::default()).unwrap()
 }
 
+/// The next arriving peer after its handshake, one at a time (enough for these tests).
+async fn accept(e: &Endpoint) -> Option<anyhow::Result<Peer>> {
+    Some(e.arrival().await?.handshake().await)
+}
+
 fn addr(e: &Endpoint) -> SocketAddr {
     e.local_addr().unwrap()
 }
@@ -37,7 +42,7 @@ enum Msg {
 /// Serve `Ping(n)` → `Pong(n)` on every stream of every peer `e` accepts.
 fn spawn_echo(e: Endpoint) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(Ok(peer)) = e.accept().await {
+        while let Some(Ok(peer)) = accept(&e).await {
             tokio::spawn(async move {
                 while let Ok(incoming) = peer.accept().await {
                     let (mut tx, mut rx) = incoming.framed::<Msg, Msg>();
@@ -65,7 +70,7 @@ async fn nodes_of_one_cluster_talk_over_mutual_tls() {
     let b_addr = addr(&b);
 
     let server = tokio::spawn(async move {
-        let peer = b.accept().await.unwrap().unwrap();
+        let peer = accept(&b).await.unwrap().unwrap();
         // The acceptor learns who called from the certificate.
         assert_eq!(peer.node(), &node("a"));
         let incoming = peer.accept().await.unwrap();
@@ -98,7 +103,7 @@ async fn a_certificate_from_another_ca_is_refused_at_the_handshake() {
     let intruder = bind(&tls(&other, "b"), None);
 
     let accepting = tokio::spawn(async move {
-        let outcome = ours.accept().await.unwrap();
+        let outcome = accept(&ours).await.unwrap();
         (outcome.is_err(), ours)
     });
     let dialled = intruder.connect(&node("a"), ours_addr).await;
@@ -108,7 +113,7 @@ async fn a_certificate_from_another_ca_is_refused_at_the_handshake() {
 
     // And we refuse to talk to a server the cluster CA did not sign.
     let intruder_addr = addr(&intruder);
-    tokio::spawn(async move { while intruder.accept().await.is_some() {} });
+    tokio::spawn(async move { while accept(&intruder).await.is_some() {} });
     let err = ours
         .connect(&node("b"), intruder_addr)
         .await
@@ -123,7 +128,7 @@ async fn dialling_the_wrong_node_is_refused() {
     let a = bind(&tls(&ca, "a"), None);
     let c = bind(&tls(&ca, "c"), None);
     let c_addr = addr(&c);
-    tokio::spawn(async move { while c.accept().await.is_some() {} });
+    tokio::spawn(async move { while accept(&c).await.is_some() {} });
     // We meant b; the node at that address is c.
     assert!(a.connect(&node("b"), c_addr).await.is_err());
 }
@@ -153,7 +158,7 @@ async fn oversized_frames_and_unknown_purposes_drop_the_peer() {
     let b_addr = addr(&b);
     let server = tokio::spawn(async move {
         // An oversized frame: refused from its length prefix, before the body is read.
-        let peer = b.accept().await.unwrap().unwrap();
+        let peer = accept(&b).await.unwrap().unwrap();
         let incoming = peer.accept().await.unwrap();
         assert_eq!(incoming.purpose, Purpose::Health);
         let (_tx, mut rx) = incoming.framed::<Msg, Msg>();
@@ -161,7 +166,7 @@ async fn oversized_frames_and_unknown_purposes_drop_the_peer() {
         assert!(matches!(err, FrameError::Io(_)), "{err}");
         peer.refuse(&err.to_string());
         // A stream whose first byte names no purpose.
-        let peer = b.accept().await.unwrap().unwrap();
+        let peer = accept(&b).await.unwrap().unwrap();
         assert!(peer.accept().await.is_err());
     });
 

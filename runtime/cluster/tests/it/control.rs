@@ -72,7 +72,16 @@ async fn start_behind(
         forward,
         dropped: Default::default(),
     };
-    let serving = tokio::spawn(mesh::serve(endpoint.clone(), control.clone(), handoff));
+    let arrivals = mesh::Arrivals {
+        max_handshakes: 16,
+        refused: Default::default(),
+    };
+    let serving = tokio::spawn(mesh::serve(
+        endpoint.clone(),
+        control.clone(),
+        handoff,
+        arrivals,
+    ));
     TestNode {
         name: name.into(),
         addr,

@@ -253,7 +253,7 @@ async fn cluster_init_writes_certificates_nodes_can_use() {
     let (first, added) = (endpoint("us-east-1"), endpoint("ap-south-1"));
     let addr = first.local_addr().unwrap();
     let accept = tokio::spawn(async move {
-        let peer = first.accept().await.unwrap().unwrap();
+        let peer = first.arrival().await.unwrap().handshake().await.unwrap();
         peer.node().clone()
     });
     let peer = added

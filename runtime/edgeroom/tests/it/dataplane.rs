@@ -1107,3 +1107,65 @@ async fn long_forwarded_tunnels_do_not_stall_other_forwarded_requests() {
     drop(tunnels);
     shutdown(nodes).await;
 }
+
+/// A replicated room writes its changes to disk as appends to its saved document, a
+/// second after they are made, without saving the whole document each time. When every
+/// node is killed (no replica left to sync from) and started again, each loads the
+/// room's state from its own disk: nothing acknowledged more than a second before the
+/// kill is gone. With the appends left out, the counter comes back at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_rooms_state_comes_back_from_its_appended_changes_after_every_node_dies() {
+    let fleet = Fleet::new();
+    let nodes = fleet.inner.start().await.unwrap();
+    {
+        let all: Vec<&edgeroom_gateway::Gateway> =
+            nodes.iter().map(|n| &*n.node().gateway).collect();
+        let secs = Duration::from_secs(20);
+        let v = edgeroom::fleet::deploy(all[0], &all, "counter", example("counter"), secs).await;
+        assert_eq!(v.unwrap(), 1);
+    }
+    const N: i64 = 30;
+    let mut clients = Vec::new();
+    for h in &nodes {
+        let mut c = Client::connect(h.running().addr, "counter", "json").await;
+        c.join("tally", json!({})).await;
+        clients.push(c);
+    }
+    for round in 0..N {
+        for c in &mut clients {
+            let r = c.emit("tally", "incr", json!({"by": 1})).await;
+            assert!(r["error"].is_null(), "round {round}: {r}");
+        }
+    }
+    for h in &nodes {
+        wait_room(h.running(), "counter", "tally", "every increment", |v| {
+            v["state"]["count"] == 3 * N
+        })
+        .await;
+    }
+    // Past the second after which changes are written.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for c in clients {
+        c.abort();
+    }
+    let mut builders = Vec::new();
+    for h in nodes {
+        builders.push(h.kill().await);
+    }
+    // Together: each waits for a quorum of the others.
+    let started = futures_util::future::join_all(builders.into_iter().map(|b| b.start())).await;
+    let nodes: Vec<_> = started
+        .into_iter()
+        .map(|n| n.expect("restarts from its data dir"))
+        .collect();
+    for h in &nodes {
+        let v = wait_room(h.running(), "counter", "tally", "the room loaded", |v| {
+            !v["state"].is_null()
+        })
+        .await;
+        assert_eq!(v["state"]["count"], 3 * N, "{v}");
+    }
+    for h in nodes {
+        h.shutdown(Duration::from_secs(1)).await;
+    }
+}

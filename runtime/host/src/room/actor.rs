@@ -923,20 +923,26 @@ impl Actor {
         }
         self.after_call().await;
         // Changes appended since the last whole save are folded into a new one once
-        // they outweigh it; without appends (in a cluster), every second.
+        // they outweigh it. A replicated room appends its changes each second (its
+        // other replicas, not its disk, back what it acknowledges); a whole save each
+        // second was most of a loaded node's work.
         if self.compact_wanted {
             self.compact_together();
         }
-        let due = if self.replica.is_none() {
+        let folding = |a: &Self| a.appended_bytes >= limits.state_append_bytes.max(a.saved_bytes);
+        if self.replica.is_none() {
             // Changes nobody waited for (timers, leaves) go to the disk too, and what
             // the room forgot leaves it.
             self.persist_changes().await;
             self.trim_journal().await;
-            self.appended_bytes >= limits.state_append_bytes.max(self.saved_bytes)
-        } else {
-            now.saturating_sub(self.last_save_ms) >= SAVE_EVERY_MS
-        };
-        if self.world().unsaved && due {
+        } else if self.world().unsaved
+            && now.saturating_sub(self.last_save_ms) >= SAVE_EVERY_MS
+            && !folding(self)
+            && !self.world().doc_replaced
+        {
+            self.append_changes().await;
+        }
+        if self.world().unsaved && (folding(self) || self.world().doc_replaced) {
             self.save().await;
         }
         if !self.world().core.is_empty() {
@@ -1038,16 +1044,49 @@ impl Actor {
         }
     }
 
+    /// A replicated room's changes since its last write, appended to its saved
+    /// document (with other rooms' in one synced write).
+    async fn append_changes(&mut self) {
+        let changes = self.world().doc.save_incremental();
+        self.world().unsaved = false;
+        self.last_save_ms = self.rooms.env().clock.mono_ms();
+        if changes.is_empty() {
+            return;
+        }
+        self.appended_bytes += changes.len();
+        let batch = crate::store::Batch {
+            changes,
+            ..Default::default()
+        };
+        let env = self.rooms.env();
+        if let Err(e) = env
+            .journal
+            .write(&self.key.app, &self.key.room, batch)
+            .await
+        {
+            tracing::error!(room = %self.key.room, "could not append the room's changes: {e}");
+            // The next write is a whole save, which holds these changes too.
+            self.world().unsaved = true;
+            self.appended_bytes = usize::MAX;
+        }
+    }
+
     async fn save(&mut self) {
         if !self.world().unsaved {
             return;
         }
         self.appended_bytes = 0;
-        let content = self.world().count_state_bytes();
         let mut bytes = self.world().doc.save();
         // With no other replica, no one needs the history: once it outweighs the
-        // content, the document is kept (and saved) without it.
-        let heavy = content.saturating_mul(2).saturating_add(COMPACT_SLACK);
+        // content, the document is kept (and saved) without it. The content is counted
+        // (O(document)) only when the running estimate says it may be so.
+        let heavy = |content: usize| content.saturating_mul(2).saturating_add(COMPACT_SLACK);
+        let estimate = self.world().state_bytes();
+        let heavy = if bytes.len() > heavy(estimate) {
+            heavy(self.world().count_state_bytes())
+        } else {
+            heavy(estimate)
+        };
         // Replicas compact together, once they agree (see `replica::rebase`): tried
         // each second until then.
         self.compact_wanted = self.replica.is_some() && bytes.len() > heavy;
@@ -1067,18 +1106,21 @@ impl Actor {
         }
         self.saved_bytes = bytes.len();
         self.world().unsaved = false;
+        self.world().doc_replaced = false;
         self.last_save_ms = self.rooms.env().clock.mono_ms();
         let store = self.rooms.env().store.clone();
         let key = self.key.clone();
-        match tokio::task::spawn_blocking(move || store.save_room(&key.app, &key.room, &bytes))
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(room = %self.key.room, "could not save room document: {e:#}")
-            }
-            Err(e) => tracing::error!(room = %self.key.room, "room save task failed: {e}"),
-        }
+        let saved =
+            tokio::task::spawn_blocking(move || store.save_room(&key.app, &key.room, &bytes)).await;
+        let failed = match saved {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(room = %self.key.room, "could not save room document: {failed}");
+        // What changed since the last write is in no append: the next one is whole.
+        self.world().unsaved = true;
+        self.world().doc_replaced = true;
     }
 
     fn view(&mut self, has: Option<Vec<String>>) -> RoomView {

@@ -81,6 +81,11 @@ const RELAY_AFTER: Duration = Duration::from_secs(1);
 /// How long after its last event an origin tells the other replicas how far its events
 /// go, and when it says so again (in case that word was lost too).
 const TELL_TAIL_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
+/// How often a held answer is checked against the ancestry of peers' heads, at most
+/// (a fallback: a peer's `Applied` confirms a change exactly). Each check reads every
+/// change beyond a peer's heads out of the document; done on every tick in every room
+/// with answers held, it took a quarter of a loaded node's CPU.
+const ANCESTRY_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of changes sent as they are, at most; more go by the sync protocol.
 const CHANGES_PART: usize = 1 << 20;
 /// Payload bytes per backfill message, at most (well below the frame limit).
@@ -489,6 +494,8 @@ pub struct Replica {
     /// applied that a held answer waits for (those this document knows). How a call's
     /// change is confirmed without asking Automerge for ancestry on every message.
     confirmed: HashMap<NodeId, Vec<ChangeHash>>,
+    /// When held answers are next checked against peers' ancestry (`ANCESTRY_EVERY`).
+    ancestry_at: Option<Instant>,
     /// This node's last event here and when it was sent, until the others were told
     /// how far its events go (`told` times: see `TELL_TAIL_AFTER`).
     tail: Option<Tail>,
@@ -557,6 +564,7 @@ impl Replica {
             relay_at: None,
             sent_heads: None,
             confirmed: HashMap::new(),
+            ancestry_at: None,
             hello_parts: HashMap::new(),
             unowed: HashMap::new(),
             emptied: HashSet::new(),
@@ -768,11 +776,18 @@ impl Replica {
     }
 
     /// `release`; `thorough` also asks Automerge whether a peer's heads descend from a
-    /// call's change (costly in a long history: on ticks, not on every message).
+    /// call's change (costly in a long history: on ticks, at most every
+    /// `ANCESTRY_EVERY`, and once per distinct heads).
     fn release_confirmed(&mut self, w: &mut World, ctx: &Ctx, thorough: bool) {
         if self.pending.is_empty() {
             return;
         }
+        let thorough = thorough && self.ancestry_at.is_none_or(|at| ctx.now >= at);
+        if thorough {
+            self.ancestry_at = Some(ctx.now + ANCESTRY_EVERY);
+        }
+        // What lies beyond each peer's heads, read once per call.
+        let mut beyond: HashMap<Vec<ChangeHash>, HashSet<ChangeHash>> = HashMap::new();
         let home = Some(w.place.region.clone());
         let elsewhere = ctx
             .peers
@@ -785,8 +800,17 @@ impl Replica {
                 .upto
                 .is_none_or(|s| self.acked.iter().any(|(n, a)| *a >= s && counts(n)));
             let mut holds = |theirs: &[ChangeHash]| {
-                p.heads.iter().all(|h| theirs.contains(h))
-                    || (thorough && w.doc.covered(&p.heads, theirs))
+                if p.heads.iter().all(|h| theirs.contains(h)) {
+                    return true;
+                }
+                // Empty heads hold nothing (and everything lies beyond them).
+                if !thorough || theirs.is_empty() {
+                    return false;
+                }
+                let past = beyond
+                    .entry(theirs.to_vec())
+                    .or_insert_with(|| w.doc.beyond(theirs));
+                p.heads.iter().all(|h| !past.contains(h))
             };
             let doc = p.heads.is_empty()
                 || self

@@ -103,6 +103,10 @@ pub struct World {
     /// The document's size in bytes of JSON: counted exactly now and then
     /// ([`World::count_state_bytes`]), estimated from each write in between.
     state_bytes: usize,
+    /// The document was replaced (compacted or rebased) since its last whole save:
+    /// changes appended to the old one would not rebuild it, so the next write is a
+    /// whole save.
+    pub doc_replaced: bool,
 }
 
 impl World {
@@ -142,6 +146,7 @@ impl World {
             log_window: (0, 0),
             max_state_bytes: usize::MAX,
             state_bytes: 0,
+            doc_replaced: false,
         }
     }
 
@@ -150,6 +155,12 @@ impl World {
     /// not estimated; this catches them up.
     pub fn count_state_bytes(&mut self) -> usize {
         self.state_bytes = self.doc.to_json().to_string().len();
+        self.state_bytes
+    }
+
+    /// The document's size in bytes of JSON as last counted, with the handler's writes
+    /// since estimated (changes merged from other replicas are not).
+    pub fn state_bytes(&self) -> usize {
         self.state_bytes
     }
 
@@ -191,6 +202,7 @@ impl World {
         self.doc = doc;
         self.count_state_bytes();
         self.unsaved = true;
+        self.doc_replaced = true;
         self.state_changed = false;
         if self.state_shown.take().is_some() {
             let frame = self.state_frame();
@@ -208,6 +220,7 @@ impl World {
             "a replacement changes content"
         );
         self.doc = doc;
+        self.doc_replaced = true;
         if self.state_shown.is_some() {
             self.state_shown = Some(self.doc.heads());
         }
