@@ -23,6 +23,10 @@ pub struct CatchUp {
     pub events: Vec<Arc<LogEntry>>,
     /// Events after the member's cursor that were used and that no source has.
     pub missing: u64,
+    /// The member's cursor once it has these events: its own, with what only the
+    /// others had. What it covers is not to be sent to the member again, nor forgotten
+    /// by a cursor handed to it later (see `LogEntry::at_least`).
+    pub reached: Cursor,
 }
 
 /// The catch-up after `cursor` for `conn`.
@@ -108,8 +112,16 @@ pub fn catch_up(
             Arc::new(e.with_cursor(at.to_string()))
         })
         .collect();
-    events.extend(late.into_iter().filter(|e| e.target.includes(conn)));
-    CatchUp { events, missing }
+    events.extend(
+        late.into_iter()
+            .filter(|e| e.target.includes(conn))
+            .map(|e| e.at_least(&at)),
+    );
+    CatchUp {
+        events,
+        missing,
+        reached: at,
+    }
 }
 
 /// Used numbers in `(after, bound]` that are not in `have` (all of which lie there).
@@ -251,6 +263,34 @@ mod tests {
         assert_eq!(c.missing, 0);
         // Each carries the member's cursor after it.
         assert_eq!(c.events[1].cursor, "a:1.2,b:1.1");
+    }
+
+    /// The log's events carry the log's cursors, which may lack what only the others
+    /// had, and what the member had seen elsewhere: handed to the member, they carry
+    /// both, so a resume with the last cursor it got does not get them again.
+    #[test]
+    fn cursors_handed_out_never_forget_what_the_member_has() {
+        let logged = |origin: &str, n: u64, log_cursor: &str| {
+            Arc::new(ev(origin, 1, n, n * 10).with_cursor(log_cursor.into()))
+        };
+        // Logged before this replica had a's 2, which only the others have.
+        let local = vec![logged("b", 1, "a:1.1,b:1.1"), logged("b", 2, "a:1.1,b:1.2")];
+        let c = catch_up(
+            &me(),
+            &cursor("a:1.1,c:1.7"),
+            local,
+            vec![ev("a", 1, 2, 5)],
+            &[],
+            &cursor("a:1.2,b:1.2"),
+        );
+        assert_eq!(names(&c), ["a1.2", "b1.1", "b1.2"]);
+        for e in &c.events {
+            let at = cursor(&e.cursor);
+            assert!(at.covers(&node("a"), Seq::new(1, 2)), "{}", e.cursor);
+            assert!(at.covers(&node("c"), Seq::new(1, 7)), "{}", e.cursor);
+        }
+        assert_eq!(c.events[2].cursor, "a:1.2,b:1.2,c:1.7");
+        assert_eq!(c.reached, cursor("a:1.2,c:1.7"));
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! sequence number, and its encodings, made once and shared by every recipient.
 //! The room core keeps these; catch-up picks from them.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+use edgeroom_proto::Cursor;
 use edgeroom_proto::ids::{ConnId, NodeId, RoomId, Seq};
 use edgeroom_proto::native::Format;
 use edgeroom_proto::payload::Payload;
@@ -67,6 +68,23 @@ impl LogEntry {
             cursor,
             encoded: Default::default(),
         }
+    }
+
+    /// This event as a member whose cursor already stands at `floor` gets it: with
+    /// `floor` folded into the cursor it carries. A member that came back having seen
+    /// more than this replica had delivered must not be handed a cursor that forgets
+    /// it, or its next resume, elsewhere, gets those events again.
+    pub fn at_least(self: &Arc<Self>, floor: &Cursor) -> Arc<Self> {
+        let Ok(mut cursor) = self.cursor.parse::<Cursor>() else {
+            return self.clone();
+        };
+        if cursor.dominates(floor) {
+            return self.clone();
+        }
+        for (origin, seq) in floor.iter() {
+            cursor.advance(origin, seq);
+        }
+        Arc::new(self.with_cursor(cursor.to_string()))
     }
 
     /// The same event leaving the room's cursor at `cursor` (a member's own catch-up).

@@ -1528,10 +1528,11 @@ impl Replica {
         let heads: Vec<&Cursor> = a.heads.iter().collect();
         let catch_up = w.core.catch_up(&conn, &cursor, others, &heads);
         self.member_joined(ctx);
-        // It may have seen more of some origin than this replica has delivered yet:
-        // those come live, and must not come twice.
-        if !w.core.head().dominates(&cursor) {
-            w.floors.insert(conn.clone(), cursor);
+        // It may have seen more of some origin than this replica has delivered yet,
+        // or been given some here that only the others had: those come live, and must
+        // not come twice.
+        if !w.core.head().dominates(&catch_up.reached) {
+            w.floors.insert(conn.clone(), catch_up.reached.clone());
         }
         w.links.insert(conn.clone(), a.link);
         self.replayed(&conn);

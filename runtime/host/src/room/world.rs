@@ -415,7 +415,11 @@ impl World {
             .iter()
             .filter(|(c, l)| to(c) && l.wants(item) && !seen(c))
         {
-            match link.outbox.push(item.clone()) {
+            let item = match (event, floors.get(conn)) {
+                (Some(e), Some(floor)) => Outbound::Event(e.at_least(floor)),
+                _ => item.clone(),
+            };
+            match link.outbox.push(item) {
                 Ok(()) => delivered += 1,
                 Err(PushError::SlowConsumer | PushError::Closed) => {
                     lost.push((conn.clone(), event.cloned()))

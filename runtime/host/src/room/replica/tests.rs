@@ -771,6 +771,48 @@ fn an_adoption_waits_for_every_live_peers_history() {
     }
 }
 
+/// A member that saw more of an origin on one node resumes on a replica that has not
+/// delivered those events yet (cut off from the origin). What that replica sends it
+/// meanwhile carries a cursor that still covers what the member saw, so a resume
+/// elsewhere with it does not bring those events back; and when they do reach this
+/// replica, the member does not get them again.
+#[test]
+fn a_member_ahead_of_its_new_replica_is_never_handed_a_cursor_behind_it() {
+    for seed in 0..10 {
+        let mut sim = Sim::new(3, seed);
+        sim.join(0, "a");
+        let m = sim.join(1, "m");
+        sim.join(2, "c");
+        sim.settle();
+        for _ in 0..3 {
+            sim.publish(0);
+        }
+        sim.settle();
+        sim.cut.extend([(0, 2), (2, 0)]);
+        for _ in 0..3 {
+            sim.publish(0);
+        }
+        sim.settle();
+        let n0 = NodeId::new("n0").unwrap();
+        let cursor = sim.cursor_of(1, &m);
+        assert_eq!(cursor.get(&n0).n, 6, "seed {seed}");
+        let m2 = sim.adopt(2, "m", cursor);
+        sim.settle();
+        sim.publish(1);
+        sim.settle();
+        let handed = sim.cursor_of(2, &m2);
+        assert_eq!(handed.get(&n0).n, 6, "seed {seed}: {handed}");
+        sim.cut.clear();
+        sim.link_up_all(2);
+        sim.settle();
+        sim.publish(0);
+        sim.settle();
+        let seen = sim.seen(2, &m2);
+        assert!(seen.gaps.is_empty(), "seed {seed}: {:?}", seen.gaps);
+        assert_eq!(by_origin(seen)["n0"], vec![7], "seed {seed}");
+    }
+}
+
 /// A member that joined as a verified user is taken over on another node only by a
 /// connection that proved the same user: a captured resume token is not enough.
 #[test]
