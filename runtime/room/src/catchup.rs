@@ -9,7 +9,7 @@
 //! between the end of one run and the start of the next is nothing anyone can know,
 //! and is never counted.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::log::LogEntry;
@@ -117,6 +117,11 @@ pub fn catch_up(
             .filter(|e| e.target.includes(conn))
             .map(|e| e.at_least(&at)),
     );
+    // An emit retried on another node while its first node was cut off ran on both:
+    // the same event under two origins, with one key. The member gets it once (a
+    // replica that has one does not deliver the other live either).
+    let mut keys = HashSet::new();
+    events.retain(|e| e.key.as_ref().is_none_or(|k| keys.insert(k.clone())));
     CatchUp {
         events,
         missing,
@@ -291,6 +296,27 @@ mod tests {
         }
         assert_eq!(c.events[2].cursor, "a:1.2,b:1.2,c:1.7");
         assert_eq!(c.reached, cursor("a:1.2,c:1.7"));
+    }
+
+    /// An emit retried on another node ran on both: one event under two origins with
+    /// the same key. The member gets it once.
+    #[test]
+    fn an_event_under_two_origins_with_one_key_is_given_once() {
+        let keyed = |origin: &str, n: u64, key: &str| {
+            let mut e = ev(origin, 1, n, n * 10).with_cursor(String::new());
+            e.key = Some(key.into());
+            Arc::new(e)
+        };
+        let c = catch_up(
+            &me(),
+            &cursor("a:1.1,b:1.1"),
+            vec![keyed("b", 2, "u/5#0")],
+            vec![keyed("a", 2, "u/5#0"), ev("a", 1, 3, 30)],
+            &[],
+            &cursor("a:1.3,b:1.2"),
+        );
+        assert_eq!(names(&c), ["a1.2", "a1.3"]);
+        assert_eq!(c.reached, cursor("a:1.3,b:1.1"));
     }
 
     #[test]
