@@ -1528,9 +1528,9 @@ impl Replica {
         let heads: Vec<&Cursor> = a.heads.iter().collect();
         let catch_up = w.core.catch_up(&conn, &cursor, others, &heads);
         self.member_joined(ctx);
-        // It may have seen more of some origin than this replica has delivered yet,
-        // or been given some here that only the others had: those come live, and must
-        // not come twice.
+        // It may have seen more of some origin than this replica has delivered yet:
+        // those come live, and must not come twice; and until this replica catches up,
+        // the cursors it is handed must not forget them (`LogEntry::at_least`).
         if !w.core.head().dominates(&catch_up.reached) {
             w.floors.insert(conn.clone(), catch_up.reached.clone());
         }

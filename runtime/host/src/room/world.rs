@@ -415,9 +415,14 @@ impl World {
             .iter()
             .filter(|(c, l)| to(c) && l.wants(item) && !seen(c))
         {
-            let item = match (event, floors.get(conn)) {
-                (Some(e), Some(floor)) => Outbound::Event(e.at_least(floor)),
-                _ => item.clone(),
+            // Only a member with a floor (just taken over from a replica that was
+            // ahead) gets its own copy; everyone else shares the one encoding.
+            let floor = event
+                .filter(|_| !floors.is_empty())
+                .and_then(|e| floors.get(conn).map(|f| (e, f)));
+            let item = match floor {
+                Some((e, floor)) => Outbound::Event(e.at_least(floor)),
+                None => item.clone(),
             };
             match link.outbox.push(item) {
                 Ok(()) => delivered += 1,
