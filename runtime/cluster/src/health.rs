@@ -4,6 +4,9 @@
 //! heard from within the timeout (default 3 s) is dead. [`Detector`] is the sans-IO
 //! part, fed "heard from X at t" and asked "is X alive at t"; [`run`] is the thin
 //! driver around it. Room presence and routing read the verdicts.
+//!
+//! Pings and pongs run on the endpoint's own thread (`Endpoint::io`), never behind
+//! room work on the node's workers: a node that is only busy must not look dead.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -193,7 +196,10 @@ pub async fn run(health: Arc<Health>, control: Arc<ControlPlane>, endpoint: Arc<
         });
         for (node, addr) in nodes {
             pinging.entry(node.clone()).or_insert_with(|| {
-                tokio::spawn(ping_forever(health.clone(), endpoint.clone(), node, addr))
+                // On the endpoint's runtime: a ping must not wait behind room work, or
+                // a busy node takes its peers for dead (see `Endpoint::io`).
+                let pinger = ping_forever(health.clone(), endpoint.clone(), node, addr);
+                endpoint.io().spawn(pinger)
             });
         }
         if applied.changed().await.is_err() {

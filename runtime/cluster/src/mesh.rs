@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
+use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
@@ -61,18 +62,21 @@ pub async fn serve(
             continue;
         };
         let (control, handoff) = (control.clone(), handoff.clone());
+        let io = endpoint.io().clone();
         peers.spawn(async move {
             let handshake = arriving.handshake().await;
             drop(permit);
             match handshake {
-                Ok(peer) => serve_peer(peer, control, handoff).await,
+                Ok(peer) => serve_peer(peer, control, handoff, io).await,
                 Err(e) => tracing::warn!("refused a peer: {e:#}"),
             }
         });
     }
 }
 
-async fn serve_peer(peer: Peer, control: Arc<ControlPlane>, handoff: Handoff) {
+/// `io` is the endpoint's own runtime: heartbeats are answered there, never behind
+/// room work (see `edgeroom_transport::Endpoint::io`).
+async fn serve_peer(peer: Peer, control: Arc<ControlPlane>, handoff: Handoff, io: Handle) {
     let mut streams = JoinSet::new();
     loop {
         let incoming = match peer.accept().await {
@@ -87,7 +91,7 @@ async fn serve_peer(peer: Peer, control: Arc<ControlPlane>, handoff: Handoff) {
                 continue;
             }
             Purpose::Health => {
-                streams.spawn(Health::serve_stream(incoming));
+                streams.spawn_on(Health::serve_stream(incoming), &io);
                 continue;
             }
             Purpose::Rooms => &handoff.rooms,

@@ -508,10 +508,16 @@ impl RoomDoc {
     /// This document's changes that are not among `heads` or their ancestors, encoded:
     /// what a replica sends its peers after it changed the document.
     pub fn changes_since(&mut self, heads: &[ChangeHash]) -> Vec<Vec<u8>> {
+        let hashed = self.hashed_changes_since(heads);
+        hashed.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// As [`RoomDoc::changes_since`], with each change's hash.
+    pub fn hashed_changes_since(&mut self, heads: &[ChangeHash]) -> Vec<(ChangeHash, Vec<u8>)> {
         self.doc
             .get_changes(heads)
             .into_iter()
-            .map(|c| c.raw_bytes().to_vec())
+            .map(|c| (c.hash(), c.raw_bytes().to_vec()))
             .collect()
     }
 
@@ -534,18 +540,36 @@ impl RoomDoc {
         Ok((self.doc.get_heads() != before, held))
     }
 
+    /// Whether changes taken in wait inside for changes this document lacks.
+    pub fn waiting(&mut self) -> bool {
+        !self.doc.get_missing_deps(&[]).is_empty()
+    }
+
     /// Whether this document holds the change `hash`.
     pub fn knows(&mut self, hash: &ChangeHash) -> bool {
         self.doc.get_change_meta_by_hash(hash).is_some()
     }
 
     /// The next Automerge sync message for a peer whose sync state is `state`, if
-    /// there is anything to say.
-    pub fn sync_message(&mut self, state: &mut sync::State) -> Option<Vec<u8>> {
-        self.doc
-            .sync()
-            .generate_sync_message(state)
-            .map(sync::Message::encode)
+    /// there is anything to say. `news`: the peer's last message brought changes
+    /// (or this starts a conversation), and it learns from this one that they arrived.
+    ///
+    /// Otherwise a conversation ends once this side has everything the peer announced
+    /// and nothing to send it. Automerge's protocol goes on until both hold the same
+    /// heads, which in a busy room (replicas change it every few milliseconds) is
+    /// never: a conversation a hello started then lasted as long as the traffic, every
+    /// step of it reading the whole history, on both sides. What either side changes
+    /// later reaches the other as changes of their own (see the host's replica).
+    pub fn sync_message(&mut self, state: &mut sync::State, news: bool) -> Option<Vec<u8>> {
+        let message = self.doc.sync().generate_sync_message(state)?;
+        let caught_up = state
+            .their_heads
+            .as_ref()
+            .is_some_and(|theirs| theirs.iter().all(|h| self.knows(h)));
+        if !news && caught_up && message.need.is_empty() && message.changes.is_empty() {
+            return None;
+        }
+        Some(message.encode())
     }
 
     /// Take in a peer's sync message. True if the document changed.
@@ -930,7 +954,7 @@ mod tests {
                     if a == b {
                         continue;
                     }
-                    if let Some(msg) = docs[a].sync_message(&mut states[a][b]) {
+                    if let Some(msg) = docs[a].sync_message(&mut states[a][b], true) {
                         docs[b].receive_sync(&mut states[b][a], &msg).unwrap();
                     }
                 }

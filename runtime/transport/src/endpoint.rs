@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use quinn::{AsyncUdpSocket, Runtime};
+use quinn::AsyncUdpSocket;
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::frame::{FrameCodec, FrameRx, FrameTx};
+use super::io::IoThread;
 use super::tls::{NodeTls, node_dns_name, node_of};
 use super::wan::{Wan, WanSocket};
 use edgeroom_proto::ids::NodeId;
@@ -91,6 +92,8 @@ impl Default for Timing {
 pub struct Endpoint {
     quic: quinn::Endpoint,
     node: NodeId,
+    /// Where the QUIC stack and the WAN shim run (last: dropped after `quic`).
+    io: IoThread,
 }
 
 impl Endpoint {
@@ -101,11 +104,13 @@ impl Endpoint {
         wan: Option<&Wan>,
         timing: Timing,
     ) -> anyhow::Result<Self> {
-        let runtime = Arc::new(quinn::TokioRuntime);
+        let io = IoThread::start(&format!("peer-io-{}", tls.node))?;
+        let runtime = io.quinn();
         let socket = std::net::UdpSocket::bind(addr)
             .with_context(|| format!("binding the peer port {addr}"))?;
         let mut udp = runtime.wrap_udp_socket(socket)?;
         if let Some(wan) = wan {
+            let _in = io.handle().enter();
             udp = Arc::new(WanSocket::new(udp, wan.clone())?) as Arc<dyn AsyncUdpSocket>;
         }
         let transport = Arc::new(transport_config(timing)?);
@@ -123,7 +128,14 @@ impl Endpoint {
         Ok(Self {
             quic,
             node: tls.node.clone(),
+            io,
         })
+    }
+
+    /// The runtime peer traffic runs on (see `io`): for what must answer a peer
+    /// however busy the node's workers are, such as heartbeats.
+    pub fn io(&self) -> &tokio::runtime::Handle {
+        self.io.handle()
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {

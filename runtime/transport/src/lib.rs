@@ -4,6 +4,7 @@
 //! - `tls`: the cluster CA, node certificates, rustls configs (identity = certificate).
 //! - `frame`: the sans-IO frame codec and the typed stream halves built on it.
 //! - `endpoint`: bind, dial, accept, open and accept purpose streams.
+//! - `io`: the thread peer traffic runs on, apart from the node's workers.
 //! - `wan`: the UDP shim that adds delay, jitter, loss and partitions per pair of nodes,
 //!   so tests and `geo-sim` run the real QUIC stack over an emulated WAN.
 //!
@@ -12,6 +13,7 @@
 
 pub mod endpoint;
 pub mod frame;
+mod io;
 pub mod seal;
 pub mod tls;
 pub mod wan;

@@ -24,9 +24,11 @@
 //!   (`Changes`), which answers with what it applied and its heads (`Applied`). A
 //!   replica passes what peers sent it to those not known to have it a second later
 //!   (for one its origin could not reach), and catches up by the Automerge sync
-//!   protocol when it meets a peer (hello) or gets a change without what it depends
-//!   on. (The sync protocol after every change, relayed by every replica, cost a
-//!   conversation between every pair of replicas per change: half of a busy node.)
+//!   protocol when it meets a peer (hello) or a change waited a moment in vain for
+//!   what it depends on. (The sync protocol after every change, relayed by every
+//!   replica, cost a conversation between every pair of replicas per change: half of
+//!   a busy node.) A conversation starts from the heads both were last known to hold
+//!   and ends once it has caught up; changes made meanwhile go as changes.
 //! - **Presence.** Each node owns its members' entries. `Hello` carries them all (a
 //!   replica greets a node that newly has members in the room, and every peer after a
 //!   reconnection; the greeted one answers), `Presence` the changes; a node declared
@@ -88,6 +90,8 @@ const TELL_TAIL_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_s
 const ANCESTRY_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of changes sent as they are, at most; more go by the sync protocol.
 const CHANGES_PART: usize = 1 << 20;
+/// Hashes a sync state remembers as sent to its peer, at most (see `offer`).
+const SENT_HASHES_MAX: usize = 10_000;
 /// Payload bytes per backfill message, at most (well below the frame limit).
 const BACKFILL_PART: usize = 1 << 20;
 /// Bytes of member records per hello message, at most: a room's members go in parts
@@ -487,6 +491,9 @@ pub struct Replica {
     /// When the changes peers sent are next offered to the replicas not known to have
     /// them (see `relay`), and the heads from before the first of them.
     relay_at: Option<(Instant, Vec<ChangeHash>)>,
+    /// Peers whose changes wait in the document for changes it lacks, and when this
+    /// replica catches up with them if those have not come by then (see `take`).
+    lacking: Option<(Instant, HashSet<NodeId>)>,
     /// The document's heads when this replica last sent its changes or took in
     /// others': a call's own changes are those beyond (unknown until the first call).
     sent_heads: Option<Vec<ChangeHash>>,
@@ -562,6 +569,7 @@ impl Replica {
             acked: HashMap::new(),
             max_pending,
             relay_at: None,
+            lacking: None,
             sent_heads: None,
             confirmed: HashMap::new(),
             ancestry_at: None,
@@ -852,7 +860,7 @@ impl Replica {
         let Some(since) = self.sent_heads.replace(w.doc.heads()) else {
             return self.sync_all(w, ctx);
         };
-        let changes = w.doc.changes_since(&since);
+        let changes = w.doc.hashed_changes_since(&since);
         for node in ctx.peers.interested() {
             self.offer(w, &node, &changes, ctx);
         }
@@ -874,7 +882,7 @@ impl Replica {
             {
                 continue;
             }
-            let changes = changes.get_or_insert_with(|| w.doc.changes_since(from));
+            let changes = changes.get_or_insert_with(|| w.doc.hashed_changes_since(from));
             self.offer(w, &node, changes, ctx);
         }
     }
@@ -890,11 +898,23 @@ impl Replica {
     /// `afresh` starts the conversation over (a hello, or this replica lacks what a
     /// change depends on: what was said before may be lost).
     fn sync_with(&mut self, w: &mut World, node: &NodeId, afresh: bool, ctx: &mut Ctx) {
+        self.say_sync(w, node, afresh, true, ctx);
+    }
+
+    /// As `sync_with`; `news` as in `RoomDoc::sync_message` (an answer to a message
+    /// that brought nothing says something only if there is something to say).
+    fn say_sync(&mut self, w: &mut World, node: &NodeId, afresh: bool, news: bool, ctx: &mut Ctx) {
         let state = self.sync.entry(node.clone()).or_default();
         if afresh {
+            // Over from what both were last known to hold (what Automerge keeps of a
+            // sync state across sessions): from nothing, each side's first message
+            // covered the whole history, and the conversations after hellos took most
+            // of a busy node's CPU. A peer that lost some of it answers with a reset.
+            let shared = std::mem::take(&mut state.shared_heads);
             *state = sync::State::new();
+            state.shared_heads = shared;
         }
-        if let Some(msg) = w.doc.sync_message(state) {
+        if let Some(msg) = w.doc.sync_message(state, news) {
             let base = self.base_of(w).clone();
             ctx.send(node, RoomMsg::Sync(base, msg));
         }
@@ -902,12 +922,32 @@ impl Replica {
 
     /// Send `changes` to `node` as they are, or, past `CHANGES_PART`, by the sync
     /// protocol (which sends only what the peer lacks).
-    fn offer(&mut self, w: &mut World, node: &NodeId, changes: &[Vec<u8>], ctx: &mut Ctx) {
-        if bytes_of(changes) > CHANGES_PART {
+    fn offer(
+        &mut self,
+        w: &mut World,
+        node: &NodeId,
+        changes: &[(ChangeHash, Vec<u8>)],
+        ctx: &mut Ctx,
+    ) {
+        let bytes: usize = changes.iter().map(|(_, c)| c.len()).sum();
+        if bytes > CHANGES_PART {
             self.sync_with(w, node, false, ctx);
         } else if !changes.is_empty() {
+            // A sync conversation under way need not send them again: it would never
+            // end while the room is busy (every step would carry the newest changes).
+            if let Some(state) = self.sync.get_mut(node)
+                && state.their_heads.is_some()
+            {
+                if state.sent_hashes.len() + changes.len() > SENT_HASHES_MAX {
+                    // Trimmed only as the peer's heads come in; forgetting is safe
+                    // (the protocol then sends some changes twice).
+                    state.sent_hashes.clear();
+                }
+                state.sent_hashes.extend(changes.iter().map(|(h, _)| *h));
+            }
             let base = self.base_of(w).clone();
-            ctx.send(node, RoomMsg::Changes(base, changes.to_vec()));
+            let changes = changes.iter().map(|(_, c)| c.clone()).collect();
+            ctx.send(node, RoomMsg::Changes(base, changes));
         }
     }
 
@@ -1042,7 +1082,7 @@ impl Replica {
                 match w.doc.receive_sync(state, &bytes) {
                     Ok(changed) => {
                         // Answer (the protocol is a conversation), and pass the change on.
-                        self.sync_with(w, &from, false, ctx);
+                        self.say_sync(w, &from, false, changed, ctx);
                         if changed {
                             self.took_in(w, before, ctx);
                         }
@@ -1062,9 +1102,14 @@ impl Replica {
                             self.took_in(w, before, ctx);
                         }
                         if held.len() < changes.len() {
-                            // Some wait for changes this replica lacks: catch up with
-                            // the sender.
-                            self.sync_with(w, &from, true, ctx);
+                            // Some wait for changes this replica lacks. Those are most
+                            // likely on their way from their own origin (every replica
+                            // sends its changes to every other): catch up with the
+                            // sender only if they have not come a moment later.
+                            let (_, peers) = self
+                                .lacking
+                                .get_or_insert_with(|| (ctx.now + REPAIR_PATIENCE, HashSet::new()));
+                            peers.insert(from.clone());
                         }
                         let heads = w.doc.heads();
                         ctx.send(&from, RoomMsg::Applied { held, heads });
@@ -1080,12 +1125,22 @@ impl Replica {
                     .iter()
                     .flat_map(|p| p.heads.iter().copied())
                     .collect();
+                let known: Vec<ChangeHash> = heads.into_iter().filter(|h| w.doc.knows(h)).collect();
+                // Held by both: a sync conversation with the peer starts from there
+                // (see `sync_with`), and a held answer is checked against them. Left
+                // as the last conversation ended, they fell behind by every change
+                // since, and each check read all of those out of the document.
+                if !known.is_empty()
+                    && let Some(state) = self.sync.get_mut(&from)
+                {
+                    state.shared_heads.clone_from(&known);
+                }
                 let theirs = self.confirmed.entry(from).or_default();
                 // Changes go to a peer in order and are applied only after what they
                 // depend on: held ones stay known while an answer waits for them.
                 theirs.retain(|h| waited.contains(h));
                 theirs.extend(held.into_iter().filter(|h| waited.contains(h)));
-                theirs.extend(heads.into_iter().filter(|h| w.doc.knows(h)));
+                theirs.extend(known);
                 theirs.sort_unstable();
                 theirs.dedup();
                 self.release(w, ctx);
@@ -1310,6 +1365,17 @@ impl Replica {
             match ctx.now >= at {
                 true => self.relay(w, &from, ctx),
                 false => self.relay_at = Some((at, from)),
+            }
+        }
+        if let Some((at, peers)) = self.lacking.take() {
+            match ctx.now >= at {
+                true if w.doc.waiting() => {
+                    for peer in peers {
+                        self.sync_with(w, &peer, true, ctx);
+                    }
+                }
+                true => {}
+                false => self.lacking = Some((at, peers)),
             }
         }
         let overdue: Vec<NodeId> = self
@@ -1612,10 +1678,6 @@ impl Replica {
             }
         }
     }
-}
-
-fn bytes_of(changes: &[Vec<u8>]) -> usize {
-    changes.iter().map(Vec::len).sum()
 }
 
 /// A peer's message for a room that is not loaded here: a repair request gets "nothing

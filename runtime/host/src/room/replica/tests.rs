@@ -145,6 +145,8 @@ struct Sim {
     dup: f64,
     limits: LogLimits,
     adopted: Vec<oneshot::Receiver<AdoptOutcome>>,
+    /// Sync protocol messages sent so far.
+    syncs: usize,
 }
 
 impl Sim {
@@ -176,6 +178,7 @@ impl Sim {
             dup: 0.0,
             limits,
             adopted: Vec::new(),
+            syncs: 0,
         };
         for i in 0..n {
             let id = NodeId::new(&format!("n{i}")).unwrap();
@@ -296,6 +299,9 @@ impl Sim {
             bytes + 1024 <= edgeroom_transport::Purpose::Rooms.max_frame(),
             "a {bytes}-byte room message would not fit a frame"
         );
+        if matches!(msg, RoomMsg::Sync(..)) {
+            self.syncs += 1;
+        }
         if !self.reachable(from, to) || self.rng.random_bool(self.loss) {
             return;
         }
@@ -966,6 +972,75 @@ fn a_partition_heals_with_every_event_and_change() {
                 "seed {seed}"
             );
             assert_eq!(sim.nodes[*i].world.all_presence().len(), 3, "seed {seed}");
+        }
+    }
+}
+
+/// Replicas that diverged (a partition) catch up by the sync protocol when the link
+/// is back, while every one of them goes on changing the document several times per
+/// round trip, as in a busy room. The conversations end once they have caught up:
+/// Automerge's protocol goes on until both sides hold the same heads, which there is
+/// never, and each step of it reads the whole history on both sides (most of a busy
+/// node's CPU, seen in full-scale geo-sim). Changes made meanwhile travel as changes.
+#[test]
+fn sync_conversations_end_though_every_replica_keeps_changing_the_document() {
+    for seed in 0..5 {
+        let mut sim = Sim::new(3, seed);
+        for i in 0..3 {
+            sim.join(i, &format!("m{i}"));
+        }
+        sim.settle();
+        for other in [0, 1] {
+            sim.cut.insert((2, other));
+            sim.cut.insert((other, 2));
+        }
+        let mut increments = 0;
+        for k in 0..30 {
+            let i = k % 3;
+            sim.nodes[i].world.doc.increment("count", 1).unwrap();
+            sim.nodes[i].world.doc_changed();
+            sim.after(i);
+            increments += 1;
+        }
+        sim.settle();
+        sim.cut.clear();
+        sim.link_up_all(2);
+        let before = sim.syncs;
+        let mut late = 0;
+        for round in 0..300 {
+            // What is on the wire now arrives this round, after the replicas changed
+            // the document again: never are two replicas' heads the same when one
+            // hears from the other. Links go in random turns, each in order, so a
+            // change can also arrive before one it depends on from a third replica.
+            let in_flight: usize = sim.links.values().map(VecDeque::len).sum();
+            for i in 0..3 {
+                sim.nodes[i].world.doc.increment("count", 1).unwrap();
+                sim.nodes[i].world.doc_changed();
+                sim.after(i);
+                increments += 1;
+            }
+            for _ in 0..in_flight.max(1) {
+                sim.deliver_one();
+            }
+            sim.tick(5);
+            if round == 200 {
+                late = sim.syncs;
+            }
+        }
+        let (early, late) = (late - before, sim.syncs - late);
+        assert!(early > 0, "seed {seed}: the heal started no conversation");
+        // A catch-up now and then is right (a change that waited too long for one
+        // it depends on: a few messages each); a conversation that goes on sends
+        // one every step (hundreds here).
+        assert!(late < 50, "seed {seed}: {late} sync messages a second on");
+        sim.settle();
+        for n in &mut sim.nodes {
+            assert_eq!(
+                n.world.doc.to_json()["count"],
+                serde_json::json!(increments),
+                "seed {seed}: {}",
+                n.id
+            );
         }
     }
 }
