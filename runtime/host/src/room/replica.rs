@@ -90,8 +90,10 @@ const TELL_TAIL_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_s
 const ANCESTRY_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of changes sent as they are, at most; more go by the sync protocol.
 const CHANGES_PART: usize = 1 << 20;
-/// Hashes a sync state remembers as sent to its peer, at most (see `offer`).
-const SENT_HASHES_MAX: usize = 10_000;
+/// Hashes a sync state remembers as sent to its peer, at most (see `offer`): 32 KiB
+/// per room and peer. They are trimmed only as the peer's sync messages come in, and
+/// once a conversation has ended none do; past the bound they are forgotten.
+const SENT_HASHES_MAX: usize = 1_024;
 /// Payload bytes per backfill message, at most (well below the frame limit).
 const BACKFILL_PART: usize = 1 << 20;
 /// Bytes of member records per hello message, at most: a room's members go in parts
