@@ -89,6 +89,9 @@ impl Default for Timing {
     }
 }
 
+/// A node's QUIC endpoint. Dropped, its connections end at once, closes not yet sent
+/// included, as when the process dies (a crash test relies on it, and the port is free
+/// again at once): call [`Endpoint::shutdown`] first to tell peers.
 pub struct Endpoint {
     quic: quinn::Endpoint,
     node: NodeId,

@@ -168,6 +168,8 @@ async fn oversized_frames_and_unknown_purposes_drop_the_peer() {
         // A stream whose first byte names no purpose.
         let peer = accept(&b).await.unwrap().unwrap();
         assert!(peer.accept().await.is_err());
+        // Kept until the client has seen its close: a dropped endpoint sends no more.
+        b
     });
 
     let (_ep, conn) = raw_conn(&ca, b_addr).await;
@@ -182,8 +184,9 @@ async fn oversized_frames_and_unknown_purposes_drop_the_peer() {
     let (_ep, conn) = raw_conn(&ca, b_addr).await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     send.write_all(&[99]).await.unwrap();
+    let b = server.await.unwrap();
     assert_closed_for_protocol(&conn).await;
-    server.await.unwrap();
+    drop(b);
 }
 
 /// Nodes "a" and "b" of one cluster, both on one emulated WAN.
