@@ -160,6 +160,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
                 config.limits.peer_queue,
                 refused,
                 metrics.peer_messages_too_large.clone(),
+                metrics.peer_messages_sent.clone(),
             );
             tasks.spawn(replicator.clone().run(
                 cluster.control.clone(),

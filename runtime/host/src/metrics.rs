@@ -49,6 +49,8 @@ pub struct Metrics {
     /// Peer messages waiting for a busy room (see `room::post`).
     pub peer_backlog: Gauge,
     pub peer_messages_shed: Family<KindLabel, Counter>,
+    /// Room messages written to peers, by kind (what replication costs the links).
+    pub peer_messages_sent: Family<KindLabel, Counter>,
     /// Frames from peers that did not parse: the stream is dropped, by purpose.
     pub peer_frames_refused: Family<KindLabel, Counter>,
     /// Streams peers opened that found their queue full (`limits.peer_streams`).
@@ -119,6 +121,7 @@ impl Metrics {
         let deploys = Counter::default();
         let peer_backlog = Gauge::default();
         let peer_messages_shed = Family::default();
+        let peer_messages_sent = Family::default();
         let peer_frames_refused = Family::default();
         let peer_streams_dropped = Counter::default();
         let peer_handshakes_refused = Counter::default();
@@ -282,6 +285,11 @@ impl Metrics {
             auth_refused.clone(),
         );
         registry.register(
+            "peer_messages_sent",
+            "Room messages written to peers, by kind",
+            peer_messages_sent.clone(),
+        );
+        registry.register(
             "peer_messages_too_large",
             "Room messages to peers dropped because they would not fit a frame",
             peer_messages_too_large.clone(),
@@ -309,6 +317,7 @@ impl Metrics {
             deploys,
             peer_backlog,
             peer_messages_shed,
+            peer_messages_sent,
             peer_frames_refused,
             peer_streams_dropped,
             peer_handshakes_refused,

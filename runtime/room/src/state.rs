@@ -95,24 +95,46 @@ impl RoomDoc {
     }
 
     /// Whether a replica whose heads are `theirs` holds every change of `mine` (which
-    /// this document holds): none of `mine` is among what this document has beyond
-    /// `theirs`. How a replica learns that another has its latest change.
+    /// this document holds): each is among `theirs` or their ancestors. How a replica
+    /// learns that another has its latest change.
     pub fn covered(&mut self, mine: &[ChangeHash], theirs: &[ChangeHash]) -> bool {
-        if mine.iter().all(|h| theirs.contains(h)) {
-            return true;
-        }
-        let beyond = self.beyond(theirs);
-        mine.iter().all(|h| !beyond.contains(h))
+        mine.iter()
+            .all(|h| theirs.contains(h) || self.descends(theirs, h))
     }
 
-    /// The changes this document holds beyond `theirs`: every one that is not among
-    /// them or their ancestors. Reads each of them out of the history: costly.
-    pub fn beyond(&mut self, theirs: &[ChangeHash]) -> std::collections::HashSet<ChangeHash> {
-        self.doc
-            .get_changes_meta(theirs)
-            .iter()
-            .map(|c| c.hash)
-            .collect()
+    /// Whether `h` is an ancestor of one of `heads` (heads this document does not
+    /// know prove nothing). The walk back from `heads` costs what was made since `h`,
+    /// not the whole history: a change that descends from `h` numbers its ops after
+    /// `h`'s, so a path back to `h` crosses no change whose ops end before `h`'s do,
+    /// and one of `h`'s own actor with a later sequence number holds `h` (an actor's
+    /// changes form a chain).
+    fn descends(&mut self, heads: &[ChangeHash], h: &ChangeHash) -> bool {
+        let Some(target) = self.doc.get_change_meta_by_hash(h) else {
+            return false;
+        };
+        let (actor, seq, max_op) = (target.actor.into_owned(), target.seq, target.max_op);
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = heads.to_vec();
+        while let Some(x) = stack.pop() {
+            if x == *h {
+                return true;
+            }
+            if !seen.insert(x) {
+                continue;
+            }
+            let Some(meta) = self.doc.get_change_meta_by_hash(&x) else {
+                continue;
+            };
+            // `<`, not `<=`: a descendant with no ops ends where `h` does.
+            if meta.max_op < max_op {
+                continue;
+            }
+            if *meta.actor == actor && meta.seq >= seq {
+                return true;
+            }
+            stack.extend(meta.deps);
+        }
+        false
     }
 
     /// What changed since `before` (heads this document holds), as JSON Patch
@@ -517,6 +539,15 @@ impl RoomDoc {
         self.doc
             .get_changes(heads)
             .into_iter()
+            .map(|c| (c.hash(), c.raw_bytes().to_vec()))
+            .collect()
+    }
+
+    /// The changes among `hashes` this document holds, in the order given.
+    pub fn changes_by_hash(&mut self, hashes: &[ChangeHash]) -> Vec<(ChangeHash, Vec<u8>)> {
+        hashes
+            .iter()
+            .filter_map(|h| self.doc.get_change_by_hash(h))
             .map(|c| (c.hash(), c.raw_bytes().to_vec()))
             .collect()
     }
@@ -933,6 +964,77 @@ mod tests {
             "a's merged heads are beyond its old ones"
         );
         assert_eq!(a.missing(&["nonsense".to_string()]), ["nonsense"]);
+    }
+
+    /// `covered` walks back only through recent changes; it must agree with the whole
+    /// history's answer (every change beyond a replica's heads, read out of Automerge)
+    /// on documents that fork, write concurrently, merge and sometimes write nothing.
+    #[test]
+    fn covered_agrees_with_the_whole_history_on_forks_and_merges() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut docs: Vec<RoomDoc> = vec![RoomDoc::new()];
+        docs[0].increment("count", 1).unwrap();
+        for _ in 0..2 {
+            let fork = RoomDoc {
+                doc: docs[0].doc.fork(),
+                writer: None,
+            };
+            docs.push(fork);
+        }
+        let mut seen_heads: Vec<Vec<ChangeHash>> = Vec::new();
+        for step in 0..300 {
+            let i = rng.random_range(0..docs.len());
+            match rng.random_range(0..10) {
+                0..=5 => {
+                    docs[i].increment("count", 1).unwrap();
+                }
+                6 => {
+                    docs[i]
+                        .put(&format!("k{}", step % 7), &Json::from(step))
+                        .unwrap();
+                }
+                7 => {
+                    docs[i].doc.empty_change(CommitOptions::default());
+                }
+                _ => {
+                    let j = (i + 1 + rng.random_range(0..docs.len() - 1)) % docs.len();
+                    let mut other = docs[j].doc.fork();
+                    docs[i].doc.merge(&mut other).unwrap();
+                }
+            }
+            seen_heads.push(docs[i].heads());
+        }
+        let mut all = docs[0].doc.fork();
+        for d in &mut docs[1..] {
+            all.merge(&mut d.doc).unwrap();
+        }
+        let mut whole = RoomDoc {
+            doc: all,
+            writer: None,
+        };
+        let (mut yes, mut no) = (0, 0);
+        for _ in 0..400 {
+            let mine = &seen_heads[rng.random_range(0..seen_heads.len())];
+            let theirs = &seen_heads[rng.random_range(0..seen_heads.len())];
+            let beyond: std::collections::HashSet<ChangeHash> = whole
+                .doc
+                .get_changes_meta(theirs)
+                .iter()
+                .map(|c| c.hash)
+                .collect();
+            let truth = mine.iter().all(|h| !beyond.contains(h));
+            assert_eq!(
+                whole.covered(mine, theirs),
+                truth,
+                "{mine:?} under {theirs:?}"
+            );
+            if truth { yes += 1 } else { no += 1 }
+        }
+        assert!(
+            yes > 50 && no > 50,
+            "both answers exercised: {yes} yes, {no} no"
+        );
     }
 
     /// Three replicas whose first increments are concurrent, synced with the Automerge

@@ -76,17 +76,17 @@ pub type Replicator = replicate::Replicator<RoomMsg>;
 /// How long a gap waits for the missing events before the origin is asked for them
 /// (and how often an origin whose start is unknown is asked for its hello).
 const REPAIR_PATIENCE: Duration = Duration::from_millis(300);
-/// How long changes that came from peers wait before they are offered to the other
-/// replicas (their origin offers them first; a relay per change cost a sync between
-/// every pair of replicas).
+/// How long after sending its changes a replica checks that every peer said it holds
+/// them (see `Replica::recheck`).
 const RELAY_AFTER: Duration = Duration::from_secs(1);
+/// Calls whose changes wait for that check, at most, per room.
+const UNCONFIRMED_MAX: usize = 1024;
 /// How long after its last event an origin tells the other replicas how far its events
 /// go, and when it says so again (in case that word was lost too).
 const TELL_TAIL_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
-/// How often a held answer is checked against the ancestry of peers' heads, at most
-/// (a fallback: a peer's `Applied` confirms a change exactly). Each check reads every
-/// change beyond a peer's heads out of the document; done on every tick in every room
-/// with answers held, it took a quarter of a loaded node's CPU.
+/// How often a held answer is checked against the ancestry of peers' heads, at most:
+/// a fallback, for a change a peer took by a relay or a sync (its `Applied` names the
+/// change exactly).
 const ANCESTRY_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of changes sent as they are, at most; more go by the sync protocol.
 const CHANGES_PART: usize = 1 << 20;
@@ -229,6 +229,12 @@ pub enum RoomMsg {
         origin: NodeId,
         upto: Seq,
     },
+    /// The sender (a change's origin) has not heard that `to` holds these of its
+    /// changes: the receiver, which holds them, offers them to `to`.
+    PassOn {
+        to: NodeId,
+        changes: Vec<ChangeHash>,
+    },
     /// The sender took in `Changes`: which of them it holds now (one missing what it
     /// depends on waits), and its heads.
     Applied {
@@ -278,6 +284,33 @@ pub enum RoomMsg {
 impl Relay for RoomMsg {
     fn relayed(&self) -> bool {
         matches!(self, RoomMsg::Event(_) | RoomMsg::Tail { .. })
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            RoomMsg::Event(_) => "event",
+            RoomMsg::Hello { .. } => "hello",
+            RoomMsg::HelloPart { .. } => "hello_part",
+            RoomMsg::Presence { .. } => "presence",
+            RoomMsg::Backfill { .. } => "backfill",
+            RoomMsg::Backfilled { .. } => "backfilled",
+            RoomMsg::Kick { .. } => "kick",
+            RoomMsg::Sync(..) => "sync",
+            RoomMsg::Changes(..) => "changes",
+            RoomMsg::Rebase(_) => "rebase",
+            RoomMsg::Behind(_) => "behind",
+            RoomMsg::Tail { .. } => "tail",
+            RoomMsg::Applied { .. } => "applied",
+            RoomMsg::PassOn { .. } => "pass_on",
+            RoomMsg::Repair { .. } => "repair",
+            RoomMsg::Repaired { .. } => "repaired",
+            RoomMsg::Unloaded => "unloaded",
+            RoomMsg::AskHello => "ask_hello",
+            RoomMsg::Got { .. } => "got",
+            RoomMsg::Handled { .. } => "handled",
+            RoomMsg::Orphaned { .. } => "orphaned",
+            RoomMsg::Orphans { .. } => "orphans",
+        }
     }
 }
 
@@ -490,9 +523,9 @@ pub struct Replica {
     /// Per peer this node sends its events to directly, how far it has them.
     acked: HashMap<NodeId, Seq>,
     max_pending: usize,
-    /// When the changes peers sent are next offered to the replicas not known to have
-    /// them (see `relay`), and the heads from before the first of them.
-    relay_at: Option<(Instant, Vec<ChangeHash>)>,
+    /// This replica's own changes as sent, each call's with when to check that every
+    /// peer holds them (see `recheck`); at most `UNCONFIRMED_MAX` calls.
+    unconfirmed: std::collections::VecDeque<(Instant, Vec<ChangeHash>)>,
     /// Peers whose changes wait in the document for changes it lacks, and when this
     /// replica catches up with them if those have not come by then (see `take`).
     lacking: Option<(Instant, HashSet<NodeId>)>,
@@ -500,8 +533,8 @@ pub struct Replica {
     /// others': a call's own changes are those beyond (unknown until the first call).
     sent_heads: Option<Vec<ChangeHash>>,
     /// Per peer, changes it is known to hold: its last heads and what it said it
-    /// applied that a held answer waits for (those this document knows). How a call's
-    /// change is confirmed without asking Automerge for ancestry on every message.
+    /// applied that a held answer waits for (those this document knows). A call's
+    /// change is confirmed when it is among them (or, on ticks, their ancestors).
     confirmed: HashMap<NodeId, Vec<ChangeHash>>,
     /// When held answers are next checked against peers' ancestry (`ANCESTRY_EVERY`).
     ancestry_at: Option<Instant>,
@@ -570,7 +603,7 @@ impl Replica {
             answer: None,
             acked: HashMap::new(),
             max_pending,
-            relay_at: None,
+            unconfirmed: std::collections::VecDeque::new(),
             lacking: None,
             sent_heads: None,
             confirmed: HashMap::new(),
@@ -780,14 +813,16 @@ impl Replica {
 
     /// Send the answers whose calls' effects another replica now holds, in call order:
     /// a replica in another region when the room has one (a region can go down whole),
-    /// else any other.
+    /// else any other. A call's change is held by a peer when the peer names it (its
+    /// `Applied`, or the heads a sync conversation left both holding).
     fn release(&mut self, w: &mut World, ctx: &Ctx) {
         self.release_confirmed(w, ctx, false);
     }
 
-    /// `release`; `thorough` also asks Automerge whether a peer's heads descend from a
-    /// call's change (costly in a long history: on ticks, at most every
-    /// `ANCESTRY_EVERY`, and once per distinct heads).
+    /// `release`; `thorough` also counts a call's change held when it is an ancestor of
+    /// what a peer names (it came by a relay or a sync, not with an `Applied`): on
+    /// ticks, at most every `ANCESTRY_EVERY`, since even walking back only through
+    /// the changes made since costs a lookup each.
     fn release_confirmed(&mut self, w: &mut World, ctx: &Ctx, thorough: bool) {
         if self.pending.is_empty() {
             return;
@@ -796,8 +831,6 @@ impl Replica {
         if thorough {
             self.ancestry_at = Some(ctx.now + ANCESTRY_EVERY);
         }
-        // What lies beyond each peer's heads, read once per call.
-        let mut beyond: HashMap<Vec<ChangeHash>, HashSet<ChangeHash>> = HashMap::new();
         let home = Some(w.place.region.clone());
         let elsewhere = ctx
             .peers
@@ -809,18 +842,13 @@ impl Replica {
             let events = p
                 .upto
                 .is_none_or(|s| self.acked.iter().any(|(n, a)| *a >= s && counts(n)));
+            if !events {
+                return;
+            }
             let mut holds = |theirs: &[ChangeHash]| {
-                if p.heads.iter().all(|h| theirs.contains(h)) {
-                    return true;
-                }
-                // Empty heads hold nothing (and everything lies beyond them).
-                if !thorough || theirs.is_empty() {
-                    return false;
-                }
-                let past = beyond
-                    .entry(theirs.to_vec())
-                    .or_insert_with(|| w.doc.beyond(theirs));
-                p.heads.iter().all(|h| !past.contains(h))
+                p.heads.iter().all(|h| theirs.contains(h))
+                    // Empty heads hold nothing (and would make the walk pointless).
+                    || (thorough && !theirs.is_empty() && w.doc.covered(&p.heads, theirs))
             };
             let doc = p.heads.is_empty()
                 || self
@@ -831,7 +859,7 @@ impl Replica {
                     .confirmed
                     .iter()
                     .any(|(n, theirs)| counts(n) && holds(theirs));
-            if !(events && doc) {
+            if !doc {
                 return;
             }
             if let Some(p) = self.pending.pop_front() {
@@ -848,44 +876,81 @@ impl Replica {
         }
     }
 
-    /// A peer's changes came in: members get the state, and the other replicas get
-    /// them a moment later from here too, if they are not known to have them.
-    fn took_in(&mut self, w: &mut World, before: Vec<ChangeHash>, ctx: &Ctx) {
+    /// A peer's changes came in: members get the state. Passing them on is their
+    /// origin's business (`recheck`).
+    fn took_in(&mut self, w: &mut World) {
         w.doc_received();
         self.sent_heads = Some(w.doc.heads());
-        self.relay_at.get_or_insert((ctx.now + RELAY_AFTER, before));
     }
 
     /// Send this replica's changes since it last sent (a call's) to every other.
     /// Before the first, a sync conversation with each: what is new is not known.
     fn send_changes(&mut self, w: &mut World, ctx: &mut Ctx) {
-        let Some(since) = self.sent_heads.replace(w.doc.heads()) else {
-            return self.sync_all(w, ctx);
+        let heads = w.doc.heads();
+        let hashes = match self.sent_heads.replace(heads.clone()) {
+            Some(since) => {
+                let changes = w.doc.hashed_changes_since(&since);
+                for node in ctx.peers.interested() {
+                    self.offer(w, &node, &changes, ctx);
+                }
+                changes.iter().map(|(h, _)| *h).collect()
+            }
+            None => {
+                self.sync_all(w, ctx);
+                // Its own changes are unknown: its heads, which depend on them, stand
+                // for them (a peer given only those catches up by a sync).
+                heads
+            }
         };
-        let changes = w.doc.hashed_changes_since(&since);
-        for node in ctx.peers.interested() {
-            self.offer(w, &node, &changes, ctx);
+        if !hashes.is_empty() && !ctx.peers.interested().is_empty() {
+            if self.unconfirmed.len() >= UNCONFIRMED_MAX {
+                // Not checked, then: a peer that lacks them catches up when a later
+                // change needs them, or by a sync when it meets this node again.
+                self.unconfirmed.pop_front();
+            }
+            self.unconfirmed.push_back((ctx.now + RELAY_AFTER, hashes));
         }
     }
 
-    /// Pass what peers sent since `from` to the replicas not known to have it all. A
-    /// change's origin sends it to every replica itself; this is for those it could not
-    /// reach (a one-way cut, or it died just after reaching one). Passing every change
-    /// on at once made each cost a message between every pair of replicas; this is one
-    /// per pair and second, at most, and none to a replica that said it has it.
-    fn relay(&mut self, w: &mut World, from: &[ChangeHash], ctx: &mut Ctx) {
-        let heads = w.doc.heads();
-        let mut changes = None;
-        for node in ctx.peers.interested() {
-            if self
-                .confirmed
-                .get(&node)
-                .is_some_and(|theirs| heads.iter().all(|h| theirs.contains(h)))
-            {
-                continue;
+    /// This replica's own changes sent `RELAY_AFTER` ago that a peer has not said it
+    /// holds go to it again, and through a peer that holds them (the link from here may
+    /// be cut one way). Only their origin does this: when every replica passed on what
+    /// it took in, a busy room cost a message between every pair of replicas each
+    /// second, two thirds of all messages between nodes.
+    fn recheck(&mut self, w: &mut World, ctx: &mut Ctx) {
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.unconfirmed.front()
+            && ctx.now >= *at
+        {
+            if let Some((_, hashes)) = self.unconfirmed.pop_front() {
+                due.extend(hashes);
             }
-            let changes = changes.get_or_insert_with(|| w.doc.hashed_changes_since(from));
-            self.offer(w, &node, changes, ctx);
+        }
+        if due.is_empty() {
+            return;
+        }
+        let (mut holding, mut lacking) = (Vec::new(), Vec::new());
+        for node in ctx.peers.interested() {
+            let sync = self.sync.get(&node).map(|st| st.shared_heads.as_slice());
+            let holds = [self.confirmed.get(&node).map(Vec::as_slice), sync]
+                .into_iter()
+                .flatten()
+                .any(|theirs| !theirs.is_empty() && w.doc.covered(&due, theirs));
+            match holds {
+                true => holding.push(node),
+                false => lacking.push(node),
+            }
+        }
+        if lacking.is_empty() {
+            return;
+        }
+        let changes = w.doc.changes_by_hash(&due);
+        for node in lacking {
+            self.offer(w, &node, &changes, ctx);
+            if let Some(via) = holding.first() {
+                let changes = due.clone();
+                ctx.send(via, RoomMsg::PassOn { to: node, changes });
+            }
         }
     }
 
@@ -1079,14 +1144,13 @@ impl Replica {
             RoomMsg::Behind(base) => self.other_base(w, &from, base, ctx),
             RoomMsg::Rebase(doc) => self.rebase(w, &from, &doc, ctx),
             RoomMsg::Sync(_, bytes) => {
-                let before = w.doc.heads();
                 let state = self.sync.entry(from.clone()).or_default();
                 match w.doc.receive_sync(state, &bytes) {
                     Ok(changed) => {
-                        // Answer (the protocol is a conversation), and pass the change on.
+                        // Answer: the protocol is a conversation.
                         self.say_sync(w, &from, false, changed, ctx);
                         if changed {
-                            self.took_in(w, before, ctx);
+                            self.took_in(w);
                         }
                         self.release(w, ctx);
                     }
@@ -1097,11 +1161,10 @@ impl Replica {
                 }
             }
             RoomMsg::Changes(_, changes) => {
-                let before = w.doc.heads();
                 match w.doc.apply_changes(&changes) {
                     Ok((changed, held)) => {
                         if changed {
-                            self.took_in(w, before, ctx);
+                            self.took_in(w);
                         }
                         if held.len() < changes.len() {
                             // Some wait for changes this replica lacks. Those are most
@@ -1172,6 +1235,12 @@ impl Replica {
                 }
             }
             RoomMsg::AskHello => self.hello(w, &from, false, ctx),
+            RoomMsg::PassOn { to, changes } => {
+                if ctx.peers.interested().contains(&to) {
+                    let changes = w.doc.changes_by_hash(&changes);
+                    self.offer(w, &to, &changes, ctx);
+                }
+            }
             RoomMsg::Tail { origin, upto } => {
                 if origin != *w.core.origin() {
                     self.inbound.heard(&origin, upto, ctx.now);
@@ -1363,12 +1432,7 @@ impl Replica {
     /// Ask origins for the events of gaps that stayed open too long, and for the
     /// hello of those whose messages wait for one.
     fn poll(&mut self, w: &mut World, ctx: &mut Ctx) {
-        if let Some((at, from)) = self.relay_at.take() {
-            match ctx.now >= at {
-                true => self.relay(w, &from, ctx),
-                false => self.relay_at = Some((at, from)),
-            }
-        }
+        self.recheck(w, ctx);
         if let Some((at, peers)) = self.lacking.take() {
             match ctx.now >= at {
                 true if w.doc.waiting() => {
@@ -1679,6 +1743,9 @@ impl Replica {
                 self.deliver(w, node, ready, skipped, ctx.now_ms);
             }
         }
+        // The same for its changes to the document: they are passed on by their origin
+        // only, so what it sent some replicas and not this one comes by a sync.
+        self.sync_all(w, ctx);
     }
 }
 

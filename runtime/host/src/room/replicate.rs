@@ -32,6 +32,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -41,6 +42,8 @@ use edgeroom_cluster::health::Health;
 use edgeroom_proto::ids::NodeId;
 use edgeroom_room::interest::{Announce, Interest, RoomRef};
 use edgeroom_transport::{Endpoint, FrameError, Incoming, Purpose};
+
+use crate::metrics::KindLabel;
 use tokio::sync::watch;
 
 /// Deliveries waiting for the node's rooms at most (the peer readers wait beyond it).
@@ -54,6 +57,8 @@ const REDIAL_AFTER: Duration = Duration::from_millis(250);
 pub trait Relay {
     /// Whether every interested node of a region needs it (a relay fans it out).
     fn relayed(&self) -> bool;
+    /// What it is, for the count of messages sent (`edgeroom_peer_messages_sent`).
+    fn kind(&self) -> &'static str;
 }
 
 /// One frame on a `Rooms` stream.
@@ -128,6 +133,8 @@ pub struct Replicator<M> {
     refused: Counter,
     /// Messages dropped because they would not fit a peer frame.
     too_large: Counter,
+    /// Messages written to peers' streams, by kind.
+    sent: Family<KindLabel, Counter>,
     interest: Mutex<Interest>,
     links: Mutex<HashMap<NodeId, Link<M>>>,
     /// The incarnation each peer's streams last came from.
@@ -144,7 +151,7 @@ where
     /// A replicator and the channel its deliveries come out of.
     /// `peer_queue`: messages queued to one peer at most (`Limits::peer_queue`);
     /// `refused`: counts frames from peers that do not parse; `too_large`: messages
-    /// dropped because they would not fit a frame.
+    /// dropped because they would not fit a frame; `sent`: messages written, by kind.
     pub fn new(
         me: NodeId,
         region: String,
@@ -152,6 +159,7 @@ where
         peer_queue: usize,
         refused: Counter,
         too_large: Counter,
+        sent: Family<KindLabel, Counter>,
     ) -> (Arc<Self>, mpsc::Receiver<Delivery<M>>) {
         let (to_rooms, rx) = mpsc::channel(ROOMS_QUEUE);
         let this = Arc::new(Self {
@@ -162,6 +170,7 @@ where
             peer_queue,
             refused,
             too_large,
+            sent,
             interest: Mutex::new(Interest::new()),
             links: Mutex::new(HashMap::new()),
             peers_seen: Mutex::new(HashMap::new()),
@@ -169,6 +178,17 @@ where
             relayed_sent: Default::default(),
         });
         (this, rx)
+    }
+
+    fn count_sent(&self, msg: &PeerMsg<M>) {
+        let kind = match msg {
+            PeerMsg::Room { msg, .. } => msg.kind(),
+            PeerMsg::Open { .. } => "open",
+            PeerMsg::Interest(_) | PeerMsg::AskInterest => "interest",
+        };
+        self.sent
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
     }
 
     /// Queue `msg` to `node`. False if it was dropped (no link yet, or the queue is full).
@@ -573,7 +593,10 @@ where
                             self.too_large.inc();
                             tracing::error!(peer = %dial.node, len, max, "dropped a room message too large for a peer frame");
                         }
-                        sent => sent?,
+                        sent => {
+                            sent?;
+                            self.count_sent(&msg);
+                        }
                     },
                     LinkCmd::Drain(done) => {
                         tx.flush().await?;

@@ -54,9 +54,12 @@ impl Replica {
         let unsure: Vec<NodeId> = self.known.iter().filter(|n| !holds(n)).cloned().collect();
         if !unsure.is_empty() {
             // A peer's last word may predate what it holds now (a replica says what it
-            // applied when it is sent changes, not when it makes its own): ask, and try
-            // again later.
+            // applied when it is sent changes, not when it makes or takes in others'):
+            // ask (no changes are answered with its heads; a sync brings what either
+            // lacks), and try again later.
+            let base = self.base_of(w).clone();
             for node in unsure {
+                ctx.send(&node, RoomMsg::Changes(base.clone(), Vec::new()));
                 self.sync_with(w, &node, true, ctx);
             }
             return;
@@ -134,7 +137,7 @@ impl Replica {
         self.base = Some(base);
         self.sync.clear();
         self.confirmed.clear();
-        self.relay_at = None;
+        self.unconfirmed.clear();
         let heads = w.doc.heads();
         // Answers still waiting wait for a peer to hold the new document.
         for p in self.pending.iter_mut().filter(|p| !p.heads.is_empty()) {
