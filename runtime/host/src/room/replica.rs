@@ -78,7 +78,7 @@ pub type Replicator = replicate::Replicator<RoomMsg>;
 const REPAIR_PATIENCE: Duration = Duration::from_millis(300);
 /// How long after sending its changes a replica checks that every peer said it holds
 /// them (see `Replica::recheck`).
-const RELAY_AFTER: Duration = Duration::from_secs(1);
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
 /// Calls whose changes wait for that check, at most, per room.
 const UNCONFIRMED_MAX: usize = 1024;
 /// How long after its last event an origin tells the other replicas how far its events
@@ -908,11 +908,12 @@ impl Replica {
                 // change needs them, or by a sync when it meets this node again.
                 self.unconfirmed.pop_front();
             }
-            self.unconfirmed.push_back((ctx.now + RELAY_AFTER, hashes));
+            self.unconfirmed
+                .push_back((ctx.now + RECHECK_AFTER, hashes));
         }
     }
 
-    /// This replica's own changes sent `RELAY_AFTER` ago that a peer has not said it
+    /// This replica's own changes sent `RECHECK_AFTER` ago that a peer has not said it
     /// holds go to it again, and through a peer that holds them (the link from here may
     /// be cut one way). Only their origin does this: when every replica passed on what
     /// it took in, a busy room cost a message between every pair of replicas each
