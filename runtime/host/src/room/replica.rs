@@ -79,8 +79,11 @@ const REPAIR_PATIENCE: Duration = Duration::from_millis(300);
 /// How long after sending its changes a replica checks that every peer said it holds
 /// them (see `Replica::recheck`).
 const RECHECK_AFTER: Duration = Duration::from_secs(1);
-/// Calls whose changes wait for that check, at most, per room.
-const UNCONFIRMED_MAX: usize = 1024;
+/// Calls whose changes wait for that check, at most, per room, and the hashes kept of
+/// each call (its last ones: they depend on its earlier ones, and a peer given only
+/// those catches up by a sync): 256 × 16 × 32 bytes, 128 KiB at most per room.
+const UNCONFIRMED_MAX: usize = 256;
+const UNCONFIRMED_HASHES: usize = 16;
 /// How long after its last event an origin tells the other replicas how far its events
 /// go, and when it says so again (in case that word was lost too).
 const TELL_TAIL_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
@@ -524,7 +527,8 @@ pub struct Replica {
     acked: HashMap<NodeId, Seq>,
     max_pending: usize,
     /// This replica's own changes as sent, each call's with when to check that every
-    /// peer holds them (see `recheck`); at most `UNCONFIRMED_MAX` calls.
+    /// peer holds them (see `recheck`); bounded by `UNCONFIRMED_MAX` and
+    /// `UNCONFIRMED_HASHES`.
     unconfirmed: std::collections::VecDeque<(Instant, Vec<ChangeHash>)>,
     /// Peers whose changes wait in the document for changes it lacks, and when this
     /// replica catches up with them if those have not come by then (see `take`).
@@ -887,7 +891,7 @@ impl Replica {
     /// Before the first, a sync conversation with each: what is new is not known.
     fn send_changes(&mut self, w: &mut World, ctx: &mut Ctx) {
         let heads = w.doc.heads();
-        let hashes = match self.sent_heads.replace(heads.clone()) {
+        let mut hashes: Vec<ChangeHash> = match self.sent_heads.replace(heads.clone()) {
             Some(since) => {
                 let changes = w.doc.hashed_changes_since(&since);
                 for node in ctx.peers.interested() {
@@ -908,6 +912,7 @@ impl Replica {
                 // change needs them, or by a sync when it meets this node again.
                 self.unconfirmed.pop_front();
             }
+            hashes.drain(..hashes.len().saturating_sub(UNCONFIRMED_HASHES));
             self.unconfirmed
                 .push_back((ctx.now + RECHECK_AFTER, hashes));
         }
