@@ -122,7 +122,7 @@ impl Endpoint {
         let mut client = tls.client_config()?;
         client.transport_config(transport);
         let mut quic = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            tls.endpoint_config(),
             Some(server),
             udp,
             runtime,

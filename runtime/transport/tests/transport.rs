@@ -276,3 +276,56 @@ async fn a_partition_stalls_traffic_and_healing_delivers_it() {
     let healed = tokio::time::timeout(Duration::from_secs(5), rx.next()).await;
     assert_eq!(healed.unwrap().unwrap().unwrap(), Msg::Pong(2));
 }
+
+#[tokio::test]
+async fn a_restarted_node_resets_the_connections_of_its_previous_life() {
+    let (wan, ca) = (Wan::new(), ClusterCa::generate("t").unwrap());
+    let b_tls = tls(&ca, "b");
+    let (a, b) = (bind(&tls(&ca, "a"), Some(&wan)), bind(&b_tls, Some(&wan)));
+    let (a_addr, b_addr) = (addr(&a), addr(&b));
+    // Its first life owns everything in one task, so aborting it frees the port.
+    let serving = tokio::spawn(async move {
+        let peer = accept(&b).await.unwrap().unwrap();
+        let (mut tx, mut rx) = peer.accept().await.unwrap().framed::<Msg, Msg>();
+        while let Some(Ok(Msg::Ping(n))) = rx.next().await {
+            tx.send(&Msg::Pong(n)).await.unwrap();
+        }
+        drop(b);
+    });
+    let peer = a.connect(&node("b"), b_addr).await.unwrap();
+    let (mut tx, mut rx) = peer.open::<Msg, Msg>(Purpose::Rooms).await.unwrap();
+    tx.send(&Msg::Ping(1)).await.unwrap();
+    assert_eq!(rx.next().await.unwrap().unwrap(), Msg::Pong(1));
+
+    // "b" dies without a word: nothing it sends on the way out reaches "a".
+    wan.cut_one_way(&[b_addr], &[a_addr], true);
+    serving.abort();
+    let _ = serving.await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let b = loop {
+        match Endpoint::bind(b_addr, &b_tls, Some(&wan), Timing::default()) {
+            Ok(b) => break b,
+            Err(e) if Instant::now() > deadline => panic!("rebinding {b_addr}: {e:#}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    // Its port free again, nothing of its first life is left to send.
+    wan.cut_one_way(&[b_addr], &[a_addr], false);
+    spawn_echo(b);
+
+    // Its new life answers the old connection's next packet (a keep-alive at the
+    // latest) with a reset "a" accepts: well before the 10 s idle timeout.
+    let started = Instant::now();
+    let reason = tokio::time::timeout(Duration::from_secs(3), peer.closed())
+        .await
+        .expect("the old connection outlived the restart");
+    assert!(
+        matches!(reason, quinn::ConnectionError::Reset),
+        "closed by {reason:?} after {:?}",
+        started.elapsed()
+    );
+    let peer = a.connect(&node("b"), b_addr).await.unwrap();
+    let (mut tx, mut rx) = peer.open::<Msg, Msg>(Purpose::Rooms).await.unwrap();
+    tx.send(&Msg::Ping(2)).await.unwrap();
+    assert_eq!(rx.next().await.unwrap().unwrap(), Msg::Pong(2));
+}

@@ -14,6 +14,8 @@ use edgeroom_transport::{ClusterCa, Endpoint, NodeTls, Timing, Wan};
 
 pub(crate) struct TestNode {
     name: String,
+    /// Its identity, kept across a restart as a node's files keep it.
+    tls: NodeTls,
     pub(crate) addr: SocketAddr,
     dir: std::path::PathBuf,
     pub(crate) control: Arc<ControlPlane>,
@@ -44,7 +46,18 @@ async fn start_behind(
 ) -> TestNode {
     let node = NodeId::new(name).unwrap();
     let (cert, key) = ca.issue(&node).unwrap();
-    let tls = NodeTls::from_pem(node.clone(), ca.cert_pem(), &cert, &key).unwrap();
+    let tls = NodeTls::from_pem(node, ca.cert_pem(), &cert, &key).unwrap();
+    start_as(tls, addr, dir, wan).await
+}
+
+/// Start the node `tls` names: afresh, or again on the directory and port it had.
+async fn start_as(
+    tls: NodeTls,
+    addr: SocketAddr,
+    dir: &std::path::Path,
+    wan: Option<&Wan>,
+) -> TestNode {
+    let node = tls.node.clone();
     // A restarted node takes its old port back; the old socket may take a moment to go.
     let deadline = Instant::now() + Duration::from_secs(5);
     let endpoint = loop {
@@ -83,7 +96,8 @@ async fn start_behind(
         arrivals,
     ));
     TestNode {
-        name: name.into(),
+        name: node.to_string(),
+        tls,
         addr,
         dir: dir.to_owned(),
         control,
@@ -98,11 +112,11 @@ impl TestNode {
     }
 
     /// Stop as a crash would, as far as the others can tell: no goodbye, state on disk.
-    pub(crate) async fn stop(self) -> (String, SocketAddr, std::path::PathBuf) {
+    pub(crate) async fn stop(self) -> (NodeTls, SocketAddr, std::path::PathBuf) {
         self.control.shutdown().await;
         self.serving.abort();
         self.endpoint.close();
-        (self.name, self.addr, self.dir)
+        (self.tls, self.addr, self.dir)
     }
 }
 
@@ -332,7 +346,7 @@ async fn a_node_down_during_deploys_catches_up_from_its_disk_and_the_leader() {
         || live(&stopped, "echo"),
     )
     .await;
-    let (name, addr, dir) = stopped.stop().await;
+    let (tls, addr, dir) = stopped.stop().await;
 
     // More than a snapshot's worth of writes while it is down: the log it missed is
     // partly purged, so it must catch up through a snapshot.
@@ -344,7 +358,7 @@ async fn a_node_down_during_deploys_catches_up_from_its_disk_and_the_leader() {
             .await
             .unwrap();
     }
-    let restarted = start(&ca, &name, addr, &dir).await;
+    let restarted = start_as(tls, addr, &dir, None).await;
     // It still has what it applied before going down.
     assert!(live(&restarted, "echo").is_some());
     let (version, bytes) = wait_for("catch-up", Duration::from_secs(10), || {
