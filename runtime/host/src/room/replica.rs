@@ -550,11 +550,17 @@ pub struct Replica {
     /// Per origin, the first event owed to this replica's members when it greeted it
     /// after the replica had had no members (it stopped following the room), where
     /// that lies past what the replica had: those before were sent meanwhile. They go
-    /// to its log, for resumes, but not to members who joined since.
+    /// to its log, for resumes, but not to members who joined since, save those it
+    /// adopted that had not seen them (`resumed`).
     unowed: HashMap<NodeId, Seq>,
     /// Origins whose events this replica stopped following (its last member left, or
     /// it was greeted with none), until they greet it again with members here.
     emptied: HashSet<NodeId>,
+    /// Members this replica adopted, with how far their history went when it did.
+    /// An `unowed` event is still theirs if they had not seen it: they were members
+    /// all along, elsewhere (one sent just before they moved here may arrive after).
+    /// At most one per member here: pruned as members leave.
+    resumed: HashMap<ConnId, Cursor>,
     /// The base of the room's document (read from it on first use; see `rebase`).
     base: Option<Base>,
     /// Per peer on another base: the base this replica last told it about (sent its
@@ -615,6 +621,7 @@ impl Replica {
             hello_parts: HashMap::new(),
             unowed: HashMap::new(),
             emptied: HashSet::new(),
+            resumed: HashMap::new(),
             base: None,
             told_base: HashMap::new(),
             hellos: 0,
@@ -685,6 +692,7 @@ impl Replica {
 
     fn member_left(&mut self, w: &World, ctx: &mut Ctx) {
         ctx.out.push(Effect::Interest(false));
+        self.resumed.retain(|conn, _| w.core.member(conn).is_some());
         if w.core.members().is_empty() {
             let me = w.core.origin();
             let origins = w.core.head().iter().map(|(o, _)| o).filter(|o| *o != me);
@@ -1428,6 +1436,15 @@ impl Replica {
             }
             let entry = w.core.append(e.into_sequenced(now_ms));
             if unowed.is_some_and(|first| seq < first) {
+                let owed: HashSet<ConnId> = self
+                    .resumed
+                    .iter()
+                    .filter(|(_, seen)| !seen.covers(origin, seq))
+                    .map(|(conn, _)| conn.clone())
+                    .collect();
+                if !owed.is_empty() {
+                    w.deliver_among(&entry, &owed);
+                }
                 continue;
             }
             // At once, even while this node's own wait: its cursor stops before them.
@@ -1665,6 +1682,7 @@ impl Replica {
             .collect();
         let heads: Vec<&Cursor> = a.heads.iter().collect();
         let catch_up = w.core.catch_up(&conn, &cursor, others, &heads);
+        self.resumed.insert(conn.clone(), catch_up.reached.clone());
         self.member_joined(ctx);
         // It may have seen more of some origin than this replica has delivered yet:
         // those come live, and must not come twice; and until this replica catches up,
