@@ -4,8 +4,11 @@
 //! - **Who and when.** The room actor asks (`Input::Compact`) when the saved document
 //!   outweighs its content. Only the replica with the lowest node id among those it
 //!   knows compacts, and only when every replica it has ever heard from in the room is
-//!   reachable and has said it holds this replica's heads: then the copy holds every
-//!   change anyone has, and no replica cut off by a partition makes another base.
+//!   reachable: no replica cut off by a partition makes another base, and every
+//!   replica whose writes the copy may lack hears of it. It need not wait until the
+//!   others hold what it holds (in a busy room that is never): a replica redoes its
+//!   own writes the copy lacks, and answers held for a peer to hold their change now
+//!   wait for one to hold the copy.
 //! - **Following.** The copy goes to every replica (`Rebase`). Messages of the
 //!   document carry their sender's base; one on another base is not taken in: the
 //!   replica on the older base is sent the newer document (`Rebase`, or asked for it
@@ -42,26 +45,7 @@ impl Replica {
             .into_iter()
             .filter(|n| alive.contains(n))
             .collect();
-        let heads = w.doc.heads();
-        let holds = |node: &NodeId| {
-            let has = |theirs: &[automerge::ChangeHash]| heads.iter().all(|h| theirs.contains(h));
-            self.sync.get(node).is_some_and(|st| has(&st.shared_heads))
-                || self.confirmed.get(node).is_some_and(|c| has(c))
-        };
         if self.known.iter().any(|n| *n < me || !reachable.contains(n)) {
-            return;
-        }
-        let unsure: Vec<NodeId> = self.known.iter().filter(|n| !holds(n)).cloned().collect();
-        if !unsure.is_empty() {
-            // A peer's last word may predate what it holds now (a replica says what it
-            // applied when it is sent changes, not when it makes or takes in others'):
-            // ask (no changes are answered with its heads; a sync brings what either
-            // lacks), and try again later.
-            let base = self.base_of(w).clone();
-            for node in unsure {
-                ctx.send(&node, RoomMsg::Changes(base.clone(), Vec::new()));
-                self.sync_with(w, &node, true, ctx);
-            }
             return;
         }
         let base = Base {
@@ -80,8 +64,7 @@ impl Replica {
             tracing::debug!(room = %self.room.1, bytes = bytes.len(), "document too large to send whole: not compacted");
             return;
         }
-        // Every answer waiting for a peer to hold its change can go: they all do.
-        self.release(w, ctx);
+        // Answers still waiting now wait for a peer to hold the copy (`on_new_base`).
         w.replace_doc(copy);
         self.on_new_base(w, base.clone());
         for node in reachable {
