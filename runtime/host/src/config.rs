@@ -121,6 +121,12 @@ pub struct Limits {
     /// again) until confirmations catch up. Counted in
     /// `edgeroom_emits_unconfirmed_refused`.
     pub unconfirmed_replies: usize,
+    /// In a cluster: calls per room whose changes the room checks again a second later
+    /// reached every other replica (sending them again to any that has not said so),
+    /// keeping each call's last 16 change hashes: 128 KiB per room at 256. Past it the
+    /// oldest call goes unchecked (a replica lacking its changes gets them at its next
+    /// sync), counted in `edgeroom_changes_unchecked`.
+    pub rechecked_calls: usize,
     /// Streams peers opened (room links, forwarded requests) waiting to be served, per
     /// kind; beyond it a new one is dropped and counted (`edgeroom_peer_streams_dropped`).
     pub peer_streams: usize,
@@ -256,6 +262,7 @@ impl Default for Limits {
             held_per_origin: 10_000,
             peer_queue: 65_536,
             unconfirmed_replies: 4096,
+            rechecked_calls: 256,
             peer_streams: 1024,
             peer_handshakes: 256,
             engineio_queue: 4096,
@@ -355,6 +362,7 @@ impl NodeConfig {
                 && self.limits.held_per_origin > 0
                 && self.limits.peer_queue > 0
                 && self.limits.unconfirmed_replies > 0
+                && self.limits.rechecked_calls > 0
                 && self.limits.peer_streams > 0
                 && self.limits.peer_handshakes > 0
                 && self.limits.engineio_queue > 0,

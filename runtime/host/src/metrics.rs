@@ -64,9 +64,12 @@ pub struct Metrics {
     /// Engine.IO requests not forwarded to their session's node because
     /// `limits.forwarded_streams` were under way.
     pub forwards_refused: Counter,
-    /// Room documents rebuilt without their history (standalone rooms whose history
-    /// outweighed their content).
+    /// Room documents rebuilt without their history once it outweighed their content
+    /// (a standalone room's; a replicated room's counted by the replica that compacts).
     pub state_compactions: Counter,
+    /// Calls whose changes went unchecked for reaching every other replica: the room
+    /// had `limits.rechecked_calls` waiting.
+    pub changes_unchecked: Counter,
     /// Emits refused because a room had `limits.unconfirmed_replies` answers waiting
     /// for another node to confirm.
     pub emits_unconfirmed_refused: Counter,
@@ -128,6 +131,7 @@ impl Metrics {
         let raft_requests_refused = Counter::default();
         let forwards_refused = Counter::default();
         let state_compactions = Counter::default();
+        let changes_unchecked = Counter::default();
         let emits_unconfirmed_refused = Counter::default();
         let instances_refused = Family::default();
         let room_creations_refused = Counter::default();
@@ -255,6 +259,11 @@ impl Metrics {
             state_compactions.clone(),
         );
         registry.register(
+            "changes_unchecked",
+            "Calls whose changes went unchecked for reaching every other replica (limits.rechecked_calls)",
+            changes_unchecked.clone(),
+        );
+        registry.register(
             "emits_unconfirmed_refused",
             "Emits refused because their room had too many answers waiting for another node to confirm",
             emits_unconfirmed_refused.clone(),
@@ -324,6 +333,7 @@ impl Metrics {
             raft_requests_refused,
             forwards_refused,
             state_compactions,
+            changes_unchecked,
             emits_unconfirmed_refused,
             instances_refused,
             room_creations_refused,

@@ -8,7 +8,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::journal;
 use super::outbox::{Link, Outbound};
-use super::replica::{Adoption, Ctx, Effect, Input, Peers, Replica, Replicator, Settled};
+use super::replica::{Adoption, Bounds, Ctx, Effect, Input, Peers, Replica, Replicator, Settled};
 use super::replicate::PeerMsg;
 use super::world::{EmitResult, Outgoing, Place, World};
 use super::{
@@ -128,15 +128,15 @@ pub(super) fn spawn(
             tracing::error!(room = %key.room, "room load task failed");
             return;
         }
-        let patience = Duration::from_millis(env.limits.adopt_patience_ms);
+        let bounds = Bounds {
+            adopt_patience: Duration::from_millis(env.limits.adopt_patience_ms),
+            held_per_origin: env.limits.held_per_origin,
+            max_pending: env.limits.unconfirmed_replies,
+            rechecked_calls: env.limits.rechecked_calls,
+        };
         let replica = env.replicator.as_ref().map(|_| {
             let room = (key.app.clone(), key.room.clone());
-            Replica::new(
-                room,
-                patience,
-                env.limits.held_per_origin,
-                env.limits.unconfirmed_replies,
-            )
+            Replica::new(room, bounds)
         });
         let mut core = RoomCore::new(env.node.clone(), key.room.clone(), first_seq, limits);
         let now = journal::Now {

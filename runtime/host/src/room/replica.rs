@@ -79,10 +79,9 @@ const REPAIR_PATIENCE: Duration = Duration::from_millis(300);
 /// How long after sending its changes a replica checks that every peer said it holds
 /// them (see `Replica::recheck`).
 const RECHECK_AFTER: Duration = Duration::from_secs(1);
-/// Calls whose changes wait for that check, at most, per room, and the hashes kept of
-/// each call (its last ones: they depend on its earlier ones, and a peer given only
-/// those catches up by a sync): 256 × 16 × 32 bytes, 128 KiB at most per room.
-const UNCONFIRMED_MAX: usize = 256;
+/// The hashes kept of each call whose changes wait for that check (its last ones:
+/// they depend on its earlier ones, and a peer given only those catches up by a
+/// sync); how many calls wait is `Bounds::rechecked_calls`.
 const UNCONFIRMED_HASHES: usize = 16;
 /// How long after its last event an origin tells the other replicas how far its events
 /// go, and when it says so again (in case that word was lost too).
@@ -526,8 +525,9 @@ pub struct Replica {
     /// Per peer this node sends its events to directly, how far it has them.
     acked: HashMap<NodeId, Seq>,
     max_pending: usize,
+    rechecked_calls: usize,
     /// This replica's own changes as sent, each call's with when to check that every
-    /// peer holds them (see `recheck`); bounded by `UNCONFIRMED_MAX` and
+    /// peer holds them (see `recheck`); bounded by `rechecked_calls` and
     /// `UNCONFIRMED_HASHES`.
     unconfirmed: std::collections::VecDeque<(Instant, Vec<ChangeHash>)>,
     /// Peers whose changes wait in the document for changes it lacks, and when this
@@ -591,28 +591,35 @@ struct Pending {
     heads: Vec<automerge::ChangeHash>,
 }
 
+/// What a replica holds at most (from the node's `Limits`).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// How long an adoption waits for the other replicas' history.
+    pub adopt_patience: Duration,
+    /// See `Limits::held_per_origin`.
+    pub held_per_origin: usize,
+    /// Answers held for another replica to hold their change (`Limits::unconfirmed_replies`).
+    pub max_pending: usize,
+    /// Calls whose changes are checked again (`Limits::rechecked_calls`).
+    pub rechecked_calls: usize,
+}
+
 impl Replica {
-    /// `held_per_origin`: see `Limits::held_per_origin`; `max_pending`: see
-    /// `Limits::unconfirmed_replies`.
-    pub fn new(
-        room: RoomRef,
-        adopt_patience: Duration,
-        held_per_origin: usize,
-        max_pending: usize,
-    ) -> Self {
+    pub fn new(room: RoomRef, bounds: Bounds) -> Self {
         Self {
             room,
-            inbound: Inbound::new(REPAIR_PATIENCE, held_per_origin),
+            inbound: Inbound::new(REPAIR_PATIENCE, bounds.held_per_origin),
             sync: HashMap::new(),
             adoptions: Vec::new(),
-            adopt_patience,
+            adopt_patience: bounds.adopt_patience,
             owed: HashMap::new(),
             known: HashSet::new(),
             orphans: HashMap::new(),
             pending: std::collections::VecDeque::new(),
             answer: None,
             acked: HashMap::new(),
-            max_pending,
+            max_pending: bounds.max_pending,
+            rechecked_calls: bounds.rechecked_calls,
             unconfirmed: std::collections::VecDeque::new(),
             lacking: None,
             sent_heads: None,
@@ -915,10 +922,11 @@ impl Replica {
             }
         };
         if !hashes.is_empty() && !ctx.peers.interested().is_empty() {
-            if self.unconfirmed.len() >= UNCONFIRMED_MAX {
+            if self.unconfirmed.len() >= self.rechecked_calls {
                 // Not checked, then: a peer that lacks them catches up when a later
                 // change needs them, or by a sync when it meets this node again.
                 self.unconfirmed.pop_front();
+                w.metrics.changes_unchecked.inc();
             }
             hashes.drain(..hashes.len().saturating_sub(UNCONFIRMED_HASHES));
             self.unconfirmed

@@ -31,6 +31,12 @@ use edgeroom_room::state::RoomDoc;
 
 const PATIENCE: Duration = Duration::from_secs(2);
 const HELD: usize = 10_000;
+const BOUNDS: Bounds = Bounds {
+    adopt_patience: PATIENCE,
+    held_per_origin: HELD,
+    max_pending: HELD,
+    rechecked_calls: 256,
+};
 
 /// What one simulated client received.
 #[derive(Debug, Default)]
@@ -191,9 +197,7 @@ impl Sim {
                         edgeroom_proto::ids::AppName::new("app").unwrap(),
                         RoomId::new("r").unwrap(),
                     ),
-                    PATIENCE,
-                    HELD,
-                    HELD,
+                    BOUNDS,
                 ),
                 world: world(&id, run, limits),
                 id,
@@ -522,7 +526,7 @@ impl Sim {
             edgeroom_proto::ids::AppName::new("app").unwrap(),
             RoomId::new("r").unwrap(),
         );
-        self.nodes[i].replica = Replica::new(room, PATIENCE, HELD, HELD);
+        self.nodes[i].replica = Replica::new(room, BOUNDS);
         self.nodes[i].world = world(&id, run, self.limits);
         self.nodes[i].clients.clear();
         self.nodes[i].interest = 0;
@@ -1724,6 +1728,36 @@ fn replicas_compact_together_and_lose_no_write() {
             assert_eq!(sim.nodes[i].world.doc.to_json(), json, "seed {seed}: n{i}");
         }
     }
+}
+
+/// An origin checks again a second later that its calls' changes reached every
+/// replica, for at most `rechecked_calls` calls: past it the oldest goes unchecked and
+/// is counted, and the changes still reach every replica.
+#[test]
+fn the_calls_an_origin_rechecks_are_bounded_and_counted() {
+    let mut sim = Sim::new(2, 3);
+    let room = (
+        edgeroom_proto::ids::AppName::new("app").unwrap(),
+        RoomId::new("r").unwrap(),
+    );
+    let bounds = Bounds {
+        rechecked_calls: 2,
+        ..BOUNDS
+    };
+    sim.nodes[0].replica = Replica::new(room, bounds);
+    for i in 0..2 {
+        sim.join(i, &format!("m{i}"));
+    }
+    sim.settle();
+    for k in 0..5 {
+        write_state(&mut sim, 0, k);
+    }
+    assert_eq!(sim.nodes[0].replica.unconfirmed.len(), 2);
+    assert_eq!(sim.nodes[0].world.metrics.changes_unchecked.get(), 3);
+    sim.settle();
+    let json = sim.nodes[0].world.doc.to_json();
+    assert_eq!(json["count"], serde_json::json!(5));
+    assert_eq!(sim.nodes[1].world.doc.to_json(), json);
 }
 
 /// In a busy room the replicas never hold the same heads, and the document is
