@@ -429,6 +429,12 @@ impl Sim {
     }
 
     /// The client's resume cursor: the cursor of the last event it got.
+    /// Member `conn` of node `i` leaves the room.
+    fn leave(&mut self, i: usize, conn: &ConnId) {
+        self.nodes[i].world.core.leave(conn);
+        self.step(i, Input::MemberLeft);
+    }
+
     fn cursor_of(&mut self, i: usize, conn: &ConnId) -> Cursor {
         let c = self.nodes[i].clients.get_mut(conn).unwrap();
         c.drain();
@@ -1089,8 +1095,7 @@ fn what_a_cut_off_node_published_reaches_the_majority_after_the_heal() {
         sim.tick(3000);
         sim.settle();
         // The partition outlasts the presence grace: n2 has no member left at the heal.
-        sim.nodes[2].world.core.leave(&m2);
-        sim.step(2, Input::MemberLeft);
+        sim.leave(2, &m2);
         sim.cut.clear();
         // Links come back. n2 does not greet the others: it forgot their interest when
         // it declared them dead, and with no member left it has no reason to learn it
@@ -1650,6 +1655,18 @@ fn write_state(sim: &mut Sim, i: usize, k: usize) {
     sim.after(i);
 }
 
+/// Three replicas of a room, each with a member, their writes tagged as theirs.
+fn writing_replicas(seed: u64) -> Sim {
+    let mut sim = Sim::new(3, seed);
+    for i in 0..3 {
+        let id = sim.nodes[i].id.to_string();
+        sim.nodes[i].world.doc.tag_writes(&id);
+        sim.join(i, &format!("m{i}"));
+    }
+    sim.settle();
+    sim
+}
+
 /// Replicas compact their document together: nobody compacts while a replica it
 /// knows is cut off; once all are reachable, the lowest node compacts, the others
 /// rebase onto its copy — redoing the writes they made before it reached them — and
@@ -1658,13 +1675,7 @@ fn write_state(sim: &mut Sim, i: usize, k: usize) {
 #[test]
 fn replicas_compact_together_and_lose_no_write() {
     for seed in 0..5 {
-        let mut sim = Sim::new(3, seed);
-        for i in 0..3 {
-            let id = sim.nodes[i].id.to_string();
-            sim.nodes[i].world.doc.tag_writes(&id);
-            sim.join(i, &format!("m{i}"));
-        }
-        sim.settle();
+        let mut sim = writing_replicas(seed);
         let mut writes = 0;
         for k in 0..150 {
             write_state(&mut sim, k % 3, k);
@@ -1767,13 +1778,7 @@ fn the_calls_an_origin_rechecks_are_bounded_and_counted() {
 #[test]
 fn a_busy_room_compacts_while_every_replica_keeps_writing() {
     for seed in 0..5 {
-        let mut sim = Sim::new(3, seed);
-        for i in 0..3 {
-            let id = sim.nodes[i].id.to_string();
-            sim.nodes[i].world.doc.tag_writes(&id);
-            sim.join(i, &format!("m{i}"));
-        }
-        sim.settle();
+        let mut sim = writing_replicas(seed);
         let mut writes = 0;
         for round in 0..60 {
             let in_flight: usize = sim.links.values().map(VecDeque::len).sum();
@@ -1803,6 +1808,19 @@ fn a_busy_room_compacts_while_every_replica_keeps_writing() {
     }
 }
 
+/// After n0's first event, `member`, the only one on node `i`, leaves (the node stops
+/// following the room), and n0 publishes `events` more.
+fn stop_following(sim: &mut Sim, i: usize, member: &ConnId, events: usize) {
+    sim.publish(0);
+    sim.settle();
+    sim.leave(i, member);
+    sim.settle();
+    for _ in 0..events {
+        sim.publish(0);
+    }
+    sim.settle();
+}
+
 /// A member that resumes on a node that had stopped following the room is owed what
 /// followed its cursor, also what reaches that node only with the repair of the time
 /// nobody followed there (sent before its origin heard that the node has a member
@@ -1814,15 +1832,7 @@ fn a_member_resumed_on_a_node_that_stopped_following_gets_what_followed_its_curs
         sim.join(0, "a");
         let m = sim.join(1, "m");
         let c = sim.join(2, "c");
-        sim.publish(0);
-        sim.settle();
-        sim.nodes[2].world.core.leave(&c);
-        sim.step(2, Input::MemberLeft);
-        sim.settle();
-        for _ in 0..2 {
-            sim.publish(0);
-        }
-        sim.settle();
+        stop_following(&mut sim, 2, &c, 2);
         let cursor = sim.cursor_of(1, &m);
         // n0 hears that n2 has a member again only after its next event.
         sim.cut.extend([(0, 2), (2, 0)]);
@@ -1853,15 +1863,7 @@ fn a_member_joining_a_node_that_stopped_following_gets_only_what_follows() {
         let mut sim = Sim::new(2, seed);
         let _a = sim.join(0, "a");
         let b = sim.join(1, "b");
-        sim.publish(0);
-        sim.settle();
-        sim.nodes[1].world.core.leave(&b);
-        sim.step(1, Input::MemberLeft);
-        sim.settle();
-        for _ in 0..3 {
-            sim.publish(0);
-        }
-        sim.settle();
+        stop_following(&mut sim, 1, &b, 3);
         let c = sim.join(1, "c");
         sim.settle();
         sim.publish(0);
