@@ -233,6 +233,10 @@ pub struct Limits {
     /// a whole save (or the size of the last whole save,
     /// if larger), so a load reads at most about twice the document.
     pub state_append_bytes: usize,
+    /// Writes and changes a room's document takes in before it is compacted (its
+    /// replicas together, see `replica::rebase`): taking in a change walks history
+    /// this long, deleted list entries too.
+    pub state_compact_changes: usize,
     /// In a cluster: Engine.IO requests this node forwards to the nodes owning their
     /// sessions at once, upgraded WebSocket tunnels included (and as many forwarded
     /// streams it serves for others); beyond it a client gets `503` and it is counted in
@@ -294,6 +298,7 @@ impl Default for Limits {
             auth_wait_ms: 10_000,
             resume_probe_ms: 1_500,
             state_append_bytes: 64 * 1024,
+            state_compact_changes: 1024,
             forwarded_streams: 8192,
             state_max_bytes: 2 * 1024 * 1024,
             max_detached_sessions: 50_000,

@@ -40,6 +40,8 @@ pub struct RoomDoc {
     /// write in its message, so it can be done again on a rebased document (see
     /// `rebase`). `None` on a standalone node.
     writer: Option<String>,
+    /// Writes made and changes taken in since the document was loaded or compacted.
+    history: usize,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -61,7 +63,10 @@ impl RoomDoc {
 
     pub fn load(bytes: &[u8]) -> Result<Self, String> {
         AutoCommit::load(bytes)
-            .map(|doc| Self { doc, writer: None })
+            .map(|doc| Self {
+                doc,
+                ..Self::default()
+            })
             .map_err(err)
     }
 
@@ -73,6 +78,15 @@ impl RoomDoc {
     /// `save` wrote, the whole is what `load` reads back. Empty if nothing changed.
     pub fn save_incremental(&mut self) -> Vec<u8> {
         self.doc.save_incremental()
+    }
+
+    /// Writes made here and changes taken in since the document was loaded or
+    /// compacted. What a change costs to take in grows with it: Automerge finds where
+    /// a list insert or delete goes by walking the list's history, deleted elements
+    /// too (a chat list of 100 messages took 60 µs a change fresh, 1.4 ms after 6,000
+    /// messages).
+    pub fn history(&self) -> usize {
+        self.history
     }
 
     /// Identifies the document's version: compare before and after to see a change.
@@ -559,16 +573,56 @@ impl RoomDoc {
         &mut self,
         changes: &[Vec<u8>],
     ) -> Result<(bool, Vec<ChangeHash>), String> {
-        let parsed = changes
-            .iter()
-            .map(|b| Change::from_bytes(b.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err)?;
-        let hashes: Vec<ChangeHash> = parsed.iter().map(Change::hash).collect();
+        let (changed, mut held) = self.apply_groups(&[changes]);
+        held.pop()
+            .unwrap_or(Ok(Vec::new()))
+            .map(|held| (changed, held))
+    }
+
+    /// Take in changes that came in groups (peers' messages), in one Automerge call:
+    /// its cost is mostly a walk of the history per call, not per change (16
+    /// changes at once took a quarter of 16 calls). Whether the document changed, and
+    /// per group which of its changes the document holds now, or why the group was
+    /// refused: one that does not parse is refused alone, and if Automerge refuses
+    /// the whole, each group is tried alone.
+    pub fn apply_groups(
+        &mut self,
+        groups: &[&[Vec<u8>]],
+    ) -> (bool, Vec<Result<Vec<ChangeHash>, String>>) {
+        let parse = |group: &[Vec<u8>]| {
+            group
+                .iter()
+                .map(|b| Change::from_bytes(b.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)
+        };
         let before = self.doc.get_heads();
-        self.doc.apply_changes(parsed).map_err(err)?;
-        let held = hashes.into_iter().filter(|h| self.knows(h)).collect();
-        Ok((self.doc.get_heads() != before, held))
+        let mut hashes = Vec::with_capacity(groups.len());
+        let mut all = Vec::new();
+        for group in groups {
+            hashes.push(parse(group).map(|changes| {
+                let hashes: Vec<ChangeHash> = changes.iter().map(Change::hash).collect();
+                all.extend(changes);
+                hashes
+            }));
+        }
+        self.history = self.history.saturating_add(all.len());
+        if let Err(e) = self.doc.apply_changes(all) {
+            for (group, hashes) in groups.iter().zip(hashes.iter_mut()) {
+                let alone = match groups.len() {
+                    1 => Err(err(&e)),
+                    _ => parse(group).and_then(|c| self.doc.apply_changes(c).map_err(err)),
+                };
+                if let (Err(e), Ok(_)) = (alone, &hashes) {
+                    *hashes = Err(e);
+                }
+            }
+        }
+        let held = hashes
+            .into_iter()
+            .map(|h| h.map(|h| h.into_iter().filter(|h| self.knows(h)).collect()))
+            .collect();
+        (self.doc.get_heads() != before, held)
     }
 
     /// Whether changes taken in wait inside for changes this document lacks.
@@ -611,7 +665,9 @@ impl RoomDoc {
             .sync()
             .receive_sync_message(state, message)
             .map_err(err)?;
-        Ok(self.doc.get_heads() != before)
+        let changed = self.doc.get_heads() != before;
+        self.history = self.history.saturating_add(usize::from(changed));
+        Ok(changed)
     }
 }
 
@@ -823,7 +879,7 @@ mod tests {
             let mut d = RoomDoc::new();
             let mut other = RoomDoc {
                 doc: d.doc.fork(),
-                writer: None,
+                ..RoomDoc::default()
             };
             let mut shown = d.to_json();
             let mut heads = d.heads();
@@ -877,12 +933,59 @@ mod tests {
     }
 
     #[test]
+    fn changes_in_groups_are_taken_in_together_and_a_bad_group_is_refused_alone() {
+        let mut a = RoomDoc::new();
+        let mut groups = Vec::new();
+        for i in 0..3 {
+            let heads = a.heads();
+            a.push("messages", &json!(i)).unwrap();
+            groups.push(a.changes_since(&heads));
+        }
+        let bad = vec![b"not a change".to_vec()];
+        let mut b = RoomDoc::new();
+        let given: Vec<&[Vec<u8>]> = vec![&groups[0], &bad, &groups[1], &groups[2]];
+        let (changed, held) = b.apply_groups(&given);
+        assert!(changed);
+        assert_eq!(b.to_json(), a.to_json());
+        assert!(held[1].is_err(), "{held:?}");
+        for (i, g) in [0, 2, 3].into_iter().zip(&groups) {
+            assert_eq!(held[i].as_ref().unwrap().len(), g.len(), "group {i}");
+        }
+        // A group whose dependencies have not come is taken in but not held.
+        let mut c = RoomDoc::new();
+        let (_, held) = c.apply_groups(&[&groups[2], &groups[0]]);
+        assert!(held[0].as_ref().unwrap().is_empty(), "{held:?}");
+        assert_eq!(held[1].as_ref().unwrap().len(), groups[0].len());
+        assert_eq!(b.history(), groups.iter().map(Vec::len).sum::<usize>());
+    }
+
+    #[test]
+    fn history_counts_what_was_written_and_taken_in_since_the_last_compaction() {
+        let mut a = RoomDoc::new();
+        let mut b = RoomDoc::new();
+        for i in 0..150 {
+            let heads = a.heads();
+            a.push("messages", &json!(i)).unwrap();
+            if i >= 100 {
+                a.delete("messages/0").unwrap();
+            }
+            b.apply_changes(&a.changes_since(&heads)).unwrap();
+        }
+        b.increment("count", 1).unwrap();
+        assert_eq!(a.history(), 200);
+        assert!(b.history() >= 150, "{}", b.history());
+        let compacted = a.compacted().unwrap();
+        assert_eq!(compacted.history(), 0);
+        assert_eq!(RoomDoc::load(&a.save()).unwrap().history(), 0);
+    }
+
+    #[test]
     fn counters_sum_across_replicas() {
         let mut a = RoomDoc::new();
         a.increment("count", 0).unwrap();
         let mut b = RoomDoc {
             doc: a.doc.fork(),
-            writer: None,
+            ..RoomDoc::default()
         };
         a.increment("count", 2).unwrap();
         b.increment("count", 5).unwrap();
@@ -899,7 +1002,7 @@ mod tests {
         a.increment("count", 1).unwrap();
         let mut b = RoomDoc {
             doc: a.doc.fork(),
-            writer: None,
+            ..RoomDoc::default()
         };
         let start = a.heads();
         a.increment("count", 2).unwrap();
@@ -938,7 +1041,7 @@ mod tests {
         a.increment("count", 1).unwrap();
         let mut b = RoomDoc {
             doc: a.doc.fork(),
-            writer: None,
+            ..RoomDoc::default()
         };
         b.increment("count", 1).unwrap();
         let theirs: Vec<String> = b.heads().iter().map(|h| h.to_string()).collect();
@@ -978,7 +1081,7 @@ mod tests {
         for _ in 0..2 {
             let fork = RoomDoc {
                 doc: docs[0].doc.fork(),
-                writer: None,
+                ..RoomDoc::default()
             };
             docs.push(fork);
         }
@@ -1011,7 +1114,7 @@ mod tests {
         }
         let mut whole = RoomDoc {
             doc: all,
-            writer: None,
+            ..RoomDoc::default()
         };
         let (mut yes, mut no) = (0, 0);
         for _ in 0..400 {

@@ -8,7 +8,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::journal;
 use super::outbox::{Link, Outbound};
-use super::replica::{Adoption, Bounds, Ctx, Effect, Input, Peers, Replica, Replicator, Settled};
+use super::replica::{
+    Adoption, Bounds, Ctx, Effect, Input, Peers, Replica, Replicator, RoomMsg, Settled,
+};
 use super::replicate::PeerMsg;
 use super::world::{EmitResult, Outgoing, Place, World};
 use super::{
@@ -31,6 +33,8 @@ const MAX_KICK_ROUNDS: usize = 8;
 /// plus this: compaction costs about one pass over the content, and saves (where it
 /// is checked) come only after `limits.state_append_bytes` of changes.
 const COMPACT_SLACK: usize = 4096;
+/// Peers' messages waiting in a room's inbox taken in together, at most.
+const PEER_BATCH: usize = 64;
 /// Unsaved document changes are written at most this often.
 const SAVE_EVERY_MS: u64 = 1000;
 
@@ -276,6 +280,7 @@ impl Actor {
                     }
                 }
                 cmd = rx.recv() => match cmd {
+                    Some(RoomCmd::Peer { from, msg }) => self.take_inbox_from_peers(from, msg, &mut rx).await,
                     Some(cmd) => self.handle(cmd).await,
                     None => break,
                 },
@@ -510,7 +515,7 @@ impl Actor {
                     return;
                 }
                 let adoption = Adoption::new(conn, link, cursor, user, done);
-                self.replicate(Input::Adopt(adoption));
+                self.replicate(Input::Adopt(Box::new(adoption)));
                 if self.adopt_due() {
                     self.after_call().await;
                 }
@@ -530,12 +535,7 @@ impl Actor {
                 let view = self.view(has);
                 let _ = done.send(view);
             }
-            RoomCmd::Peer { from, msg } => {
-                if self.replicate(Input::Receive { from, msg }).is_some() {
-                    self.adopt_due();
-                    self.after_call().await;
-                }
-            }
+            RoomCmd::Peer { from, msg } => self.take_from_peers(vec![(from, msg)]).await,
             RoomCmd::PeerUp(node) => {
                 self.replicate(Input::PeerUp(node));
             }
@@ -723,6 +723,40 @@ impl Actor {
             }
         }
         Some(adoption_ended)
+    }
+
+    /// A peer's message, and those waiting behind it in the inbox: taken in together,
+    /// their document changes cost one Automerge call (see `Input::Receive`). The
+    /// first other command that was waiting is handled after them.
+    async fn take_inbox_from_peers(
+        &mut self,
+        from: NodeId,
+        msg: RoomMsg,
+        rx: &mut mpsc::Receiver<RoomCmd>,
+    ) {
+        let mut msgs = vec![(from, msg)];
+        let mut next = None;
+        while msgs.len() < PEER_BATCH {
+            match rx.try_recv() {
+                Ok(RoomCmd::Peer { from, msg }) => msgs.push((from, msg)),
+                Ok(cmd) => {
+                    next = Some(cmd);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.take_from_peers(msgs).await;
+        if let Some(cmd) = next {
+            self.handle(cmd).await;
+        }
+    }
+
+    async fn take_from_peers(&mut self, msgs: Vec<(NodeId, RoomMsg)>) {
+        if self.replicate(Input::Receive(msgs)).is_some() {
+            self.adopt_due();
+            self.after_call().await;
+        }
     }
 
     /// Take on the members whose adoption has its history in: everything after its
@@ -926,6 +960,9 @@ impl Actor {
         // they outweigh it. A replicated room appends its changes each second (its
         // other replicas, not its disk, back what it acknowledges); a whole save each
         // second was most of a loaded node's work.
+        if self.replica.is_some() && self.world().doc.history() >= limits.state_compact_changes {
+            self.compact_wanted = true;
+        }
         if self.compact_wanted {
             self.compact_together();
         }
@@ -1089,8 +1126,9 @@ impl Actor {
         };
         // Replicas compact together, once they agree (see `replica::rebase`): tried
         // each second until then.
-        self.compact_wanted = self.replica.is_some() && bytes.len() > heavy;
-        if self.replica.is_none() && bytes.len() > heavy {
+        let long = self.world().doc.history() >= self.rooms.env().limits.state_compact_changes;
+        self.compact_wanted = self.replica.is_some() && (bytes.len() > heavy || long);
+        if self.replica.is_none() && (bytes.len() > heavy || long) {
             match self.world().doc.compacted() {
                 Ok(mut doc) => {
                     let was = bytes.len();

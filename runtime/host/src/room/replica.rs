@@ -283,6 +283,21 @@ pub enum RoomMsg {
     },
 }
 
+impl RoomMsg {
+    /// Whether taking this in reads or replaces the room's document (or may start a
+    /// sync conversation): document changes that came before it are taken in first.
+    fn reads_document(&self) -> bool {
+        matches!(
+            self,
+            RoomMsg::Sync(..)
+                | RoomMsg::Changes(..)
+                | RoomMsg::Rebase(_)
+                | RoomMsg::Behind(_)
+                | RoomMsg::Hello { .. }
+        )
+    }
+}
+
 impl Relay for RoomMsg {
     fn relayed(&self) -> bool {
         matches!(self, RoomMsg::Event(_) | RoomMsg::Tail { .. })
@@ -371,15 +386,16 @@ pub enum Input {
     /// The answer to `conn`'s emit, to go out with the call's events once another
     /// replica holds what the call produced (before the call's `Flush`).
     Reply { conn: ConnId, frame: ServerFrame },
-    /// A message from `from`'s replica of the room.
-    Receive { from: NodeId, msg: RoomMsg },
+    /// Messages from peers' replicas of the room, in the order they came (whatever
+    /// was waiting: their document changes are taken in together).
+    Receive(Vec<(NodeId, RoomMsg)>),
     /// Time passed: gaps to repair, origins to ask where they start.
     Tick,
     /// The document's history outweighs its content: compact it, if every replica
     /// holds what this one does and this node is the one to (see `rebase`).
     Compact,
     /// A client resumed here as a member another node held.
-    Adopt(Adoption),
+    Adopt(Box<Adoption>),
     /// Take on the members whose adoption has its history in (or waited long enough).
     SettleDue,
     /// `node` newly has members in this room.
@@ -671,10 +687,10 @@ impl Replica {
             Input::MemberLeft => self.member_left(w, ctx),
             Input::Flush => self.flush(w, ctx),
             Input::Reply { conn, frame } => self.reply(conn, frame),
-            Input::Receive { from, msg } => self.receive(w, from, msg, ctx),
+            Input::Receive(msgs) => self.receive_all(w, msgs, ctx),
             Input::Tick => self.poll(w, ctx),
             Input::Compact => self.compact(w, ctx),
-            Input::Adopt(a) => self.adopt(w, a, ctx),
+            Input::Adopt(a) => self.adopt(w, *a, ctx),
             Input::SettleDue => self.settle_due(w, ctx),
             Input::PeerJoined(node) => self.peer_joined(w, &node, ctx),
             Input::PeerUp(node) => self.peer_up(w, &node, ctx),
@@ -1041,6 +1057,35 @@ impl Replica {
     }
 
     /// A message from another replica.
+    /// Peers' messages in the order they came. The document changes among them are
+    /// taken in with one Automerge call (see `RoomDoc::apply_groups`), ahead of the
+    /// messages about events and members that came between them, which do not read
+    /// the document; never ahead of one that reads or replaces it.
+    fn receive_all(&mut self, w: &mut World, msgs: Vec<(NodeId, RoomMsg)>, ctx: &mut Ctx) {
+        let mut msgs = msgs.into_iter();
+        loop {
+            let base = self.base_of(w).clone();
+            let (mut changes, mut between, mut barrier) = (Vec::new(), Vec::new(), None);
+            for (from, msg) in msgs.by_ref() {
+                match msg {
+                    RoomMsg::Changes(b, c) if b == base => changes.push((from, c)),
+                    m if m.reads_document() => {
+                        barrier = Some((from, m));
+                        break;
+                    }
+                    m => between.push((from, m)),
+                }
+            }
+            self.take_changes(w, changes, ctx);
+            for (from, msg) in between.into_iter().chain(barrier) {
+                self.receive(w, from, msg, ctx);
+            }
+            if msgs.len() == 0 {
+                break;
+            }
+        }
+    }
+
     fn receive(&mut self, w: &mut World, from: NodeId, msg: RoomMsg, ctx: &mut Ctx) {
         match &msg {
             RoomMsg::Unloaded => self.known.remove(&from),
@@ -1057,6 +1102,52 @@ impl Replica {
             && (has != had || again)
         {
             ctx.send(&from, RoomMsg::Got { upto });
+        }
+    }
+
+    /// Peers' `Changes` on this replica's base, taken in together; each sender is
+    /// told which of its changes this replica holds now (`Applied`).
+    fn take_changes(&mut self, w: &mut World, changes: Vec<(NodeId, Vec<Vec<u8>>)>, ctx: &mut Ctx) {
+        if changes.is_empty() {
+            return;
+        }
+        let groups: Vec<&[Vec<u8>]> = changes.iter().map(|(_, c)| c.as_slice()).collect();
+        let (changed, results) = w.doc.apply_groups(&groups);
+        if changed {
+            self.took_in(w);
+        }
+        let mut applied: Vec<(NodeId, Vec<ChangeHash>)> = Vec::new();
+        for ((from, sent), result) in changes.into_iter().zip(results) {
+            self.known.insert(from.clone());
+            let held = match result {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::warn!(peer = %from, room = %self.room.1, "bad changes: {e}");
+                    continue;
+                }
+            };
+            if held.len() < sent.len() {
+                // Some wait for changes this replica lacks. Those are most likely on
+                // their way from their own origin (every replica sends its changes to
+                // every other): catch up with the sender only if they have not come
+                // a moment later.
+                let (_, peers) = self
+                    .lacking
+                    .get_or_insert_with(|| (ctx.now + REPAIR_PATIENCE, HashSet::new()));
+                peers.insert(from.clone());
+            }
+            match applied.iter_mut().find(|(n, _)| *n == from) {
+                Some((_, all)) => all.extend(held),
+                None => applied.push((from, held)),
+            }
+        }
+        if applied.is_empty() {
+            return;
+        }
+        let heads = w.doc.heads();
+        for (from, held) in applied {
+            let heads = heads.clone();
+            ctx.send(&from, RoomMsg::Applied { held, heads });
         }
     }
 
@@ -1182,30 +1273,7 @@ impl Replica {
                     }
                 }
             }
-            RoomMsg::Changes(_, changes) => {
-                match w.doc.apply_changes(&changes) {
-                    Ok((changed, held)) => {
-                        if changed {
-                            self.took_in(w);
-                        }
-                        if held.len() < changes.len() {
-                            // Some wait for changes this replica lacks. Those are most
-                            // likely on their way from their own origin (every replica
-                            // sends its changes to every other): catch up with the
-                            // sender only if they have not come a moment later.
-                            let (_, peers) = self
-                                .lacking
-                                .get_or_insert_with(|| (ctx.now + REPAIR_PATIENCE, HashSet::new()));
-                            peers.insert(from.clone());
-                        }
-                        let heads = w.doc.heads();
-                        ctx.send(&from, RoomMsg::Applied { held, heads });
-                    }
-                    Err(e) => {
-                        tracing::warn!(peer = %from, room = %self.room.1, "bad changes: {e}");
-                    }
-                }
-            }
+            RoomMsg::Changes(_, changes) => self.take_changes(w, vec![(from, changes)], ctx),
             RoomMsg::Applied { held, heads } => {
                 let waited: HashSet<ChangeHash> = self
                     .pending

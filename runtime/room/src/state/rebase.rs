@@ -82,6 +82,7 @@ impl RoomDoc {
 
     /// Commit what a write just did as its own change, the write in its message.
     pub(super) fn record(&mut self, write: impl FnOnce() -> Write) {
+        self.history = self.history.saturating_add(1);
         let Some(node) = &self.writer else { return };
         let tagged = Tagged {
             node: node.clone(),

@@ -322,7 +322,9 @@ impl Sim {
         self.step(i, Input::Flush);
     }
 
-    /// Deliver one message from a random non-empty link (each link in order).
+    /// Deliver one message from a random non-empty link (each link in order), and
+    /// with it at times a few more waiting for the same node (as a room's inbox
+    /// holds them under load: they are taken in together).
     fn deliver_one(&mut self) -> bool {
         let mut busy: Vec<(usize, usize)> = self
             .links
@@ -345,8 +347,21 @@ impl Sim {
         if !self.nodes[to].alive {
             return true;
         }
-        let from_id = self.nodes[from].id.clone();
-        self.step(to, Input::Receive { from: from_id, msg });
+        let mut msgs = vec![(self.nodes[from].id.clone(), msg)];
+        for _ in 0..self.rng.random_range(0..4) {
+            let mut into: Vec<usize> = (0..self.nodes.len())
+                .filter(|f| self.links.get(&(*f, to)).is_some_and(|q| !q.is_empty()))
+                .collect();
+            if into.is_empty() {
+                break;
+            }
+            into.sort();
+            let f = into[self.rng.random_range(0..into.len())];
+            if let Some(msg) = self.links.get_mut(&(f, to)).and_then(VecDeque::pop_front) {
+                msgs.push((self.nodes[f].id.clone(), msg));
+            }
+        }
+        self.step(to, Input::Receive(msgs));
         self.after(to);
         true
     }
@@ -572,13 +587,7 @@ impl Sim {
         let n1 = self.nodes[1].id.clone();
         let second = WireEvent::new(&self.nodes[2].world.core.origin_after(&n1, Seq::new(0, 0))[1]);
         let n2 = self.nodes[2].id.clone();
-        self.step(
-            0,
-            Input::Receive {
-                from: n2,
-                msg: RoomMsg::Event(second),
-            },
-        );
+        self.step(0, Input::Receive(vec![(n2, RoomMsg::Event(second))]));
     }
 
     /// A client that was a member elsewhere resumes on node `i` with `cursor`.
@@ -607,7 +616,7 @@ impl Sim {
             },
         );
         self.adopted.push(answer);
-        self.step(i, Input::Adopt(a));
+        self.step(i, Input::Adopt(Box::new(a)));
         self.after(i);
         conn
     }
