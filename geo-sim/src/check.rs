@@ -89,6 +89,10 @@ pub enum Kind {
     Ghost,
     ControlPlane,
     Panic,
+    /// A node's process ended though no fault stopped it.
+    Exited,
+    /// The run stopped before its end.
+    Aborted,
 }
 
 /// A message: its room, sender and the sender's number for it.
@@ -281,6 +285,13 @@ pub fn check(history: &[Record]) -> Report {
             }
             Op::Panicked { node, what } => {
                 found.push((Kind::Panic, i, format!("{node} panicked at {what}")));
+            }
+            Op::Exited { node, status } => {
+                let what = format!("{node}'s process ended on its own ({status})");
+                found.push((Kind::Exited, i, what));
+            }
+            Op::Aborted { why } => {
+                found.push((Kind::Aborted, i, format!("the run stopped early: {why}")));
             }
             Op::Connect { client, .. } => connects.entry(client.clone()).or_default().push(r.t_ms),
             Op::Refused { .. }
@@ -771,6 +782,22 @@ mod tests {
                 .what
                 .contains("n1 panicked at core.rs:292:9")
         );
+
+        let mut h = clean();
+        h.push(at(
+            300,
+            Op::Exited {
+                node: "n2".into(),
+                status: "signal: 9 (SIGKILL)".into(),
+            },
+        ));
+        h.push(at(
+            301,
+            Op::Aborted {
+                why: "n2 exited on its own".into(),
+            },
+        ));
+        assert_eq!(kinds(&check(&h)), vec![Kind::Exited, Kind::Aborted]);
     }
 
     #[test]

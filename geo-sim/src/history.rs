@@ -140,6 +140,11 @@ pub enum Op {
     /// `node`'s process panicked (its log says where and what), whether or not it
     /// went on serving: found in the logs when the run ends.
     Panicked { node: String, what: String },
+    /// `node`'s process ended though no fault stopped it (`status`: how), found when
+    /// geo-sim last steered it or when the run ends.
+    Exited { node: String, status: String },
+    /// The run stopped before its end: geo-sim could not go on (`why`).
+    Aborted { why: String },
     /// A run phase began: `arrival`, `calibration`, `run`, `settle`.
     Phase { name: String },
     /// A fault began (`what` says which, e.g. `kill us-east-1`).

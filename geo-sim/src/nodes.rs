@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -92,9 +93,26 @@ impl Node {
             .stdin
             .as_mut()
             .ok_or_else(|| anyhow::anyhow!("{} is not running", self.plan.name))?;
-        stdin.write_all(c.line().as_bytes()).await?;
-        stdin.flush().await?;
+        let written = async {
+            stdin.write_all(c.line().as_bytes()).await?;
+            stdin.flush().await
+        };
+        if let Err(e) = written.await {
+            return Err(match self.exited() {
+                Some(status) => anyhow::anyhow!(
+                    "{} exited on its own ({status}): see {}",
+                    self.plan.name,
+                    self.log.display()
+                ),
+                None => anyhow::anyhow!("steering {}: {e}", self.plan.name),
+            });
+        }
         Ok(())
+    }
+
+    /// How the process ended, if it did though nothing here stopped it.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 }
 
@@ -106,16 +124,34 @@ pub struct Fleet {
 }
 
 /// A free loopback port for TCP (`udp` false) or UDP.
+/// A port free now, below the kernel's ephemeral range (from 32768 on Linux): one
+/// taken from that range (by binding port 0) may be handed to another socket bound to
+/// port 0 — a node started earlier — before the node given it binds it.
 fn free_port(udp: bool) -> anyhow::Result<u16> {
-    Ok(if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port()
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port()
-    })
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        // Runs side by side (tests) start apart.
+        let _ = NEXT.compare_exchange(
+            0,
+            (std::process::id() % u32::from(SPAN)) as u16 + 1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+    for _ in 0..SPAN {
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let free = if udp {
+            std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        } else {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        };
+        if free {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port between {LOW} and {}", LOW + SPAN)
 }
 
 /// The panics in a log: where (the line after "panicked at") and what (the line after).
@@ -396,6 +432,19 @@ impl Fleet {
             ..Control::default()
         };
         n.control(&c).await
+    }
+
+    /// Nodes that should be running but whose process ended on its own, and how.
+    pub fn exited(&mut self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for n in &mut self.nodes {
+            if n.life != Life::Down
+                && let Some(status) = n.exited()
+            {
+                out.push((n.plan.name.clone(), status.to_string()));
+            }
+        }
+        out
     }
 
     /// Stop every node at once (SIGCONT first, so a paused one can die).

@@ -591,7 +591,15 @@ pub async fn run(plan: Plan, map: Arc<Map>, opts: &Options) -> anyhow::Result<Ou
         anyhow::Ok(())
     };
     let interrupted = tokio::select! {
-        r = play => { r?; false }
+        r = play => match r {
+            Ok(()) => false,
+            // What was recorded so far is checked and reported all the same.
+            Err(e) => {
+                eprintln!("\ngeo-sim: the run stopped early: {e:#}; settling, then writing what was recorded");
+                recorder.record(Op::Aborted { why: format!("{e:#}") });
+                true
+            }
+        },
         _ = tokio::signal::ctrl_c() => {
             eprintln!("\ngeo-sim: interrupted; settling, then writing what was recorded (Ctrl-C again to stop at once)");
             true
@@ -651,6 +659,9 @@ pub async fn run(plan: Plan, map: Arc<Map>, opts: &Options) -> anyhow::Result<Ou
         users.abort_all();
     }
     conductor.side.abort_all();
+    for (node, status) in conductor.fleet.exited() {
+        recorder.record(Op::Exited { node, status });
+    }
     conductor.fleet.kill_all().await;
     for (node, what) in conductor.fleet.panics() {
         recorder.record(Op::Panicked { node, what });
