@@ -1056,7 +1056,6 @@ impl Replica {
         }
     }
 
-    /// A message from another replica.
     /// Peers' messages in the order they came. The document changes among them are
     /// taken in with one Automerge call (see `RoomDoc::apply_groups`), ahead of the
     /// messages about events and members that came between them, which do not read
@@ -1086,6 +1085,7 @@ impl Replica {
         }
     }
 
+    /// A message from another replica.
     fn receive(&mut self, w: &mut World, from: NodeId, msg: RoomMsg, ctx: &mut Ctx) {
         match &msg {
             RoomMsg::Unloaded => self.known.remove(&from),
