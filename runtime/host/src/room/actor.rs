@@ -33,7 +33,9 @@ const MAX_KICK_ROUNDS: usize = 8;
 /// plus this: compaction costs about one pass over the content, and saves (where it
 /// is checked) come only after `limits.state_append_bytes` of changes.
 const COMPACT_SLACK: usize = 4096;
-/// Peers' messages waiting in a room's inbox taken in together, at most.
+/// Peers' messages waiting in a room's inbox taken in together, at most. Not a limit
+/// on anything a peer holds (the inbox is `limits.room_inbox`): it keeps one turn of
+/// the actor short, so its timers and repairs are not put off behind a full inbox.
 const PEER_BATCH: usize = 64;
 /// Unsaved document changes are written at most this often.
 const SAVE_EVERY_MS: u64 = 1000;
