@@ -457,6 +457,20 @@ impl Fleet {
         out
     }
 
+    /// Save every running node's `/metrics` next to its log (`NAME.metrics`), for
+    /// what the nodes counted (dropped, shed, refused) when a run needs explaining.
+    pub async fn save_metrics(&self) {
+        for n in self.nodes.iter().filter(|n| n.life == Life::Up) {
+            let get = async {
+                let r = self.http.get(format!("{}/metrics", n.url())).send().await;
+                r.ok()?.text().await.ok()
+            };
+            if let Ok(Some(text)) = tokio::time::timeout(Duration::from_secs(2), get).await {
+                let _ = std::fs::write(n.log.with_extension("metrics"), text);
+            }
+        }
+    }
+
     /// Stop every node at once (SIGCONT first, so a paused one can die).
     pub async fn kill_all(&mut self) {
         for i in 0..self.nodes.len() {

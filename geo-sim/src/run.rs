@@ -662,6 +662,7 @@ pub async fn run(plan: Plan, map: Arc<Map>, opts: &Options) -> anyhow::Result<Ou
     for (node, status) in conductor.fleet.exited() {
         recorder.record(Op::Exited { node, status });
     }
+    conductor.fleet.save_metrics().await;
     conductor.fleet.kill_all().await;
     for (node, what) in conductor.fleet.panics() {
         recorder.record(Op::Panicked { node, what });

@@ -19,6 +19,7 @@ use edgeroom_host::clock::Clock;
 use edgeroom_host::config::NodeConfig;
 use edgeroom_host::metrics::Metrics;
 use edgeroom_host::room::replica::Replicator;
+use edgeroom_host::room::replicate::LinkMetrics;
 use edgeroom_host::room::{RoomCmd, RoomEnv, RoomKey, Rooms, World};
 use edgeroom_host::session::token::TokenKey;
 use edgeroom_host::session::{DetachedCaps, Sessions};
@@ -153,14 +154,20 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> anyhow::Resul
                     kind: "rooms".into(),
                 })
                 .clone();
+            let link_metrics = LinkMetrics {
+                refused,
+                too_large: metrics.peer_messages_too_large.clone(),
+                sent: metrics.peer_messages_sent.clone(),
+                dropped: metrics.peer_messages_dropped.clone(),
+                queued: metrics.peer_queued.clone(),
+                path: metrics.peer_path.clone(),
+            };
             let (replicator, deliveries) = Replicator::new(
                 config.node_id.clone(),
                 config.region.clone(),
                 cluster.health.clone(),
                 config.limits.peer_queue,
-                refused,
-                metrics.peer_messages_too_large.clone(),
-                metrics.peer_messages_sent.clone(),
+                link_metrics,
             );
             tasks.spawn(replicator.clone().run(
                 cluster.control.clone(),

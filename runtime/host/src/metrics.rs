@@ -14,6 +14,46 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+}
+
+/// The path of the room link to each peer (its QUIC connection), as last read.
+#[derive(Clone, Debug, Default)]
+pub struct PathGauges {
+    pub rtt_seconds: Family<PeerLabel, Gauge<f64, AtomicU64>>,
+    pub cwnd_bytes: Family<PeerLabel, Gauge>,
+    /// Packets sent and lost on the current connection.
+    pub packets_sent: Family<PeerLabel, Gauge>,
+    pub packets_lost: Family<PeerLabel, Gauge>,
+}
+
+impl PathGauges {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "peer_rtt_seconds",
+            "Smoothed round trip of the room link to each peer",
+            self.rtt_seconds.clone(),
+        );
+        registry.register(
+            "peer_cwnd_bytes",
+            "Congestion window of the room link to each peer",
+            self.cwnd_bytes.clone(),
+        );
+        registry.register(
+            "peer_packets_sent",
+            "Packets sent on the room link's current connection to each peer",
+            self.packets_sent.clone(),
+        );
+        registry.register(
+            "peer_packets_lost",
+            "Packets lost on the room link's current connection to each peer",
+            self.packets_lost.clone(),
+        );
+    }
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -51,6 +91,12 @@ pub struct Metrics {
     pub peer_messages_shed: Family<KindLabel, Counter>,
     /// Room messages written to peers, by kind (what replication costs the links).
     pub peer_messages_sent: Family<KindLabel, Counter>,
+    /// Room messages to peers dropped unsent, by kind: the link's queue was full
+    /// (`limits.peer_queue`) or there was no link yet.
+    pub peer_messages_dropped: Family<KindLabel, Counter>,
+    /// Room messages waiting in the link to each peer.
+    pub peer_queued: Family<PeerLabel, Gauge>,
+    pub peer_path: PathGauges,
     /// Frames from peers that did not parse: the stream is dropped, by purpose.
     pub peer_frames_refused: Family<KindLabel, Counter>,
     /// Streams peers opened that found their queue full (`limits.peer_streams`).
@@ -67,6 +113,10 @@ pub struct Metrics {
     /// Room documents rebuilt without their history once it outweighed their content
     /// (a standalone room's; a replicated room's counted by the replica that compacts).
     pub state_compactions: Counter,
+    /// Sync conversations a room's replica started with a peer, by why: `hello`,
+    /// `lacking` (changes waited in vain for ones they depend on), `first` (a call's
+    /// changes before any were sent), `large`, `peer_down`, `rebase`.
+    pub state_syncs: Family<KindLabel, Counter>,
     /// Calls whose changes went unchecked for reaching every other replica: the room
     /// had `limits.rechecked_calls` waiting.
     pub changes_unchecked: Counter,
@@ -125,12 +175,17 @@ impl Metrics {
         let peer_backlog = Gauge::default();
         let peer_messages_shed = Family::default();
         let peer_messages_sent = Family::default();
+        let peer_messages_dropped = Family::default();
+        let peer_queued = Family::default();
+        let peer_path = PathGauges::default();
+        peer_path.register(&mut registry);
         let peer_frames_refused = Family::default();
         let peer_streams_dropped = Counter::default();
         let peer_handshakes_refused = Counter::default();
         let raft_requests_refused = Counter::default();
         let forwards_refused = Counter::default();
         let state_compactions = Counter::default();
+        let state_syncs = Family::default();
         let changes_unchecked = Counter::default();
         let emits_unconfirmed_refused = Counter::default();
         let instances_refused = Family::default();
@@ -259,6 +314,11 @@ impl Metrics {
             state_compactions.clone(),
         );
         registry.register(
+            "state_syncs",
+            "Sync conversations rooms' replicas started with a peer, by why",
+            state_syncs.clone(),
+        );
+        registry.register(
             "changes_unchecked",
             "Calls whose changes went unchecked for reaching every other replica (limits.rechecked_calls)",
             changes_unchecked.clone(),
@@ -299,6 +359,16 @@ impl Metrics {
             peer_messages_sent.clone(),
         );
         registry.register(
+            "peer_messages_dropped",
+            "Room messages to peers dropped unsent (the link's queue was full, or no link), by kind",
+            peer_messages_dropped.clone(),
+        );
+        registry.register(
+            "peer_queued",
+            "Room messages waiting in the link to each peer",
+            peer_queued.clone(),
+        );
+        registry.register(
             "peer_messages_too_large",
             "Room messages to peers dropped because they would not fit a frame",
             peer_messages_too_large.clone(),
@@ -327,12 +397,16 @@ impl Metrics {
             peer_backlog,
             peer_messages_shed,
             peer_messages_sent,
+            peer_messages_dropped,
+            peer_queued,
+            peer_path,
             peer_frames_refused,
             peer_streams_dropped,
             peer_handshakes_refused,
             raft_requests_refused,
             forwards_refused,
             state_compactions,
+            state_syncs,
             changes_unchecked,
             emits_unconfirmed_refused,
             instances_refused,

@@ -92,6 +92,9 @@ impl Default for Timing {
 /// A node's QUIC endpoint. Dropped, its connections end at once, closes not yet sent
 /// included, as when the process dies (a crash test relies on it, and the port is free
 /// again at once): call [`Endpoint::shutdown`] first to tell peers.
+/// Bytes of datagrams the peer socket may hold unread (see `Endpoint::bind`).
+const RECV_BUFFER: usize = 8 << 20;
+
 pub struct Endpoint {
     quic: quinn::Endpoint,
     node: NodeId,
@@ -111,6 +114,10 @@ impl Endpoint {
         let runtime = io.quinn();
         let socket = std::net::UdpSocket::bind(addr)
             .with_context(|| format!("binding the peer port {addr}"))?;
+        // A node busy for a moment must not drop its peers' datagrams at the socket
+        // (each loss costs a congestion event): ask for more than the usual 208 KiB.
+        // The kernel caps it at `net.core.rmem_max`; failing to get it is no error.
+        let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(RECV_BUFFER);
         let mut udp = runtime.wrap_udp_socket(socket)?;
         if let Some(wan) = wan {
             let _in = io.handle().enter();
@@ -225,9 +232,24 @@ fn transport_config(timing: Timing) -> anyhow::Result<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(timing.keep_alive));
     t.max_idle_timeout(Some(timing.idle_timeout.try_into()?));
-    // Long lossy links between regions: BBR keeps throughput where Cubic collapses.
-    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    // Long links between regions, where losses are mostly bursts at a busy receiver:
+    // see `congestion`.
+    t.congestion_controller_factory(Arc::new(crate::congestion::FlooredCubic::new(
+        crate::congestion::WINDOW_FLOOR,
+    )));
     Ok(t)
+}
+
+/// What a connection's path looks like now (see [`Peer::path`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PathStats {
+    /// The smoothed round trip.
+    pub rtt: Duration,
+    /// The congestion window, bytes.
+    pub cwnd: u64,
+    /// Packets sent and declared lost on this connection so far.
+    pub sent_packets: u64,
+    pub lost_packets: u64,
 }
 
 /// A connection to another node of the cluster.
@@ -280,6 +302,17 @@ impl Peer {
 
     pub fn rtt(&self) -> Duration {
         self.conn.rtt()
+    }
+
+    /// How the connection's path is doing, for the node's metrics.
+    pub fn path(&self) -> PathStats {
+        let p = self.conn.stats().path;
+        PathStats {
+            rtt: p.rtt,
+            cwnd: p.cwnd,
+            sent_packets: p.sent_packets,
+            lost_packets: p.lost_packets,
+        }
     }
 
     /// Open a stream for `purpose`: frames of `Req` out, `Rep` in.

@@ -1169,3 +1169,86 @@ async fn a_replicated_rooms_state_comes_back_from_its_appended_changes_after_eve
         h.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+/// A burst bigger than a link carries overflows its queue (two messages here): what
+/// was dropped is counted, and the far replica repairs every event it missed from
+/// their origin (a gap, the origin's word on where its events end, the hellos of the
+/// link starting over once its queue drained). The far member gets all of them, in
+/// order, and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_a_full_link_dropped_reach_the_far_member_all_the_same() {
+    let fleet = Fleet::of(&THREE[..2]);
+    let mut configs: Vec<_> = (0..2).map(|i| fleet.config(i)).collect();
+    for c in &mut configs {
+        c.limits.peer_queue = 2;
+        // The origin keeps the whole burst to repair from.
+        c.limits.history_max_bytes = 64 << 20;
+    }
+    let starting = configs.into_iter().map(edgeroom::start);
+    let nodes = futures_util::future::try_join_all(starting).await.unwrap();
+    let all: Vec<&edgeroom_gateway::Gateway> = nodes.iter().map(|n| &*n.node.gateway).collect();
+    edgeroom::fleet::wait_formed(&all, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (status, body) = deploy(&nodes[0], "echo", example("echo"), None).await;
+    assert_eq!(status, 200, "{body}");
+    for n in &nodes {
+        wait_version(n, "echo", 1).await;
+    }
+    let slow = edgeroom_transport::LinkRule::delay(Duration::from_millis(80));
+    fleet.wan.set_both(fleet.peers[0], fleet.peers[1], slow);
+    let mut clients = clients_in(&nodes, "echo", "burst").await;
+    let mut reader = clients.pop().unwrap();
+    let mut writer = clients.pop().unwrap();
+
+    // 300 events of 20 KB at once: 6 MB, far more than the link has in flight.
+    const N: usize = 300;
+    let reading = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < N {
+            match reader.try_recv(Duration::from_secs(8)).await {
+                Some(f) if f["type"] == "event" => got.push(f["data"]["i"].as_i64().unwrap()),
+                Some(f) => assert_ne!(f["type"], "error", "{f}"),
+                None => break,
+            }
+        }
+        got
+    });
+    let pad = "x".repeat(20_000);
+    for i in 0..N {
+        let frame = json!({"type": "emit", "room": "burst", "event": "broadcast",
+            "ref": i + 1, "data": {"i": i, "pad": pad}});
+        writer.send(frame).await;
+    }
+    let mut errors = Vec::new();
+    for _ in 0..N {
+        let r = writer.next_of("reply").await;
+        if !r["error"].is_null() {
+            errors.push(r);
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} refused: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    let got = reading.await.unwrap();
+    let text = reqwest::get(url(&nodes[0], "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let links: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("edgeroom_peer"))
+        .collect();
+    assert_eq!(got, (0..N as i64).collect::<Vec<_>>(), "{links:#?}");
+    let dropped = common::metric(
+        &text,
+        "edgeroom_peer_messages_dropped_total{kind=\"event\"}",
+    );
+    assert!(dropped > 0.0, "the burst never filled the link: {links:#?}");
+    shutdown(nodes).await;
+}

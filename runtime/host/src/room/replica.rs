@@ -76,6 +76,13 @@ pub type Replicator = replicate::Replicator<RoomMsg>;
 /// How long a gap waits for the missing events before the origin is asked for them
 /// (and how often an origin whose start is unknown is asked for its hello).
 const REPAIR_PATIENCE: Duration = Duration::from_millis(300);
+/// How long changes wait in the document for ones they depend on before this replica
+/// catches up with their sender by a sync. What they wait for is on its way from its
+/// own origin, which sends it again after `RECHECK_AFTER` if it is not confirmed: the
+/// sync is a fallback. At 300 ms (the events' patience), a loaded fleet whose
+/// deliveries took longer started a sync for most changes, which loaded it further:
+/// after a region came back, 400 sync messages a second until the run ended.
+const LACKING_PATIENCE: Duration = Duration::from_millis(1_500);
 /// How long after sending its changes a replica checks that every peer said it holds
 /// them (see `Replica::recheck`).
 const RECHECK_AFTER: Duration = Duration::from_secs(1);
@@ -748,7 +755,7 @@ impl Replica {
                 parts: id,
             },
         );
-        self.sync_with(w, node, true, ctx);
+        self.sync_with(w, node, true, "hello", ctx);
     }
 
     /// Send what the last call produced to the other replicas.
@@ -931,7 +938,7 @@ impl Replica {
                 changes.iter().map(|(h, _)| *h).collect()
             }
             None => {
-                self.sync_all(w, ctx);
+                self.sync_all(w, "first", ctx);
                 // Its own changes are unknown: its heads, which depend on them, stand
                 // for them (a peer given only those catches up by a sync).
                 heads
@@ -993,16 +1000,28 @@ impl Replica {
     }
 
     /// Offer every other replica what it lacks of the document.
-    fn sync_all(&mut self, w: &mut World, ctx: &mut Ctx) {
+    fn sync_all(&mut self, w: &mut World, why: &'static str, ctx: &mut Ctx) {
         for node in ctx.peers.interested() {
-            self.sync_with(w, &node, false, ctx);
+            self.sync_with(w, &node, false, why, ctx);
         }
     }
 
     /// Say the next thing of the sync conversation with `node`, if there is one;
     /// `afresh` starts the conversation over (a hello, or this replica lacks what a
-    /// change depends on: what was said before may be lost).
-    fn sync_with(&mut self, w: &mut World, node: &NodeId, afresh: bool, ctx: &mut Ctx) {
+    /// change depends on: what was said before may be lost). `why` is counted
+    /// (`edgeroom_state_syncs`).
+    fn sync_with(
+        &mut self,
+        w: &mut World,
+        node: &NodeId,
+        afresh: bool,
+        why: &'static str,
+        ctx: &mut Ctx,
+    ) {
+        w.metrics
+            .state_syncs
+            .get_or_create(&crate::metrics::KindLabel { kind: why.into() })
+            .inc();
         self.say_sync(w, node, afresh, true, ctx);
     }
 
@@ -1036,7 +1055,7 @@ impl Replica {
     ) {
         let bytes: usize = changes.iter().map(|(_, c)| c.len()).sum();
         if bytes > CHANGES_PART {
-            self.sync_with(w, node, false, ctx);
+            self.sync_with(w, node, false, "large", ctx);
         } else if !changes.is_empty() {
             // A sync conversation under way need not send them again: it would never
             // end while the room is busy (every step would carry the newest changes).
@@ -1133,7 +1152,7 @@ impl Replica {
                 // a moment later.
                 let (_, peers) = self
                     .lacking
-                    .get_or_insert_with(|| (ctx.now + REPAIR_PATIENCE, HashSet::new()));
+                    .get_or_insert_with(|| (ctx.now + LACKING_PATIENCE, HashSet::new()));
                 peers.insert(from.clone());
             }
             match applied.iter_mut().find(|(n, _)| *n == from) {
@@ -1198,7 +1217,7 @@ impl Replica {
                 w.push_presence(joined, left);
                 match reply {
                     true => self.hello(w, &from, false, ctx),
-                    false => self.sync_with(w, &from, false, ctx),
+                    false => self.sync_with(w, &from, false, "hello", ctx),
                 }
             }
             RoomMsg::Presence { joined, left } => {
@@ -1536,7 +1555,7 @@ impl Replica {
             match ctx.now >= at {
                 true if w.doc.waiting() => {
                     for peer in peers {
-                        self.sync_with(w, &peer, true, ctx);
+                        self.sync_with(w, &peer, true, "lacking", ctx);
                     }
                 }
                 true => {}
@@ -1845,7 +1864,7 @@ impl Replica {
         }
         // The same for its changes to the document: they are passed on by their origin
         // only, so what it sent some replicas and not this one comes by a sync.
-        self.sync_all(w, ctx);
+        self.sync_all(w, "peer_down", ctx);
     }
 }
 

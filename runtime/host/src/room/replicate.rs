@@ -23,6 +23,12 @@
 //! is when the failure detector finds a dead peer alive again. Messages queued for a
 //! peer wait in its link's queue across redials; what was written into a connection
 //! that died is repaired after the redial (hellos carry where each replica is).
+//!
+//! Rooms never wait on a link: a message that finds its peer's queue full is dropped
+//! (`edgeroom_peer_messages_dropped`), and once that queue has drained the link is
+//! treated as reconnected: the peer gets this node's full interest again (an
+//! announcement may have been among the dropped) and the rooms say hello (`PeerUp`),
+//! which repairs the events and changes that were dropped like a dead connection's.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +39,7 @@ use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -41,9 +48,9 @@ use edgeroom_cluster::control::ControlPlane;
 use edgeroom_cluster::health::Health;
 use edgeroom_proto::ids::NodeId;
 use edgeroom_room::interest::{Announce, Interest, RoomRef};
-use edgeroom_transport::{Endpoint, FrameError, Incoming, Purpose};
+use edgeroom_transport::{Endpoint, FrameError, FrameTx, Incoming, Peer, Purpose};
 
-use crate::metrics::KindLabel;
+use crate::metrics::{KindLabel, PathGauges, PeerLabel};
 use tokio::sync::watch;
 
 /// Deliveries waiting for the node's rooms at most (the peer readers wait beyond it).
@@ -113,6 +120,10 @@ struct Link<M> {
     /// Connections made so far (a revived peer is redialled only if the connection in
     /// use is the one from before it was declared dead).
     sessions: Arc<std::sync::atomic::AtomicU64>,
+    /// A message was dropped since the link last (re)started its session.
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    /// The connection in use, if any (for its path's figures).
+    conn: Arc<Mutex<Option<Peer>>>,
 }
 
 /// What a peer's link task is handed, in order.
@@ -123,6 +134,23 @@ enum LinkCmd<M> {
     Drain(tokio::sync::oneshot::Sender<()>),
 }
 
+/// What a replicator counts (the node exposes them at `/metrics`).
+#[derive(Clone, Default)]
+pub struct LinkMetrics {
+    /// Frames from peers that do not parse.
+    pub refused: Counter,
+    /// Messages dropped because they would not fit a peer frame.
+    pub too_large: Counter,
+    /// Messages written to peers' streams, by kind.
+    pub sent: Family<KindLabel, Counter>,
+    /// Messages dropped unsent (the peer's queue was full, or no link), by kind.
+    pub dropped: Family<KindLabel, Counter>,
+    /// Messages waiting in each peer's link.
+    pub queued: Family<PeerLabel, Gauge>,
+    /// Each link's connection: round trip, congestion window, packets lost.
+    pub path: PathGauges,
+}
+
 pub struct Replicator<M> {
     me: NodeId,
     region: String,
@@ -130,11 +158,7 @@ pub struct Replicator<M> {
     incarnation: u64,
     health: Arc<Health>,
     peer_queue: usize,
-    refused: Counter,
-    /// Messages dropped because they would not fit a peer frame.
-    too_large: Counter,
-    /// Messages written to peers' streams, by kind.
-    sent: Family<KindLabel, Counter>,
+    metrics: LinkMetrics,
     interest: Mutex<Interest>,
     links: Mutex<HashMap<NodeId, Link<M>>>,
     /// The incarnation each peer's streams last came from.
@@ -149,17 +173,13 @@ where
     M: Relay + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// A replicator and the channel its deliveries come out of.
-    /// `peer_queue`: messages queued to one peer at most (`Limits::peer_queue`);
-    /// `refused`: counts frames from peers that do not parse; `too_large`: messages
-    /// dropped because they would not fit a frame; `sent`: messages written, by kind.
+    /// `peer_queue`: messages queued to one peer at most (`Limits::peer_queue`).
     pub fn new(
         me: NodeId,
         region: String,
         health: Arc<Health>,
         peer_queue: usize,
-        refused: Counter,
-        too_large: Counter,
-        sent: Family<KindLabel, Counter>,
+        metrics: LinkMetrics,
     ) -> (Arc<Self>, mpsc::Receiver<Delivery<M>>) {
         let (to_rooms, rx) = mpsc::channel(ROOMS_QUEUE);
         let this = Arc::new(Self {
@@ -168,9 +188,7 @@ where
             incarnation: rand::random::<u64>().max(1),
             health,
             peer_queue,
-            refused,
-            too_large,
-            sent,
+            metrics,
             interest: Mutex::new(Interest::new()),
             links: Mutex::new(HashMap::new()),
             peers_seen: Mutex::new(HashMap::new()),
@@ -180,21 +198,29 @@ where
         (this, rx)
     }
 
-    fn count_sent(&self, msg: &PeerMsg<M>) {
-        let kind = match msg {
-            PeerMsg::Room { msg, .. } => msg.kind(),
-            PeerMsg::Open { .. } => "open",
-            PeerMsg::Interest(_) | PeerMsg::AskInterest => "interest",
-        };
-        self.sent
-            .get_or_create(&KindLabel { kind: kind.into() })
-            .inc();
-    }
-
-    /// Queue `msg` to `node`. False if it was dropped (no link yet, or the queue is full).
+    /// Queue `msg` to `node`. False if it was dropped (no link yet, or the queue is
+    /// full: the link repairs what it lost once it has drained, see the module doc).
     pub fn send(&self, node: &NodeId, msg: PeerMsg<M>) -> bool {
-        let link = self.links.lock().get(node).map(|l| l.tx.clone());
-        link.is_some_and(|l| l.try_send(LinkCmd::Send(msg)).is_ok())
+        let link = self
+            .links
+            .lock()
+            .get(node)
+            .map(|l| (l.tx.clone(), l.lost.clone()));
+        let kind = msg.kind();
+        let sent = match link {
+            Some((tx, lost)) => {
+                let sent = tx.try_send(LinkCmd::Send(msg)).is_ok();
+                if !sent {
+                    lost.store(true, std::sync::atomic::Ordering::Release);
+                }
+                sent
+            }
+            None => false,
+        };
+        if !sent {
+            count(&self.metrics.dropped, kind);
+        }
+        sent
     }
 
     /// Other nodes that answer the failure detector now (a peer that went quiet for a
@@ -299,9 +325,9 @@ where
 
     fn announce(&self, announce: Option<Announce>) {
         let Some(announce) = announce else { return };
-        let links: Vec<_> = self.links.lock().values().map(|l| l.tx.clone()).collect();
-        for link in links {
-            let _ = link.try_send(LinkCmd::Send(PeerMsg::Interest(announce.clone())));
+        let nodes: Vec<NodeId> = self.links.lock().keys().cloned().collect();
+        for node in nodes {
+            self.send(&node, PeerMsg::Interest(announce.clone()));
         }
     }
 
@@ -326,7 +352,7 @@ where
                 return;
             }
             Some(Err(e)) => {
-                self.refused.inc();
+                self.metrics.refused.inc();
                 tracing::warn!(peer = %from, "bad rooms frame, dropping the stream: {e}");
                 return;
             }
@@ -348,7 +374,7 @@ where
             let msg = match frame {
                 Ok(msg) => msg,
                 Err(e) => {
-                    self.refused.inc();
+                    self.metrics.refused.inc();
                     tracing::warn!(peer = %from, "bad rooms frame, dropping the stream: {e}");
                     return;
                 }
@@ -472,11 +498,15 @@ where
                 let (reset, reset_rx) = watch::channel(0);
                 let connected_to = Arc::new(std::sync::atomic::AtomicU64::new(0));
                 let sessions = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let conn = Arc::new(Mutex::new(None));
                 let link = Link {
                     tx,
                     reset,
                     connected_to: connected_to.clone(),
                     sessions: sessions.clone(),
+                    lost: lost.clone(),
+                    conn: conn.clone(),
                 };
                 self.links.lock().insert(node.clone(), link);
                 let dial = Dial {
@@ -486,6 +516,15 @@ where
                     reset: reset_rx,
                     connected_to,
                     sessions,
+                    lost,
+                    conn,
+                    queued: self
+                        .metrics
+                        .queued
+                        .get_or_create(&PeerLabel {
+                            peer: node.to_string(),
+                        })
+                        .clone(),
                 };
                 let task = tokio::spawn(self.clone().link(dial, rx));
                 tasks.insert(node, task);
@@ -499,6 +538,7 @@ where
                         break;
                     }
                     _ = verdicts.tick() => {
+                        self.read_paths();
                         for node in tasks.keys() {
                             let alive = health.is_alive(node);
                             if !alive && !dead.contains_key(node) {
@@ -528,6 +568,34 @@ where
         }
     }
 
+    /// Read every link's connection figures into the gauges.
+    fn read_paths(&self) {
+        let links: Vec<(NodeId, Option<Peer>)> = self
+            .links
+            .lock()
+            .iter()
+            .map(|(n, l)| (n.clone(), l.conn.lock().clone()))
+            .collect();
+        let g = &self.metrics.path;
+        for (node, conn) in links {
+            let Some(conn) = conn else { continue };
+            let path = conn.path();
+            let label = PeerLabel {
+                peer: node.to_string(),
+            };
+            g.rtt_seconds
+                .get_or_create(&label)
+                .set(path.rtt.as_secs_f64());
+            g.cwnd_bytes.get_or_create(&label).set(path.cwnd as i64);
+            g.packets_sent
+                .get_or_create(&label)
+                .set(path.sent_packets as i64);
+            g.packets_lost
+                .get_or_create(&label)
+                .set(path.lost_packets as i64);
+        }
+    }
+
     /// One peer's outgoing link, redialled whenever it fails or is reset. Every
     /// connection starts with this node's incarnation and full interest, then tells
     /// the rooms the peer is reachable (they say hello again: anything written into a
@@ -542,6 +610,7 @@ where
             };
             dial.connected_to
                 .store(0, std::sync::atomic::Ordering::Release);
+            *dial.conn.lock() = None;
             match result {
                 Ok(()) => return,
                 Err(e) => tracing::debug!(peer = %dial.node, "rooms link down: {e:#}"),
@@ -563,6 +632,7 @@ where
     ) -> anyhow::Result<()> {
         let connect = dial.endpoint.connect(&dial.node, dial.addr);
         let peer = tokio::time::timeout(Duration::from_secs(3), connect).await??;
+        *dial.conn.lock() = Some(peer.clone());
         let (mut tx, mut answers) = peer.open::<PeerMsg<M>, Opened>(Purpose::Rooms).await?;
         tx.send(&PeerMsg::Open {
             incarnation: self.incarnation,
@@ -575,12 +645,9 @@ where
             .store(opened.incarnation, std::sync::atomic::Ordering::Release);
         dial.sessions
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let full = self.interest.lock().full();
-        tx.send(&PeerMsg::Interest(full)).await?;
-        let _ = self
-            .to_rooms
-            .send(Delivery::PeerUp(dial.node.clone()))
-            .await;
+        // What was dropped before is repaired by this session's start like the rest.
+        dial.lost.store(false, std::sync::atomic::Ordering::Release);
+        self.greet(dial, &mut tx).await?;
         while let Some(mut cmd) = rx.recv().await {
             // Batch what is already queued into one flush.
             loop {
@@ -590,12 +657,12 @@ where
                     // Clients' events are refused before they get this big.
                     LinkCmd::Send(msg) => match tx.feed(&msg).await {
                         Err(FrameError::TooLarge { len, max }) => {
-                            self.too_large.inc();
+                            self.metrics.too_large.inc();
                             tracing::error!(peer = %dial.node, len, max, "dropped a room message too large for a peer frame");
                         }
                         sent => {
                             sent?;
-                            self.count_sent(&msg);
+                            count(&self.metrics.sent, msg.kind());
                         }
                     },
                     LinkCmd::Drain(done) => {
@@ -614,7 +681,27 @@ where
                 }
             }
             tx.flush().await?;
+            dial.queued.set(rx.len() as i64);
+            // Drained after dropping some: start over with the peer as after a
+            // reconnection (the drops happened while the queue was full, so nothing
+            // sent since is missing from what the greeting repairs).
+            if rx.is_empty() && dial.lost.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                tracing::info!(peer = %dial.node, "link dropped messages while its queue was full; greeting the peer again");
+                self.greet(dial, &mut tx).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// Start over with `dial`'s peer: this node's full interest, then the rooms say
+    /// hello (`PeerUp`).
+    async fn greet(&self, dial: &Dial, tx: &mut FrameTx<PeerMsg<M>>) -> anyhow::Result<()> {
+        let full = self.interest.lock().full();
+        tx.send(&PeerMsg::Interest(full)).await?;
+        let _ = self
+            .to_rooms
+            .send(Delivery::PeerUp(dial.node.clone()))
+            .await;
         Ok(())
     }
 
@@ -640,6 +727,25 @@ struct Dial {
     reset: watch::Receiver<u64>,
     connected_to: Arc<std::sync::atomic::AtomicU64>,
     sessions: Arc<std::sync::atomic::AtomicU64>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    conn: Arc<Mutex<Option<Peer>>>,
+    /// `edgeroom_peer_queued` for this peer.
+    queued: Gauge,
+}
+
+impl<M: Relay> PeerMsg<M> {
+    /// What it is, for the counts by kind.
+    fn kind(&self) -> &'static str {
+        match self {
+            PeerMsg::Room { msg, .. } => msg.kind(),
+            PeerMsg::Open { .. } => "open",
+            PeerMsg::Interest(_) | PeerMsg::AskInterest => "interest",
+        }
+    }
+}
+
+fn count(family: &Family<KindLabel, Counter>, kind: &'static str) {
+    family.get_or_create(&KindLabel { kind: kind.into() }).inc();
 }
 
 /// One link task per peer, aborted with the set (when `run` ends or is aborted).

@@ -111,7 +111,7 @@ impl Replica {
         self.on_new_base(w, rebased.base);
         // Writes done again are news to every replica; what others wrote since the copy,
         // the sync conversations bring.
-        self.sync_all(w, ctx);
+        self.sync_all(w, "rebase", ctx);
     }
 
     /// The document is on `base` now: what was known of the peers' documents
