@@ -139,10 +139,13 @@ fn free_port(udp: bool) -> anyhow::Result<u16> {
     const SPAN: u16 = 12_000;
     static NEXT: AtomicU16 = AtomicU16::new(0);
     if NEXT.load(Ordering::Relaxed) == 0 {
-        // Runs side by side (tests) start apart.
+        // Runs side by side (tests) start apart: scattered by a multiplicative hash,
+        // as runs started together have consecutive pids, whose ranges overlapped
+        // (both picked a port before either bound it, and one failed to start).
+        let scattered = u64::from(std::process::id()) * 2_654_435_761 % u64::from(SPAN);
         let _ = NEXT.compare_exchange(
             0,
-            (std::process::id() % u32::from(SPAN)) as u16 + 1,
+            scattered as u16 + 1,
             Ordering::Relaxed,
             Ordering::Relaxed,
         );

@@ -170,19 +170,24 @@ fn nodes_of(out: &Path) -> Vec<String> {
 fn ctrl_c_ends_a_run_keeps_its_history_writes_a_report_and_leaves_no_node_behind() {
     let out = std::env::temp_dir().join(format!("geo-sim-it-ctrl-c-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
+    let said = out.with_extension("stderr");
     let mut run = Command::new(env!("CARGO_BIN_EXE_geo-sim"))
         .arg("run")
         .arg(scenario("churn"))
         .args(["--quick", "--seed", "3", "--out"])
         .arg(&out)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&said).expect("a file for what it says"))
         .spawn()
         .expect("geo-sim runs");
     // Interrupt once users are sending.
     let history = out.join("history.jsonl");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     while std::fs::read_to_string(&history).map_or(0, |h| h.matches("\"ack\"").count()) < 20 {
+        if let Ok(Some(status)) = run.try_wait() {
+            let said = std::fs::read_to_string(&said).unwrap_or_default();
+            panic!("the run ended before it got going ({status}): {said}");
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "the run never got going"
@@ -212,4 +217,5 @@ fn ctrl_c_ends_a_run_keeps_its_history_writes_a_report_and_leaves_no_node_behind
         nodes_of(&out)
     );
     let _ = std::fs::remove_dir_all(out);
+    let _ = std::fs::remove_file(said);
 }
