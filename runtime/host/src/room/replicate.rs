@@ -2,7 +2,7 @@
 //! them, in from peers to this node's rooms.
 //!
 //! Each node keeps one outgoing `Rooms` stream per peer, fed by a bounded queue, and
-//! starts every connection with its full interest list. What arrives on a peer's stream
+//! starts every connection with its full interest list and a request for the peer's. What arrives on a peer's stream
 //! goes, in order, to one channel that the node routes to its rooms: one reader per
 //! peer, so a room sees each peer's messages in the order they were sent. A message
 //! that must reach a whole region (`Relay::relayed`) and came from another region is
@@ -76,8 +76,8 @@ pub enum PeerMsg<M> {
         incarnation: u64,
     },
     Interest(Announce),
-    /// "Send me your full interest": a node that declared the sender dead forgot it,
-    /// and the sender may not have noticed anything.
+    /// "Send me your full interest": at the start of every link session (its opener
+    /// may have declared the receiver dead and forgotten it, unnoticed there).
     AskInterest,
     Room {
         room: RoomRef,
@@ -549,17 +549,15 @@ where
                             } else if let Some(at_death) = dead.get(node).copied().filter(|_| alive) {
                                 dead.remove(node);
                                 // Back: its connection may be one a restart or a long
-                                // partition left dead, so it is dialled afresh (the
-                                // new connection starts with our full interest, and
-                                // rooms start over with it once it is up). It may not
-                                // have declared us dead and kept what it knew of us,
-                                // or it may have forgotten: it is asked for its
-                                // interest either way.
+                                // partition left dead, so it is dialled afresh. The new
+                                // connection starts with our full interest and asks for
+                                // its (forgotten here, and it may not have noticed
+                                // anything), and rooms start over with it once it is up.
+                                // A link that came up since the verdict has done so.
                                 tracing::info!(%node, "peer alive again");
                                 if self.sessions(node) == at_death {
                                     self.redial(node);
                                 }
-                                self.send(node, PeerMsg::AskInterest);
                             }
                         }
                     }
@@ -693,11 +691,15 @@ where
         Ok(())
     }
 
-    /// Start over with `dial`'s peer: this node's full interest, then the rooms say
-    /// hello (`PeerUp`).
+    /// Start over with `dial`'s peer: this node's full interest, a request for the
+    /// peer's, then the rooms say hello (`PeerUp`). The request rides the new session:
+    /// one queued when a verdict reset the link could be taken by the dying session and
+    /// lost with it, and a peer that never noticed would not announce again (this
+    /// node then sent it nothing of the rooms where it is its region's only replica).
     async fn greet(&self, dial: &Dial, tx: &mut FrameTx<PeerMsg<M>>) -> anyhow::Result<()> {
         let full = self.interest.lock().full();
-        tx.send(&PeerMsg::Interest(full)).await?;
+        tx.feed(&PeerMsg::Interest(full)).await?;
+        tx.send(&PeerMsg::AskInterest).await?;
         let _ = self
             .to_rooms
             .send(Delivery::PeerUp(dial.node.clone()))
