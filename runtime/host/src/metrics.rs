@@ -120,6 +120,11 @@ pub struct Metrics {
     /// Calls whose changes went unchecked for reaching every other replica: the room
     /// had `limits.rechecked_calls` waiting.
     pub changes_unchecked: Counter,
+    /// Idempotent emits' events the replicas of their origin's region withheld from
+    /// their members, by kind: `withheld` as they came, `unconfirmed` shown without
+    /// their origin's word (waited too long, or over the bound: a retry elsewhere may
+    /// show them twice), `superseded` never shown (a rerun of the emit was instead).
+    pub events_withheld: Family<KindLabel, Counter>,
     /// Emits refused because a room had `limits.unconfirmed_replies` answers waiting
     /// for another node to confirm.
     pub emits_unconfirmed_refused: Counter,
@@ -187,6 +192,7 @@ impl Metrics {
         let state_compactions = Counter::default();
         let state_syncs = Family::default();
         let changes_unchecked = Counter::default();
+        let events_withheld = Family::default();
         let emits_unconfirmed_refused = Counter::default();
         let instances_refused = Family::default();
         let room_creations_refused = Counter::default();
@@ -324,6 +330,11 @@ impl Metrics {
             changes_unchecked.clone(),
         );
         registry.register(
+            "events_withheld",
+            "Idempotent emits' events withheld next door until their origin confirmed them, by kind",
+            events_withheld.clone(),
+        );
+        registry.register(
             "emits_unconfirmed_refused",
             "Emits refused because their room had too many answers waiting for another node to confirm",
             emits_unconfirmed_refused.clone(),
@@ -408,6 +419,7 @@ impl Metrics {
             state_compactions,
             state_syncs,
             changes_unchecked,
+            events_withheld,
             emits_unconfirmed_refused,
             instances_refused,
             room_creations_refused,

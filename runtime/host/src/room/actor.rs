@@ -786,6 +786,8 @@ impl Actor {
                 w.core.remembered(&format!("{key}#0")).map(|_| Ok(None))
             });
             if let Some(result) = earlier {
+                // Told it is done, so its events must not stay withheld here.
+                self.replicate(Input::Answered(key.clone()));
                 self.reply(&conn, r#ref, result);
                 return;
             }

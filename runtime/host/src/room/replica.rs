@@ -49,6 +49,9 @@
 //!   (`Handled`), and each event it causes carries its key: a retry that lands on
 //!   another replica gets the first answer, and an event a replica already has under
 //!   another origin (the emit ran twice, on both sides of a partition) is passed over.
+//!   The replicas of the origin's region (and one cut off) withhold such events until
+//!   the origin says they are confirmed (`Confirmed`): the region may go down whole
+//!   before another holds them, and the retry elsewhere must be the only copy seen.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -90,6 +93,11 @@ const RECHECK_AFTER: Duration = Duration::from_secs(1);
 /// they depend on its earlier ones, and a peer given only those catches up by a
 /// sync); how many calls wait is `Bounds::rechecked_calls`.
 const UNCONFIRMED_HASHES: usize = 16;
+/// How long an idempotent emit's event is withheld from the members here at most
+/// (see `Replica::withhold`): past this it goes to them unconfirmed. Its origin's
+/// word is lost only with a link or the origin itself; then a duplicate after a retry
+/// elsewhere is the lesser harm than an event kept from members for good.
+const WITHHELD_PATIENCE: Duration = Duration::from_secs(10);
 /// How long after its last event an origin tells the other replicas how far its events
 /// go, and when it says so again (in case that word was lost too).
 const TELL_TAIL_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
@@ -288,6 +296,12 @@ pub enum RoomMsg {
         events: Vec<WireEvent>,
         last: bool,
     },
+    /// To the replicas of the sender's region: its events up to `upto` are confirmed
+    /// (held in another region when the room has one), so those of its idempotent
+    /// emits they withhold go to their members (see `Replica::withhold`).
+    Confirmed {
+        upto: Seq,
+    },
 }
 
 impl RoomMsg {
@@ -334,6 +348,7 @@ impl Relay for RoomMsg {
             RoomMsg::Handled { .. } => "handled",
             RoomMsg::Orphaned { .. } => "orphaned",
             RoomMsg::Orphans { .. } => "orphans",
+            RoomMsg::Confirmed { .. } => "confirmed",
         }
     }
 }
@@ -403,6 +418,9 @@ pub enum Input {
     Compact,
     /// A client resumed here as a member another node held.
     Adopt(Box<Adoption>),
+    /// A retry of the idempotent emit with this key was answered here from what this
+    /// replica remembers of the first run: its events are withheld here no longer.
+    Answered(String),
     /// Take on the members whose adoption has its history in (or waited long enough).
     SettleDue,
     /// `node` newly has members in this room.
@@ -548,6 +566,8 @@ pub struct Replica {
     /// Per peer this node sends its events to directly, how far it has them.
     acked: HashMap<NodeId, Seq>,
     max_pending: usize,
+    /// Events withheld per origin at most (`Bounds::held_per_origin`).
+    max_withheld: usize,
     rechecked_calls: usize,
     /// This replica's own changes as sent, each call's with when to check that every
     /// peer holds them (see `recheck`); bounded by `rechecked_calls` and
@@ -584,6 +604,12 @@ pub struct Replica {
     /// all along, elsewhere (one sent just before they moved here may arrive after).
     /// At most one per member here: pruned as members leave.
     resumed: HashMap<ConnId, Cursor>,
+    /// Per origin, its idempotent emits' events (and those behind them) kept from the
+    /// members here until it confirms them (see `withhold`).
+    withheld: HashMap<NodeId, Withheld>,
+    /// The last event of this node's released calls that the replicas of its region
+    /// may withhold: they are told (`Confirmed`) as the step ends.
+    to_confirm: Option<Seq>,
     /// The base of the room's document (read from it on first use; see `rebase`).
     base: Option<Base>,
     /// Per peer on another base: the base this replica last told it about (sent its
@@ -597,6 +623,22 @@ struct Tail {
     upto: Seq,
     since: Instant,
     told: usize,
+}
+
+/// An origin's events withheld from the members here (see `Replica::withhold`).
+#[derive(Default)]
+struct Withheld {
+    /// How far the origin said its events are confirmed (or they were found held by
+    /// a replica that had shown them).
+    confirmed: Option<Seq>,
+    /// In the origin's order, each with when it came.
+    events: std::collections::VecDeque<(Seq, WireEvent, Instant)>,
+}
+
+impl Withheld {
+    fn confirms(&self, seq: Seq) -> bool {
+        self.confirmed.is_some_and(|c| seq <= c)
+    }
 }
 
 /// What a call produced that waits until its effects are on another replica too: the
@@ -642,6 +684,7 @@ impl Replica {
             answer: None,
             acked: HashMap::new(),
             max_pending: bounds.max_pending,
+            max_withheld: bounds.held_per_origin,
             rechecked_calls: bounds.rechecked_calls,
             unconfirmed: std::collections::VecDeque::new(),
             lacking: None,
@@ -652,6 +695,8 @@ impl Replica {
             unowed: HashMap::new(),
             emptied: HashSet::new(),
             resumed: HashMap::new(),
+            withheld: HashMap::new(),
+            to_confirm: None,
             base: None,
             told_base: HashMap::new(),
             hellos: 0,
@@ -702,6 +747,22 @@ impl Replica {
             Input::PeerJoined(node) => self.peer_joined(w, &node, ctx),
             Input::PeerUp(node) => self.peer_up(w, &node, ctx),
             Input::PeerDown(node) => self.peer_down(w, &node, ctx),
+            Input::Answered(key) => self.answered(w, &key, ctx),
+        }
+        self.confirm(w, ctx);
+    }
+
+    /// Tell the replicas of this node's region how far its released events go, when a
+    /// released call had idempotent events (they withhold those until told).
+    fn confirm(&mut self, w: &World, ctx: &mut Ctx) {
+        let Some(upto) = self.to_confirm.take() else {
+            return;
+        };
+        let home = Some(w.place.region.clone());
+        for node in ctx.peers.interested() {
+            if ctx.peers.region_of(&node) == home {
+                ctx.send(&node, RoomMsg::Confirmed { upto });
+            }
         }
     }
 
@@ -781,14 +842,16 @@ impl Replica {
                 told: 0,
             });
         }
+        for e in events {
+            ctx.out
+                .push(Effect::Publish(RoomMsg::Event(WireEvent::new(&e))));
+        }
+        // After the events: a replica of this region that answers a retry from it has
+        // them already (see `answered`).
         for (key, reply) in handled {
             let reply = reply.map(|p| (p.json, p.binaries));
             ctx.out
                 .push(Effect::Publish(RoomMsg::Handled { key, reply }));
-        }
-        for e in events {
-            ctx.out
-                .push(Effect::Publish(RoomMsg::Event(WireEvent::new(&e))));
         }
         if !joined.is_empty() || !left.is_empty() {
             ctx.out
@@ -843,8 +906,11 @@ impl Replica {
     }
 
     /// What a pending call held goes out: its events to the members here, then its
-    /// answer.
-    fn send_out(w: &mut World, p: Pending) {
+    /// answer; the other replicas of this region are told, if they withhold them.
+    fn send_out(&mut self, w: &mut World, p: Pending) {
+        if p.events.iter().any(|e| e.key.is_some()) {
+            self.to_confirm = self.to_confirm.max(p.upto);
+        }
         for e in &p.events {
             w.deliver_among(e, &p.targets);
         }
@@ -905,7 +971,7 @@ impl Replica {
                 return;
             }
             if let Some(p) = self.pending.pop_front() {
-                Self::send_out(w, p);
+                self.send_out(w, p);
             }
         }
     }
@@ -914,7 +980,7 @@ impl Replica {
     /// them (they left the room, or died while this node still hears a majority).
     fn release_all(&mut self, w: &mut World) {
         for p in std::mem::take(&mut self.pending) {
-            Self::send_out(w, p);
+            self.send_out(w, p);
         }
     }
 
@@ -1338,7 +1404,7 @@ impl Replica {
                 first_available,
             } => {
                 let (ready, skipped) = self.inbound.skip_to(&from, first_available);
-                self.deliver(w, &from, ready, skipped, ctx.now_ms);
+                self.deliver(w, &from, ready, skipped, ctx);
                 for e in events {
                     self.take_event(w, e, ctx);
                 }
@@ -1382,7 +1448,16 @@ impl Replica {
                 last,
             } => {
                 for e in events.into_iter().filter(|e| e.origin == origin) {
-                    self.take_event(w, e, ctx);
+                    // One withheld here: the sender showed it, so it is no longer the
+                    // dead origin's alone (and maybe confirmed, unheard here).
+                    let withheld = self
+                        .withheld
+                        .get(&origin)
+                        .is_some_and(|h| h.events.iter().any(|(s, ..)| *s == e.seq));
+                    match withheld {
+                        true => self.vouch(w, &origin, e.seq, ctx),
+                        false => self.take_event(w, e, ctx),
+                    }
                 }
                 if !last {
                     return;
@@ -1394,17 +1469,18 @@ impl Replica {
                 if done {
                     self.orphans.remove(&origin);
                     let (ready, skipped) = self.inbound.give_up(&origin);
-                    self.deliver(w, &origin, ready, skipped, ctx.now_ms);
+                    self.deliver(w, &origin, ready, skipped, ctx);
                 }
             }
             RoomMsg::Handled { key, reply } => {
                 let reply = reply.map(|(json, binaries)| Payload { json, binaries });
                 w.core.remember(key, ctx.now_ms, Ok(reply));
             }
+            RoomMsg::Confirmed { upto } => self.vouch(w, &from, upto, ctx),
             RoomMsg::Unloaded => {
                 // It has nothing more to say: what is held from it goes out.
                 let (ready, skipped) = self.inbound.give_up(&from);
-                self.deliver(w, &from, ready, skipped, ctx.now_ms);
+                self.deliver(w, &from, ready, skipped, ctx);
             }
         }
     }
@@ -1415,7 +1491,7 @@ impl Replica {
     fn greeted(&mut self, w: &mut World, from: &NodeId, first: Seq, next: Seq, ctx: &mut Ctx) {
         let lacking = match self.inbound.delivered(from) {
             None => {
-                self.start(w, from, first, ctx.now_ms);
+                self.start(w, from, first, ctx);
                 self.inbound.delivered(from).map_or(first, Seq::next)
             }
             Some(d) => match next.run == d.run {
@@ -1477,10 +1553,10 @@ impl Replica {
     /// replicas may have come already, from earlier still: it starts there instead,
     /// and what lies between them and `first` is repaired, not marked as never owed
     /// (the log would take it twice).
-    fn start(&mut self, w: &mut World, origin: &NodeId, first: Seq, now_ms: u64) {
+    fn start(&mut self, w: &mut World, origin: &NodeId, first: Seq, ctx: &Ctx) {
         let ready = self.inbound.start(origin, first);
         let start = ready.first().map_or(first, |(_, s, _)| (*s).min(first));
-        self.deliver(w, origin, ready, 0, now_ms);
+        self.deliver(w, origin, ready, 0, ctx);
         w.core.mark_start(origin, start);
     }
 
@@ -1490,7 +1566,7 @@ impl Replica {
             return;
         }
         match self.inbound.receive(&origin, e.seq, e, ctx.now) {
-            Received::Deliver(ready) => self.deliver(w, &origin, ready, 0, ctx.now_ms),
+            Received::Deliver(ready) => self.deliver(w, &origin, ready, 0, ctx),
             Received::Duplicate | Received::Held | Received::Overflow => {}
         }
     }
@@ -1501,7 +1577,7 @@ impl Replica {
         origin: &NodeId,
         ready: Vec<(NodeId, Seq, WireEvent)>,
         skipped: u64,
-        now_ms: u64,
+        ctx: &Ctx,
     ) {
         if skipped > 0 {
             let frame = ServerFrame::Error {
@@ -1518,33 +1594,137 @@ impl Replica {
                 && ready.windows(2).all(|pair| pair[0].1 < pair[1].1),
             "one origin's events are delivered in its order"
         );
-        let unowed = self.unowed.get(origin).copied();
         for (_, seq, e) in ready {
-            if let Some(key) = &e.key {
-                if w.core.remembered(key).is_some() {
-                    // This replica has the event already, from the same emit run
-                    // elsewhere (a retry on the other side of a partition).
-                    w.core.pass(&e.origin, e.seq);
-                    continue;
-                }
-                w.core.remember(key.clone(), now_ms, Ok(None));
+            if let Some(e) = self.withhold(w, origin, seq, e, ctx) {
+                self.show(w, origin, seq, e, ctx.now_ms);
             }
-            let entry = w.core.append(e.into_sequenced(now_ms));
-            if unowed.is_some_and(|first| seq < first) {
-                let owed: HashSet<ConnId> = self
-                    .resumed
-                    .iter()
-                    .filter(|(_, seen)| !seen.covers(origin, seq))
-                    .map(|(conn, _)| conn.clone())
-                    .collect();
-                if !owed.is_empty() {
-                    w.deliver_among(&entry, &owed);
-                }
-                continue;
-            }
-            // At once, even while this node's own wait: its cursor stops before them.
-            w.deliver(&entry);
         }
+    }
+
+    /// Whether the members here must wait for `origin`'s word before they see its
+    /// idempotent emits' events: when it is in this node's region (a region that goes
+    /// down whole takes both, and the emit's retry elsewhere would run it again after
+    /// members here saw it: a duplicate once they resume), or this node is cut off
+    /// (its members are about to move). A replica in another region holds the event
+    /// through a region's loss, and one that has it passes a rerun of the emit over.
+    fn waits_for(w: &World, origin: &NodeId, ctx: &Ctx) -> bool {
+        ctx.peers.region_of(origin).as_deref() == Some(w.place.region.as_str())
+            || ctx.peers.cut_off()
+    }
+
+    /// `origin`'s next event, given back if the members here may see it now; else it
+    /// is withheld until its origin confirms it (`Confirmed`), a replica that showed
+    /// it is found (its origin died), a retry is answered here from memory, or
+    /// `WITHHELD_PATIENCE` passed. Those behind it wait too (one origin's order).
+    fn withhold(
+        &mut self,
+        w: &mut World,
+        origin: &NodeId,
+        seq: Seq,
+        e: WireEvent,
+        ctx: &Ctx,
+    ) -> Option<WireEvent> {
+        let waits = e.key.is_some() && Self::waits_for(w, origin, ctx);
+        let held = self.withheld.entry(origin.clone()).or_default();
+        if held.events.is_empty() && (!waits || held.confirms(seq)) {
+            return Some(e);
+        }
+        if waits {
+            withheld_count(w, "withheld", 1);
+        }
+        held.events.push_back((seq, e, ctx.now));
+        // Bounded like the events held behind a gap: past it the oldest go unconfirmed.
+        let over = held.events.len().saturating_sub(self.max_withheld);
+        self.release_withheld(w, origin, over, ctx);
+        None
+    }
+
+    /// Show the members here what may go of `origin`'s withheld events, from the
+    /// front: confirmed, not an idempotent emit's, waited `WITHHELD_PATIENCE`, or
+    /// among the `force` oldest.
+    fn release_withheld(&mut self, w: &mut World, origin: &NodeId, force: usize, ctx: &Ctx) {
+        let waits = Self::waits_for(w, origin, ctx);
+        let Some(held) = self.withheld.get_mut(origin) else {
+            return;
+        };
+        let (mut out, mut unconfirmed) = (Vec::new(), 0);
+        while let Some((seq, e, since)) = held.events.front() {
+            let free = e.key.is_none() || !waits || held.confirms(*seq);
+            if !free && out.len() >= force && ctx.now < *since + WITHHELD_PATIENCE {
+                break;
+            }
+            unconfirmed += u64::from(!free);
+            out.extend(held.events.pop_front());
+        }
+        withheld_count(w, "unconfirmed", unconfirmed);
+        for (seq, e, _) in out {
+            self.show(w, origin, seq, e, ctx.now_ms);
+        }
+    }
+
+    /// A retry of the emit `key` was answered here from memory: what this replica
+    /// withholds of its first run (and what came before it from the same origin)
+    /// goes to the members, since its sender was told it is done.
+    fn answered(&mut self, w: &mut World, key: &str, ctx: &Ctx) {
+        let prefix = format!("{key}#");
+        let found: Vec<(NodeId, Seq)> =
+            self.withheld
+                .iter()
+                .filter_map(|(origin, held)| {
+                    let (seq, ..) =
+                        held.events.iter().rev().find(|(_, e, _)| {
+                            e.key.as_ref().is_some_and(|k| k.starts_with(&prefix))
+                        })?;
+                    Some((origin.clone(), *seq))
+                })
+                .collect();
+        for (origin, seq) in found {
+            self.vouch(w, &origin, seq, ctx);
+        }
+    }
+
+    /// `origin`'s events up to `seq` are known to be confirmed or held elsewhere.
+    fn vouch(&mut self, w: &mut World, origin: &NodeId, seq: Seq, ctx: &Ctx) {
+        let held = self.withheld.entry(origin.clone()).or_default();
+        held.confirmed = held.confirmed.max(Some(seq));
+        self.release_withheld(w, origin, 0, ctx);
+    }
+
+    /// Give one event of `origin` to the members here and keep it in the log.
+    fn show(&mut self, w: &mut World, origin: &NodeId, seq: Seq, e: WireEvent, now_ms: u64) {
+        if let Some(key) = &e.key {
+            if w.core.remembered(key).is_some() {
+                // This replica has the event already, from the same emit run
+                // elsewhere (a retry on the other side of a partition).
+                w.core.pass(&e.origin, e.seq);
+                return;
+            }
+            // Its first run, withheld here, never reaches the members: this one did.
+            let mut superseded = 0;
+            for held in self.withheld.values_mut() {
+                let before = held.events.len();
+                held.events
+                    .retain(|(_, other, _)| other.key.as_ref() != Some(key));
+                superseded += (before - held.events.len()) as u64;
+            }
+            withheld_count(w, "superseded", superseded);
+            w.core.remember(key.clone(), now_ms, Ok(None));
+        }
+        let entry = w.core.append(e.into_sequenced(now_ms));
+        if self.unowed.get(origin).is_some_and(|first| seq < *first) {
+            let owed: HashSet<ConnId> = self
+                .resumed
+                .iter()
+                .filter(|(_, seen)| !seen.covers(origin, seq))
+                .map(|(conn, _)| conn.clone())
+                .collect();
+            if !owed.is_empty() {
+                w.deliver_among(&entry, &owed);
+            }
+            return;
+        }
+        // At once, even while this node's own wait: its cursor stops before them.
+        w.deliver(&entry);
     }
 
     /// Ask origins for the events of gaps that stayed open too long, and for the
@@ -1571,10 +1751,19 @@ impl Replica {
         for origin in overdue {
             self.orphans.remove(&origin);
             let (ready, skipped) = self.inbound.give_up(&origin);
-            self.deliver(w, &origin, ready, skipped, ctx.now_ms);
+            self.deliver(w, &origin, ready, skipped, ctx);
         }
         if !self.pending.is_empty() && self.alone(ctx) {
             self.release_all(w);
+        }
+        let withheld: Vec<NodeId> = self
+            .withheld
+            .iter()
+            .filter(|(_, h)| !h.events.is_empty())
+            .map(|(o, _)| o.clone())
+            .collect();
+        for origin in withheld {
+            self.release_withheld(w, &origin, 0, ctx);
         }
         self.release_confirmed(w, ctx, true);
         self.tell_tail(w, ctx);
@@ -1755,7 +1944,7 @@ impl Replica {
         }
         for (origin, first) in firsts {
             if origin != me && self.inbound.delivered(&origin).is_none() {
-                self.start(w, &origin, first, ctx.now_ms);
+                self.start(w, &origin, first, ctx);
             }
         }
         let before = w.core.head().clone();
@@ -1848,7 +2037,13 @@ impl Replica {
             .into_iter()
             .filter(|n| n != node)
             .collect();
-        match self.inbound.delivered(node) {
+        // Ask from before what is withheld here too: a replica that showed it says so.
+        let withheld = self.withheld.get(node).and_then(|h| h.events.front());
+        let after = match (self.inbound.delivered(node), withheld) {
+            (Some(d), Some((first, ..))) => Some(d.min(first.prev())),
+            (d, _) => d,
+        };
+        match after {
             Some(after) if !peers.is_empty() => {
                 for p in &peers {
                     let origin = node.clone();
@@ -1859,12 +2054,22 @@ impl Replica {
             }
             _ => {
                 let (ready, skipped) = self.inbound.give_up(node);
-                self.deliver(w, node, ready, skipped, ctx.now_ms);
+                self.deliver(w, node, ready, skipped, ctx);
             }
         }
         // The same for its changes to the document: they are passed on by their origin
         // only, so what it sent some replicas and not this one comes by a sync.
         self.sync_all(w, "peer_down", ctx);
+    }
+}
+
+/// Count `n` withheld events of `kind` (`edgeroom_events_withheld`).
+fn withheld_count(w: &World, kind: &str, n: u64) {
+    if n > 0 {
+        w.metrics
+            .events_withheld
+            .get_or_create(&crate::metrics::KindLabel { kind: kind.into() })
+            .inc_by(n);
     }
 }
 

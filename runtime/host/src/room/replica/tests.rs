@@ -1155,10 +1155,9 @@ fn an_answer_waits_until_another_replica_holds_what_its_call_produced() {
             sim.seen(0, &a).events.is_empty(),
             "seed {seed}: an idempotent emit's event shown here before another node has it"
         );
-        assert_eq!(
-            by_origin(sim.seen(1, &b))["n0"],
-            [1],
-            "seed {seed}: n1 has it"
+        assert!(
+            !by_origin(sim.seen(1, &b)).contains_key("n0"),
+            "seed {seed}: n1 has it, and withholds it until n0 confirms it"
         );
         sim.cut.clear();
         // The next sync or repair round brings the confirmation.
@@ -1172,6 +1171,11 @@ fn an_answer_waits_until_another_replica_holds_what_its_call_produced() {
             by_origin(sim.seen(0, &a))["n0"],
             [1],
             "seed {seed}: then shown here"
+        );
+        assert_eq!(
+            by_origin(sim.seen(1, &b))["n0"],
+            [1],
+            "seed {seed}: and next door"
         );
         assert_eq!(
             sim.nodes[1].world.doc.to_json()["count"],
@@ -1889,5 +1893,128 @@ fn a_member_joining_a_node_that_stopped_following_gets_only_what_follows() {
             5,
             "seed {seed}: the log has what was sent while nobody followed"
         );
+    }
+}
+
+/// `n` nodes: two of a region, the rest far away; a member on each of the first
+/// three. Then the links `cut` are cut.
+fn home_and_far(n: usize, seed: u64, cut: &[(usize, usize)]) -> (Sim, [ConnId; 3]) {
+    let mut sim = Sim::new(n, seed);
+    for node in &mut sim.nodes[2..] {
+        node.world.place.region = "far".into();
+    }
+    let members = [sim.join(0, "a"), sim.join(1, "b"), sim.join(2, "c")];
+    sim.settle();
+    sim.cut.extend(cut.iter().copied());
+    (sim, members)
+}
+
+/// A region that goes down whole before another region holds an idempotent emit
+/// takes it with it: its neighbour withheld it, so no member saw it, and the client's
+/// retry in another region is the one every member gets (geo-sim's region-outage
+/// counted the members next door who got both).
+#[test]
+fn an_emit_a_lost_region_never_confirmed_was_shown_to_nobody() {
+    for seed in 0..5 {
+        // The far replica is out of the home region's reach; the two other far nodes
+        // (no members) keep it from being the one cut off once the region is gone.
+        let far = [(0, 2), (2, 0), (1, 2), (2, 1)];
+        let (mut sim, [a, b, c]) = home_and_far(5, seed, &far);
+        sim.emit(0, &a, "a/1");
+        sim.settle();
+        assert!(sim.seen(0, &a).replies.is_empty(), "seed {seed}");
+        for (i, m) in [(0, &a), (1, &b)] {
+            assert!(
+                sim.seen(i, m).events.is_empty(),
+                "seed {seed}: shown on n{i} though no other region holds it"
+            );
+        }
+        sim.kill(0);
+        sim.kill(1);
+        sim.cut.clear();
+        // The client retries in the far region.
+        sim.emit(2, &c, "a/1");
+        sim.settle();
+        assert_eq!(by_origin(sim.seen(2, &c)), [("n2".into(), vec![1])].into());
+    }
+}
+
+/// What a replica withholds goes to its members when a retry is answered there from
+/// memory, or after `WITHHELD_PATIENCE` without word; either way once, though the
+/// origin's word comes after.
+#[test]
+fn a_withheld_emit_goes_out_once_when_answered_here_or_after_patience() {
+    for answered in [true, false] {
+        // The origin does not hear the far replica: it cannot confirm.
+        let (mut sim, [a, b, c]) = home_and_far(3, 1, &[(2, 0)]);
+        sim.emit(0, &a, "a/1");
+        sim.settle();
+        assert_eq!(by_origin(sim.seen(2, &c))["n0"], [1], "far: at once");
+        assert!(sim.seen(1, &b).events.is_empty(), "withheld next door");
+        match answered {
+            true => sim.step(1, Input::Answered("a/1".into())),
+            false => {
+                for _ in 0..(WITHHELD_PATIENCE.as_millis() / 400 + 1) {
+                    sim.tick(400);
+                }
+            }
+        }
+        sim.read_all();
+        assert_eq!(
+            by_origin(sim.seen(1, &b))["n0"],
+            [1],
+            "answered: {answered}"
+        );
+        sim.cut.clear();
+        let (id0, id2) = (sim.nodes[0].id.clone(), sim.nodes[2].id.clone());
+        sim.step(2, Input::PeerUp(id0));
+        sim.step(0, Input::PeerUp(id2));
+        sim.settle();
+        assert_eq!(sim.seen(0, &a).replies.len(), 1);
+        assert_eq!(by_origin(sim.seen(1, &b))["n0"], [1], "once");
+    }
+}
+
+/// An emit withheld next door whose retry ran in another region: the members next
+/// door get the retry's event, and not the first run's when its origin confirms it.
+#[test]
+fn a_withheld_emit_retried_elsewhere_reaches_the_members_next_door_once() {
+    for seed in 0..5 {
+        let (mut sim, [a, b, c]) = home_and_far(3, seed, &[(0, 2), (2, 0)]);
+        sim.emit(0, &a, "a/1");
+        sim.settle();
+        assert!(sim.seen(1, &b).events.is_empty(), "seed {seed}: withheld");
+        sim.emit(2, &c, "a/1");
+        sim.settle();
+        sim.cut.clear();
+        sim.link_up_all(0);
+        sim.settle();
+        for (i, m) in [(1, &b), (2, &c)] {
+            let got = by_origin(sim.seen(i, m));
+            let all = got.values().map(Vec::len).sum::<usize>();
+            assert_eq!(all, 1, "seed {seed}: n{i} got {got:?}");
+        }
+    }
+}
+
+/// The origin dies before it confirms, but a replica in another region had shown the
+/// emit's event: the neighbour that withheld it learns so from its answer about the
+/// dead origin's events, and shows it at once.
+#[test]
+fn a_withheld_emit_goes_out_when_a_survivor_had_shown_it() {
+    for seed in 0..5 {
+        let (mut sim, [a, b, c]) = home_and_far(3, seed, &[(2, 0)]);
+        sim.emit(0, &a, "a/1");
+        sim.settle();
+        assert_eq!(by_origin(sim.seen(2, &c))["n0"], [1], "seed {seed}");
+        assert!(sim.seen(1, &b).events.is_empty(), "seed {seed}: withheld");
+        sim.kill(0);
+        // Well within `WITHHELD_PATIENCE`.
+        for _ in 0..3 {
+            while sim.deliver_one() {}
+            sim.tick(100);
+        }
+        sim.read_all();
+        assert_eq!(by_origin(sim.seen(1, &b))["n0"], [1], "seed {seed}");
     }
 }
