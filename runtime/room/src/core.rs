@@ -337,6 +337,18 @@ impl<R: Clone + Weight> RoomCore<R> {
         out
     }
 
+    /// The first of this node's own events in the log stamped after `since_ms` (found
+    /// from the newest back: costs what came since), if any.
+    pub fn own_since(&self, since_ms: u64) -> Option<Seq> {
+        self.log
+            .iter()
+            .rev()
+            .take_while(|e| e.at_ms > since_ms)
+            .filter(|e| e.origin == self.origin)
+            .map(|e| e.seq)
+            .last()
+    }
+
     /// Every event in the log after `after`, whoever it was for, oldest first.
     pub fn replay_all(&self, after: &Cursor) -> Vec<Arc<LogEntry>> {
         // The log is in delivery order, so per origin in sequence order: what is

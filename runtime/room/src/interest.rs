@@ -16,12 +16,17 @@ use edgeroom_proto::ids::{AppName, NodeId, RoomId};
 /// A room, cluster-wide.
 pub type RoomRef = (AppName, RoomId);
 
+/// When a node's first member of a room joined, by its wall clock (ms since the
+/// epoch): a peer that learns of it later owes it what it sent since (see
+/// `Interest::apply`).
+pub type Since = u64;
+
 /// What a node tells its peers about its rooms.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Announce {
     /// Every room this node has members in (replaces what was known).
-    Full(Vec<RoomRef>),
-    Joined(RoomRef),
+    Full(Vec<(RoomRef, Since)>),
+    Joined(RoomRef, Since),
     Left(RoomRef),
 }
 
@@ -31,8 +36,8 @@ pub struct Interest {
     rooms: HashMap<RoomRef, BTreeSet<NodeId>>,
     /// node → its region, for choosing one relay per region.
     regions: BTreeMap<NodeId, String>,
-    /// Rooms with members on this node, and how many.
-    local: HashMap<RoomRef, usize>,
+    /// Rooms with members on this node: how many, and since when.
+    local: HashMap<RoomRef, (usize, Since)>,
 }
 
 impl Interest {
@@ -46,9 +51,10 @@ impl Interest {
     }
 
     /// A peer's announcement. Returns the rooms it now has members in that it had none
-    /// in before and that have members here too: their replicas greet it (`Hello`), so
-    /// two nodes whose first members join at once still learn of each other.
-    pub fn apply(&mut self, from: &NodeId, announce: Announce) -> Vec<RoomRef> {
+    /// in before and that have members here too, with since when: their replicas greet
+    /// it (`Hello`), so two nodes whose first members join at once still learn of each
+    /// other, and owe it what they sent since (the news took a while to come).
+    pub fn apply(&mut self, from: &NodeId, announce: Announce) -> Vec<(RoomRef, Since)> {
         let (rooms, had) = match announce {
             Announce::Full(rooms) => {
                 let had: BTreeSet<RoomRef> = self
@@ -60,7 +66,7 @@ impl Interest {
                 self.forget(from);
                 (rooms, had)
             }
-            Announce::Joined(room) => (vec![room], BTreeSet::new()),
+            Announce::Joined(room, since) => (vec![(room, since)], BTreeSet::new()),
             Announce::Left(room) => {
                 if let Some(nodes) = self.rooms.get_mut(&room) {
                     nodes.remove(from);
@@ -72,14 +78,14 @@ impl Interest {
             }
         };
         let mut shared = Vec::new();
-        for room in rooms {
+        for (room, since) in rooms {
             let added = self
                 .rooms
                 .entry(room.clone())
                 .or_default()
                 .insert(from.clone());
             if added && !had.contains(&room) && self.local.contains_key(&room) {
-                shared.push(room);
+                shared.push((room, since));
             }
         }
         shared
@@ -93,17 +99,17 @@ impl Interest {
         });
     }
 
-    /// A local member joined `room`; returns the announcement to send when it is the
-    /// first one here.
-    pub fn local_join(&mut self, room: &RoomRef) -> Option<Announce> {
-        let n = self.local.entry(room.clone()).or_default();
+    /// A local member joined `room` at `now` (wall clock); returns the announcement to
+    /// send when it is the first one here.
+    pub fn local_join(&mut self, room: &RoomRef, now: Since) -> Option<Announce> {
+        let (n, since) = self.local.entry(room.clone()).or_insert((0, now));
         *n += 1;
-        (*n == 1).then(|| Announce::Joined(room.clone()))
+        (*n == 1).then(|| Announce::Joined(room.clone(), *since))
     }
 
     /// A local member left `room`; returns the announcement when it was the last one.
     pub fn local_leave(&mut self, room: &RoomRef) -> Option<Announce> {
-        let n = self.local.get_mut(room)?;
+        let (n, _) = self.local.get_mut(room)?;
         *n -= 1;
         if *n > 0 {
             return None;
@@ -130,7 +136,11 @@ impl Interest {
 
     /// What to tell a peer that just connected.
     pub fn full(&self) -> Announce {
-        let mut rooms: Vec<RoomRef> = self.local.keys().cloned().collect();
+        let mut rooms: Vec<(RoomRef, Since)> = self
+            .local
+            .iter()
+            .map(|(room, (_, since))| (room.clone(), *since))
+            .collect();
         rooms.sort();
         Announce::Full(rooms)
     }
@@ -202,7 +212,7 @@ mod tests {
     fn one_copy_per_remote_region_and_every_local_node() {
         let mut i = fleet();
         for n in ["use-2", "euw-1", "euw-2", "aps-2"] {
-            i.apply(&node(n), Announce::Joined(room("lobby")));
+            i.apply(&node(n), Announce::Joined(room("lobby"), 0));
         }
         let mut t = i.targets(&room("lobby"), "us-east");
         t.sort();
@@ -218,15 +228,18 @@ mod tests {
     #[test]
     fn leaving_full_lists_and_death_update_interest() {
         let mut i = fleet();
-        i.apply(&node("euw-1"), Announce::Full(vec![room("a"), room("b")]));
+        i.apply(
+            &node("euw-1"),
+            Announce::Full(vec![(room("a"), 0), (room("b"), 0)]),
+        );
         i.apply(&node("euw-1"), Announce::Left(room("a")));
         assert!(i.targets(&room("a"), "us-east").is_empty());
         assert_eq!(i.targets(&room("b"), "us-east"), [node("euw-1")]);
         // A new full list replaces the old one.
-        i.apply(&node("euw-1"), Announce::Full(vec![room("c")]));
+        i.apply(&node("euw-1"), Announce::Full(vec![(room("c"), 0)]));
         assert!(i.targets(&room("b"), "us-east").is_empty());
         // Dead: nothing goes there, and eu-west's other node becomes the relay.
-        i.apply(&node("euw-2"), Announce::Joined(room("c")));
+        i.apply(&node("euw-2"), Announce::Joined(room("c"), 0));
         i.forget(&node("euw-1"));
         assert_eq!(i.targets(&room("c"), "us-east"), [node("euw-2")]);
     }
@@ -234,19 +247,22 @@ mod tests {
     #[test]
     fn a_peer_newly_in_a_room_that_has_members_here_is_to_be_greeted() {
         let mut i = fleet();
-        i.local_join(&room("a"));
-        i.local_join(&room("b"));
+        i.local_join(&room("a"), 1);
+        i.local_join(&room("b"), 2);
         let peer = node("euw-1");
-        assert_eq!(i.apply(&peer, Announce::Joined(room("a"))), [room("a")]);
+        assert_eq!(
+            i.apply(&peer, Announce::Joined(room("a"), 7)),
+            [(room("a"), 7)]
+        );
         // Nothing here in "z"; "a" is not news.
-        assert!(i.apply(&peer, Announce::Joined(room("z"))).is_empty());
-        assert!(i.apply(&peer, Announce::Joined(room("a"))).is_empty());
+        assert!(i.apply(&peer, Announce::Joined(room("z"), 8)).is_empty());
+        assert!(i.apply(&peer, Announce::Joined(room("a"), 7)).is_empty());
         // A reconnection's full list greets only what changed...
-        let full = Announce::Full(vec![room("a"), room("b"), room("z")]);
-        assert_eq!(i.apply(&peer, full.clone()), [room("b")]);
+        let full = Announce::Full(vec![(room("a"), 7), (room("b"), 9), (room("z"), 8)]);
+        assert_eq!(i.apply(&peer, full.clone()), [(room("b"), 9)]);
         // ...and after the peer was declared dead, everything shared again.
         i.forget(&peer);
-        assert_eq!(i.apply(&peer, full), [room("a"), room("b")]);
+        assert_eq!(i.apply(&peer, full), [(room("a"), 7), (room("b"), 9)]);
         assert!(i.apply(&peer, Announce::Left(room("a"))).is_empty());
         assert_eq!(i.nodes(&room("b")), [peer]);
         assert!(i.nodes(&room("a")).is_empty());
@@ -255,10 +271,14 @@ mod tests {
     #[test]
     fn local_members_are_announced_on_first_join_and_last_leave() {
         let mut i = fleet();
-        assert_eq!(i.local_join(&room("x")), Some(Announce::Joined(room("x"))));
-        assert_eq!(i.local_join(&room("x")), None);
+        assert_eq!(
+            i.local_join(&room("x"), 5),
+            Some(Announce::Joined(room("x"), 5))
+        );
+        assert_eq!(i.local_join(&room("x"), 6), None);
         assert_eq!(i.local_leave(&room("x")), None);
-        assert_eq!(i.full(), Announce::Full(vec![room("x")]));
+        // Since its first member joined.
+        assert_eq!(i.full(), Announce::Full(vec![(room("x"), 5)]));
         assert_eq!(i.local_leave(&room("x")), Some(Announce::Left(room("x"))));
         assert_eq!(i.local_leave(&room("x")), None);
         assert_eq!(i.full(), Announce::Full(vec![]));

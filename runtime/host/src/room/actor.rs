@@ -541,8 +541,11 @@ impl Actor {
             RoomCmd::PeerUp(node) => {
                 self.replicate(Input::PeerUp(node));
             }
-            RoomCmd::PeerJoined(node) => {
-                self.replicate(Input::PeerJoined(node));
+            RoomCmd::PeerJoined(node, since) => {
+                // How long ago, by this node's clock (a clock ahead of this one says
+                // "just now").
+                let ago = self.rooms.env().clock.wall_ms().saturating_sub(since);
+                self.replicate(Input::PeerJoined(node, Duration::from_millis(ago)));
             }
             RoomCmd::PeerDown(node) => {
                 if self.replicate(Input::PeerDown(node)).is_some() {
@@ -712,7 +715,7 @@ impl Actor {
                     rep.send(&node, PeerMsg::Room { room, msg });
                 }
                 Effect::Publish(msg) => rep.publish(&room, msg),
-                Effect::Interest(true) => rep.local_join(&room),
+                Effect::Interest(true) => rep.local_join(&room, clock.wall_ms()),
                 Effect::Interest(false) => rep.local_leave(&room),
                 Effect::Adopted(Settled { done, auth }) => {
                     adoption_ended = true;

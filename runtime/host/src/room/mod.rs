@@ -118,8 +118,8 @@ pub enum RoomCmd {
     Peer { from: NodeId, msg: replica::RoomMsg },
     /// This node's link to a peer came (back) up.
     PeerUp(NodeId),
-    /// A peer newly has members in this room.
-    PeerJoined(NodeId),
+    /// A peer newly has members in this room, since then (its wall clock).
+    PeerJoined(NodeId, edgeroom_room::interest::Since),
     /// A peer was declared dead.
     PeerDown(NodeId),
 }
@@ -437,10 +437,10 @@ impl Rooms {
                         post.post(&key, &h, RoomCmd::PeerUp(node.clone()), &metrics);
                     }
                 }
-                Delivery::Joined { node, room } => {
+                Delivery::Joined { node, room, since } => {
                     let key = RoomKey::from(room);
                     if let Some(h) = self.loaded(&key) {
-                        post.post(&key, &h, RoomCmd::PeerJoined(node), &metrics);
+                        post.post(&key, &h, RoomCmd::PeerJoined(node, since), &metrics);
                     }
                 }
                 Delivery::PeerDown(node) => {

@@ -423,8 +423,8 @@ pub enum Input {
     Answered(String),
     /// Take on the members whose adoption has its history in (or waited long enough).
     SettleDue,
-    /// `node` newly has members in this room.
-    PeerJoined(NodeId),
+    /// `node` newly has members in this room, its first joined this long ago.
+    PeerJoined(NodeId, Duration),
     /// This node's link to `node` came (back) up.
     PeerUp(NodeId),
     /// `node` was declared dead.
@@ -744,7 +744,7 @@ impl Replica {
             Input::Compact => self.compact(w, ctx),
             Input::Adopt(a) => self.adopt(w, *a, ctx),
             Input::SettleDue => self.settle_due(w, ctx),
-            Input::PeerJoined(node) => self.peer_joined(w, &node, ctx),
+            Input::PeerJoined(node, ago) => self.peer_joined(w, &node, ago, ctx),
             Input::PeerUp(node) => self.peer_up(w, &node, ctx),
             Input::PeerDown(node) => self.peer_down(w, &node, ctx),
             Input::Answered(key) => self.answered(w, &key, ctx),
@@ -1985,9 +1985,14 @@ impl Replica {
     }
 
     /// `node` just got members in this room (a fresh replica there, or one this node
-    /// had forgotten): what it is owed starts now, and it is greeted.
-    fn peer_joined(&mut self, w: &mut World, node: &NodeId, ctx: &mut Ctx) {
-        self.owed.insert(node.clone(), w.core.next_seq());
+    /// had forgotten), the first `ago`: what it is owed starts with what this node
+    /// sent since, and it is greeted. The news took a while to come, and an event sent
+    /// meanwhile came after that member's join: it is the member's, as it would be
+    /// from a single server.
+    fn peer_joined(&mut self, w: &mut World, node: &NodeId, ago: Duration, ctx: &mut Ctx) {
+        let since = ctx.now_ms.saturating_sub(ago.as_millis() as u64);
+        let first = w.core.own_since(since).unwrap_or_else(|| w.core.next_seq());
+        self.owed.insert(node.clone(), first);
         self.peer_up(w, node, ctx);
     }
 

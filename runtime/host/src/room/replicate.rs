@@ -47,7 +47,7 @@ use tokio::sync::mpsc;
 use edgeroom_cluster::control::ControlPlane;
 use edgeroom_cluster::health::Health;
 use edgeroom_proto::ids::NodeId;
-use edgeroom_room::interest::{Announce, Interest, RoomRef};
+use edgeroom_room::interest::{Announce, Interest, RoomRef, Since};
 use edgeroom_transport::{Endpoint, FrameError, FrameTx, Incoming, Peer, Purpose};
 
 use crate::metrics::{KindLabel, PathGauges, PeerLabel};
@@ -95,10 +95,12 @@ pub enum Delivery<M> {
     },
     /// This node's link to `node` is (re)established: rooms it shares say hello.
     PeerUp(NodeId),
-    /// `node` now has members in `room`, which has members here too: the room greets it.
+    /// `node` now has members in `room` (since `since`, by its wall clock), which has
+    /// members here too: the room greets it.
     Joined {
         node: NodeId,
         room: RoomRef,
+        since: Since,
     },
     /// `node` was declared dead: its presence goes, its gaps will not be filled.
     PeerDown(NodeId),
@@ -311,9 +313,10 @@ where
         );
     }
 
-    /// A member joined `room` here; the first one makes this node interested.
-    pub fn local_join(&self, room: &RoomRef) {
-        let announce = self.interest.lock().local_join(room);
+    /// A member joined `room` here at `now` (wall clock); the first one makes this
+    /// node interested.
+    pub fn local_join(&self, room: &RoomRef, now: Since) {
+        let announce = self.interest.lock().local_join(room, now);
         self.announce(announce);
     }
 
@@ -382,11 +385,11 @@ where
             match msg {
                 PeerMsg::Interest(announce) => {
                     let shared = self.interest.lock().apply(&from, announce);
-                    for room in shared {
+                    for (room, since) in shared {
                         let node = from.clone();
                         if self
                             .to_rooms
-                            .send(Delivery::Joined { node, room })
+                            .send(Delivery::Joined { node, room, since })
                             .await
                             .is_err()
                         {
