@@ -50,7 +50,7 @@
 //!   another replica gets the first answer, and an event a replica already has under
 //!   another origin (the emit ran twice, on both sides of a partition) is passed over.
 //!   The replicas of the origin's region (and one cut off) withhold such events until
-//!   the origin says they are confirmed (`Confirmed`): the region may go down whole
+//!   the origin says another region holds them (`Confirmed`): the region may go down whole
 //!   before another holds them, and the retry elsewhere must be the only copy seen.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -94,10 +94,11 @@ const RECHECK_AFTER: Duration = Duration::from_secs(1);
 /// sync); how many calls wait is `Bounds::rechecked_calls`.
 const UNCONFIRMED_HASHES: usize = 16;
 /// How long an idempotent emit's event is withheld from the members here at most
-/// (see `Replica::withhold`): past this it goes to them unconfirmed. Its origin's
-/// word is lost only with a link or the origin itself; then a duplicate after a retry
-/// elsewhere is the lesser harm than an event kept from members for good.
-const WITHHELD_PATIENCE: Duration = Duration::from_secs(10);
+/// (see `Replica::withhold`): past this it goes to them unconfirmed. The word takes a
+/// round trip to the nearest other region; later, the origin or its links are in
+/// trouble, and a duplicate after a retry elsewhere is the lesser harm than members
+/// hearing nothing from that origin for long (a client's liveness check is seconds).
+const WITHHELD_PATIENCE: Duration = Duration::from_secs(2);
 /// How long after its last event an origin tells the other replicas how far its events
 /// go, and when it says so again (in case that word was lost too).
 const TELL_TAIL_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
@@ -607,9 +608,11 @@ pub struct Replica {
     /// Per origin, its idempotent emits' events (and those behind them) kept from the
     /// members here until it confirms them (see `withhold`).
     withheld: HashMap<NodeId, Withheld>,
-    /// The last event of this node's released calls that the replicas of its region
-    /// may withhold: they are told (`Confirmed`) as the step ends.
-    to_confirm: Option<Seq>,
+    /// This node's last event here of an idempotent emit (the replicas of its region
+    /// withhold those until told), and how far they were last told its events are
+    /// held (`Confirmed`, sent as a step ends).
+    keyed_upto: Option<Seq>,
+    confirmed_sent: Option<Seq>,
     /// The base of the room's document (read from it on first use; see `rebase`).
     base: Option<Base>,
     /// Per peer on another base: the base this replica last told it about (sent its
@@ -696,7 +699,8 @@ impl Replica {
             emptied: HashSet::new(),
             resumed: HashMap::new(),
             withheld: HashMap::new(),
-            to_confirm: None,
+            keyed_upto: None,
+            confirmed_sent: None,
             base: None,
             told_base: HashMap::new(),
             hellos: 0,
@@ -752,18 +756,46 @@ impl Replica {
         self.confirm(w, ctx);
     }
 
-    /// Tell the replicas of this node's region how far its released events go, when a
-    /// released call had idempotent events (they withhold those until told).
+    /// Tell the replicas of this node's region how far its events are held by a
+    /// replica that counts (`holds_for`), while that leaves idempotent emits' events
+    /// they withhold. The events alone decide it, not the answers (which may wait for
+    /// the document too): a duplicate is an event shown twice.
     fn confirm(&mut self, w: &World, ctx: &mut Ctx) {
-        let Some(upto) = self.to_confirm.take() else {
+        if self.keyed_upto <= self.confirmed_sent {
             return;
+        }
+        let held = {
+            let counts = Self::holds_for(w, ctx);
+            self.acked
+                .iter()
+                .filter(|(n, _)| counts(n))
+                .map(|(_, a)| *a)
+                .max()
         };
+        if held <= self.confirmed_sent {
+            return;
+        }
+        let Some(upto) = held else { return };
+        self.confirmed_sent = held;
         let home = Some(w.place.region.clone());
         for node in ctx.peers.interested() {
             if ctx.peers.region_of(&node) == home {
                 ctx.send(&node, RoomMsg::Confirmed { upto });
             }
         }
+    }
+
+    /// Which replicas' holding something counts for this node's answers and its
+    /// neighbours' withheld events: one in another region when the room has one (a
+    /// region can go down whole), else any other.
+    fn holds_for<'a>(w: &World, ctx: &'a Ctx) -> impl Fn(&NodeId) -> bool + 'a {
+        let home = Some(w.place.region.clone());
+        let elsewhere = ctx
+            .peers
+            .interested()
+            .iter()
+            .any(|n| ctx.peers.region_of(n) != home);
+        move |n: &NodeId| !elsewhere || ctx.peers.region_of(n) != home
     }
 
     fn settle_due(&mut self, w: &mut World, ctx: &mut Ctx) {
@@ -833,6 +865,12 @@ impl Replica {
             handled,
         } = out;
         let upto = events.last().map(|e| e.seq);
+        let keyed = events
+            .iter()
+            .filter(|e| e.key.is_some())
+            .map(|e| e.seq)
+            .max();
+        self.keyed_upto = self.keyed_upto.max(keyed);
         self.hold(w, upto, state, ctx);
         if let Some(upto) = upto {
             let since = ctx.now;
@@ -906,11 +944,8 @@ impl Replica {
     }
 
     /// What a pending call held goes out: its events to the members here, then its
-    /// answer; the other replicas of this region are told, if they withhold them.
-    fn send_out(&mut self, w: &mut World, p: Pending) {
-        if p.events.iter().any(|e| e.key.is_some()) {
-            self.to_confirm = self.to_confirm.max(p.upto);
-        }
+    /// answer.
+    fn send_out(w: &mut World, p: Pending) {
         for e in &p.events {
             w.deliver_among(e, &p.targets);
         }
@@ -939,13 +974,7 @@ impl Replica {
         if thorough {
             self.ancestry_at = Some(ctx.now + ANCESTRY_EVERY);
         }
-        let home = Some(w.place.region.clone());
-        let elsewhere = ctx
-            .peers
-            .interested()
-            .iter()
-            .any(|n| ctx.peers.region_of(n) != home);
-        let counts = |n: &NodeId| !elsewhere || ctx.peers.region_of(n) != home;
+        let counts = Self::holds_for(w, ctx);
         while let Some(p) = self.pending.front() {
             let events = p
                 .upto
@@ -971,7 +1000,7 @@ impl Replica {
                 return;
             }
             if let Some(p) = self.pending.pop_front() {
-                self.send_out(w, p);
+                Self::send_out(w, p);
             }
         }
     }
@@ -980,7 +1009,7 @@ impl Replica {
     /// them (they left the room, or died while this node still hears a majority).
     fn release_all(&mut self, w: &mut World) {
         for p in std::mem::take(&mut self.pending) {
-            self.send_out(w, p);
+            Self::send_out(w, p);
         }
     }
 
