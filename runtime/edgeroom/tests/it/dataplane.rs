@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::Client;
 use common::fleet::*;
-use edgeroom::RunningNode;
+use edgeroom::{NodeConfig, RunningNode};
 use serde_json::{Value, json};
 
 /// A fleet with `echo` and `counter` deployed and live on every node.
@@ -28,6 +28,22 @@ async fn shutdown(nodes: Vec<RunningNode>) {
     for n in nodes {
         n.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+/// Nodes started from `configs` (a fleet's, changed), formed, with `echo` deployed.
+async fn start_with_echo(configs: Vec<NodeConfig>) -> Vec<RunningNode> {
+    let starting = configs.into_iter().map(edgeroom::start);
+    let nodes = futures_util::future::try_join_all(starting).await.unwrap();
+    let all: Vec<&edgeroom_gateway::Gateway> = nodes.iter().map(|n| &*n.node.gateway).collect();
+    edgeroom::fleet::wait_formed(&all, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (status, body) = deploy(&nodes[0], "echo", example("echo"), None).await;
+    assert_eq!(status, 200, "{body}");
+    for n in &nodes {
+        wait_version(n, "echo", 1).await;
+    }
+    nodes
 }
 
 /// Poll `GET /v1/apps/{app}/rooms/{room}` on `node` until `check` holds.
@@ -1184,17 +1200,7 @@ async fn messages_a_full_link_dropped_reach_the_far_member_all_the_same() {
         // The origin keeps the whole burst to repair from.
         c.limits.history_max_bytes = 64 << 20;
     }
-    let starting = configs.into_iter().map(edgeroom::start);
-    let nodes = futures_util::future::try_join_all(starting).await.unwrap();
-    let all: Vec<&edgeroom_gateway::Gateway> = nodes.iter().map(|n| &*n.node.gateway).collect();
-    edgeroom::fleet::wait_formed(&all, Duration::from_secs(20))
-        .await
-        .unwrap();
-    let (status, body) = deploy(&nodes[0], "echo", example("echo"), None).await;
-    assert_eq!(status, 200, "{body}");
-    for n in &nodes {
-        wait_version(n, "echo", 1).await;
-    }
+    let nodes = start_with_echo(configs).await;
     let slow = edgeroom_transport::LinkRule::delay(Duration::from_millis(80));
     fleet.wan.set_both(fleet.peers[0], fleet.peers[1], slow);
     let mut clients = clients_in(&nodes, "echo", "burst").await;
@@ -1267,17 +1273,7 @@ async fn a_peer_declared_dead_one_way_gets_the_events_again_once_alive() {
     // Virginia gives up on a silent peer after 1.2 s, Amsterdam only after 20 s.
     configs[0].cluster.as_mut().unwrap().failure_timeout_ms = 1_200;
     configs[1].cluster.as_mut().unwrap().failure_timeout_ms = 20_000;
-    let starting = configs.into_iter().map(edgeroom::start);
-    let nodes = futures_util::future::try_join_all(starting).await.unwrap();
-    let all: Vec<&edgeroom_gateway::Gateway> = nodes.iter().map(|n| &*n.node.gateway).collect();
-    edgeroom::fleet::wait_formed(&all, Duration::from_secs(20))
-        .await
-        .unwrap();
-    let (status, body) = deploy(&nodes[0], "echo", example("echo"), None).await;
-    assert_eq!(status, 200, "{body}");
-    for n in &nodes {
-        wait_version(n, "echo", 1).await;
-    }
+    let nodes = start_with_echo(configs).await;
     let mut clients = clients_in(&nodes[..2], "echo", "doubted").await;
     broadcast_range(&mut clients[0], "doubted", 0..5).await;
     assert_eq!(clients[1].numbered(5).await.0, (0..5).collect::<Vec<_>>());

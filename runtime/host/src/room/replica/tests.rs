@@ -571,6 +571,13 @@ impl Sim {
         self.link_up_all(i);
     }
 
+    /// The link between nodes `i` and `j` comes back up, on both sides.
+    fn link_back(&mut self, i: usize, j: usize) {
+        let (id_i, id_j) = (self.nodes[i].id.clone(), self.nodes[j].id.clone());
+        self.step(j, Input::PeerUp(id_i));
+        self.step(i, Input::PeerUp(id_j));
+    }
+
     /// Every link of node `i` (re)connects: both sides say hello.
     fn link_up_all(&mut self, i: usize) {
         let id = self.nodes[i].id.clone();
@@ -1299,9 +1306,7 @@ fn an_answer_waits_for_a_replica_in_another_region_when_there_is_one() {
         "confirmed next door only"
     );
     sim.cut.clear();
-    let (id0, id2) = (sim.nodes[0].id.clone(), sim.nodes[2].id.clone());
-    sim.step(2, Input::PeerUp(id0));
-    sim.step(0, Input::PeerUp(id2));
+    sim.link_back(0, 2);
     sim.settle();
     assert_eq!(sim.seen(0, &a).replies.len(), 1);
 }
@@ -1982,9 +1987,7 @@ fn a_withheld_emit_goes_out_once_when_answered_here_or_after_patience() {
             "answered: {answered}"
         );
         sim.cut.clear();
-        let (id0, id2) = (sim.nodes[0].id.clone(), sim.nodes[2].id.clone());
-        sim.step(2, Input::PeerUp(id0));
-        sim.step(0, Input::PeerUp(id2));
+        sim.link_back(0, 2);
         sim.settle();
         assert_eq!(sim.seen(0, &a).replies.len(), 1);
         assert_eq!(by_origin(sim.seen(1, &b))["n0"], [1], "once");
