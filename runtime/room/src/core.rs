@@ -23,8 +23,9 @@ pub struct Member {
     pub auth: JoinAuth,
     /// The member's claim: 1 when it joined, and each time its client resumes on
     /// another node, one more than the highest claim that node heard of. Of two nodes
-    /// that both think they hold a member, the higher claim wins, a tie going to the
-    /// greater node id: no two nodes' clocks are ever compared.
+    /// that both think they hold a member, the newer session token wins, then the
+    /// higher claim, a tie going to the greater node id: no two nodes' clocks are ever
+    /// compared.
     pub claim: u64,
     /// The generation of the newest resume token the member's session was given (0
     /// where its protocol's tokens do not rotate): a resume on another node with an

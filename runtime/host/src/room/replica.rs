@@ -1825,9 +1825,9 @@ impl Replica {
     }
 
     /// Members another node says it holds. A member held by two nodes belongs to the
-    /// one with the higher claim (its client resumed there last): the lower is ignored
-    /// where it arrives second; a member this node held and lost that way leaves here
-    /// without a word to anyone (it did not leave the room).
+    /// one whose client came last (`outranks`): the other is ignored where it arrives
+    /// second; a member this node held and lost that way leaves here without a word to
+    /// anyone (it did not leave the room).
     fn claims(
         &mut self,
         w: &mut World,
@@ -1839,7 +1839,7 @@ impl Replica {
         let mut out = BTreeMap::new();
         for (conn, m) in members {
             if let Some(local) = w.core.member(&conn) {
-                if (m.claim, from) <= (local.claim, &me) {
+                if !outranks((m.token, m.claim, from), (local.token, local.claim, &me)) {
                     continue;
                 }
                 w.links.remove(&conn);
@@ -1848,9 +1848,9 @@ impl Replica {
             }
             let newer_elsewhere = w.remote.iter().any(|(node, others)| {
                 node != from
-                    && others
-                        .get(&conn)
-                        .is_some_and(|o| (o.claim, node) > (m.claim, from))
+                    && others.get(&conn).is_some_and(|o| {
+                        outranks((o.token, o.claim, node), (m.token, m.claim, from))
+                    })
             });
             if newer_elsewhere {
                 continue;
@@ -2105,6 +2105,16 @@ fn withheld_count(w: &World, kind: &str, n: u64) {
             .get_or_create(&crate::metrics::KindLabel { kind: kind.into() })
             .inc_by(n);
     }
+}
+
+/// Whether one node's record of a member (its session's token generation, its claim,
+/// the node) outranks another's. The newer token first: a client whose room resume
+/// failed joins afresh (claim 1) on a session it resumed, with a newer token than the
+/// member it left behind, which must not win by a greater node id (its client was
+/// then left connected, and refused, with no member). Then the claim (a resume here
+/// counts one more), then the node id. No clocks are compared.
+fn outranks(a: (u64, u64, &NodeId), b: (u64, u64, &NodeId)) -> bool {
+    a > b
 }
 
 /// A peer's message for a room that is not loaded here: a repair request gets "nothing

@@ -427,16 +427,18 @@ impl Sim {
             json: "null".into(),
             user: user.map(|u| UserId::new(u).unwrap()),
         };
-        self.join_with(i, name, auth)
+        self.join_with(i, name, auth, 0)
     }
 
-    /// A member joins node `i` with `auth`.
-    fn join_with(&mut self, i: usize, name: &str, auth: JoinAuth) -> ConnId {
+    /// A member joins node `i` with `auth`, on a session whose resume token is of
+    /// generation `token`.
+    fn join_with(&mut self, i: usize, name: &str, auth: JoinAuth, token: u64) -> ConnId {
         let conn = ConnId::from_trusted(name.into());
         let metrics = std::sync::Arc::new(Metrics::new());
         let (outbox, rx, _) = Outbox::new(UNBOUNDED, Format::Json, metrics);
         let node = &mut self.nodes[i];
         node.world.core.join(conn.clone(), auth, 1);
+        node.world.core.set_token(&conn, token);
         node.world
             .presence_changed(vec![(conn.clone(), "null".into())], vec![]);
         node.world
@@ -1645,7 +1647,7 @@ fn a_hello_too_big_for_one_frame_goes_in_parts() {
         user: None,
     };
     for k in 0..300 {
-        sim.join_with(0, &format!("m{k}"), auth.clone());
+        sim.join_with(0, &format!("m{k}"), auth.clone(), 0);
     }
     sim.join(1, "watcher");
     sim.settle();
@@ -2061,5 +2063,34 @@ fn a_new_replica_gets_what_was_sent_between_its_first_join_and_the_news_of_it() 
         sim.joined(0, 1);
         sim.settle();
         assert_eq!(by_origin(sim.seen(1, &b))["n0"], [3], "seed {seed}");
+    }
+}
+
+/// A client whose room resume failed joins afresh on the session it resumed (its
+/// connection id, a newer token) while the node it left still lists the member it
+/// was: the new join keeps the member, though its claim ties and the old node's id is
+/// greater (it lost the member before, and the client was left connected and refused).
+#[test]
+fn a_fresh_join_on_a_resumed_session_outranks_the_member_it_left_behind() {
+    for seed in 0..5 {
+        let mut sim = Sim::new(2, seed);
+        let auth = JoinAuth {
+            json: "null".into(),
+            user: None,
+        };
+        sim.join_with(1, "a", auth.clone(), 1);
+        sim.settle();
+        // The same session, resumed with its next token, joins n0.
+        sim.join_with(0, "a", auth, 2);
+        sim.settle();
+        let conn = ConnId::from_trusted("a".into());
+        assert!(
+            sim.nodes[0].world.core.member(&conn).is_some(),
+            "seed {seed}: n0 keeps the member its client is on"
+        );
+        assert!(
+            sim.nodes[1].world.core.member(&conn).is_none(),
+            "seed {seed}: n1 lets its old record go"
+        );
     }
 }
